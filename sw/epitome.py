@@ -1,0 +1,80 @@
+"""Epitome sampling (spec section 2) and the IFRT step list (spec section 4), in NumPy."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .netfile import Epitome, Layer
+
+
+def sample_weight(epi: Epitome, cin: int, cout: int) -> np.ndarray:
+    """The full weight `W (Cout, Cin, k, k)` sampled from the epitome, wrapping both channel axes."""
+    o = np.arange(cout)
+    c = np.arange(cin)
+    go, j = o // epi.patch_out, o % epi.patch_out
+    gi, i = c // epi.patch_in, c % epi.patch_in
+    e_out = (epi.col_offset[gi[None, :], go[:, None]] + j[:, None]) % epi.out_channels
+    e_in = (epi.row_offset[gi[None, :], go[:, None]] + i[None, :]) % epi.in_channels
+    return epi.weights[e_out, e_in]
+
+
+def strided_offsets(cin: int, cout: int, ce_in: int, ce_out: int, p_in: int, p_out: int,
+                    d_r: int = 0, d_c: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The strided offset rule of spec section 2: `(row_offset, col_offset)`, each (G_in, G_out)."""
+    g_in, g_out = math.ceil(cin / p_in), math.ceil(cout / p_out)
+    gi = np.arange(g_in)[:, None]
+    go = np.arange(g_out)[None, :]
+    row = (gi * p_in + go * d_r) % ce_in
+    col = (go * p_out + gi * d_c) % ce_out
+    return row.astype(np.int64), col.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One IFRT step: input group `gi`, row offset `r`, reuse set `B` of output groups."""
+
+    gi: int
+    r: int
+    reuse: tuple[int, ...]
+
+
+def steps(epi: Epitome, reuse: bool = True) -> list[Step]:
+    """The step order of spec section 4; `reuse=False` gives one step per block (gi, go)."""
+    out = []
+    g_in, g_out = epi.row_offset.shape
+    for gi in range(g_in):
+        row = [int(v) for v in epi.row_offset[gi]]
+        if reuse:
+            for r in sorted(set(row)):
+                out.append(Step(gi, r, tuple(go for go in range(g_out) if row[go] == r)))
+        else:
+            out.extend(Step(gi, row[go], (go,)) for go in range(g_out))
+    return out
+
+
+def ifat_sources(epi: Epitome, cin: int, step: Step) -> np.ndarray:
+    """IFAT for one step: the input channel feeding each epitome input channel, -1 if inactive."""
+    e_in = np.arange(epi.in_channels)
+    i = (e_in - step.r) % epi.in_channels
+    src = step.gi * epi.patch_in + i
+    return np.where((i < epi.patch_in) & (src < cin), src, -1)
+
+
+def n_slices(layer: Layer, cell_bits: int) -> int:
+    """Bit slices per weight magnitude: `ceil((weight_bits - 1) / cell_bits)`."""
+    return math.ceil((layer.weight_bits - 1) / cell_bits)
+
+
+def crossbar_count(layer: Layer, cell_bits: int, xbar_rows: int, xbar_cols: int,
+                   dense: bool = False) -> int:
+    """Crossbars for a layer (spec section 3); `dense=True` counts the dense layer's."""
+    k2 = layer.kernel * layer.kernel
+    if dense:
+        rows, cols = layer.in_channels * k2, layer.out_channels
+    else:
+        rows, cols = layer.epitome.in_channels * k2, layer.epitome.out_channels
+    ns = n_slices(layer, cell_bits)
+    return math.ceil(rows / xbar_rows) * math.ceil(cols * ns / xbar_cols) * 2

@@ -1,0 +1,84 @@
+"""Example networks: random single-layer `epim-net-v1` objects for tests, demos and benchmarks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .epitome import sample_weight, strided_offsets
+from .netfile import parse
+
+DEFAULT_PIM = {"xbar_rows": 128, "xbar_cols": 128, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
+
+
+def conv_layer_net(
+    rng: np.random.Generator,
+    *,
+    cin: int = 4,
+    cout: int = 8,
+    h: int = 8,
+    w: int = 8,
+    kernel: int = 3,
+    stride: int = 1,
+    padding: int = 1,
+    in_bits: int = 4,
+    out_bits: int = 4,
+    weight_bits: int = 3,
+    epitome: tuple[int, int, int, int] | None = (2, 4, 2, 4),
+    offsets: str = "strided",
+    d_r: int = 0,
+    d_c: int = 1,
+    pim: dict | None = None,
+    relu: bool = True,
+    name: str = "conv",
+) -> dict:
+    """One conv layer as a network object.
+
+    `epitome` is `(Ce_in, Ce_out, p_in, p_out)` or None for a dense layer. `offsets` is
+    `"strided"` (the rule of spec section 2 with `d_r`, `d_c`) or `"random"`. Output-stage
+    parameters are chosen so that outputs spread over the whole `out_bits` range.
+    """
+    wmax = 2 ** (weight_bits - 1) - 1
+    layer: dict = {"name": name, "op": "conv", "inputs": ["input"], "out_channels": cout,
+                   "kernel": kernel, "stride": stride, "padding": padding,
+                   "weight_bits": weight_bits}
+    if epitome is None:
+        layer["weights"] = rng.integers(-wmax, wmax + 1, (cout, cin, kernel, kernel)).tolist()
+    else:
+        ce_in, ce_out, p_in, p_out = epitome
+        g_in, g_out = math.ceil(cin / p_in), math.ceil(cout / p_out)
+        if offsets == "strided":
+            row, col = strided_offsets(cin, cout, ce_in, ce_out, p_in, p_out, d_r, d_c)
+        else:
+            row = rng.integers(0, ce_in, (g_in, g_out))
+            col = rng.integers(0, ce_out, (g_in, g_out))
+        layer["epitome"] = {
+            "in_channels": ce_in, "out_channels": ce_out, "patch_in": p_in, "patch_out": p_out,
+            "row_offset": row.tolist(), "col_offset": col.tolist(),
+            "weights": rng.integers(-wmax, wmax + 1, (ce_out, ce_in, kernel, kernel)).tolist()}
+    # Scale and centre so that typical accumulators spread over the whole output range.
+    spread = math.sqrt(cin * kernel * kernel) * (2**in_bits) * max(wmax, 1) / 2
+    target = 2 ** (out_bits - 1) if relu else 2 ** (out_bits - 2)
+    shift = 16
+    mult = max(1, int(round(target / max(spread, 1) * 2**shift)))
+    layer.update(bias=[0] * cout, mult=rng.integers(max(1, mult // 2), mult * 2 + 1, cout).tolist(),
+                 shift=[shift] * cout, relu=relu, out_bits=out_bits)
+    net = {
+        "format": "epim-net-v1",
+        "pim": dict(pim or DEFAULT_PIM),
+        "input": {"name": "input", "channels": cin, "height": h, "width": w, "bits": in_bits},
+        "layers": [layer],
+        "output": name,
+    }
+    parsed = parse(net).layers[0]
+    wsum = sample_weight(parsed.epitome, cin, cout).sum(axis=(1, 2, 3))
+    centre = (2**in_bits - 1) / 2 * wsum - target * 2**shift / np.asarray(layer["mult"]) * 0.8
+    layer["bias"] = [int(v) for v in -np.round(centre) + rng.integers(-2, 3, cout)]
+    return net
+
+
+def default_layer_net() -> dict:
+    """The embedded default: a 3x3 epitome layer, 2 IFRT steps per pixel, 4-bit inputs."""
+    return conv_layer_net(np.random.default_rng(2024), cin=8, cout=16, h=16, w=16,
+                          epitome=(4, 8, 4, 8), d_r=0, d_c=4, name="epim_conv3x3")

@@ -1,0 +1,409 @@
+"""Parse and validate `epim-net-v1` network files (spec section 7).
+
+A file that breaks a rule is refused with a :class:`NetFileError` naming the file, the layer and
+the field, before anything runs. The parsed network is a :class:`Network` of frozen layer records
+with NumPy arrays, shapes already inferred.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "epim-net-v1"
+OPS = ("conv", "linear", "add", "avgpool_global")
+
+# Ranges the spec leaves open; chosen for hardware and written in docs/spec-notes.md.
+MAX_BITS = 32
+BIAS_LIMIT = 2**31  # |bias| < 2**31: a signed 32-bit register per output channel.
+MULT_LIMIT = 2**31  # spec: 1 <= mult < 2**31
+MAX_SHIFT = 62
+
+
+class NetFileError(ValueError):
+    """A network file breaks the contract; the message names layer and field."""
+
+
+@dataclass(frozen=True)
+class PIM:
+    xbar_rows: int
+    xbar_cols: int
+    cell_bits: int
+    dac_bits: int
+    adc_bits: int
+
+
+@dataclass(frozen=True)
+class Epitome:
+    """Epitome of a conv or linear layer, spec section 2 (dense layers get a trivial one)."""
+
+    in_channels: int  # Ce_in
+    out_channels: int  # Ce_out
+    patch_in: int  # p_in
+    patch_out: int  # p_out
+    row_offset: np.ndarray = field(repr=False)  # (G_in, G_out)
+    col_offset: np.ndarray = field(repr=False)  # (G_in, G_out)
+    weights: np.ndarray = field(repr=False)  # (Ce_out, Ce_in, k, k)
+    dense: bool = False
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    in_shape: tuple[int, ...]  # (C, H, W) of the (first) input tensor
+    out_shape: tuple[int, int, int]  # (C, H, W); a linear output is (F, 1, 1)
+    in_bits: int  # width of the input tensor (producer's out_bits)
+    out_bits: int
+    relu: bool = True
+    # conv / linear
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    weight_bits: int = 0
+    epitome: Epitome | None = None
+    bias: np.ndarray | None = field(default=None, repr=False)
+    mult: np.ndarray | None = field(default=None, repr=False)
+    shift: np.ndarray | None = field(default=None, repr=False)
+    # add / avgpool_global (scalars)
+    ma: int = 0
+    mb: int = 0
+    pool_mult: int = 0
+    pool_shift: int = 0
+    add_shift: int = 0
+
+    @property
+    def in_channels(self) -> int:
+        """Cin as the crossbar sees it (a linear layer flattens its input)."""
+        return int(np.prod(self.in_shape)) if self.op == "linear" else self.in_shape[0]
+
+    @property
+    def out_channels(self) -> int:
+        return self.out_shape[0]
+
+    @property
+    def in_hw(self) -> tuple[int, int]:
+        return (1, 1) if self.op == "linear" else (self.in_shape[1], self.in_shape[2])
+
+    @property
+    def g_in(self) -> int:
+        return math.ceil(self.in_channels / self.epitome.patch_in)
+
+    @property
+    def g_out(self) -> int:
+        return math.ceil(self.out_channels / self.epitome.patch_out)
+
+
+@dataclass(frozen=True)
+class Network:
+    pim: PIM
+    input_name: str
+    input_shape: tuple[int, int, int]
+    input_bits: int
+    layers: tuple[Layer, ...]  # in a valid execution order
+    output: str
+    source: str = "<net>"
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    @property
+    def output_layer(self) -> Layer:
+        return self.layer(self.output)
+
+
+class _Ctx:
+    """Where in the file a check is: formats the error message."""
+
+    def __init__(self, source: str, where: str):
+        self.source = source
+        self.where = where
+
+    def fail(self, fld: str, msg: str) -> NetFileError:
+        return NetFileError(f"{self.source}: {self.where}, field '{fld}': {msg}")
+
+    def get(self, obj: dict, key: str, prefix: str = ""):
+        if key not in obj:
+            raise self.fail(prefix + key, "missing")
+        return obj[key]
+
+    def obj(self, obj: dict, key: str, prefix: str = "") -> dict:
+        val = self.get(obj, key, prefix)
+        if not isinstance(val, dict):
+            raise self.fail(prefix + key, f"must be an object, got {type(val).__name__}")
+        return val
+
+    def int(self, obj: dict, key: str, lo: int | None = None, hi: int | None = None,
+            prefix: str = "") -> int:
+        val = self.get(obj, key, prefix)
+        return self.check_int(val, prefix + key, lo, hi)
+
+    def check_int(self, val, fld: str, lo: int | None, hi: int | None) -> int:
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise self.fail(fld, f"must be an integer, got {json.dumps(val)[:40]}")
+        if (lo is not None and val < lo) or (hi is not None and val > hi):
+            raise self.fail(fld, f"must be in {_range(lo, hi)}, got {val}")
+        return val
+
+    def bool(self, obj: dict, key: str) -> bool:
+        val = self.get(obj, key)
+        if not isinstance(val, bool):
+            raise self.fail(key, f"must be true or false, got {json.dumps(val)[:40]}")
+        return val
+
+    def str(self, obj: dict, key: str) -> str:
+        val = self.get(obj, key)
+        if not isinstance(val, str) or not val:
+            raise self.fail(key, f"must be a non-empty string, got {json.dumps(val)[:40]}")
+        return val
+
+    def array(self, obj: dict, key: str, shape: tuple[int, ...], lo: int, hi: int,
+              prefix: str = "", shape_doc: str = "") -> np.ndarray:
+        fld = prefix + key
+        val = self.get(obj, key, prefix)
+        arr = _int_array(val)
+        if arr is None:
+            raise self.fail(fld, "must be a nested list of integers")
+        if arr.shape != shape:
+            doc = f" {shape_doc}" if shape_doc else ""
+            raise self.fail(fld, f"must have shape {list(shape)}{doc}, got {list(arr.shape)}")
+        if arr.size and (arr.min() < lo or arr.max() > hi):
+            bad = arr[(arr < lo) | (arr > hi)].flat[0]
+            idx = tuple(int(i) for i in np.argwhere((arr < lo) | (arr > hi))[0])
+            raise self.fail(fld, f"values must be in {_range(lo, hi)}, got {bad} at {list(idx)}")
+        return arr
+
+    def keys(self, obj: dict, allowed: set[str], prefix: str = "") -> None:
+        extra = sorted(set(obj) - allowed)
+        if extra:
+            raise self.fail(prefix + extra[0], f"unknown field (expected one of "
+                            f"{', '.join(sorted(allowed))})")
+
+
+def _range(lo, hi) -> str:
+    if hi is None:
+        return f">= {lo}"
+    if lo is None:
+        return f"<= {hi}"
+    return f"{lo}..{hi}"
+
+
+def _int_array(val) -> np.ndarray | None:
+    """A nested list of Python ints as an int64 array, or None if it is anything else."""
+    def ok(v):
+        if isinstance(v, list):
+            return all(ok(x) for x in v)
+        return isinstance(v, int) and not isinstance(v, bool) and -(2**62) < v < 2**62
+    if not isinstance(val, list) or not ok(val):
+        return None
+    try:
+        arr = np.array(val, dtype=np.int64)
+    except ValueError:  # ragged
+        return None
+    return arr if arr.dtype == np.int64 else None
+
+
+_COMMON = {"name", "op", "inputs"}
+_ALLOWED = {
+    "conv": _COMMON | {"out_channels", "kernel", "stride", "padding", "weight_bits", "epitome",
+                       "weights", "bias", "mult", "shift", "relu", "out_bits"},
+    "linear": _COMMON | {"out_features", "weight_bits", "epitome", "weights", "bias", "mult",
+                         "shift", "relu", "out_bits"},
+    "add": _COMMON | {"ma", "mb", "shift", "out_bits"},
+    "avgpool_global": _COMMON | {"mult", "shift", "out_bits"},
+}
+_EPITOME_KEYS = {"in_channels", "out_channels", "patch_in", "patch_out", "row_offset",
+                 "col_offset", "weights"}
+
+
+def load(path: str | Path) -> Network:
+    """Read and validate a network file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise NetFileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise NetFileError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} "
+                           f"column {exc.colno}") from None
+    return parse(obj, source=str(path))
+
+
+def parse(obj, source: str = "<net>") -> Network:
+    """Validate a network given as a decoded JSON object."""
+    top = _Ctx(source, "network")
+    if not isinstance(obj, dict):
+        raise top.fail("format", "the file must hold one JSON object")
+    top.keys(obj, {"format", "pim", "input", "layers", "output"})
+    fmt = top.get(obj, "format")
+    if fmt != FORMAT:
+        raise top.fail("format", f"must be {FORMAT!r}, got {json.dumps(fmt)[:40]}")
+
+    pim_obj = top.obj(obj, "pim")
+    top.keys(pim_obj, {"xbar_rows", "xbar_cols", "cell_bits", "dac_bits", "adc_bits"}, "pim.")
+    pim = PIM(
+        xbar_rows=top.int(pim_obj, "xbar_rows", 1, 4096, "pim."),
+        xbar_cols=top.int(pim_obj, "xbar_cols", 1, 4096, "pim."),
+        cell_bits=top.int(pim_obj, "cell_bits", 1, 8, "pim."),
+        dac_bits=top.int(pim_obj, "dac_bits", 1, 16, "pim."),
+        adc_bits=top.int(pim_obj, "adc_bits", 1, MAX_BITS, "pim."),
+    )
+
+    ictx = _Ctx(source, "input")
+    inp = top.obj(obj, "input")
+    ictx.keys(inp, {"name", "channels", "height", "width", "bits"})
+    input_name = ictx.str(inp, "name")
+    input_shape = (ictx.int(inp, "channels", 1), ictx.int(inp, "height", 1),
+                   ictx.int(inp, "width", 1))
+    input_bits = ictx.int(inp, "bits", 1, 16)
+
+    raw_layers = top.get(obj, "layers")
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise top.fail("layers", "must be a non-empty list of layer objects")
+    output = top.get(obj, "output")
+    if not isinstance(output, str):
+        raise top.fail("output", "must be a layer name")
+
+    by_name: dict[str, dict] = {}
+    for idx, lay in enumerate(raw_layers):
+        ctx = _Ctx(source, f"layer #{idx}")
+        if not isinstance(lay, dict):
+            raise ctx.fail("name", "each layer must be a JSON object")
+        name = ctx.str(lay, "name")
+        ctx = _Ctx(source, f"layer '{name}'")
+        if name in by_name or name == input_name:
+            raise ctx.fail("name", "duplicate name")
+        op = ctx.get(lay, "op")
+        if op not in OPS:
+            raise ctx.fail("op", f"unknown op {json.dumps(op)[:40]} (expected one of "
+                           f"{', '.join(OPS)})")
+        ctx.keys(lay, _ALLOWED[op])
+        ins = ctx.get(lay, "inputs")
+        want = 2 if op == "add" else 1
+        if (not isinstance(ins, list) or len(ins) != want
+                or not all(isinstance(i, str) for i in ins)):
+            raise ctx.fail("inputs", f"must be a list of {want} tensor name(s)")
+        by_name[name] = lay
+    if output not in by_name:
+        raise top.fail("output", f"names no layer: {output!r}")
+
+    order = _topo_order(by_name, input_name, source)
+    consumers = {n: [m for m in by_name if n in by_name[m]["inputs"]] for n in by_name}
+    shapes: dict[str, tuple[tuple[int, int, int], int, bool]] = {
+        input_name: (input_shape, input_bits, True)}
+    layers = []
+    for name in order:
+        lay = by_name[name]
+        ctx = _Ctx(source, f"layer '{name}'")
+        srcs = [shapes[i] for i in lay["inputs"]]
+        for i, (_, _, unsigned) in zip(lay["inputs"], srcs, strict=True):
+            if not unsigned:
+                raise ctx.fail("inputs", f"input {i!r} is signed (relu: false); only the "
+                               "network output may be signed")
+        layer = _parse_layer(ctx, lay, srcs, pim)
+        if not layer.relu and (name != output or consumers[name]):
+            raise ctx.fail("relu", "false is allowed only on the network output layer")
+        shapes[name] = (layer.out_shape, layer.out_bits, layer.relu)
+        layers.append(layer)
+    return Network(pim, input_name, input_shape, input_bits, tuple(layers), output, source)
+
+
+def _topo_order(by_name: dict[str, dict], input_name: str, source: str) -> list[str]:
+    """Layers in file order where possible, inputs first; unknown inputs and cycles refused."""
+    for name, lay in by_name.items():
+        for i in lay["inputs"]:
+            if i != input_name and i not in by_name:
+                raise _Ctx(source, f"layer '{name}'").fail("inputs", f"unknown input {i!r}")
+    done: set[str] = {input_name}
+    order: list[str] = []
+    pending = list(by_name)
+    while pending:
+        ready = [n for n in pending if all(i in done for i in by_name[n]["inputs"])]
+        if not ready:
+            raise _Ctx(source, f"layer '{pending[0]}'").fail(
+                "inputs", "the layers form a cycle: " + " -> ".join(pending))
+        for n in ready:
+            done.add(n)
+            order.append(n)
+            pending.remove(n)
+    return order
+
+
+def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:
+    op = lay["op"]
+    (shape, in_bits, _) = srcs[0]
+    out_bits = ctx.int(lay, "out_bits", 1, MAX_BITS)
+    common = dict(name=lay["name"], op=op, inputs=tuple(lay["inputs"]), in_shape=shape,
+                  in_bits=in_bits, out_bits=out_bits)
+    if op == "add":
+        if srcs[1][0] != shape:
+            raise ctx.fail("inputs", f"inputs differ in shape: {list(shape)} and "
+                           f"{list(srcs[1][0])}")
+        return Layer(**common, out_shape=shape,
+                     ma=ctx.int(lay, "ma", -MULT_LIMIT + 1, MULT_LIMIT - 1),
+                     mb=ctx.int(lay, "mb", -MULT_LIMIT + 1, MULT_LIMIT - 1),
+                     add_shift=ctx.int(lay, "shift", 0, MAX_SHIFT))
+    if op == "avgpool_global":
+        return Layer(**common, out_shape=(shape[0], 1, 1),
+                     pool_mult=ctx.int(lay, "mult", 1, MULT_LIMIT - 1),
+                     pool_shift=ctx.int(lay, "shift", 0, MAX_SHIFT))
+    # conv / linear
+    if op == "conv":
+        cin, h, w = shape
+        cout = ctx.int(lay, "out_channels", 1)
+        k = ctx.int(lay, "kernel", 1, 15)
+        s = ctx.int(lay, "stride", 1, 15)
+        p = ctx.int(lay, "padding", 0, k - 1)
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if ho < 1 or wo < 1:
+            raise ctx.fail("kernel", f"kernel {k} with padding {p} does not fit the "
+                           f"{h}x{w} input map")
+        out_shape = (cout, ho, wo)
+    else:
+        cin, k, s, p = int(np.prod(shape)), 1, 1, 0
+        cout = ctx.int(lay, "out_features", 1)
+        out_shape = (cout, 1, 1)
+    wb = ctx.int(lay, "weight_bits", 2, 16)
+    wmax = 2 ** (wb - 1) - 1
+    has_e, has_w = "epitome" in lay, "weights" in lay
+    if has_e == has_w:
+        raise ctx.fail("epitome", "give exactly one of 'epitome' (epitome layer) and "
+                       "'weights' (dense layer)")
+    if has_w:
+        weights = ctx.array(lay, "weights", (cout, cin, k, k), -wmax, wmax,
+                            shape_doc="(Cout, Cin, k, k)")
+        epi = Epitome(cin, cout, cin, cout, np.zeros((1, 1), np.int64),
+                      np.zeros((1, 1), np.int64), weights, dense=True)
+    else:
+        epi = _parse_epitome(ctx, ctx.obj(lay, "epitome"), cin, cout, k, wmax)
+    bias = ctx.array(lay, "bias", (cout,), -BIAS_LIMIT + 1, BIAS_LIMIT - 1)
+    mult = ctx.array(lay, "mult", (cout,), 1, MULT_LIMIT - 1)
+    shift = ctx.array(lay, "shift", (cout,), 0, MAX_SHIFT)
+    relu = ctx.bool(lay, "relu")
+    return Layer(**common, out_shape=out_shape, relu=relu, kernel=k, stride=s, padding=p,
+                 weight_bits=wb, epitome=epi, bias=bias, mult=mult, shift=shift)
+
+
+def _parse_epitome(ctx: _Ctx, e: dict, cin: int, cout: int, k: int, wmax: int) -> Epitome:
+    pre = "epitome."
+    ctx.keys(e, _EPITOME_KEYS, pre)
+    ce_in = ctx.int(e, "in_channels", 1, None, pre)
+    ce_out = ctx.int(e, "out_channels", 1, None, pre)
+    p_in = ctx.int(e, "patch_in", 1, ce_in, pre)
+    p_out = ctx.int(e, "patch_out", 1, ce_out, pre)
+    g_in, g_out = math.ceil(cin / p_in), math.ceil(cout / p_out)
+    row = ctx.array(e, "row_offset", (g_in, g_out), 0, ce_in - 1, pre, "(G_in, G_out)")
+    col = ctx.array(e, "col_offset", (g_in, g_out), 0, ce_out - 1, pre, "(G_in, G_out)")
+    weights = ctx.array(e, "weights", (ce_out, ce_in, k, k), -wmax, wmax, pre,
+                        "(Ce_out, Ce_in, k, k)")
+    return Epitome(ce_in, ce_out, p_in, p_out, row, col, weights)
