@@ -1,0 +1,83 @@
+"""Read memory images written by the software side: `manifest.json` and `$readmemh` hex files.
+
+Every file is checked against the manifest (width, depth, SHA-256) before anything is generated
+from it, so a corrupted or mismatched image is refused with a message that names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST_FORMAT = "epim-images-v1"
+MEMORIES = ("xbar", "ifrt", "ifat", "ofat", "ostage")
+
+
+class ImageError(ValueError):
+    """A memory image or manifest is missing, corrupted or does not fit the hardware."""
+
+
+@dataclass(frozen=True)
+class Images:
+    """A layer's tile parameters and memory contents, as read from an image folder."""
+
+    params: dict
+    words: dict[str, list[int]]
+    folder: Path
+
+
+def load(folder: str | Path) -> Images:
+    """Load and verify the images in `folder` (the one holding `manifest.json`)."""
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except OSError as exc:
+        raise ImageError(f"{mpath}: cannot read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ImageError(f"{mpath}: not valid JSON: {exc.msg}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ImageError(f"{mpath}: not an {MANIFEST_FORMAT} manifest")
+    params = manifest.get("params")
+    mems = manifest.get("memories")
+    if not isinstance(params, dict) or not isinstance(mems, dict):
+        raise ImageError(f"{mpath}: 'params' and 'memories' must be objects")
+    words = {}
+    for name in MEMORIES:
+        if name not in mems:
+            raise ImageError(f"{mpath}: memory {name!r} missing")
+        entry = mems[name]
+        if entry.get("width") != params["widths"][name]:
+            raise ImageError(f"{mpath}: memory {name!r} width {entry.get('width')} does not "
+                             f"match the tile's {params['widths'][name]}")
+        words[name] = read_hex(folder / entry["file"], entry["width"], entry["depth"],
+                               entry["sha256"])
+    return Images(params, words, folder)
+
+
+def read_hex(path: Path, width: int, depth: int, sha256: str | None = None) -> list[int]:
+    """Read a `$readmemh` file of `depth` words of `width` bits, checking its SHA-256."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ImageError(f"{path}: checksum mismatch: the file was changed or corrupted after "
+                         "it was packed (re-run 'epim generate')")
+    words = []
+    for n, line in enumerate(raw.decode(errors="replace").splitlines(), 1):
+        line = line.split("//")[0].strip()
+        if not line:
+            continue
+        try:
+            v = int(line, 16)
+        except ValueError:
+            raise ImageError(f"{path}:{n}: not a hex word: {line[:20]!r}") from None
+        if v >= 2**width:
+            raise ImageError(f"{path}:{n}: word wider than {width} bits")
+        words.append(v)
+    if len(words) != depth:
+        raise ImageError(f"{path}: {len(words)} words, the manifest says {depth}")
+    return words

@@ -1,0 +1,420 @@
+"""A PIM tile: one conv/linear layer on emulated crossbars, with IFRT, IFAT and OFAT units.
+
+Dataflow (signal prefixes name the stage, as in Minerva):
+
+- ``l_`` loader: input beats into a double-buffered input feature buffer (two banks);
+- ``g_`` window gather: `k` read ports fetch one window column per cycle for the next pixel;
+- ``x_`` crossbar: the IFRT sequencer walks the steps, the IFAT feeds each row from the window,
+  bit-serial DAC slices drive bit-sliced differential cells, ADCs saturate per row chunk, and a
+  shift-and-add (most significant slice first) builds the step's column values;
+- ``r_`` OFAT routing: each output channel takes its (wrapped) column if its group is served;
+- ``q_`` output stage of spec section 5; ``o_`` the output stream register.
+
+Pixel *slots* are the schedule unit: while the crossbar computes pixel `p` the gather fetches
+pixel `p+1`, across image boundaries too, so the crossbar stays busy. `docs/tile.md` has the beat
+order and the exact cycle schedule that `epim.sw.cyclemodel` predicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+BIAS_BITS, MULT_BITS, SHIFT_BITS = 32, 31, 6
+PROG_TARGETS = {"xbar": 0, "ifrt": 1, "ifat": 2, "ofat": 3, "ostage": 4}
+
+
+def ubits(n: int) -> int:
+    """Bits to hold the values `0 .. n-1` (at least 1)."""
+    return max(1, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Shape and PIM parameters of a tile (the `params` of an image manifest)."""
+
+    cin: int
+    cout: int
+    h: int
+    w: int
+    ho: int
+    wo: int
+    kernel: int
+    stride: int
+    padding: int
+    in_bits: int
+    out_bits: int
+    relu: bool
+    ce_in: int
+    ce_out: int
+    patch_out: int
+    g_in: int
+    g_out: int
+    n_slices: int
+    n_t: int
+    max_steps: int
+    acc_bits: int
+    src_bits: int
+    xbar_rows: int
+    cell_bits: int
+    dac_bits: int
+    adc_bits: int
+
+    @classmethod
+    def from_params(cls, params: dict) -> TileConfig:
+        return cls(**{f.name: params[f.name] for f in fields(cls)})
+
+    @property
+    def rows(self) -> int:
+        """Epitome matrix rows `Ce_in * k * k`."""
+        return self.ce_in * self.kernel * self.kernel
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {
+            "xbar": 2 * self.ce_out * self.n_slices * self.cell_bits,
+            "ifrt": 1 + self.g_out + ubits(self.g_in),
+            "ifat": self.ce_in * (1 + self.src_bits),
+            "ofat": self.g_out * ubits(self.ce_out),
+            "ostage": BIAS_BITS + MULT_BITS + SHIFT_BITS,
+        }
+
+    @property
+    def depths(self) -> dict[str, int]:
+        return {"xbar": self.rows, "ifrt": self.max_steps, "ifat": self.max_steps,
+                "ofat": self.g_in, "ostage": self.cout}
+
+
+def prog_layout(cfg: TileConfig) -> data.StructLayout:
+    """Payload of the programming port: target memory, word address, word."""
+    return data.StructLayout({
+        "mem": 3,
+        "addr": ubits(max(cfg.depths.values())),
+        "data": max(cfg.widths.values()),
+    })
+
+
+def tree_sum(terms: list, width: int, is_signed: bool = False):
+    """Balanced adder tree; every partial sum is kept at `width` bits (the caller's bound)."""
+    def fit(v):
+        v = Value.cast(v)
+        if len(v) < width:
+            pad = v[-1].replicate(width - len(v)) if v.shape().signed else Const(0, width - len(v))
+            v = Cat(v, pad)
+        v = v[:width]
+        return v.as_signed() if is_signed else v
+    if not terms:
+        return Const(0, signed(width) if is_signed else unsigned(width))
+    terms = [fit(t) for t in terms]
+    while len(terms) > 1:
+        pairs = [fit(a + b) for a, b in zip(terms[0::2], terms[1::2], strict=False)]
+        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+    return terms[0]
+
+
+class PIMTile(wiring.Component):
+    """One layer's PIM tile.
+
+    Parameters
+    ----------
+    cfg : TileConfig
+        Layer shape and PIM parameters.
+    init : dict of str to list of int
+        Initial memory words per target (``xbar``, ``ifrt``, ``ifat``, ``ofat``, ``ostage``),
+        laid out as in `docs/memory-images.md`.
+
+    Members
+    -------
+    i : In(stream.Signature(cin * in_bits))
+        Input pixels of each image in raster order (y, then x); channel `c` at bits
+        `[c*in_bits, (c+1)*in_bits)`.
+    o : Out(stream.Signature(cout * out_bits))
+        Output pixels in raster order; channel `o` at bits `[o*out_bits, (o+1)*out_bits)`,
+        two's complement when the layer has no ReLU.
+    prog : In(stream.Signature(prog_layout(cfg)))
+        Programming port: writes word `data` at `addr` of memory `mem` (see `PROG_TARGETS`).
+        Ready only while the tile is idle.
+    idle : Out(1)
+        No image is buffered, in flight or waiting in the output register.
+    """
+
+    def __init__(self, cfg: TileConfig, init: dict[str, list[int]]):
+        for name, depth in cfg.depths.items():
+            if len(init[name]) != depth:
+                raise ValueError(f"memory {name!r} needs {depth} words, got {len(init[name])}")
+            if any(not 0 <= v < 2 ** cfg.widths[name] for v in init[name]):
+                raise ValueError(f"memory {name!r} has a word wider than "
+                                 f"{cfg.widths[name]} bits")
+        self._cfg = cfg
+        self._init = {k: list(v) for k, v in init.items()}
+        super().__init__({
+            "i": In(stream.Signature(cfg.cin * cfg.in_bits)),
+            "o": Out(stream.Signature(cfg.cout * cfg.out_bits)),
+            "prog": In(stream.Signature(prog_layout(cfg))),
+            "idle": Out(1),
+        })
+
+    @property
+    def cfg(self) -> TileConfig:
+        return self._cfg
+
+    @property
+    def init(self) -> dict[str, list[int]]:
+        return {k: list(v) for k, v in self._init.items()}
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        m = Module()
+        k, hw = cfg.kernel, cfg.h * cfg.w
+        widths = cfg.widths
+
+        # --- Programming port --------------------------------------------------------------
+        prog_we = {name: Signal(name=f"prog_we_{name}") for name in PROG_TARGETS}
+        prog_fire = self.prog.valid & self.prog.ready
+        for name, code in PROG_TARGETS.items():
+            m.d.comb += prog_we[name].eq(prog_fire & (self.prog.payload.mem == code))
+        prog_addr, prog_data = self.prog.payload.addr, self.prog.payload.data
+
+        def table(name):
+            mem = Memory(shape=unsigned(widths[name]), depth=cfg.depths[name],
+                         init=self._init[name])
+            m.submodules[f"{name}_table"] = mem
+            wp = mem.write_port()
+            m.d.comb += [wp.en.eq(prog_we[name]), wp.addr.eq(prog_addr),
+                         wp.data.eq(prog_data[:widths[name]])]
+            return mem.read_port(domain="comb")
+
+        def registers(name, shape, values):
+            regs = [Signal(shape, init=v, name=f"{name}_{n}") for n, v in enumerate(values)]
+            for n, reg in enumerate(regs):
+                with m.If(prog_we[name] & (prog_addr == n)):
+                    m.d.sync += reg.eq(prog_data[:len(reg)])
+            return regs
+
+        # Crossbar cells: all rows are read at once, as an analog crossbar does.
+        cells = registers("xbar", widths["xbar"], self._init["xbar"])
+        ostage = registers("ostage", widths["ostage"], self._init["ostage"])
+        ifrt, ifat, ofat = table("ifrt"), table("ifat"), table("ofat")
+
+        # --- Loader: input beats into the double-buffered input feature buffer ---------------
+        ifm = Memory(shape=unsigned(cfg.cin * cfg.in_bits), depth=2 * hw, init=[])
+        m.submodules.ifm = ifm
+        l_wp = ifm.write_port()
+        l_bank = Signal()
+        l_addr = Signal(range(hw))
+        full = Signal(2)
+        set_full = Signal(2)
+        release = Signal(2)
+        m.d.comb += self.i.ready.eq(~full.bit_select(l_bank, 1))
+        m.d.comb += [l_wp.addr.eq(l_bank * hw + l_addr), l_wp.data.eq(self.i.payload)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.comb += l_wp.en.eq(1)
+            with m.If(l_addr == hw - 1):
+                m.d.sync += [l_addr.eq(0), l_bank.eq(~l_bank)]
+                m.d.comb += set_full.eq(Cat(~l_bank, l_bank))
+            with m.Else():
+                m.d.sync += l_addr.eq(l_addr + 1)
+        m.d.sync += full.eq((full | set_full) & ~release)
+
+        # --- Slot controller -----------------------------------------------------------------
+        stall = Signal()
+        s_g = Signal()  # this slot gathers pixel (g_bank, g_oy, g_ox)
+        s_x = Signal()  # this slot computes the pixel in x_window
+        g_phase = Signal(range(k + 1))
+        g_bank = Signal()
+        g_oy = Signal(range(cfg.ho))
+        g_ox = Signal(range(cfg.wo))
+        x_step = Signal(range(cfg.max_steps))
+        x_t = Signal(range(cfg.n_t), init=cfg.n_t - 1)
+
+        ifrt_last = ifrt.data[0]
+        ifrt_mask = ifrt.data[1:1 + cfg.g_out]
+        ifrt_gi = ifrt.data[1 + cfg.g_out:]
+        m.d.comb += [ifrt.addr.eq(x_step), ifat.addr.eq(x_step)]
+
+        x_step_end = Signal()
+        x_end = Signal()
+        g_end = Signal()
+        boundary = Signal()
+        m.d.comb += [
+            x_step_end.eq(s_x & (x_t == 0)),
+            x_end.eq(~s_x | (x_step_end & ifrt_last)),
+            g_end.eq(~s_g | (g_phase == k)),
+            boundary.eq((s_x | s_g) & x_end & g_end & ~stall),
+        ]
+
+        # Window gather: phase c < k reads column c; phase c+1 captures it.
+        g_rps = [ifm.read_port() for _ in range(k)]
+        g_inb = Signal(k)  # the column issued last cycle was inside the map, per kernel row
+        g_issued = Signal()  # a column was issued last cycle: capture it now
+        x_window = [[Signal(cfg.cin * cfg.in_bits, name=f"x_window_{kh}_{kw}")
+                     for kw in range(k)] for kh in range(k)]
+        g_window = [[Signal(cfg.cin * cfg.in_bits, name=f"g_window_{kh}_{kw}")
+                     for kw in range(k)] for kh in range(k)]
+        g_window_next = [[Signal(cfg.cin * cfg.in_bits, name=f"g_window_next_{kh}_{kw}")
+                          for kw in range(k)] for kh in range(k)]
+        ix = Signal(signed(ubits(cfg.w * 2 + k * 2 + cfg.wo * cfg.stride) + 2))
+        m.d.comb += ix.eq(g_ox * cfg.stride + g_phase - cfg.padding)
+        for kh, rp in enumerate(g_rps):
+            iy = Signal(signed(ubits(cfg.h * 2 + k * 2 + cfg.ho * cfg.stride) + 2),
+                        name=f"g_iy_{kh}")
+            inside = (iy >= 0) & (iy < cfg.h) & (ix >= 0) & (ix < cfg.w) & (g_phase < k)
+            m.d.comb += [iy.eq(g_oy * cfg.stride + kh - cfg.padding),
+                         rp.addr.eq(g_bank * hw + (iy * cfg.w + ix).as_unsigned()),
+                         rp.en.eq(~stall)]
+            with m.If(~stall):
+                m.d.sync += g_inb[kh].eq(s_g & inside)
+            for kw in range(k):
+                capture = g_issued & (g_phase == kw + 1)
+                m.d.comb += g_window_next[kh][kw].eq(
+                    Mux(capture, Mux(g_inb[kh], rp.data, 0), g_window[kh][kw]))
+        with m.If(~stall):
+            m.d.sync += g_issued.eq(s_g & (g_phase < k))
+            m.d.sync += [g_window[kh][kw].eq(g_window_next[kh][kw])
+                         for kh in range(k) for kw in range(k)]
+            with m.If(s_g & ~g_end):
+                m.d.sync += g_phase.eq(g_phase + 1)
+            with m.If(s_x & ~x_end):
+                with m.If(x_t == 0):
+                    m.d.sync += [x_t.eq(cfg.n_t - 1), x_step.eq(x_step + 1)]
+                with m.Else():
+                    m.d.sync += x_t.eq(x_t - 1)
+
+        g_last = (g_oy == cfg.ho - 1) & (g_ox == cfg.wo - 1)
+        next_bank = Signal()
+        m.d.comb += next_bank.eq(Mux(s_g & g_last, ~g_bank, g_bank))
+        with m.If(boundary):
+            m.d.sync += [s_x.eq(s_g), g_phase.eq(0), x_step.eq(0), x_t.eq(cfg.n_t - 1),
+                         s_g.eq(full.bit_select(next_bank, 1))]
+            m.d.sync += [x_window[kh][kw].eq(g_window_next[kh][kw])
+                         for kh in range(k) for kw in range(k)]
+            with m.If(s_g):
+                with m.If(g_last):
+                    m.d.comb += release.eq(Cat(~g_bank, g_bank))
+                    m.d.sync += [g_bank.eq(~g_bank), g_oy.eq(0), g_ox.eq(0)]
+                with m.Elif(g_ox == cfg.wo - 1):
+                    m.d.sync += [g_ox.eq(0), g_oy.eq(g_oy + 1)]
+                with m.Else():
+                    m.d.sync += g_ox.eq(g_ox + 1)
+        with m.Elif(~s_x & ~s_g):
+            m.d.sync += [s_g.eq(full.bit_select(g_bank, 1)), g_phase.eq(0)]
+
+        # --- Crossbar: IFAT row inputs, DAC slices, cells, ADC, shift-and-add -----------------
+        fw = 1 + cfg.src_bits
+        x_rows = []
+        for e_in in range(cfg.ce_in):
+            active = ifat.data[e_in * fw]
+            src = ifat.data[e_in * fw + 1:(e_in + 1) * fw]
+            for kh in range(k):
+                for kw in range(k):
+                    row = Signal(cfg.in_bits, name=f"x_row_{e_in}_{kh}_{kw}")
+                    pixel = x_window[kh][kw].word_select(src, cfg.in_bits)
+                    m.d.comb += row.eq(Mux(active, pixel, 0))
+                    x_rows.append(row)
+        dac = cfg.dac_bits
+        x_slices = []  # the DAC input slice of every row this cycle
+        for rho, row in enumerate(x_rows):
+            sl = Signal(dac, name=f"x_dac_{rho}")
+            m.d.comb += sl.eq(Cat(row, Const(0, cfg.n_t * dac - cfg.in_bits))
+                              .word_select(x_t, dac))
+            x_slices.append(sl)
+
+        cb, ns = cfg.cell_bits, cfg.n_slices
+        adc_max = 2**cfg.adc_bits - 1
+        chunks = [range(h0, min(h0 + cfg.xbar_rows, cfg.rows))
+                  for h0 in range(0, cfg.rows, cfg.xbar_rows)]
+        acc_shape = signed(cfg.acc_bits)
+        x_v = []  # column value of this DAC slice, per epitome output channel
+        for e_out in range(cfg.ce_out):
+            terms = []
+            for h, rows in enumerate(chunks):
+                s_bits = (len(rows) * (2**dac - 1) * (2**cb - 1)).bit_length() or 1
+                a_bits = min(s_bits, cfg.adc_bits)
+                for q in range(ns):
+                    adc = []
+                    for pol in range(2):
+                        field = ((pol * cfg.ce_out + e_out) * ns + q) * cb
+                        s = tree_sum([x_slices[r] * cells[r][field:field + cb] for r in rows],
+                                     s_bits)
+                        a = Signal(a_bits, name=f"x_adc_{h}_{pol}_{e_out}_{q}")
+                        m.d.comb += a.eq(Mux(s > adc_max, adc_max, s))
+                        adc.append(a)
+                    terms.append((adc[0] - adc[1]).as_signed() << (q * cb))
+            v = Signal(acc_shape, name=f"x_v_{e_out}")
+            m.d.comb += v.eq(tree_sum(terms, cfg.acc_bits, is_signed=True))
+            x_v.append(v)
+
+        x_col = [Signal(acc_shape, name=f"x_col_{e}") for e in range(cfg.ce_out)]
+        x_col_next = [Signal(acc_shape, name=f"x_col_next_{e}") for e in range(cfg.ce_out)]
+        first_t = x_t == cfg.n_t - 1
+        for e in range(cfg.ce_out):
+            m.d.comb += x_col_next[e].eq(Mux(first_t, 0, x_col[e] << dac) + x_v[e])
+            with m.If(s_x & ~stall):
+                m.d.sync += x_col[e].eq(x_col_next[e])
+
+        # --- OFAT routing with output channel wrapping ---------------------------------------
+        r_valid = Signal()
+        r_last = Signal()
+        r_mask = Signal(cfg.g_out)
+        r_gi = Signal(ubits(cfg.g_in))
+        r_v = Array(Signal(acc_shape, name=f"r_v_{e}") for e in range(cfg.ce_out))
+        with m.If(~stall):
+            m.d.sync += r_valid.eq(x_step_end)
+            with m.If(x_step_end):
+                m.d.sync += [r_last.eq(ifrt_last), r_mask.eq(ifrt_mask), r_gi.eq(ifrt_gi)]
+                m.d.sync += [r_v[e].eq(x_col_next[e]) for e in range(cfg.ce_out)]
+        m.d.comb += ofat.addr.eq(r_gi)
+
+        cw = ubits(cfg.ce_out)
+        acc = [Signal(acc_shape, name=f"r_acc_{o}") for o in range(cfg.cout)]
+        q_acc = [Signal(acc_shape, name=f"q_acc_{o}") for o in range(cfg.cout)]
+        q_valid = Signal()
+        o_valid = Signal()
+        o_payload = Signal(cfg.cout * cfg.out_bits)
+        q_move = Signal()
+        m.d.comb += [q_move.eq(q_valid & (~o_valid | self.o.ready)),
+                     stall.eq(q_valid & ~q_move)]
+        for o in range(cfg.cout):
+            go, j = divmod(o, cfg.patch_out)
+            col = Signal(cw + 1, name=f"r_col_{o}")
+            base = ofat.data.word_select(go, cw)
+            m.d.comb += col.eq(Mux(base + j >= cfg.ce_out, base + j - cfg.ce_out, base + j))
+            acc_next = Signal(acc_shape, name=f"r_acc_next_{o}")
+            m.d.comb += acc_next.eq(acc[o] + Mux(r_mask[go], r_v[col], 0))
+            with m.If(r_valid & ~stall):
+                m.d.sync += acc[o].eq(Mux(r_last, 0, acc_next))
+                with m.If(r_last):
+                    m.d.sync += q_acc[o].eq(acc_next)
+
+        # --- Output stage (spec section 5) and output register -------------------------------
+        if cfg.relu:
+            lo, hi = 0, 2**cfg.out_bits - 1
+        else:
+            lo, hi = -(2 ** (cfg.out_bits - 1)), 2 ** (cfg.out_bits - 1) - 1
+        ys = []
+        for o in range(cfg.cout):
+            word = ostage[o]
+            bias = word[:BIAS_BITS].as_signed()
+            mult = word[BIAS_BITS:BIAS_BITS + MULT_BITS]
+            shift = word[BIAS_BITS + MULT_BITS:]
+            prod = Signal(signed(cfg.acc_bits + BIAS_BITS + MULT_BITS + 2), name=f"q_prod_{o}")
+            m.d.comb += prod.eq((q_acc[o] + bias) * mult)
+            # (prod + 2**(shift-1)) >> shift, for shift = 0 too, without a special case:
+            y = Signal(signed(len(prod) + 2), name=f"q_y_{o}")
+            m.d.comb += y.eq(((prod << 1) + (Const(1, 64) << shift)) >> (shift + 1))
+            ys.append(Mux(y < lo, lo, Mux(y > hi, hi, y))[:cfg.out_bits])
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        with m.If(q_move):
+            m.d.sync += [o_valid.eq(1), o_payload.eq(Cat(*ys)), q_valid.eq(0)]
+        with m.If(r_valid & ~stall & r_last):
+            m.d.sync += q_valid.eq(1)
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(o_payload)]
+
+        busy = full.any() | s_g | s_x | r_valid | q_valid | o_valid | (l_addr != 0)
+        m.d.comb += [self.idle.eq(~busy), self.prog.ready.eq(~busy)]
+        return m
