@@ -1,0 +1,30 @@
+"""Emit Verilog for a tile from a folder of memory images (the hardware side's only input)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from .images import Images, load
+from .tile import PIMTile, TileConfig
+
+TOP = "epim_tile"
+
+
+def tile_from_images(images: Images | str | Path, blank: bool = False) -> PIMTile:
+    """A tile initialised from the images; `blank=True` starts with every memory zeroed, as an
+    unprogrammed chip does, to be written through the programming port."""
+    if not isinstance(images, Images):
+        images = load(images)
+    cfg = TileConfig.from_params(images.params)
+    words = images.words
+    if blank:
+        words = {name: [0] * len(ws) for name, ws in words.items()}
+    return PIMTile(cfg, words)
+
+
+def emit_verilog(tile: PIMTile, name: str = TOP) -> str:
+    """The tile as Verilog text; the top module is `name` with ports `clk`, `rst` and the
+    flattened streams (`i__payload`, `i__valid`, `i__ready`, ...)."""
+    return verilog.convert(tile, name=name, emit_src=False)

