@@ -121,7 +121,7 @@ def _build(verilog: Path, build_root: Path):
 def run_phases(generated: Generated, phases: list[dict], build_root: Path, stalls: bool = False,
                seed: int = 0, max_cycles: int | None = None) -> list[dict]:
     """Run the testbench on the generated Verilog; returns per phase beats and cycles."""
-    build_root = Path(build_root)
+    build_root = Path(build_root).resolve()
     build_root.mkdir(parents=True, exist_ok=True)
     runner, build_dir = _build(generated.verilog, build_root)
     total = sum(len(p["inputs"]) + len(p["program"]) for p in phases)
@@ -161,7 +161,7 @@ def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = Fa
     """Run a batch through the tile's Verilog; returns outputs and the report."""
     x = reference.check_inputs(net, x)
     layer = tile_layer(net)
-    build_root = Path(build_root)
+    build_root = Path(build_root).resolve()
     t0 = time.time()
     gen = generate(net, build_root / "generated", reuse=reuse, blank=program)
     phase = {"program": program_beats(gen.image) if program else [],

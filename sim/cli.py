@@ -1,0 +1,150 @@
+"""The `epim` command: check, reference, generate and cosim a network file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+EXIT_MISMATCH = 1
+
+
+def _load_net(path: str):
+    from ..sw import netfile
+    return netfile.load(path)
+
+
+def _load_inputs(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read as a .npy array: {exc}") from None
+
+
+def cmd_check(args) -> int:
+    from ..sw.cyclemodel import tile_timing
+    from ..sw.epitome import crossbar_count
+
+    net = _load_net(args.net)
+    pim = net.pim
+    print(f"{args.net}: ok ({len(net.layers)} layer(s), input {list(net.input_shape)} "
+          f"{net.input_bits}-bit, output {net.output!r})")
+    for layer in net.layers:
+        line = f"  {layer.name}: {layer.op} -> {list(layer.out_shape)} {layer.out_bits}-bit"
+        if layer.epitome is not None:
+            epi = layer.epitome
+            xb = crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols)
+            t = tile_timing(layer, pim)
+            kind = "dense" if epi.dense else (f"epitome {epi.out_channels}x{epi.in_channels} "
+                                              f"patches {epi.patch_out}x{epi.patch_in}")
+            line += (f", {kind}, {xb} crossbars, {t.n_steps} step(s) x {t.n_t} DAC slice(s) "
+                     "per pixel")
+        print(line)
+    return 0
+
+
+def cmd_reference(args) -> int:
+    from ..sw import reference
+    from .cosim import save_npy
+
+    net = _load_net(args.net)
+    x = _load_inputs(args.inputs)
+    y = reference.run_network(net, x, reuse=not args.no_reuse)
+    save_npy(args.outputs, y)
+    print(f"wrote {args.outputs}: {y.dtype} {list(y.shape)}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .cosim import generate
+
+    net = _load_net(args.net)
+    gen = generate(net, args.out, reuse=not args.no_reuse, blank=args.blank)
+    p = gen.image.params
+    print(f"wrote {gen.verilog.name}, manifest.json and memory images for layer "
+          f"{p['name']!r} ({p['n_steps']} IFRT step(s) per pixel) into {gen.folder}")
+    return 0
+
+
+def cmd_cosim(args) -> int:
+    from .cosim import cosim, save_npy, write_json
+
+    net = _load_net(args.net)
+    x = _load_inputs(args.inputs)
+    y, report = cosim(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
+                      program=args.program, reuse=not args.no_reuse)
+    save_npy(args.outputs, y)
+    if args.report:
+        write_json(args.report, report)
+    steady = report["steady_cycles_per_image"]
+    print(f"{report['layer']}: {report['images']} image(s), "
+          f"{'bit-exact' if report['match'] else 'MISMATCH'} against the reference; "
+          f"latency {report['cycles'][0]} cycles (model {report['predicted_cycles'][0]})"
+          + (f"; steady {steady:g} cycles/image (model "
+             f"{report['predicted_steady_cycles_per_image']:g}), crossbar utilisation "
+             f"{report['utilisation']:.3f}" if steady else ""))
+    ok = report["match"] and report["cycles_match"] in (True, None)
+    return 0 if ok else EXIT_MISMATCH
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="epim", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="validate a network file")
+    c.add_argument("net")
+    c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("reference", help="run the integer reference")
+    r.add_argument("net")
+    r.add_argument("--inputs", required=True, help="integer array (N, C, H, W) in .npy")
+    r.add_argument("--outputs", required=True, help="where to write the output .npy")
+    r.add_argument("--no-reuse", action="store_true", help="IFRT reuse off (same result)")
+    r.set_defaults(func=cmd_reference)
+
+    g = sub.add_parser("generate", help="write Verilog, memory images and manifest")
+    g.add_argument("net")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
+    g.add_argument("--blank", action="store_true",
+                   help="zeroed memories in the Verilog, to program through the port")
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("cosim", help="run the Verilog on Verilator and check it")
+    s.add_argument("net")
+    s.add_argument("--inputs", required=True, help="integer array (N, C, H, W) in .npy")
+    s.add_argument("--outputs", required=True, help="where to write the output .npy")
+    s.add_argument("--report", help="where to write the JSON report")
+    s.add_argument("--build-dir", default="build/cosim", help="Verilator builds and scratch")
+    s.add_argument("--stalls", action="store_true",
+                   help="random input gaps and output back-pressure")
+    s.add_argument("--seed", type=int, default=0, help="seed for --stalls")
+    s.add_argument("--program", action="store_true",
+                   help="start from blank memories and write the images through the "
+                        "programming port")
+    s.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
+    s.set_defaults(func=cmd_cosim)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..sw.netfile import NetFileError
+    from ..sw.images import ImageError
+    from ..sw.reference import InputError
+    from .cosim import UnsupportedNetwork
+    from .verilator import ToolMissing
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (NetFileError, InputError, ImageError, UnsupportedNetwork, ToolMissing, OSError,
+            ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"epim: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
