@@ -98,6 +98,17 @@ def prog_layout(cfg: TileConfig) -> data.StructLayout:
     })
 
 
+def check_init(cfg: TileConfig, init: dict[str, list[int]]) -> None:
+    """Refuse memory contents that do not fit the tile's memories."""
+    for name, depth in cfg.depths.items():
+        if name not in init:
+            raise ValueError(f"memory {name!r} has no initial contents")
+        if len(init[name]) != depth:
+            raise ValueError(f"memory {name!r} needs {depth} words, got {len(init[name])}")
+        if any(not 0 <= v < 2 ** cfg.widths[name] for v in init[name]):
+            raise ValueError(f"memory {name!r} has a word wider than {cfg.widths[name]} bits")
+
+
 def tree_sum(terms: list, width: int, is_signed: bool = False):
     """Balanced adder tree; every partial sum is kept at `width` bits (the caller's bound)."""
     def fit(v):
@@ -143,12 +154,11 @@ class PIMTile(wiring.Component):
     """
 
     def __init__(self, cfg: TileConfig, init: dict[str, list[int]]):
-        for name, depth in cfg.depths.items():
-            if len(init[name]) != depth:
-                raise ValueError(f"memory {name!r} needs {depth} words, got {len(init[name])}")
-            if any(not 0 <= v < 2 ** cfg.widths[name] for v in init[name]):
-                raise ValueError(f"memory {name!r} has a word wider than "
-                                 f"{cfg.widths[name]} bits")
+        try:
+            check_init(cfg, init)
+        except ValueError:
+            self._MustUse__silence = True  # a refused tile is not an unused one
+            raise
         self._cfg = cfg
         self._init = {k: list(v) for k, v in init.items()}
         super().__init__({

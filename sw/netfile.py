@@ -170,10 +170,10 @@ class _Ctx:
         fld = prefix + key
         val = self.get(obj, key, prefix)
         arr = _int_array(val)
+        doc = f" {shape_doc}" if shape_doc else ""
         if arr is None:
-            raise self.fail(fld, "must be a nested list of integers")
+            raise self.fail(fld, f"must be a nested list of integers of shape {list(shape)}{doc}")
         if arr.shape != shape:
-            doc = f" {shape_doc}" if shape_doc else ""
             raise self.fail(fld, f"must have shape {list(shape)}{doc}, got {list(arr.shape)}")
         if arr.size and (arr.min() < lo or arr.max() > hi):
             bad = arr[(arr < lo) | (arr > hi)].flat[0]

@@ -1,0 +1,129 @@
+"""The tile in Amaranth's simulator: bit-exact against the reference, cycles equal the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from epim.hw.tile import PROG_TARGETS, PIMTile, TileConfig, prog_layout
+from epim.sw import cyclemodel, examples, images, netfile, reference
+
+
+def simulate(tile, beats, n_out, program=(), ready=lambda cycle: True, max_cycles=100_000):
+    """Drive beats (after programming beats) and collect output beats with their cycles."""
+    got, out_cycles, in_cycles = [], [], []
+
+    async def bench(ctx):
+        for word in program:
+            ctx.set(tile.prog.payload.as_value(), word)
+            ctx.set(tile.prog.valid, 1)
+            while not (await ctx.tick().sample(tile.prog.ready))[2]:
+                pass
+        ctx.set(tile.prog.valid, 0)
+        cycle, nxt = 0, 0
+        while len(got) < n_out and cycle < max_cycles:
+            if nxt < len(beats):
+                ctx.set(tile.i.payload, beats[nxt])
+            ctx.set(tile.i.valid, nxt < len(beats))
+            ctx.set(tile.o.ready, ready(cycle))
+            _, _, iv, ir, ov, orr, op = await ctx.tick().sample(
+                tile.i.valid, tile.i.ready, tile.o.valid, tile.o.ready, tile.o.payload)
+            if iv and ir:
+                in_cycles.append(cycle)
+                nxt += 1
+            if ov and orr:
+                got.append(op)
+                out_cycles.append(cycle)
+            cycle += 1
+
+    sim = Simulator(tile)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return got, in_cycles, out_cycles
+
+
+def decode(words, cfg):
+    mask = 2**cfg.out_bits - 1
+    y = np.array([[(w >> (o * cfg.out_bits)) & mask for o in range(cfg.cout)] for w in words])
+    if not cfg.relu:
+        y = np.where(y >= 2 ** (cfg.out_bits - 1), y - 2**cfg.out_bits, y)
+    return y.reshape(-1, cfg.ho, cfg.wo, cfg.cout).transpose(0, 3, 1, 2)
+
+
+def beats_of(x, bits):
+    n, c = x.shape[:2]
+    pix = x.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
+    return [sum(int(v) << (ch * bits) for ch, v in enumerate(p)) for p in pix]
+
+
+def compile_net(obj):
+    net = netfile.parse(obj)
+    return net, images.compile_layer(net, net.layers[0])
+
+
+def make(obj):
+    net, img = compile_net(obj)
+    return net, img, PIMTile(TileConfig.from_params(img.params), img.words)
+
+
+CASES = {
+    "default": {},
+    "stride2-random-offsets": dict(cin=3, cout=5, h=5, w=6, stride=2, epitome=(2, 3, 2, 2),
+                                   offsets="random"),
+    "dense-1x1-lossy": dict(cin=4, cout=4, h=4, w=4, kernel=1, padding=0, epitome=None,
+                            in_bits=3, pim=dict(xbar_rows=3, xbar_cols=8, cell_bits=1,
+                                                dac_bits=2, adc_bits=3)),
+    "wrap-signed": dict(cin=2, cout=3, h=3, w=3, padding=0, epitome=(2, 3, 1, 1),
+                        offsets="random", relu=False, out_bits=6),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_tile_matches_reference_and_cycle_model(name, rng):
+    kw = dict(CASES[name])
+    if name == "default":
+        kw = dict(cin=8, cout=16, h=6, w=6, epitome=(4, 8, 4, 8), d_c=4)
+    net, img, tile = make(examples.conv_layer_net(rng, **kw))
+    cfg = tile.cfg
+    x = rng.integers(0, 2**cfg.in_bits, (3,) + net.input_shape)
+    got, in_cycles, out_cycles = simulate(tile, beats_of(x, cfg.in_bits), 3 * cfg.ho * cfg.wo)
+    np.testing.assert_array_equal(decode(got, cfg), reference.run_network(net, x))
+    t = cyclemodel.tile_timing(net.layers[0], net.pim)
+    sched = cyclemodel.schedule(t, 3)
+    assert in_cycles[::t.in_beats] == sched.first_in
+    assert out_cycles[t.pixels - 1::t.pixels] == sched.last_out
+
+
+def test_back_pressure_loses_nothing(rng):
+    net, img, tile = make(examples.conv_layer_net(rng, cin=3, cout=4, h=4, w=4,
+                                                  epitome=(2, 4, 2, 2), offsets="random"))
+    x = rng.integers(0, 16, (2,) + net.input_shape)
+    pattern = rng.random(10_000) < 0.35
+    got, _, _ = simulate(tile, beats_of(x, 4), 2 * 16, ready=lambda c: bool(pattern[c]))
+    np.testing.assert_array_equal(decode(got, tile.cfg), reference.run_network(net, x))
+
+
+def test_programming_port_replaces_every_memory(rng):
+    """A tile built for one layer computes another after the port writes its images."""
+    kw = dict(cin=5, cout=6, h=4, w=4, epitome=(3, 4, 2, 3), offsets="random")
+    _, _, tile = make(examples.conv_layer_net(rng, **kw))
+    net_b, img_b = compile_net(examples.conv_layer_net(rng, **kw))
+    layout = prog_layout(tile.cfg)
+    abits = layout.members["addr"]
+    program = [code | (addr << 3) | (word << (3 + abits))
+               for name, code in PROG_TARGETS.items()
+               for addr, word in enumerate(img_b.words[name])]
+    x = rng.integers(0, 16, (1,) + net_b.input_shape)
+    got, _, _ = simulate(tile, beats_of(x, 4), 16, program=program)
+    np.testing.assert_array_equal(decode(got, tile.cfg), reference.run_network(net_b, x))
+
+
+def test_rejects_images_of_the_wrong_size(net_obj):
+    net = netfile.parse(net_obj)
+    img = images.compile_layer(net, net.layers[0])
+    cfg = TileConfig.from_params(img.params)
+    words = dict(img.words, ofat=img.words["ofat"][:-1])
+    with pytest.raises(ValueError, match="memory 'ofat' needs 2 words, got 1"):
+        PIMTile(cfg, words)

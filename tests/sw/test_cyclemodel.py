@@ -1,0 +1,53 @@
+"""The cycle model: closed forms agree with the replayed schedule; the utilisation target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from epim.sw import cyclemodel, examples, netfile
+
+
+def timing(**kw):
+    net = netfile.parse(examples.conv_layer_net(np.random.default_rng(0), **kw))
+    return cyclemodel.tile_timing(net.layers[0], net.pim)
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    dict(kernel=1, padding=0, epitome=None),
+    dict(cin=6, cout=6, epitome=(3, 3, 2, 2), d_r=1),
+    dict(in_bits=8, pim=dict(examples.DEFAULT_PIM, dac_bits=2)),
+])
+def test_closed_form_equals_schedule_when_compute_bound(kw):
+    t = timing(**kw)
+    sched = cyclemodel.schedule(t, 5)
+    latency, steady = cyclemodel.closed_form(t)
+    assert sched.latency[0] == latency
+    assert sched.steady == steady
+    # every later image waits only for the crossbar
+    assert all(b - a == steady for a, b in zip(sched.last_out, sched.last_out[1:]))
+
+
+def test_load_bound_layer_is_limited_by_input_beats():
+    # stride 3 on a 9x9 map: 9 pixels of 4 cycles cannot hide 81 input beats
+    t = timing(h=9, w=9, stride=3, padding=0, epitome=(2, 4, 2, 4), d_c=0)
+    sched = cyclemodel.schedule(t, 6)
+    assert sched.steady > t.pixels * t.slot
+    assert sched.steady >= t.in_beats
+
+
+def test_default_layer_keeps_the_crossbar_busy():
+    net = netfile.parse(examples.default_layer_net())
+    t = cyclemodel.tile_timing(net.layers[0], net.pim)
+    assert (t.kernel, t.n_steps, t.n_t) == (3, 2, 4)
+    sched = cyclemodel.schedule(t, 4)
+    assert t.ideal / sched.steady >= 0.9
+
+
+def test_reuse_off_costs_steps():
+    net = netfile.parse(examples.default_layer_net())
+    on = cyclemodel.tile_timing(net.layers[0], net.pim, reuse=True)
+    off = cyclemodel.tile_timing(net.layers[0], net.pim, reuse=False)
+    assert (on.n_steps, off.n_steps) == (2, 4)
+    assert cyclemodel.closed_form(off)[1] == 2 * cyclemodel.closed_form(on)[1]

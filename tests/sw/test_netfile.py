@@ -1,0 +1,144 @@
+"""Validation of epim-net-v1 files: good files parse, every broken rule names layer and field."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from epim.sw import netfile
+from epim.sw.netfile import NetFileError
+
+
+def test_default_parses(net_obj):
+    net = netfile.parse(net_obj)
+    layer = net.layers[0]
+    assert layer.in_shape == (8, 16, 16)
+    assert layer.out_shape == (16, 16, 16)
+    assert (layer.g_in, layer.g_out) == (2, 2)
+    assert layer.epitome.weights.shape == (8, 4, 3, 3)
+
+
+def _conv(obj):
+    return obj["layers"][0]
+
+
+def _epi(obj):
+    return obj["layers"][0]["epitome"]
+
+
+# (mutation, text that must appear in the message): each breaks one rule of spec section 7.
+BROKEN = [
+    (lambda o: o.update(format="epim-net-v2"), "field 'format'"),
+    (lambda o: o["pim"].pop("adc_bits"), "field 'pim.adc_bits': missing"),
+    (lambda o: o["pim"].update(cell_bits=0), "field 'pim.cell_bits'"),
+    (lambda o: o["input"].update(bits=True), "input, field 'bits': must be an integer"),
+    (lambda o: _conv(o).update(op="conv3d"), "layer 'epim_conv3x3', field 'op': unknown op"),
+    (lambda o: _conv(o).update(inputs=["nope"]), "layer 'epim_conv3x3', field 'inputs'"),
+    (lambda o: _conv(o).pop("kernel"), "layer 'epim_conv3x3', field 'kernel': missing"),
+    (lambda o: _conv(o).update(padding=3), "field 'padding': must be in 0..2"),
+    (lambda o: _conv(o).update(weight_bits=1), "field 'weight_bits'"),
+    (lambda o: _conv(o).update(relu="yes"), "field 'relu'"),
+    (lambda o: _conv(o).update(bias=[0] * 15), "field 'bias': must have shape [16]"),
+    (lambda o: _conv(o).update(mult=[0] * 16), "field 'mult': values must be in 1.."),
+    (lambda o: _conv(o).update(shift=[63] * 16), "field 'shift': values must be in 0..62"),
+    (lambda o: _conv(o).update(stride_y=1), "field 'stride_y': unknown field"),
+    (lambda o: _conv(o).update(weights=[[[[0]]]]), "field 'epitome': give exactly one"),
+    (lambda o: _epi(o).update(patch_in=5), "field 'epitome.patch_in': must be in 1..4"),
+    (lambda o: _epi(o).update(patch_out=0), "field 'epitome.patch_out'"),
+    (lambda o: _epi(o).update(row_offset=[[0, 0]]),
+     "field 'epitome.row_offset': must have shape [2, 2]"),
+    (lambda o: _epi(o).update(col_offset=[[0, 8], [0, 0]]),
+     "field 'epitome.col_offset': values must be in 0..7, got 8 at [0, 1]"),
+    (lambda o: _epi(o)["weights"][1][2][0].__setitem__(1, 4),
+     "field 'epitome.weights': values must be in -3..3, got 4 at [1, 2, 0, 1]"),
+    (lambda o: _epi(o)["weights"][0].pop(), "field 'epitome.weights': must be a nested list of "
+     "integers of shape [8, 4, 3, 3] (Ce_out, Ce_in, k, k)"),
+    (lambda o: _epi(o).update(weights="zeros"), "field 'epitome.weights': must be a nested"),
+    (lambda o: o.update(output="gap"), "field 'output': names no layer"),
+    (lambda o: o["layers"].append(copy.deepcopy(_conv(o))), "field 'name': duplicate"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", BROKEN)
+def test_broken_files_are_refused(net_obj, mutate, message):
+    mutate(net_obj)
+    with pytest.raises(NetFileError) as err:
+        netfile.parse(net_obj, source="net.json")
+    text = str(err.value)
+    assert text.startswith("net.json: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def _residual_net(net_obj) -> dict:
+    """conv -> conv -> add(conv1, conv2) -> avgpool -> linear: every op of the spec."""
+    c1 = _conv(net_obj)
+    c1["relu"] = True
+    c2 = copy.deepcopy(c1)
+    c2.update(name="c2", inputs=[c1["name"]])
+    c2["epitome"]["in_channels"] = 4
+    c2["epitome"]["patch_in"] = 4
+    c2["epitome"]["row_offset"] = [[0, 0], [0, 0], [0, 0], [0, 0]]
+    c2["epitome"]["col_offset"] = [[0, 0], [0, 0], [0, 0], [0, 0]]
+    return {**net_obj, "layers": [
+        c1, c2,
+        {"name": "r1", "op": "add", "inputs": ["c2", c1["name"]], "ma": 3, "mb": 5,
+         "shift": 3, "out_bits": 4},
+        {"name": "gap", "op": "avgpool_global", "inputs": ["r1"], "mult": 41, "shift": 12,
+         "out_bits": 8},
+        {"name": "fc", "op": "linear", "inputs": ["gap"], "out_features": 10, "weight_bits": 3,
+         "weights": np.ones((10, 16, 1, 1), int).tolist(), "bias": [0] * 10,
+         "mult": [1] * 10, "shift": [0] * 10, "relu": False, "out_bits": 16}],
+        "output": "fc"}
+
+
+def test_residual_network_shapes(net_obj):
+    net = netfile.parse(_residual_net(net_obj))
+    assert [la.name for la in net.layers] == ["epim_conv3x3", "c2", "r1", "gap", "fc"]
+    assert net.layer("gap").out_shape == (16, 1, 1)
+    assert net.layer("fc").in_channels == 16
+    assert net.layer("fc").out_shape == (10, 1, 1)
+
+
+def test_layers_may_come_in_any_order(net_obj):
+    obj = _residual_net(net_obj)
+    obj["layers"].reverse()
+    assert [la.name for la in netfile.parse(obj).layers][-1] == "fc"
+
+
+def test_cycle_is_refused(net_obj):
+    obj = _residual_net(net_obj)
+    obj["layers"][0]["inputs"] = ["r1"]
+    obj["layers"][0]["epitome"]["in_channels"] = 4
+    with pytest.raises(NetFileError, match="form a cycle"):
+        netfile.parse(obj)
+
+
+def test_add_shapes_must_match(net_obj):
+    obj = _residual_net(net_obj)
+    obj["layers"][2]["inputs"] = ["c2", "input"]
+    with pytest.raises(NetFileError, match=r"layer 'r1', field 'inputs': inputs differ in shape"):
+        netfile.parse(obj)
+
+
+def test_signed_layer_only_at_the_output(net_obj):
+    obj = _residual_net(net_obj)
+    obj["layers"][1]["relu"] = False
+    with pytest.raises(NetFileError, match=r"layer 'c2', field 'relu'"):
+        netfile.parse(obj)
+
+
+def test_load_reports_bad_json(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"format": "epim-net-v1",')
+    with pytest.raises(NetFileError, match=r"broken.json: not valid JSON"):
+        netfile.load(path)
+
+
+def test_load_round_trip(tmp_path, net_obj):
+    path = tmp_path / "n.json"
+    path.write_text(json.dumps(net_obj))
+    assert netfile.load(path).layers[0].name == "epim_conv3x3"

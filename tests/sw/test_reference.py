@@ -1,0 +1,201 @@
+"""The integer reference against PyTorch (lossless ADC) and a literal per-pixel loop (lossy)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from epim.sw import epitome, examples, netfile, reference
+
+
+@st.composite
+def conv_nets(draw, lossless: bool, small: bool = False):
+    """A random single conv layer: shapes, patches, offset tables, PIM parameters."""
+    cin = draw(st.integers(1, 4 if small else 9))
+    cout = draw(st.integers(1, 4 if small else 9))
+    k = draw(st.integers(1, 3))
+    pad = draw(st.integers(0, k - 1))
+    stride = draw(st.integers(1, 3))
+    h = draw(st.integers(max(1, k - 2 * pad), 4 if small else 9))
+    w = draw(st.integers(max(1, k - 2 * pad), 4 if small else 9))
+    dense = draw(st.booleans()) and not small
+    if dense:
+        epi = None
+    else:
+        ce_in = draw(st.integers(1, cin + 1))
+        ce_out = draw(st.integers(1, cout + 1))
+        epi = (ce_in, ce_out, draw(st.integers(1, ce_in)), draw(st.integers(1, ce_out)))
+    cell_bits = draw(st.integers(1, 3))
+    dac_bits = draw(st.integers(1, 3))
+    xbar_rows = draw(st.integers(1, 40))
+    rows = (epi[0] if epi else cin) * k * k
+    need = min(xbar_rows, rows) * (2**dac_bits - 1) * (2**cell_bits - 1)
+    adc_bits = need.bit_length() + 1 if lossless else draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**32 - 1))
+    obj = examples.conv_layer_net(
+        np.random.default_rng(seed), cin=cin, cout=cout, h=h, w=w, kernel=k, stride=stride,
+        padding=pad, in_bits=draw(st.integers(1, 6)), out_bits=draw(st.integers(2, 8)),
+        weight_bits=draw(st.integers(2, 5)), epitome=epi, offsets="random",
+        pim={"xbar_rows": xbar_rows, "xbar_cols": 16, "cell_bits": cell_bits,
+             "dac_bits": dac_bits, "adc_bits": adc_bits},
+        relu=draw(st.booleans()))
+    net = netfile.parse(obj)
+    x = np.random.default_rng(seed + 1).integers(0, 2**net.input_bits,
+                                                 (2,) + net.input_shape)
+    return net, x
+
+
+def torch_acc(net, x):
+    layer = net.layers[0]
+    weight = epitome.sample_weight(layer.epitome, layer.in_channels, layer.out_channels)
+    out = torch.nn.functional.conv2d(torch.tensor(x, dtype=torch.float64),
+                                     torch.tensor(weight, dtype=torch.float64),
+                                     stride=layer.stride, padding=layer.padding)
+    return out.round().to(torch.int64).numpy()
+
+
+@given(conv_nets(lossless=True))
+def test_lossless_adc_equals_torch_conv2d(case):
+    net, x = case
+    layer = net.layers[0]
+    acc = reference.layer_acc(layer, net.pim, x)
+    np.testing.assert_array_equal(acc, torch_acc(net, x))
+    # IFRT reuse changes how many activations run, never the result.
+    np.testing.assert_array_equal(reference.layer_acc(layer, net.pim, x, reuse=False), acc)
+
+
+def literal_acc(net, x):
+    """Spec section 4 as written, one pixel, step, chunk, column and slice at a time.
+
+    Returns the accumulators and, per output, the part lost to ADC saturation.
+    """
+    layer, pim = net.layers[0], net.pim
+    epi = layer.epitome
+    k, s, p = layer.kernel, layer.stride, layer.padding
+    cin, cout = layer.in_channels, layer.out_channels
+    _, ho, wo = layer.out_shape
+    _, h, w = layer.in_shape
+    ns = math.ceil((layer.weight_bits - 1) / pim.cell_bits)
+    n_t = math.ceil(layer.in_bits / pim.dac_bits)
+    rows = epi.in_channels * k * k
+    m = np.zeros((rows, epi.out_channels), dtype=np.int64)
+    for e_out in range(epi.out_channels):
+        for e_in in range(epi.in_channels):
+            for kh in range(k):
+                for kw in range(k):
+                    m[e_in * k * k + kh * k + kw, e_out] = epi.weights[e_out, e_in, kh, kw]
+    polar = [np.maximum(m, 0), np.maximum(-m, 0)]
+    g_in, g_out = math.ceil(cin / epi.patch_in), math.ceil(cout / epi.patch_out)
+    n = x.shape[0]
+    acc = np.zeros((n, cout, ho, wo), dtype=np.int64)
+    lost = np.zeros_like(acc)
+    adc_max = 2**pim.adc_bits - 1
+    for b in range(n):
+        for oy in range(ho):
+            for ox in range(wo):
+                for gi in range(g_in):
+                    for r in sorted({int(v) for v in epi.row_offset[gi]}):
+                        reuse = [go for go in range(g_out) if epi.row_offset[gi][go] == r]
+                        xv = np.zeros(rows, dtype=np.int64)
+                        for e_in in range(epi.in_channels):
+                            i = (e_in - r) % epi.in_channels
+                            if i >= epi.patch_in or gi * epi.patch_in + i >= cin:
+                                continue
+                            for kh in range(k):
+                                for kw in range(k):
+                                    yy, xx = oy * s + kh - p, ox * s + kw - p
+                                    if 0 <= yy < h and 0 <= xx < w:
+                                        xv[e_in * k * k + kh * k + kw] = \
+                                            x[b, gi * epi.patch_in + i, yy, xx]
+                        v = np.zeros(epi.out_channels, dtype=np.int64)
+                        v_loss = np.zeros(epi.out_channels, dtype=np.int64)
+                        for t in range(n_t):
+                            xt = (xv >> (t * pim.dac_bits)) & (2**pim.dac_bits - 1)
+                            for h0 in range(0, rows, pim.xbar_rows):
+                                for e_out in range(epi.out_channels):
+                                    for q in range(ns):
+                                        sums = []
+                                        for mp in polar:
+                                            cell = (mp[h0:h0 + pim.xbar_rows, e_out]
+                                                    >> (q * pim.cell_bits)) \
+                                                & (2**pim.cell_bits - 1)
+                                            sums.append(int(xt[h0:h0 + pim.xbar_rows] @ cell))
+                                        a = [min(sv, adc_max) for sv in sums]
+                                        sh = t * pim.dac_bits + q * pim.cell_bits
+                                        v[e_out] += (a[0] - a[1]) << sh
+                                        v_loss[e_out] += ((sums[0] - a[0])
+                                                          - (sums[1] - a[1])) << sh
+                        for go in reuse:
+                            for j in range(epi.patch_out):
+                                o = go * epi.patch_out + j
+                                if o < cout:
+                                    col = (epi.col_offset[gi][go] + j) % epi.out_channels
+                                    acc[b, o, oy, ox] += v[col]
+                                    lost[b, o, oy, ox] += v_loss[col]
+    return acc, lost
+
+
+@given(conv_nets(lossless=False, small=True))
+def test_lossy_adc_matches_literal_spec(case):
+    net, x = case
+    layer = net.layers[0]
+    acc = reference.layer_acc(layer, net.pim, x)
+    literal, lost = literal_acc(net, x)
+    np.testing.assert_array_equal(acc, literal)
+    # The lossy result differs from the exact convolution exactly by what saturation cut off:
+    # nowhere else, and everywhere saturation left a net loss.
+    exact = torch_acc(net, x)
+    np.testing.assert_array_equal(exact - acc, lost)
+
+
+def test_saturation_happens_and_changes_outputs(rng):
+    obj = examples.conv_layer_net(rng, cin=8, cout=8, h=6, w=6, epitome=(8, 8, 8, 8),
+                                  pim={"xbar_rows": 16, "xbar_cols": 16, "cell_bits": 2,
+                                       "dac_bits": 1, "adc_bits": 4})
+    net = netfile.parse(obj)
+    x = rng.integers(0, 16, (2,) + net.input_shape)
+    acc = reference.layer_acc(net.layers[0], net.pim, x)
+    exact = torch_acc(net, x)
+    assert (acc != exact).mean() > 0.1  # sums of up to 16 rows x 1 x 3 exceed 15 often
+
+
+def test_output_stage_rounds_and_clamps():
+    v = np.array([-9, -8, -7, -1, 0, 1, 7, 8, 9, 1000])
+    # shift 2: round half up of v/4, then clamp to 0..15
+    np.testing.assert_array_equal(reference.requantize(v, 1, 2, 0, 15),
+                                  [0, 0, 0, 0, 0, 0, 2, 2, 2, 15])
+    np.testing.assert_array_equal(reference.requantize(v, 3, 0, -8, 7),
+                                  [-8, -8, -8, -3, 0, 3, 7, 7, 7, 7])
+    # products past int64 fall back to exact integers
+    big = np.array([2**40])
+    assert reference.requantize(big, 2**30, 62, 0, 2**40)[0] == (2**70 + 2**61) >> 62
+
+
+def test_inputs_are_checked(net_obj):
+    net = netfile.parse(net_obj)
+    import pytest
+    with pytest.raises(reference.InputError, match=r"values must be in 0..15"):
+        reference.run_network(net, np.full((1, 8, 16, 16), 16))
+    with pytest.raises(reference.InputError, match=r"shape \(N, 8, 16, 16\)"):
+        reference.run_network(net, np.zeros((1, 8, 16, 15), int))
+    with pytest.raises(reference.InputError, match="integer array"):
+        reference.run_network(net, np.zeros((1, 8, 16, 16)))
+
+
+def test_network_ops(net_obj):
+    from tests.sw.test_netfile import _residual_net
+    net = netfile.parse(_residual_net(net_obj))
+    x = np.random.default_rng(0).integers(0, 16, (3, 8, 16, 16))
+    t = reference.run_network(net, x, keep=True)
+    r1 = np.clip((t["c2"] * 3 + t["epim_conv3x3"] * 5 + 4) >> 3, 0, 15)
+    np.testing.assert_array_equal(t["r1"], r1)
+    gap = np.clip((r1.sum(axis=(2, 3), keepdims=True) * 41 + 2048) >> 12, 0, 255)
+    np.testing.assert_array_equal(t["gap"], gap)
+    out = reference.run_network(net, x)
+    assert out.shape == (3, 10)
+    np.testing.assert_array_equal(out, gap.reshape(3, 16).sum(axis=1, keepdims=True)
+                                  .repeat(10, axis=1))
