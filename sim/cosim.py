@@ -112,7 +112,7 @@ def _build(verilog: Path, build_root: Path):
     digest = hashlib.sha256(verilog.read_bytes()).hexdigest()[:16]
     build_dir = build_root / f"tile-{digest}"
     runner = get_runner("verilator")
-    runner.build(verilog_sources=[str(verilog)], hdl_toplevel="epim_tile",
+    runner.build(sources=[str(verilog)], hdl_toplevel="epim_tile",
                  build_dir=str(build_dir), build_args=["-Wno-fatal", "-Wno-lint", "-O2"],
                  timescale=("1ns", "1ps"), log_file=str(build_root / f"build-{digest}.log"))
     return runner, build_dir

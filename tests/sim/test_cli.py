@@ -1,0 +1,93 @@
+"""The `epim` command line: the four commands and their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from epim.sim.cli import main
+from epim.sw import netfile, reference
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "epim.sim.cli", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_check_ok(net_path, capsys):
+    assert main(["check", str(net_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ok" in out and "2 step(s) x 4 DAC slice(s)" in out
+
+
+def test_malformed_file_one_line_error_and_nonzero_exit(tmp_path, net_obj):
+    net_obj["layers"][0]["epitome"]["patch_out"] = 99
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(net_obj))
+    for cmd in (["check"], ["generate", "--out", tmp_path / "gen"],
+                ["reference", "--inputs", tmp_path / "x.npy", "--outputs", tmp_path / "y.npy"]):
+        proc = run_cli(cmd[0], bad, *cmd[1:])
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert "layer 'epim_conv3x3', field 'epitome.patch_out'" in lines[0]
+    assert not (tmp_path / "gen").exists()
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_reference_command(tmp_path, net_path):
+    x = np.random.default_rng(0).integers(0, 16, (2, 8, 16, 16))
+    np.save(tmp_path / "x.npy", x)
+    assert main(["reference", str(net_path), "--inputs", str(tmp_path / "x.npy"),
+                 "--outputs", str(tmp_path / "y.npy")]) == 0
+    y = np.load(tmp_path / "y.npy")
+    np.testing.assert_array_equal(y, reference.run_network(netfile.load(net_path), x))
+
+
+def test_reference_refuses_bad_inputs(tmp_path, net_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 16, 16), dtype=np.int64))
+    assert main(["reference", str(net_path), "--inputs", str(tmp_path / "x.npy"),
+                 "--outputs", str(tmp_path / "y.npy")]) == 2
+    assert "shape (N, 8, 16, 16)" in capsys.readouterr().err
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_generate_writes_verilog_images_and_manifest(tmp_path, net_path):
+    out = tmp_path / "gen"
+    assert main(["generate", str(net_path), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["epim_tile.v", "ifat.hex", "ifrt.hex", "manifest.json", "ofat.hex",
+                     "ostage.hex", "xbar.hex"]
+    assert "module epim_tile" in (out / "epim_tile.v").read_text()
+
+
+def test_multi_layer_network_is_refused_for_hardware(tmp_path, net_obj, capsys):
+    from tests.sw.test_netfile import _residual_net
+    path = tmp_path / "res.json"
+    path.write_text(json.dumps(_residual_net(net_obj)))
+    assert main(["check", str(path)]) == 0
+    assert main(["generate", str(path), "--out", str(tmp_path / "g")]) == 2
+    assert "one conv or linear layer so far" in capsys.readouterr().err
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_cosim_command(tmp_path, net_path):
+    x = np.random.default_rng(2).integers(0, 16, (2, 8, 16, 16))
+    np.save(tmp_path / "x.npy", x)
+    proc = run_cli("cosim", net_path, "--inputs", tmp_path / "x.npy", "--outputs",
+                   tmp_path / "y.npy", "--report", tmp_path / "r.json", "--build-dir",
+                   tmp_path / "build", "--program")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "bit-exact" in proc.stdout
+    rep = json.loads((tmp_path / "r.json").read_text())
+    for key in ("cycles", "predicted_cycles", "steady_cycles_per_image",
+                "predicted_steady_cycles_per_image"):
+        assert key in rep
+    assert rep["cycles"] == rep["predicted_cycles"] and rep["programmed_via_port"]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
+                                  reference.run_network(netfile.load(net_path), x))
