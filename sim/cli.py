@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..sw.netfile import NetFileError
     from ..sw.images import ImageError
+    from ..sw.netfile import NetFileError
     from ..sw.reference import InputError
     from .cosim import UnsupportedNetwork
     from .verilator import ToolMissing

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sw import cyclemodel, images, netfile, reference
+from ..sw import cyclemodel, images, reference
 from ..sw.netfile import Layer, Network
 from .verilator import setup_environment
 

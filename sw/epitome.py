@@ -11,7 +11,7 @@ from .netfile import Epitome, Layer
 
 
 def sample_weight(epi: Epitome, cin: int, cout: int) -> np.ndarray:
-    """The full weight `W (Cout, Cin, k, k)` sampled from the epitome, wrapping both channel axes."""
+    """The full weight `W (Cout, Cin, k, k)` sampled from the epitome, wrapping channel axes."""
     o = np.arange(cout)
     c = np.arange(cin)
     go, j = o // epi.patch_out, o % epi.patch_out

@@ -26,7 +26,7 @@ def test_closed_form_equals_schedule_when_compute_bound(kw):
     assert sched.latency[0] == latency
     assert sched.steady == steady
     # every later image waits only for the crossbar
-    assert all(b - a == steady for a, b in zip(sched.last_out, sched.last_out[1:]))
+    assert all(b - a == steady for a, b in zip(sched.last_out, sched.last_out[1:], strict=False))
 
 
 def test_load_bound_layer_is_limited_by_input_beats():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from epim.sw import epitome, examples, images, netfile
 
 
