@@ -46,14 +46,17 @@ def load(folder: str | Path) -> Images:
         raise ImageError(f"{mpath}: 'params' and 'memories' must be objects")
     words = {}
     for name in MEMORIES:
-        if name not in mems:
-            raise ImageError(f"{mpath}: memory {name!r} missing")
-        entry = mems[name]
-        if entry.get("width") != params["widths"][name]:
-            raise ImageError(f"{mpath}: memory {name!r} width {entry.get('width')} does not "
-                             f"match the tile's {params['widths'][name]}")
-        words[name] = read_hex(folder / entry["file"], entry["width"], entry["depth"],
-                               entry["sha256"])
+        try:
+            entry = mems[name]
+            want = params["widths"][name]
+            if entry["width"] != want:
+                raise ImageError(f"{mpath}: memory {name!r} width {entry['width']} does not "
+                                 f"match the tile's {want}")
+            words[name] = read_hex(folder / entry["file"], entry["width"], entry["depth"],
+                                   entry["sha256"])
+        except (KeyError, TypeError) as exc:
+            raise ImageError(f"{mpath}: memory {name!r}: entry {exc} missing or "
+                             "malformed") from None
     return Images(params, words, folder)
 
 

@@ -194,12 +194,15 @@ class PIMTile(wiring.Component):
                          init=self._init[name])
             m.submodules[f"{name}_table"] = mem
             wp = mem.write_port()
-            m.d.comb += [wp.en.eq(prog_we[name]), wp.addr.eq(prog_addr),
+            m.d.comb += [wp.en.eq(prog_we[name] & (prog_addr < cfg.depths[name])),
+                         wp.addr.eq(prog_addr),
                          wp.data.eq(prog_data[:widths[name]])]
             return mem.read_port(domain="comb")
 
         def registers(name, shape, values):
-            regs = [Signal(shape, init=v, name=f"{name}_{n}") for n, v in enumerate(values)]
+            # Like non-volatile crossbar cells, programmed contents survive a reset.
+            regs = [Signal(shape, init=v, reset_less=True, name=f"{name}_{n}")
+                    for n, v in enumerate(values)]
             for n, reg in enumerate(regs):
                 with m.If(prog_we[name] & (prog_addr == n)):
                     m.d.sync += reg.eq(prog_data[:len(reg)])
@@ -241,18 +244,20 @@ class PIMTile(wiring.Component):
         x_step = Signal(range(cfg.max_steps))
         x_t = Signal(range(cfg.n_t), init=cfg.n_t - 1)
 
-        ifrt_last = ifrt.data[0]
+        # The last entry ends the pixel even if a programmed table forgot its `last` bit.
+        ifrt_last = ifrt.data[0] | (x_step == cfg.max_steps - 1)
         ifrt_mask = ifrt.data[1:1 + cfg.g_out]
         ifrt_gi = ifrt.data[1 + cfg.g_out:]
         m.d.comb += [ifrt.addr.eq(x_step), ifat.addr.eq(x_step)]
 
+        x_done = Signal()  # this slot's pixel has finished its last step
         x_step_end = Signal()
         x_end = Signal()
         g_end = Signal()
         boundary = Signal()
         m.d.comb += [
-            x_step_end.eq(s_x & (x_t == 0)),
-            x_end.eq(~s_x | (x_step_end & ifrt_last)),
+            x_step_end.eq(s_x & ~x_done & (x_t == 0)),
+            x_end.eq(~s_x | x_done | (x_step_end & ifrt_last)),
             g_end.eq(~s_g | (g_phase == k)),
             boundary.eq((s_x | s_g) & x_end & g_end & ~stall),
         ]
@@ -288,6 +293,8 @@ class PIMTile(wiring.Component):
                          for kh in range(k) for kw in range(k)]
             with m.If(s_g & ~g_end):
                 m.d.sync += g_phase.eq(g_phase + 1)
+            with m.If(x_step_end & ifrt_last):
+                m.d.sync += x_done.eq(1)
             with m.If(s_x & ~x_end):
                 with m.If(x_t == 0):
                     m.d.sync += [x_t.eq(cfg.n_t - 1), x_step.eq(x_step + 1)]
@@ -299,6 +306,7 @@ class PIMTile(wiring.Component):
         m.d.comb += next_bank.eq(Mux(s_g & g_last, ~g_bank, g_bank))
         with m.If(boundary):
             m.d.sync += [s_x.eq(s_g), g_phase.eq(0), x_step.eq(0), x_t.eq(cfg.n_t - 1),
+                         x_done.eq(0),
                          s_g.eq(full.bit_select(next_bank, 1))]
             m.d.sync += [x_window[kh][kw].eq(g_window_next[kh][kw])
                          for kh in range(k) for kw in range(k)]
@@ -363,7 +371,7 @@ class PIMTile(wiring.Component):
         first_t = x_t == cfg.n_t - 1
         for e in range(cfg.ce_out):
             m.d.comb += x_col_next[e].eq(Mux(first_t, 0, x_col[e] << dac) + x_v[e])
-            with m.If(s_x & ~stall):
+            with m.If(s_x & ~x_done & ~stall):
                 m.d.sync += x_col[e].eq(x_col_next[e])
 
         # --- OFAT routing with output channel wrapping ---------------------------------------

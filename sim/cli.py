@@ -83,8 +83,9 @@ def cmd_cosim(args) -> int:
           f"{'bit-exact' if report['match'] else 'MISMATCH'} against the reference; "
           f"latency {report['cycles'][0]} cycles (model {report['predicted_cycles'][0]})"
           + (f"; steady {steady:g} cycles/image (model "
-             f"{report['predicted_steady_cycles_per_image']:g}), crossbar utilisation "
-             f"{report['utilisation']:.3f}" if steady else ""))
+             f"{report['predicted_steady_cycles_per_image']:g})" if steady else "")
+          + (f", crossbar utilisation {report['utilisation']:.3f}"
+             if report["utilisation"] is not None else ""))
     ok = report["match"] and report["cycles_match"] in (True, None)
     return 0 if ok else EXIT_MISMATCH
 
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"epim: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as exc:  # the simulation itself failed (build error, testbench abort)
+        print(f"epim: simulation failed: {str(exc).strip()[-1500:]}", file=sys.stderr)
+        return EXIT_MISMATCH
 
 
 if __name__ == "__main__":

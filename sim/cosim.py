@@ -68,8 +68,13 @@ def generate(net: Network, out_dir: str | Path, reuse: bool = True,
     return Generated(out_dir, out_dir / VERILOG_NAME, image)
 
 
-def pack_beats(x: np.ndarray, bits: int) -> list[int]:
-    """Input beats of a batch `(N, C, H, W)`: raster order, channel c at bits `[c*bits, ...)`."""
+def pack_beats(x: np.ndarray, bits: int, layer: Layer | None = None) -> list[int]:
+    """Input beats of a batch `(N, C, H, W)`: raster order, channel c at bits `[c*bits, ...)`.
+
+    A linear layer takes its whole input, flattened in (C, H, W) order, as one beat per image.
+    """
+    if layer is not None and layer.op == "linear":
+        x = x.reshape(x.shape[0], -1, 1, 1)
     n, c = x.shape[:2]
     pix = x.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
     words = np.zeros(pix.shape[0], dtype=object)
@@ -164,9 +169,9 @@ def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = Fa
     build_root = Path(build_root).resolve()
     t0 = time.time()
     gen = generate(net, build_root / "generated", reuse=reuse, blank=program)
+    _, ho, wo = layer.out_shape
     phase = {"program": program_beats(gen.image) if program else [],
-             "inputs": pack_beats(x, net.input_bits), "n_out": x.shape[0] * layer.out_shape[1]
-             * layer.out_shape[2]}
+             "inputs": pack_beats(x, net.input_bits, layer), "n_out": x.shape[0] * ho * wo}
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed)[0]
     y = unpack_beats(result["outputs"], layer)
     ref = reference.run_network(net, x, reuse=reuse)
@@ -179,7 +184,7 @@ def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds) -> di
     sched = cyclemodel.schedule(timing, n)
     latency, steady = measured_cycles(result, timing, n)
     pred_steady = sched.steady if n > 1 else None
-    util = timing.ideal / steady if steady else None
+    util = timing.ideal / steady if steady and not stalls else None
     match = bool(y.shape == ref.shape and (y == ref).all())
     return {
         "layer": layer.name, "images": n, "match": match,
@@ -210,6 +215,7 @@ def save_npy(path: str | Path, arr: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr)
+        images.make_readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -57,9 +57,10 @@ def _row(r: dict) -> str:
     steady = r["steady_cycles_per_image"]
     pred = r["predicted_steady_cycles_per_image"]
     match = "yes" if r["match"] else "NO"
+    util = f"{r['utilisation']:.3f}" if r["utilisation"] is not None else "-"  # stalled run
     return (f"{r['bench']:30} {r['layer']:14} {match:>6} {r['cycles'][0]:>8} "
             f"{r['predicted_cycles'][0]:>8} {steady:>8g} {pred:>8g} "
-            f"{r['ideal_cycles_per_image']:>7} {r['utilisation']:>6.3f}")
+            f"{r['ideal_cycles_per_image']:>7} {util:>6}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 The images are the only thing besides the network file that the hardware side reads: `$readmemh`
 hex files (one word per line, most significant digit first) plus `manifest.json` with the
-layer's shape, every memory's width, depth, field layout and SHA-256. The word layouts are
+layer's shape parameters and every memory's file, width, depth and SHA-256. The word layouts are
 documented in `docs/memory-images.md`; all fields are packed least significant first.
 """
 
@@ -151,6 +151,13 @@ def write_images(image: LayerImage, out_dir: str | Path) -> Path:
     return out_dir / "manifest.json"
 
 
+def make_readable(path) -> None:
+    """Give a temporary file the permissions a plainly created one would have (umask applies)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_files_atomically(out_dir: Path, files: dict[str, str]) -> None:
     """Write every file to a temporary name first, then rename them all into place."""
     tmp = []
@@ -159,6 +166,7 @@ def write_files_atomically(out_dir: Path, files: dict[str, str]) -> None:
             fd, path = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
             with os.fdopen(fd, "w") as f:
                 f.write(text)
+            make_readable(path)
             tmp.append((path, out_dir / name))
         for path, dest in tmp:
             os.replace(path, dest)

@@ -172,7 +172,8 @@ class _Ctx:
         arr = _int_array(val)
         doc = f" {shape_doc}" if shape_doc else ""
         if arr is None:
-            raise self.fail(fld, f"must be a nested list of integers of shape {list(shape)}{doc}")
+            raise self.fail(fld, f"must be a nested list of integers (|v| < 2**62) of shape "
+                            f"{list(shape)}{doc}")
         if arr.shape != shape:
             raise self.fail(fld, f"must have shape {list(shape)}{doc}, got {list(arr.shape)}")
         if arr.size and (arr.min() < lo or arr.max() > hi):
@@ -319,7 +320,8 @@ def parse(obj, source: str = "<net>") -> Network:
 
 
 def _topo_order(by_name: dict[str, dict], input_name: str, source: str) -> list[str]:
-    """Layers in file order where possible, inputs first; unknown inputs and cycles refused."""
+    """An execution order: repeated passes over file order, each taking the layers whose inputs
+    are ready. Unknown inputs and cycles are refused."""
     for name, lay in by_name.items():
         for i in lay["inputs"]:
             if i != input_name and i not in by_name:

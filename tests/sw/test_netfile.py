@@ -55,7 +55,7 @@ BROKEN = [
     (lambda o: _epi(o)["weights"][1][2][0].__setitem__(1, 4),
      "field 'epitome.weights': values must be in -3..3, got 4 at [1, 2, 0, 1]"),
     (lambda o: _epi(o)["weights"][0].pop(), "field 'epitome.weights': must be a nested list of "
-     "integers of shape [8, 4, 3, 3] (Ce_out, Ce_in, k, k)"),
+     "integers (|v| < 2**62) of shape [8, 4, 3, 3] (Ce_out, Ce_in, k, k)"),
     (lambda o: _epi(o).update(weights="zeros"), "field 'epitome.weights': must be a nested"),
     (lambda o: o.update(output="gap"), "field 'output': names no layer"),
     (lambda o: o["layers"].append(copy.deepcopy(_conv(o))), "field 'name': duplicate"),
