@@ -36,6 +36,6 @@ def cosim(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff on the package, tests and this file."""
+    """ruff on the package, tests, benchmarks and this file."""
     session.install("ruff==0.17.6")
-    session.run("ruff", "check", "hw", "sw", "sim", "tests", "noxfile.py")
+    session.run("ruff", "check", "hw", "sw", "sim", "tests", "benchmarks", "noxfile.py")

@@ -44,6 +44,10 @@ def load(folder: str | Path) -> Images:
     mems = manifest.get("memories")
     if not isinstance(params, dict) or not isinstance(mems, dict):
         raise ImageError(f"{mpath}: 'params' and 'memories' must be objects")
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+    if hashlib.sha256(canonical).hexdigest() != manifest.get("params_sha256"):
+        raise ImageError(f"{mpath}: 'params' do not match 'params_sha256': the manifest was "
+                         "edited or corrupted after it was packed (re-run 'epim generate')")
     words = {}
     for name in MEMORIES:
         try:

@@ -61,6 +61,8 @@ def conv_layer_net(
     spread = math.sqrt(cin * kernel * kernel) * (2**in_bits) * max(wmax, 1) / 2
     target = 2 ** (out_bits - 1) if relu else 2 ** (out_bits - 2)
     shift = 16
+    while shift > 0 and target / max(spread, 1) * 2**shift >= 2**29:
+        shift -= 1
     mult = max(1, int(round(target / max(spread, 1) * 2**shift)))
     layer.update(bias=[0] * cout, mult=rng.integers(max(1, mult // 2), mult * 2 + 1, cout).tolist(),
                  shift=[shift] * cout, relu=relu, out_bits=out_bits)
@@ -82,3 +84,27 @@ def default_layer_net() -> dict:
     """The embedded default: a 3x3 epitome layer, 2 IFRT steps per pixel, 4-bit inputs."""
     return conv_layer_net(np.random.default_rng(2024), cin=8, cout=16, h=16, w=16,
                           epitome=(4, 8, 4, 8), d_r=0, d_c=4, name="epim_conv3x3")
+
+
+def random_layer_net(seed: int) -> dict:
+    """A random dense or epitome conv layer over the parameters the spec lets vary: shapes,
+    stride, padding, patches with channel wrapping, random offset tables, weight, cell, DAC and
+    (mostly lossy) ADC bits, signed or ReLU outputs. Every third seed gives a dense layer."""
+    r = np.random.default_rng(seed)
+    cin, cout = int(r.integers(1, 7)), int(r.integers(1, 7))
+    k = int(r.integers(1, 4))
+    pad = int(r.integers(0, k))
+    h, w = int(r.integers(max(k, 3), 7)), int(r.integers(max(k, 3), 7))
+    if seed % 3 == 0:
+        epi = None
+    else:
+        ce_in, ce_out = int(r.integers(1, cin + 2)), int(r.integers(1, cout + 2))
+        epi = (ce_in, ce_out, int(r.integers(1, ce_in + 1)), int(r.integers(1, ce_out + 1)))
+    pim = {"xbar_rows": int(r.integers(2, 20)), "xbar_cols": 16,
+           "cell_bits": int(r.integers(1, 4)), "dac_bits": int(r.integers(1, 4)),
+           "adc_bits": int(r.integers(2, 7))}
+    return conv_layer_net(
+        r, cin=cin, cout=cout, h=h, w=w, kernel=k, stride=int(r.integers(1, 3)), padding=pad,
+        in_bits=int(r.integers(2, 7)), out_bits=int(r.integers(3, 9)),
+        weight_bits=int(r.integers(2, 6)), epitome=epi, offsets="random", pim=pim,
+        relu=bool(seed % 4 != 1), name=f"rand{seed}")

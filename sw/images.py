@@ -43,6 +43,7 @@ class LayerImage:
 
     def manifest(self) -> dict:
         return {"format": MANIFEST_FORMAT, "params": self.params,
+                "params_sha256": params_digest(self.params),
                 "memories": {m: {"file": f"{m}.hex", "width": self.params["widths"][m],
                                  "depth": len(self.words[m]),
                                  "sha256": _sha256(hex_text(self.words[m],
@@ -135,6 +136,11 @@ def compile_layer(net: Network, layer: Layer, reuse: bool = True,
 def hex_text(words: list[int], width: int) -> str:
     digits = max(1, math.ceil(width / 4))
     return "".join(f"{w:0{digits}x}\n" for w in words)
+
+
+def params_digest(params: dict) -> str:
+    """SHA-256 of the parameters in canonical JSON: guards the manifest against edits."""
+    return _sha256(json.dumps(params, sort_keys=True, separators=(",", ":")))
 
 
 def _sha256(text: str) -> str:

@@ -25,9 +25,9 @@ def check_inputs(net: Network, x: np.ndarray, what: str = "inputs") -> np.ndarra
     want = net.input_shape
     if not np.issubdtype(x.dtype, np.integer):
         raise InputError(f"{what}: must be an integer array, got dtype {x.dtype}")
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
-        raise InputError(f"{what}: must have shape (N, {want[0]}, {want[1]}, {want[2]}), "
-                         f"got {tuple(x.shape)}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != want or x.shape[0] < 1:
+        raise InputError(f"{what}: must have shape (N, {want[0]}, {want[1]}, {want[2]}) with "
+                         f"N >= 1, got {tuple(x.shape)}")
     hi = 2**net.input_bits - 1
     if x.size and (x.min() < 0 or x.max() > hi):
         raise InputError(f"{what}: values must be in 0..{hi} ({net.input_bits}-bit input), "
@@ -98,12 +98,19 @@ def layer_acc(layer: Layer, pim: PIM, x: np.ndarray, reuse: bool = True) -> np.n
     return acc.reshape(n, ho, wo, cout).transpose(0, 3, 1, 2)
 
 
+def _exact(*arrays) -> bool:
+    """True when products of these magnitudes could overflow int64: use Python integers."""
+    bound = 1
+    for a in arrays:
+        bound *= int(np.abs(np.asarray(a, dtype=np.int64)).max(initial=0)) + 1
+    return bound >= 2**61
+
+
 def requantize(v: np.ndarray, mult, shift, lo: int, hi: int) -> np.ndarray:
     """`clamp(v*mult + rnd >> shift, lo, hi)` with `rnd = 2**(shift-1)` if `shift > 0`."""
     mult = np.asarray(mult, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
-    bound = (int(np.abs(v).max(initial=0)) + 1) * (int(mult.max(initial=1)) + 1)
-    if bound >= 2**62:  # exact Python integers when int64 could overflow
+    if v.dtype == object or _exact(v, mult):
         v, mult, shift = v.astype(object), mult.astype(object), shift.astype(object)
     rnd = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
     y = (v * mult + rnd) >> shift
@@ -128,9 +135,11 @@ def run_layer(layer: Layer, pim: PIM, *xs: np.ndarray, reuse: bool = True) -> np
         return output_stage(layer_acc(layer, pim, xs[0], reuse), layer)
     if layer.op == "add":
         a, b = xs
+        if _exact(a, layer.ma) or _exact(b, layer.mb):
+            a, b = a.astype(object), b.astype(object)
         return requantize(a * layer.ma + b * layer.mb, 1, layer.add_shift, 0, hi)
     if layer.op == "avgpool_global":
-        s = xs[0].sum(axis=(2, 3), keepdims=True)
+        s = xs[0].astype(object).sum(axis=(2, 3), keepdims=True)
         return requantize(s, layer.pool_mult, layer.pool_shift, 0, hi)
     raise ValueError(f"layer {layer.name!r}: unknown op {layer.op!r}")
 

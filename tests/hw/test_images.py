@@ -38,6 +38,15 @@ def test_missing_file_is_refused(image_dir):
         hw_images.load(image_dir)
 
 
+def test_edited_params_are_refused(image_dir):
+    mpath = image_dir / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["params"]["acc_bits"] -= 4
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(hw_images.ImageError, match=r"'params' do not match"):
+        hw_images.load(image_dir)
+
+
 def test_mismatched_width_is_refused(image_dir):
     mpath = image_dir / "manifest.json"
     manifest = json.loads(mpath.read_text())

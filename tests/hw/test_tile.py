@@ -12,7 +12,10 @@ from epim.sw import cyclemodel, examples, images, netfile, reference
 
 
 def simulate(tile, beats, n_out, program=(), ready=lambda cycle: True, max_cycles=100_000):
-    """Drive beats (after programming beats) and collect output beats with their cycles."""
+    """Drive beats (after programming beats) and collect output beats with their cycles.
+
+    After the expected `n_out` beats the bench keeps reading for a while: any extra beat fails.
+    """
     got, out_cycles, in_cycles = [], [], []
 
     async def bench(ctx):
@@ -37,6 +40,10 @@ def simulate(tile, beats, n_out, program=(), ready=lambda cycle: True, max_cycle
                 got.append(op)
                 out_cycles.append(cycle)
             cycle += 1
+        ctx.set(tile.o.ready, 1)
+        for _ in range(64):
+            _, _, ov = await ctx.tick().sample(tile.o.valid)
+            assert not ov, "an output beat beyond the expected count"
 
     sim = Simulator(tile)
     sim.add_clock(1e-8)
@@ -126,7 +133,8 @@ def prog_words(tile, img):
 
 
 def test_programming_survives_reset(rng):
-    """Programmed cells and tables are kept through a reset, as non-volatile cells are."""
+    """Programmed cells and tables are kept through a reset, as non-volatile cells are; an
+    image that was half loaded when reset came is dropped."""
     kw = dict(cin=3, cout=4, h=3, w=3, epitome=(2, 4, 2, 2), offsets="random")
     _, _, tile = make(examples.conv_layer_net(rng, **kw))
     net_b, img_b = compile_net(examples.conv_layer_net(rng, **kw))
@@ -142,6 +150,11 @@ def test_programming_survives_reset(rng):
             ctx.set(tile.prog.valid, 1)
             await ctx.tick()
         ctx.set(tile.prog.valid, 0)
+        for beat in beats_of(x, 4)[:5]:  # a partial image, lost in the reset
+            ctx.set(tile.i.payload, beat ^ 0b1010)
+            ctx.set(tile.i.valid, 1)
+            await ctx.tick()
+        ctx.set(tile.i.valid, 0)
         ctx.set(sync.rst, 1)
         await ctx.delay(3e-8)  # three clock periods in reset
         ctx.set(sync.rst, 0)

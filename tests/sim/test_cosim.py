@@ -18,31 +18,9 @@ def build_root(tmp_path_factory):
     return tmp_path_factory.mktemp("cosim")
 
 
-def random_layer(seed: int) -> dict:
-    """A random dense or epitome layer over the parameters the spec lets vary."""
-    r = np.random.default_rng(seed)
-    cin, cout = int(r.integers(1, 7)), int(r.integers(1, 7))
-    k = int(r.integers(1, 4))
-    pad = int(r.integers(0, k))
-    h, w = int(r.integers(max(k, 3), 7)), int(r.integers(max(k, 3), 7))
-    if seed % 3 == 0:
-        epi = None
-    else:
-        ce_in, ce_out = int(r.integers(1, cin + 2)), int(r.integers(1, cout + 2))
-        epi = (ce_in, ce_out, int(r.integers(1, ce_in + 1)), int(r.integers(1, ce_out + 1)))
-    pim = {"xbar_rows": int(r.integers(2, 20)), "xbar_cols": 16,
-           "cell_bits": int(r.integers(1, 4)), "dac_bits": int(r.integers(1, 4)),
-           "adc_bits": int(r.integers(2, 7))}
-    return examples.conv_layer_net(
-        r, cin=cin, cout=cout, h=h, w=w, kernel=k, stride=int(r.integers(1, 3)), padding=pad,
-        in_bits=int(r.integers(2, 7)), out_bits=int(r.integers(3, 9)),
-        weight_bits=int(r.integers(2, 6)), epitome=epi, offsets="random", pim=pim,
-        relu=bool(seed % 4 != 1), name=f"rand{seed}")
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_random_layers_bit_exact_and_cycle_exact(seed, build_root):
-    net = netfile.parse(random_layer(seed))
+    net = netfile.parse(examples.random_layer_net(seed))
     x = np.random.default_rng(seed).integers(0, 2**net.input_bits, (3,) + net.input_shape)
     y, rep = cosim.cosim(net, x, build_root)
     np.testing.assert_array_equal(y, reference.run_network(net, x))
@@ -84,7 +62,7 @@ def test_default_layer_utilisation_and_stalls(build_root):
 
 
 def test_blank_tile_programmed_through_the_port(build_root):
-    net = netfile.parse(random_layer(4))
+    net = netfile.parse(examples.random_layer_net(4))
     x = np.random.default_rng(4).integers(0, 2**net.input_bits, (2,) + net.input_shape)
     y, rep = cosim.cosim(net, x, build_root, program=True, stalls=True, seed=5)
     np.testing.assert_array_equal(y, reference.run_network(net, x))

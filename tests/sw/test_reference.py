@@ -182,8 +182,32 @@ def test_inputs_are_checked(net_obj):
         reference.run_network(net, np.full((1, 8, 16, 16), 16))
     with pytest.raises(reference.InputError, match=r"shape \(N, 8, 16, 16\)"):
         reference.run_network(net, np.zeros((1, 8, 16, 15), int))
+    with pytest.raises(reference.InputError, match=r"N >= 1"):
+        reference.run_network(net, np.zeros((0, 8, 16, 16), int))
     with pytest.raises(reference.InputError, match="integer array"):
         reference.run_network(net, np.zeros((1, 8, 16, 16)))
+
+
+def test_add_does_not_overflow():
+    """A 32-bit activation times a 31-bit multiplier, twice: exact, not wrapped in int64."""
+    obj = {"format": "epim-net-v1", "pim": examples.DEFAULT_PIM,
+           "input": {"name": "input", "channels": 1, "height": 1, "width": 1, "bits": 8},
+           "layers": [
+               {"name": "c1", "op": "conv", "inputs": ["input"], "out_channels": 1, "kernel": 1,
+                "stride": 1, "padding": 0, "weight_bits": 2, "weights": [[[[1]]]],
+                "bias": [0], "mult": [2**31 - 1], "shift": [0], "relu": True, "out_bits": 32},
+               {"name": "r", "op": "add", "inputs": ["c1", "c1"], "ma": 2**31 - 1,
+                "mb": 2**31 - 1, "shift": 62, "out_bits": 8}],
+           "output": "r"}
+    y = reference.run_network(netfile.parse(obj), np.full((1, 1, 1, 1), 255))
+    a = 2**32 - 1
+    assert y[0, 0, 0, 0] == (2 * a * (2**31 - 1) + 2**61) >> 62 == 4
+
+
+def test_examples_reach_wide_outputs(rng):
+    for bits in (16, 24, 32):
+        net = netfile.parse(examples.conv_layer_net(rng, out_bits=bits))
+        assert net.layers[0].out_bits == bits
 
 
 def test_network_ops(net_obj):
