@@ -100,8 +100,7 @@ def program_beats(image: images.LayerImage) -> list[int]:
     """Programming-port beats writing every word of every memory (layout: `hw.tile.prog_layout`)."""
     from ..hw.tile import PROG_TARGETS, TileConfig, prog_layout
 
-    layout = prog_layout(TileConfig.from_params(image.params))
-    abits = layout.size - 3 - layout.members["data"]
+    abits = prog_layout(TileConfig.from_params(image.params)).members["addr"]
     beats = []
     for name, code in PROG_TARGETS.items():
         for addr, word in enumerate(image.words[name]):
