@@ -1,0 +1,322 @@
+"""Epitome CNNs in PyTorch, built as graphs of the spec's ops so they export one to one.
+
+A model is a list of :class:`Node` s (conv, add, avgpool_global, linear), each naming its inputs,
+exactly like an `epim-net-v1` file. Conv nodes are conv + batch norm + ReLU + activation
+quantizer; `add` and `avgpool_global` re-quantize their result; the last `linear` gives logits.
+Batch norm folds into the integer output stage at export (`epim.sw.export`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import ActQuant, EpitomeConv2d, EpitomeLinear
+from .netfile import MULT_LIMIT
+
+INPUT = "input"
+
+
+@dataclass
+class Node:
+    name: str
+    op: str  # conv | add | avgpool_global | linear
+    inputs: list[str]
+    out_channels: int = 0
+    kernel: int = 3
+    stride: int = 1
+    epitome: tuple[int, int, int, int] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Bit widths: `None` keeps that part in float."""
+
+    weight_bits: int | None = 3
+    act_bits: int | None = 4
+    input_bits: int = 8
+    pool_bits: int = 8
+
+
+class ConvUnit(nn.Module):
+    def __init__(self, conv: EpitomeConv2d, act_bits):
+        super().__init__()
+        self.conv = conv
+        self.bn = nn.BatchNorm2d(conv.out_channels)
+        self.aq = ActQuant(act_bits)
+
+    def forward(self, x):
+        return self.aq(torch.relu(self.bn(self.conv(x))))
+
+
+class AddUnit(nn.Module):
+    def __init__(self, act_bits):
+        super().__init__()
+        self.aq = ActQuant(act_bits)
+
+    def forward(self, a, b):
+        return self.aq(torch.relu(a + b))
+
+
+class PoolUnit(nn.Module):
+    def __init__(self, bits):
+        super().__init__()
+        self.aq = ActQuant(bits)
+
+    def forward(self, x):
+        return self.aq(x.mean(dim=(2, 3), keepdim=True))
+
+
+class EpimNet(nn.Module):
+    """A network of spec ops; input images are `uint8`-valued tensors scaled to [0, 1]."""
+
+    def __init__(self, nodes: list[Node], in_shape: tuple[int, int, int], num_classes: int,
+                 quant: QuantConfig = QuantConfig()):
+        super().__init__()
+        self.nodes = nodes
+        self.in_shape = in_shape
+        self.quant = quant
+        self.output = nodes[-1].name
+        channels = {INPUT: in_shape[0]}
+        spatial = {INPUT: in_shape[1:]}
+        self.units = nn.ModuleDict()
+        for nd in nodes:
+            src = nd.inputs[0]
+            cin, (h, w) = channels[src], spatial[src]
+            if nd.op == "conv":
+                pad = nd.kernel // 2
+                conv = EpitomeConv2d(cin, nd.out_channels, nd.kernel, nd.stride, pad,
+                                     nd.epitome, weight_bits=quant.weight_bits)
+                self.units[nd.name] = ConvUnit(conv, quant.act_bits)
+                channels[nd.name] = nd.out_channels
+                spatial[nd.name] = ((h + 2 * pad - nd.kernel) // nd.stride + 1,
+                                    (w + 2 * pad - nd.kernel) // nd.stride + 1)
+            elif nd.op == "add":
+                self.units[nd.name] = AddUnit(quant.act_bits)
+                channels[nd.name], spatial[nd.name] = cin, (h, w)
+            elif nd.op == "avgpool_global":
+                self.units[nd.name] = PoolUnit(quant.pool_bits if quant.act_bits else None)
+                channels[nd.name], spatial[nd.name] = cin, (1, 1)
+            elif nd.op == "linear":
+                self.units[nd.name] = EpitomeLinear(cin * h * w, nd.out_channels, nd.epitome,
+                                                    weight_bits=quant.weight_bits)
+                channels[nd.name], spatial[nd.name] = nd.out_channels, (1, 1)
+            else:
+                raise ValueError(f"node {nd.name!r}: unknown op {nd.op!r}")
+        if nodes[-1].op != "linear" or nodes[-1].out_channels != num_classes:
+            raise ValueError("the last node must be a linear classifier with num_classes outputs")
+        self.shapes = {n: (channels[n], *spatial[n]) for n in channels}
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.quant.weight_bits and self.quant.act_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits. A quantized model in eval mode runs the folded integer network (batch norm
+        and scales folded into the output stage, spec section 5), so that its predictions are
+        those of the exported file; in training mode it fake-quantizes with batch norm."""
+        if self.quantized and not self.training:
+            return self.integer_forward(x)
+        t = {INPUT: x}
+        for nd in self.nodes:
+            t[nd.name] = self.units[nd.name](*(t[i] for i in nd.inputs))
+        return t[self.output]
+
+    @torch.no_grad()
+    def integer_forward(self, x: torch.Tensor, keep: bool = False):
+        """The integer network on inputs in [0, 1]: logits in float (accumulator units times
+        the classifier's scale), or with `keep=True` every integer tensor by name."""
+        params = fold(self)
+        qmax_in = 2**self.quant.input_bits - 1
+        t = {INPUT: torch.round(x * qmax_in).to(torch.int64)}
+        for nd in self.nodes:
+            p, xs = params[nd.name], [t[i] for i in nd.inputs]
+            if nd.op in ("conv", "linear"):
+                unit = self.units[nd.name]
+                conv = unit.conv if nd.op == "conv" else unit
+                w = conv.sampled_weight(p["e_int"]).to(torch.float64)
+                xin = xs[0].to(torch.float64)
+                if nd.op == "linear":
+                    xin, w = xin.flatten(1)[:, :, None, None], w
+                acc = F.conv2d(xin, w, stride=conv.stride, padding=conv.padding)
+                acc = torch.round(acc).to(torch.int64)
+                t[nd.name] = requantize(acc + p["bias"][:, None, None], p["mult"], p["shift"],
+                                        p["lo"], p["hi"])
+            elif nd.op == "add":
+                t[nd.name] = requantize(xs[0] * p["ma"] + xs[1] * p["mb"], 1, p["shift"], 0,
+                                        p["hi"])
+            else:
+                t[nd.name] = requantize(xs[0].sum(dim=(2, 3), keepdim=True), p["mult"],
+                                        p["shift"], 0, p["hi"])
+        if keep:
+            return t
+        return t[self.output].flatten(1).to(torch.float32) * params[self.output]["scale"]
+
+    def epitome_layers(self):
+        """(name, EpitomeConv2d) of every conv and linear node."""
+        for nd in self.nodes:
+            unit = self.units[nd.name]
+            if isinstance(unit, ConvUnit):
+                yield nd.name, unit.conv
+            elif isinstance(unit, EpitomeLinear):
+                yield nd.name, unit
+
+    def constrain_(self) -> None:
+        """Keep batch-norm scales positive: the integer output stage needs `mult >= 1`, and an
+        epitome's shared filters cannot absorb a per-channel sign flip."""
+        with torch.no_grad():
+            for unit in self.units.values():
+                if isinstance(unit, ConvUnit):
+                    unit.bn.weight.clamp_(min=1e-3)
+
+
+class FoldError(ValueError):
+    """A model cannot be written as an integer network (the message names the layer)."""
+
+
+def mult_shift(m: float, where: str) -> tuple[int, int]:
+    """`(mult, shift)` with `mult / 2**shift ~= m`, `1 <= mult < 2**31`, `0 <= shift <= 62`."""
+    if not m > 0 or not math.isfinite(m):
+        raise FoldError(f"{where}: the output scale must be positive and finite, got {m}")
+    shift = min(62, max(0, 30 - math.floor(math.log2(m))))
+    mult = round(m * 2**shift)
+    while mult >= MULT_LIMIT and shift > 0:
+        shift -= 1
+        mult = round(m * 2**shift)
+    if not 1 <= mult < MULT_LIMIT:
+        raise FoldError(f"{where}: scale {m} does not fit mult/2**shift")
+    return int(mult), int(shift)
+
+
+def requantize(v: torch.Tensor, mult, shift, lo: int, hi: int) -> torch.Tensor:
+    """Spec section 5 in int64: `clamp(v*mult + rnd >> shift, lo, hi)`, per channel (dim 1)."""
+    mult = torch.as_tensor(mult, dtype=torch.int64)
+    shift = torch.as_tensor(shift, dtype=torch.int64)
+    if mult.ndim:
+        mult, shift = (a.reshape(1, -1, *([1] * (v.ndim - 2))) for a in (mult, shift))
+    rnd = torch.where(shift > 0, torch.ones_like(shift) << (shift - 1).clamp(min=0), 0)
+    return torch.clamp((v * mult + rnd) >> shift, lo, hi)
+
+
+@torch.no_grad()
+def fold(model: EpimNet) -> dict[str, dict]:
+    """Integer parameters of every node of a quantized model (batch norm in eval form).
+
+    conv: `e_int`, `bias`, `mult`, `shift` with `(acc + bias) * mult / 2**shift ~= acc * M + b`,
+    `M = s_x * s_w * gamma / (sigma * s_y)`; add: `ma`, `mb`, `shift`; avgpool: `mult`, `shift`;
+    the linear classifier: `bias` in accumulator units and the logit `scale = s_x * s_w`.
+    """
+    q = model.quant
+    if not model.quantized:
+        raise FoldError("only a quantized model (weight_bits and act_bits set) has an integer "
+                        "form")
+    scales = {INPUT: 1.0 / (2**q.input_bits - 1)}
+    out = {}
+    for nd in model.nodes:
+        unit, where = model.units[nd.name], f"layer {nd.name!r}"
+        s_x = scales[nd.inputs[0]]
+        if nd.op == "conv":
+            conv, bn = unit.conv, unit.bn
+            s_w = float(conv.wq.scale)
+            sigma = torch.sqrt(bn.running_var.double() + bn.eps)
+            gamma, beta = bn.weight.double(), bn.bias.double()
+            s_y = float(unit.aq.scale)
+            m = s_x * s_w * gamma / (sigma * s_y)
+            b = (beta - gamma * bn.running_mean.double() / sigma) / s_y
+            ms = [mult_shift(float(mi), f"{where} channel {o}") for o, mi in enumerate(m)]
+            out[nd.name] = {"e_int": conv.wq.integers(conv.E), "bias": torch.round(b / m).long(),
+                            "mult": [a for a, _ in ms], "shift": [c for _, c in ms],
+                            "lo": 0, "hi": 2**q.act_bits - 1}
+            scales[nd.name] = s_y
+        elif nd.op == "add":
+            s_y = float(unit.aq.scale)
+            ra, rb = scales[nd.inputs[0]] / s_y, scales[nd.inputs[1]] / s_y
+            shift = min(62, max(0, 29 - math.floor(math.log2(max(ra, rb)))))
+            out[nd.name] = {"ma": round(ra * 2**shift), "mb": round(rb * 2**shift),
+                            "shift": shift, "hi": 2**q.act_bits - 1}
+            scales[nd.name] = s_y
+        elif nd.op == "avgpool_global":
+            _, ph, pw = model.shapes[nd.inputs[0]]
+            s_y = float(unit.aq.scale)
+            mult, shift = mult_shift(s_x / (ph * pw * s_y), where)
+            out[nd.name] = {"mult": mult, "shift": shift, "hi": 2**q.pool_bits - 1}
+            scales[nd.name] = s_y
+        else:
+            s_w = float(unit.wq.scale)
+            hi = 2 ** (LOGIT_BITS - 1) - 1
+            out[nd.name] = {"e_int": unit.wq.integers(unit.E),
+                            "bias": torch.round(unit.bias.double() / (s_x * s_w)).long(),
+                            "mult": [1] * unit.out_channels, "shift": [0] * unit.out_channels,
+                            "lo": -hi - 1, "hi": hi, "scale": s_x * s_w}
+    return out
+
+
+LOGIT_BITS = 32
+
+
+def _epi(cin: int, cout: int, ratio: float | None) -> tuple[int, int, int, int] | None:
+    """An epitome that shrinks a layer's crossbar rows and columns by about `ratio` in total:
+    the output side first (wrapping), then the input side; None (dense) for ratio <= 1."""
+    if not ratio or ratio <= 1:
+        return None
+    r_out = min(ratio, cout / 4) if cout >= 8 else 1
+    ce_out = max(1, round(cout / r_out))
+    r_in = ratio / (cout / ce_out)
+    ce_in = max(1, round(cin / r_in)) if r_in > 1 else cin
+    return (ce_in, ce_out, ce_in, ce_out)
+
+
+def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10) -> list[Node]:
+    """A small plain CNN: 4 conv layers (28 -> 14 -> 7), global average pooling, linear."""
+    w = width
+    spec = [("c1", 1, w, 1), ("c2", w, 2 * w, 2), ("c3", 2 * w, 2 * w, 1),
+            ("c4", 2 * w, 4 * w, 2)]
+    nodes, prev = [], INPUT
+    for name, cin, cout, stride in spec:
+        epi = None if name == "c1" else _epi(cin, cout, ratio)
+        nodes.append(Node(name, "conv", [prev], cout, 3, stride, epi))
+        prev = name
+    nodes.append(Node("gap", "avgpool_global", [prev]))
+    nodes.append(Node("fc", "linear", ["gap"], num_classes))
+    return nodes
+
+
+def small_resnet(ratio: float | None = None, width: int = 16,
+                 num_classes: int = 10) -> list[Node]:
+    """A small ResNet (the EPIM-ResNet analogue): stem, two stages of two basic blocks, global
+    average pooling, linear. Blocks are conv-conv with ReLU on both (the spec's activations
+    between layers are unsigned), summed with the skip (1x1 conv when the shape changes)."""
+    w = width
+    nodes = [Node("stem", "conv", [INPUT], w, 3, 1)]
+    prev, cin = "stem", w
+    for stage, (cout, stride) in enumerate([(w, 1), (2 * w, 2)], 1):
+        for block in (1, 2):
+            s = stride if block == 1 else 1
+            tag = f"s{stage}b{block}"
+            nodes.append(Node(f"{tag}c1", "conv", [prev], cout, 3, s, _epi(cin, cout, ratio)))
+            nodes.append(Node(f"{tag}c2", "conv", [f"{tag}c1"], cout, 3, 1,
+                              _epi(cout, cout, ratio)))
+            skip = prev
+            if s != 1 or cin != cout:
+                skip = f"{tag}sc"
+                nodes.append(Node(skip, "conv", [prev], cout, 1, s, None))
+            nodes.append(Node(f"{tag}add", "add", [f"{tag}c2", skip]))
+            prev, cin = f"{tag}add", cout
+    nodes.append(Node("gap", "avgpool_global", [prev]))
+    nodes.append(Node("fc", "linear", ["gap"], num_classes))
+    return nodes
+
+
+MODELS = {"cnn": plain_cnn, "resnet": small_resnet}
+
+
+def build(model: str, ratio: float | None = None, quant: QuantConfig = QuantConfig(),
+          width: int = 16, in_shape=(1, 28, 28), num_classes: int = 10) -> EpimNet:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r} (expected one of {', '.join(MODELS)})")
+    return EpimNet(MODELS[model](ratio, width, num_classes), in_shape, num_classes, quant)
