@@ -51,9 +51,28 @@ def cmd_reference(args) -> int:
 
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
+    labels = _load_inputs(args.labels) if args.labels else None
+    if labels is not None and labels.shape != (x.shape[0],):
+        raise ValueError(f"{args.labels}: must have shape ({x.shape[0]},) to match the inputs, "
+                         f"got {labels.shape}")
     y = reference.run_network(net, x, reuse=not args.no_reuse)
     save_npy(args.outputs, y)
     print(f"wrote {args.outputs}: {y.dtype} {list(y.shape)}")
+    if labels is not None:
+        pred = y.reshape(y.shape[0], -1).argmax(axis=1)
+        print(f"accuracy {float((pred == labels).mean()):.4f} on {len(labels)} images")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from ..sw import data
+    from .cosim import save_npy
+
+    images, labels = data.load(args.name, args.split, args.limit)
+    save_npy(args.images, images.astype(np.int64))
+    save_npy(args.labels, labels)
+    print(f"wrote {args.images} {list(images.shape)} and {args.labels} ({args.name} "
+          f"{args.split})")
     return 0
 
 
@@ -90,6 +109,30 @@ def cmd_cosim(args) -> int:
     return 0 if ok else EXIT_MISMATCH
 
 
+def _ratio(text: str) -> float | None:
+    return None if text in ("none", "dense") else float(text)
+
+
+def _bits(text: str) -> int | None:
+    return None if text in ("none", "float") else int(text)
+
+
+def cmd_train(args) -> int:
+    from ..sw.train import Config, fit
+
+    cfg = Config(data=args.data, model=args.model, ratio=args.ratio, width=args.width,
+                 weight_bits=args.weight_bits, act_bits=args.act_bits, epochs=args.epochs,
+                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
+                 test_limit=args.test_limit, device=args.device)
+    metrics = fit(cfg, args.out)
+    line = f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_images']} images"
+    if "crossbars" in metrics:
+        line += (f"; {metrics['crossbars']} crossbars, {metrics['compression_vs_dense8']:.2f}x "
+                 f"fewer than dense 8-bit; wrote {args.out}/net.json")
+    print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="epim", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inputs", required=True, help="integer array (N, C, H, W) in .npy")
     r.add_argument("--outputs", required=True, help="where to write the output .npy")
     r.add_argument("--no-reuse", action="store_true", help="IFRT reuse off (same result)")
+    r.add_argument("--labels", help="class labels (N,) in .npy: print the accuracy")
     r.set_defaults(func=cmd_reference)
 
     g = sub.add_parser("generate", help="write Verilog, memory images and manifest")
@@ -127,10 +171,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "programming port")
     s.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
     s.set_defaults(func=cmd_cosim)
+
+    d = sub.add_parser("data", help="write a data set split as .npy (inputs and labels)")
+    d.add_argument("name", help="mnist, fashion-mnist or mnist-5k")
+    d.add_argument("--split", default="test", choices=["train", "test"])
+    d.add_argument("--limit", type=int, help="the first N images")
+    d.add_argument("--images", required=True, help="where to write (N, 1, 28, 28) .npy")
+    d.add_argument("--labels", required=True, help="where to write (N,) .npy")
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train an epitome CNN (quantization-aware) and export it")
+    t.add_argument("--data", default="mnist", help="mnist, fashion-mnist or mnist-5k")
+    t.add_argument("--model", default="cnn", help="cnn or resnet")
+    t.add_argument("--ratio", type=_ratio, default=2.0,
+                   help="epitome compression of the conv layers ('dense' for none)")
+    t.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    t.add_argument("--weight-bits", type=_bits, default=3, help="bits, or 'float'")
+    t.add_argument("--act-bits", type=_bits, default=4, help="bits, or 'float'")
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=int, help="use the first N training images")
+    t.add_argument("--test-limit", type=int, help="use the first N test images")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--out", default="build/train",
+                   help="checkpoint, metrics and net.json (a rerun resumes)")
+    t.set_defaults(func=cmd_train)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..sw.data import DataMissing
     from ..sw.images import ImageError
     from ..sw.netfile import NetFileError
     from ..sw.reference import InputError
@@ -144,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"epim: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DataMissing as exc:
+        print(f"epim: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RuntimeError as exc:  # the simulation itself failed (build error, testbench abort)
         print(f"epim: simulation failed: {str(exc).strip()[-1500:]}", file=sys.stderr)

@@ -69,12 +69,13 @@ def n_slices(layer: Layer, cell_bits: int) -> int:
 
 
 def crossbar_count(layer: Layer, cell_bits: int, xbar_rows: int, xbar_cols: int,
-                   dense: bool = False) -> int:
-    """Crossbars for a layer (spec section 3); `dense=True` counts the dense layer's."""
+                   dense: bool = False, weight_bits: int | None = None) -> int:
+    """Crossbars for a layer (spec section 3); `dense=True` counts the dense layer's, and
+    `weight_bits` overrides the layer's (to count, say, the dense 8-bit baseline)."""
     k2 = layer.kernel * layer.kernel
     if dense:
         rows, cols = layer.in_channels * k2, layer.out_channels
     else:
         rows, cols = layer.epitome.in_channels * k2, layer.epitome.out_channels
-    ns = n_slices(layer, cell_bits)
+    ns = math.ceil(((weight_bits or layer.weight_bits) - 1) / cell_bits)
     return math.ceil(rows / xbar_rows) * math.ceil(cols * ns / xbar_cols) * 2
