@@ -260,14 +260,14 @@ LOGIT_BITS = 32
 
 
 def _epi(cin: int, cout: int, ratio: float | None) -> tuple[int, int, int, int] | None:
-    """An epitome that shrinks a layer's crossbar rows and columns by about `ratio` in total:
-    the output side first (wrapping), then the input side; None (dense) for ratio <= 1."""
+    """An epitome that shrinks a layer's weights by about `ratio`: the input side first (crossbar
+    rows, `Ce_in * k * k`, set the row-chunk count), then the output side (columns, with output
+    channel wrapping) for what is left; None (dense) for ratio <= 1."""
     if not ratio or ratio <= 1:
         return None
-    r_out = min(ratio, cout / 4) if cout >= 8 else 1
-    ce_out = max(1, round(cout / r_out))
-    r_in = ratio / (cout / ce_out)
-    ce_in = max(1, round(cin / r_in)) if r_in > 1 else cin
+    ce_in = max(1, round(cin / ratio))
+    rest = ratio / (cin / ce_in)
+    ce_out = max(1, round(cout / rest)) if rest > 1 else cout
     return (ce_in, ce_out, ce_in, ce_out)
 
 
