@@ -163,6 +163,27 @@ class EpitomeConv2d(nn.Module):
         w = self.sampled_weight(self.wq(self.E))
         return F.conv2d(x, w, stride=self.stride, padding=self.padding)
 
+    def forward_by_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """The same result computed as the crossbar does: one convolution per IFRT step with
+        the `Ce_out` epitome columns, then OFAT routing (with wrapping) to output channels."""
+        ce_in, ce_out, p_in, p_out = self.epitome_shape
+        e = self.wq(self.E)
+        rows, cols = self.row_offset.tolist(), self.col_offset
+        out = None
+        for gi, row in enumerate(rows):
+            xg = x[:, gi * p_in:(gi + 1) * p_in]
+            for r in sorted(set(row)):
+                reuse = [go for go, v in enumerate(row) if v == r]
+                e_rows = (r + torch.arange(xg.shape[1], device=x.device)) % ce_in
+                y = F.conv2d(xg, e[:, e_rows], stride=self.stride, padding=self.padding)
+                o = torch.cat([torch.arange(go * p_out, min((go + 1) * p_out, self.out_channels))
+                               for go in reuse])
+                c = (cols[gi, o // p_out] + o % p_out) % ce_out
+                if out is None:
+                    out = y.new_zeros(y.shape[0], self.out_channels, *y.shape[2:])
+                out[:, o] += y[:, c]
+        return out
+
     @classmethod
     def from_dense(cls, weight: torch.Tensor, epitome, stride: int = 1, padding: int = 0,
                    row_offset=None, col_offset=None, weight_bits=None) -> EpitomeConv2d:

@@ -125,3 +125,15 @@ def test_linear_flattens_in_chw_order():
     x = torch.randn(3, 3, 2, 2)
     w = lin.sampled_weight().reshape(5, 12)
     torch.testing.assert_close(lin(x), x.reshape(3, 12) @ w.T + lin.bias)
+
+
+@pytest.mark.parametrize("cin, cout, k, epi", SHAPES)
+def test_step_by_step_forward_equals_gathered(cin, cout, k, epi):
+    """One convolution per IFRT step plus OFAT routing gives the gathered-weight result."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(2)
+    g_in, g_out = -(-cin // epi[2]), -(-cout // epi[3])
+    layer = EpitomeConv2d(cin, cout, k, 2, k // 2, epi, rng.integers(0, epi[0], (g_in, g_out)),
+                          rng.integers(0, epi[1], (g_in, g_out)), weight_bits=3)
+    x = torch.randn(2, cin, 7, 7)
+    torch.testing.assert_close(layer.forward_by_steps(x), layer(x), rtol=1e-5, atol=1e-5)
