@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ActQuant, EpitomeConv2d, EpitomeLinear
+from .layers import ActQuant, EpitomeConv2d, EpitomeLinear, WeightQuant
 from .netfile import MULT_LIMIT
 
 INPUT = "input"
@@ -167,12 +167,15 @@ class EpimNet(nn.Module):
                 yield nd.name, unit
 
     def constrain_(self) -> None:
-        """Keep batch-norm scales positive: the integer output stage needs `mult >= 1`, and an
-        epitome's shared filters cannot absorb a per-channel sign flip."""
+        """Keep batch-norm and quantizer scales positive: the integer output stage needs
+        `mult >= 1`, and an epitome's shared filters cannot absorb a per-channel sign flip."""
         with torch.no_grad():
             for unit in self.units.values():
                 if isinstance(unit, ConvUnit):
                     unit.bn.weight.clamp_(min=1e-3)
+            for mod in self.modules():  # learned quantizer scales stay positive too
+                if isinstance(mod, (ActQuant, WeightQuant)) and mod.scale is not None:
+                    mod.scale.clamp_(min=1e-6)
 
 
 class FoldError(ValueError):

@@ -84,5 +84,7 @@ def test_mult_shift():
 def test_constrain_keeps_batch_norm_positive():
     model = models.build("cnn", width=8)
     model.units["c2"].bn.weight.data[0] = -1.0
+    model.units["c3"].aq.scale.data.fill_(-0.5)
     model.constrain_()
     assert model.units["c2"].bn.weight.min() > 0
+    assert model.units["c3"].aq.scale > 0
