@@ -122,6 +122,11 @@ class EpimNet(nn.Module):
         those of the exported file; in training mode it fake-quantizes with batch norm."""
         if self.quantized and not self.training:
             return self.integer_forward(x)
+        return self.fake_quant_forward(x)
+
+    def fake_quant_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float simulation of the quantized network (batch norm unfolded; in eval mode with its
+        running statistics)."""
         t = {INPUT: x}
         for nd in self.nodes:
             t[nd.name] = self.units[nd.name](*(t[i] for i in nd.inputs))

@@ -77,13 +77,16 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: models.EpimNet, images: np.ndarray, labels: np.ndarray,
-             device: torch.device, batch: int = 1000) -> tuple[float, np.ndarray]:
-    """Accuracy and predictions; a quantized model in eval mode runs its integer network."""
+             device: torch.device, batch: int = 1000,
+             fake_quant: bool = False) -> tuple[float, np.ndarray]:
+    """Accuracy and predictions; a quantized model in eval mode runs its integer network
+    (`fake_quant=True`: the float simulation with batch norm unfolded instead)."""
     model.eval()
+    run = model.fake_quant_forward if fake_quant else model
     preds = []
     for i in range(0, len(images), batch):
         x = quantize_inputs(images[i:i + batch]).to(device)
-        preds.append(model(x).argmax(1).cpu().numpy())
+        preds.append(run(x).argmax(1).cpu().numpy())
     pred = np.concatenate(preds)
     return float((pred == labels).mean()), pred
 
@@ -186,6 +189,9 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
     metrics = {"config": asdict(cfg), "test_accuracy": acc, "test_images": len(y_test),
                "history": history}
     if model.quantized:
+        fq_acc, fq_pred = evaluate(model, x_test, y_test, device, fake_quant=True)
+        metrics.update(fake_quant_accuracy=fq_acc,
+                       integer_vs_fake_quant_agreement=float((fq_pred == pred).mean()))
         net = export(model.cpu(), cfg.pim)
         xbars, dense8 = network_crossbars(net)
         metrics.update(crossbars=xbars, dense8_crossbars=dense8,
