@@ -39,8 +39,8 @@ def run_one(cfg: Config, label: str, log, model=None, out: Path | None = None) -
 
 
 def benchmark(data: str, seed: int, epochs: int, ratios: list[float], width: int,
-              limit: int | None, log) -> list[dict]:
-    base = Config(data=data, model="cnn", width=width, epochs=epochs, seed=seed, limit=limit)
+              limit: int | None, log, model: str = "cnn") -> list[dict]:
+    base = Config(data=data, model=model, width=width, epochs=epochs, seed=seed, limit=limit)
     rows = []
     for label, wb, ab in [("dense float", None, None), ("dense 8-bit", 8, 8),
                           ("dense 3-bit", 3, 4)]:
@@ -49,7 +49,7 @@ def benchmark(data: str, seed: int, epochs: int, ratios: list[float], width: int
     dense3 = model
     ref8 = rows[1]["crossbars"]
     for ratio in ratios:
-        nodes = models.plain_cnn(ratio, width)
+        nodes = models.MODELS[model](ratio, width)
         epi = compress.epitomize(dense3, nodes)
         cfg = replace(base, ratio=ratio, weight_bits=3, act_bits=4)
         row, epi = run_one(cfg, f"EPIM 3-bit r={ratio:g}", log, model=epi)
@@ -80,7 +80,10 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown(summary: list[dict], meta: dict) -> str:
     lines = [f"# Accuracy benchmark ({meta['epochs']} epochs per training, seeds "
-             f"{meta['seeds']}, model: plain CNN width {meta['width']})", "",
+             f"{meta['seeds']}, model: {meta['model']} width {meta['width']})", "",
+             "EPIM and pruned models start from the trained dense 3-bit model and are "
+             f"fine-tuned {meta['epochs']} more epochs. Crossbars: spec section 3 on "
+             "32x32 arrays, 2-bit cells.", "",
              "| data | config | test accuracy (mean) | spread (max-min) | crossbars | "
              "compression vs dense 8-bit |", "|---|---|---|---|---|---|"]
     for s in summary:
@@ -124,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--ratios", nargs="+", type=float, default=[2, 4, 8])
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--model", default="cnn", choices=sorted(models.MODELS))
     ap.add_argument("--limit", type=int, help="training images (default: all)")
     ap.add_argument("--out", type=Path, default=Path("build/accuracy"))
     args = ap.parse_args(argv)
@@ -134,12 +138,13 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             print(f"{data}, seed {seed}", flush=True)
             got = benchmark(data, seed, args.epochs, args.ratios, args.width, args.limit,
-                            lambda line: print(line, flush=True))
+                            lambda line: print(line, flush=True), args.model)
             for i, r in enumerate(got):
                 r["order"] = i
             rows += got
             (args.out / "accuracy.json").write_text(json.dumps({"runs": rows}, indent=1))
     meta = {"epochs": args.epochs, "seeds": args.seeds, "width": args.width,
+            "model": args.model,
             "limit": args.limit, "ratios": args.ratios}
     summary = summarize(rows)
     (args.out / "accuracy.json").write_text(json.dumps({"meta": meta, "summary": summary,
