@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--act-bits", type=_bits, default=4, help="bits, or 'float'")
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, default=1e-2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, help="use the first N training images")
     t.add_argument("--test-limit", type=int, help="use the first N test images")

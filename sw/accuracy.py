@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=["mnist", "fashion-mnist"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--ratios", nargs="+", type=float, default=[2, 4, 8])
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--model", default="cnn", choices=sorted(models.MODELS))

@@ -37,7 +37,7 @@ class Config:
     act_bits: int | None = 4
     epochs: int = 4
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 1e-2
     weight_decay: float = 0.0
     seed: int = 0
     limit: int | None = None  # training images (None: all)
