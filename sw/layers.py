@@ -58,38 +58,10 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x - x * scale).detach() + x * scale
 
 
-class WeightQuant(nn.Module):
-    """Symmetric signed `bits`-bit quantizer with one learned scale (LSQ); `bits=None` is float."""
+class _LearnedStep(nn.Module):
+    """Learned-step-size quantizer (LSQ) to the integers `lo .. qmax` with one scale.
 
-    def __init__(self, bits: int | None):
-        super().__init__()
-        self.bits = bits
-        self.scale = nn.Parameter(torch.tensor(1.0)) if bits else None
-        self.register_buffer("initialised", torch.tensor(False))
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if not self.bits:
-            return w
-        if not self.initialised:
-            with torch.no_grad():
-                self.scale.copy_(2 * w.abs().mean() / math.sqrt(self.qmax) + 1e-8)
-                self.initialised.fill_(True)
-        s = grad_scale(self.scale, 1.0 / math.sqrt(w.numel() * self.qmax))
-        return torch.clamp(round_ste(w / s), -self.qmax, self.qmax) * s
-
-    def integers(self, w: torch.Tensor) -> torch.Tensor:
-        """The integer weights the crossbar stores."""
-        return torch.clamp(torch.round(w / self.scale), -self.qmax, self.qmax).to(torch.int64)
-
-
-class ActQuant(nn.Module):
-    """Unsigned `bits`-bit activation quantizer with a learned scale (LSQ); `bits=None` is float.
-
-    The first batch in training mode sets the scale from the data (calibration).
+    `bits=None` is float (no quantization). The first call sets the scale from the data.
     """
 
     def __init__(self, bits: int | None):
@@ -98,19 +70,52 @@ class ActQuant(nn.Module):
         self.scale = nn.Parameter(torch.tensor(1.0)) if bits else None
         self.register_buffer("initialised", torch.tensor(False))
 
+    lo = 0
+
+    @property
+    def qmax(self) -> int:
+        raise NotImplementedError
+
+    def elements(self, t: torch.Tensor) -> int:
+        """Values sharing the scale in one sample (LSQ's gradient scale)."""
+        return t.numel()
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.bits:
+            return t
+        if not self.initialised:
+            with torch.no_grad():
+                self.scale.copy_(2 * t.abs().mean() / math.sqrt(self.qmax) + 1e-8)
+                self.initialised.fill_(True)
+        s = grad_scale(self.scale, 1.0 / math.sqrt(self.elements(t) * self.qmax))
+        return torch.clamp(round_ste(t / s), self.lo, self.qmax) * s
+
+
+class WeightQuant(_LearnedStep):
+    """Symmetric signed `bits`-bit weights, one learned scale per epitome."""
+
+    @property
+    def lo(self) -> int:
+        return -self.qmax
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    def integers(self, w: torch.Tensor) -> torch.Tensor:
+        """The integer weights the crossbar stores."""
+        return torch.clamp(torch.round(w / self.scale), -self.qmax, self.qmax).to(torch.int64)
+
+
+class ActQuant(_LearnedStep):
+    """Unsigned `bits`-bit activations after ReLU, one learned scale."""
+
     @property
     def qmax(self) -> int:
         return 2**self.bits - 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.bits:
-            return x
-        if not self.initialised:
-            with torch.no_grad():
-                self.scale.copy_(2 * x.abs().mean() / math.sqrt(self.qmax) + 1e-8)
-                self.initialised.fill_(True)
-        s = grad_scale(self.scale, 1.0 / math.sqrt(x.numel() / x.shape[0] * self.qmax))
-        return torch.clamp(round_ste(x / s), 0, self.qmax) * s
+    def elements(self, t: torch.Tensor) -> int:
+        return t.numel() // t.shape[0]
 
 
 class EpitomeConv2d(nn.Module):
