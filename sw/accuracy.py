@@ -44,9 +44,8 @@ def benchmark(data: str, seed: int, epochs: int, ratios: list[float], width: int
     rows = []
     for label, wb, ab in [("dense float", None, None), ("dense 8-bit", 8, 8),
                           ("dense 3-bit", 3, 4)]:
-        row, model = run_one(replace(base, weight_bits=wb, act_bits=ab), label, log)
+        row, dense3 = run_one(replace(base, weight_bits=wb, act_bits=ab), label, log)
         rows.append(row)
-    dense3 = model
     ref8 = rows[1]["crossbars"]
     for ratio in ratios:
         nodes = models.MODELS[model](ratio, width)
