@@ -10,10 +10,8 @@ result (checked here). Prints forward+backward times per batch and their ratio, 
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+from timing import median_time
 
 from epim.sw.layers import EpitomeConv2d
 
@@ -22,16 +20,6 @@ CASES = [  # cin, cout, map, (Ce_in, Ce_out, p_in, p_out)
     (64, 64, 14, (64, 16, 64, 16)),   # output side shrunk 4x, wrapped
     (64, 64, 14, (16, 16, 16, 16)),   # both sides
 ]
-
-
-def timed(fn, repeat=5):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def step(layer, forward, x):
@@ -47,8 +35,8 @@ def main():
         x = torch.randn(128, cin, hw, hw)
         torch.testing.assert_close(layer(x), layer.forward_by_steps(x), rtol=1e-4, atol=1e-4)
 
-        a = timed(lambda layer=layer, x=x: step(layer, layer.forward, x))
-        b = timed(lambda layer=layer, x=x: step(layer, layer.forward_by_steps, x))
+        a = median_time(lambda layer=layer, x=x: step(layer, layer.forward, x), repeat=5)
+        b = median_time(lambda layer=layer, x=x: step(layer, layer.forward_by_steps, x), repeat=5)
         name = f"{cin}->{cout} {hw}x{hw} epitome {epi}"
         print(f"{name:34} {a * 1e3:12.1f} {b * 1e3:12.1f} {b / a:15.2f}")
 

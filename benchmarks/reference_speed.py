@@ -9,22 +9,11 @@ all measured in one run (absolute times on shared 2-core machines swing a lot; t
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 import torch
+from timing import median_time
 
 from epim.sw import epitome, examples, netfile, reference
-
-
-def timed(fn, repeat: int = 7) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -34,10 +23,10 @@ def main() -> None:
     layer = net.layers[0]
     x = rng.integers(0, 256, (1,) + net.input_shape)
     steps = len(epitome.steps(layer.epitome))
-    ref = timed(lambda: reference.run_network(net, x))
+    ref = median_time(lambda: reference.run_network(net, x))
     w = torch.tensor(epitome.sample_weight(layer.epitome, 16, 32), dtype=torch.float32)
     xt = torch.tensor(x, dtype=torch.float32)
-    tconv = timed(lambda: torch.nn.functional.conv2d(xt, w, padding=1))
+    tconv = median_time(lambda: torch.nn.functional.conv2d(xt, w, padding=1))
     print(f"layer 16->32 3x3 on 28x28, epitome 16x8, {steps} IFRT steps, 8-bit inputs "
           f"(8 DAC slices)")
     print(f"integer reference: {ref * 1e3:8.1f} ms/image")

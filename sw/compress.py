@@ -12,18 +12,17 @@ Crossbars are counted by spec section 3 from the layer shapes (:func:`model_cros
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from .epitome import matrix_crossbars
 from .layers import project
 from .models import INPUT, ConvUnit, EpimNet, Node
 
 
 def crossbars(rows: int, cols: int, weight_bits: int, pim: dict) -> int:
     """Spec section 3 for one matrix of `rows x cols` weights."""
-    ns = math.ceil((weight_bits - 1) / pim["cell_bits"])
-    return (math.ceil(rows / pim["xbar_rows"]) * math.ceil(cols * ns / pim["xbar_cols"]) * 2)
+    return matrix_crossbars(rows, cols, weight_bits, pim["cell_bits"], pim["xbar_rows"],
+                            pim["xbar_cols"])
 
 
 def model_crossbars(model: EpimNet, pim: dict, weight_bits: int | None = None,

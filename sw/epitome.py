@@ -77,5 +77,12 @@ def crossbar_count(layer: Layer, cell_bits: int, xbar_rows: int, xbar_cols: int,
         rows, cols = layer.in_channels * k2, layer.out_channels
     else:
         rows, cols = layer.epitome.in_channels * k2, layer.epitome.out_channels
-    ns = math.ceil(((weight_bits or layer.weight_bits) - 1) / cell_bits)
+    return matrix_crossbars(rows, cols, weight_bits or layer.weight_bits, cell_bits, xbar_rows,
+                            xbar_cols)
+
+
+def matrix_crossbars(rows: int, cols: int, weight_bits: int, cell_bits: int, xbar_rows: int,
+                     xbar_cols: int) -> int:
+    """Spec section 3 for one `rows x cols` weight matrix: row chunks x column blocks x 2."""
+    ns = math.ceil((weight_bits - 1) / cell_bits)
     return math.ceil(rows / xbar_rows) * math.ceil(cols * ns / xbar_cols) * 2

@@ -147,7 +147,7 @@ class EpimNet(nn.Module):
                 w = conv.sampled_weight(p["e_int"]).to(torch.float64)
                 xin = xs[0].to(torch.float64)
                 if nd.op == "linear":
-                    xin, w = xin.flatten(1)[:, :, None, None], w
+                    xin = xin.flatten(1)[:, :, None, None]
                 acc = F.conv2d(xin, w, stride=conv.stride, padding=conv.padding)
                 acc = torch.round(acc).to(torch.int64)
                 t[nd.name] = requantize(acc + p["bias"][:, None, None], p["mult"], p["shift"],

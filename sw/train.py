@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import data, models
-from .epitome import crossbar_count
+from .compress import model_crossbars
 from .export import export, quantize_inputs
-from .netfile import parse
 
 DEFAULT_PIM = {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
 
@@ -89,20 +88,6 @@ def evaluate(model: models.EpimNet, images: np.ndarray, labels: np.ndarray,
         preds.append(run(x).argmax(1).cpu().numpy())
     pred = np.concatenate(preds)
     return float((pred == labels).mean()), pred
-
-
-def network_crossbars(net: dict) -> tuple[int, int]:
-    """(crossbars of the network, crossbars of the same network dense at 8 bits)."""
-    parsed = parse(net)
-    pim = parsed.pim
-    ours = dense8 = 0
-    for layer in parsed.layers:
-        if layer.epitome is None:
-            continue
-        ours += crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols)
-        dense8 += crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols,
-                                 dense=True, weight_bits=8)
-    return ours, dense8
 
 
 class Progress:
@@ -193,7 +178,8 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
         metrics.update(fake_quant_accuracy=fq_acc,
                        integer_vs_fake_quant_agreement=float((fq_pred == pred).mean()))
         net = export(model.cpu(), cfg.pim)
-        xbars, dense8 = network_crossbars(net)
+        xbars = model_crossbars(model, cfg.pim)
+        dense8 = model_crossbars(model, cfg.pim, weight_bits=8, dense=True)
         metrics.update(crossbars=xbars, dense8_crossbars=dense8,
                        compression_vs_dense8=dense8 / xbars)
         if out:
