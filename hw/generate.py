@@ -28,3 +28,18 @@ def emit_verilog(tile: PIMTile, name: str = TOP) -> str:
     """The tile as Verilog text; the top module is `name` with ports `clk`, `rst` and the
     flattened streams (`i__payload`, `i__valid`, `i__ready`, ...)."""
     return verilog.convert(tile, name=name, emit_src=False)
+
+
+NETWORK_TOP = "epim_net"
+
+
+def network_from_images(folder: str | Path):
+    """The accelerator of the network images in `folder` (`network.json` and `tiles/`)."""
+    from .network import NetworkAccelerator, load_network
+
+    return NetworkAccelerator(load_network(folder))
+
+
+def emit_network_verilog(acc, name: str = NETWORK_TOP) -> str:
+    """The accelerator as Verilog; top `name` with `clk`, `rst`, `i__*`, `o__*`, `idle`."""
+    return verilog.convert(acc, name=name, emit_src=False)

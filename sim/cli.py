@@ -120,11 +120,26 @@ def _bits(text: str) -> int | None:
 def cmd_train(args) -> int:
     from ..sw.train import Config, fit
 
+    from ..sw import compress, models
+    from ..sw.train import load_checkpoint
+
     cfg = Config(data=args.data, model=args.model, ratio=args.ratio, width=args.width,
                  weight_bits=args.weight_bits, act_bits=args.act_bits, epochs=args.epochs,
                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
-                 test_limit=args.test_limit, device=args.device)
-    metrics = fit(cfg, args.out)
+                 test_limit=args.test_limit, device=args.device,
+                 distill=args.distill if args.teacher else 0.0)
+    model = teacher = None
+    if args.init:
+        init_cfg, dense = load_checkpoint(args.init)
+        if (init_cfg.model, init_cfg.width, init_cfg.quant) != (cfg.model, cfg.width, cfg.quant):
+            raise ValueError(f"--init {args.init}: a {init_cfg.model} of width {init_cfg.width} "
+                             f"with {init_cfg.quant}, but this run trains a {cfg.model} of width "
+                             f"{cfg.width} with {cfg.quant}")
+        model = compress.epitomize(dense, models.nodes(cfg.model, cfg.ratio, cfg.width,
+                                                       quant=cfg.quant, pim=cfg.pim))
+    if args.teacher:
+        _, teacher = load_checkpoint(args.teacher)
+    metrics = fit(cfg, args.out, model=model, teacher=teacher)
     line = f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_images']} images"
     if "crossbars" in metrics:
         line += (f"; {metrics['crossbars']} crossbars, {metrics['compression_vs_dense8']:.2f}x "
@@ -195,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, help="use the first N training images")
     t.add_argument("--test-limit", type=int, help="use the first N test images")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--init", help="fine-tune from this trained checkpoint (same model, width "
+                                  "and bits; its convs become least-squares epitomes)")
+    t.add_argument("--teacher", help="distil from this trained checkpoint (e.g. dense float)")
+    t.add_argument("--distill", type=float, default=0.5,
+                   help="weight of the distillation loss with --teacher (default 0.5)")
     t.add_argument("--out", default="build/train",
                    help="checkpoint, metrics and net.json (a rerun resumes)")
     t.set_defaults(func=cmd_train)

@@ -108,35 +108,36 @@ def program_beats(image: images.LayerImage) -> list[int]:
     return beats
 
 
-def _build(verilog: Path, build_root: Path):
+def _build(verilog: Path, build_root: Path, top: str = "epim_tile"):
     """Build (or reuse) the Verilator model of a Verilog file; returns (runner, build_dir)."""
     from cocotb_tools.runner import get_runner
 
     setup_environment()
     digest = hashlib.sha256(verilog.read_bytes()).hexdigest()[:16]
-    build_dir = build_root / f"tile-{digest}"
+    build_dir = build_root / f"{top.removeprefix('epim_')}-{digest}"
     runner = get_runner("verilator")
-    runner.build(sources=[str(verilog)], hdl_toplevel="epim_tile",
+    runner.build(sources=[str(verilog)], hdl_toplevel=top,
                  build_dir=str(build_dir), build_args=["-Wno-fatal", "-Wno-lint", "-O2"],
                  timescale=("1ns", "1ps"), log_file=str(build_root / f"build-{digest}.log"))
     return runner, build_dir
 
 
-def run_phases(generated: Generated, phases: list[dict], build_root: Path, stalls: bool = False,
-               seed: int = 0, max_cycles: int | None = None) -> list[dict]:
+def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = False,
+               seed: int = 0, max_cycles: int | None = None, top: str = "epim_tile") -> list[dict]:
     """Run the testbench on the generated Verilog; returns per phase beats and cycles."""
     build_root = Path(build_root).resolve()
     build_root.mkdir(parents=True, exist_ok=True)
-    runner, build_dir = _build(generated.verilog, build_root)
+    runner, build_dir = _build(generated.verilog, build_root, top)
     total = sum(len(p["inputs"]) + len(p["program"]) for p in phases)
     work = Path(tempfile.mkdtemp(dir=build_root, prefix="job-"))
+    if max_cycles is None:
+        params = generated.image.params
+        max_cycles = 100_000 + 200 * total * max(1, params["max_steps"] * params["n_t"])
     try:
-        job = {"phases": phases, "stalls": stalls, "seed": seed,
-               "max_cycles": max_cycles or 100_000 + 200 * total * max(
-                   1, generated.image.params["max_steps"] * generated.image.params["n_t"]),
-               "result_path": str(work / "result.json")}
+        job = {"phases": phases, "stalls": stalls, "seed": seed, "max_cycles": max_cycles,
+               "prog_port": top == "epim_tile", "result_path": str(work / "result.json")}
         (work / "job.json").write_text(json.dumps(job))
-        runner.test(test_module="epim.sim.tb_tile", hdl_toplevel="epim_tile",
+        runner.test(test_module="epim.sim.tb_tile", hdl_toplevel=top,
                     build_dir=str(build_dir), test_dir=str(work),
                     extra_env={"EPIM_COSIM_JOB": str(work / "job.json")},
                     log_file=str(work / "sim.log"))
@@ -219,3 +220,98 @@ def save_npy(path: str | Path, arr: np.ndarray) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# --- Whole networks ---------------------------------------------------------------------------
+
+NETWORK_VERILOG = "epim_net.v"
+
+
+@dataclass(frozen=True)
+class GeneratedNetwork:
+    folder: Path
+    verilog: Path
+    manifest: dict
+
+
+def generate_network(net: Network, out_dir: str | Path, reuse: bool = True) -> GeneratedNetwork:
+    """Compile the whole network's images (`network.json`, `tiles/<layer>/`) and emit the
+    accelerator's Verilog from what was written, into `out_dir`, all or nothing."""
+    from ..hw.generate import emit_network_verilog, network_from_images
+
+    compiled = images.compile_network(net, reuse=reuse)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
+        images.write_network(compiled, tmp)
+        text = emit_network_verilog(network_from_images(tmp))
+        (Path(tmp) / NETWORK_VERILOG).write_text(text)
+        manifest = json.loads((Path(tmp) / "network.json").read_text())
+        # move tile folders first and network.json + Verilog last, so a reader never sees a
+        # manifest that names tiles which are not there yet
+        for unit in manifest["units"]:
+            if "folder" in unit:
+                src = Path(tmp) / unit["folder"]
+                files = {f.name: f.read_text() for f in src.iterdir()}
+                (out_dir / unit["folder"]).mkdir(parents=True, exist_ok=True)
+                images.write_files_atomically(out_dir / unit["folder"], files)
+        images.write_files_atomically(out_dir, {
+            NETWORK_VERILOG: text,
+            "network.json": (Path(tmp) / "network.json").read_text()})
+    return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest)
+
+
+def pack_input_beats(x: np.ndarray, bits: int) -> list[int]:
+    """Network input beats of a batch `(N, C, H, W)`: one per pixel in raster order."""
+    return pack_beats(x, bits)
+
+
+def unpack_network_beats(beats: list[int], net: Network) -> np.ndarray:
+    """The output layer's beats back to `(N, C, H, W)`, or `(N, F)` for a linear output."""
+    return unpack_beats(beats, net.output_layer)
+
+
+def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
+                  seed: int = 0, reuse: bool = True) -> tuple[np.ndarray, dict]:
+    """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
+
+    The report compares outputs with the integer reference and the cycles of every handshake
+    with the network cycle model (`epim.sw.netcycles`), which replays the testbench's random
+    gaps and back-pressure too when `stalls` is set."""
+    from ..sw import netcycles
+
+    x = reference.check_inputs(net, x)
+    build_root = Path(build_root).resolve()
+    t0 = time.time()
+    gen = generate_network(net, build_root / "generated", reuse=reuse)
+    n = x.shape[0]
+    per = netcycles.out_beats_per_image(net)
+    depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
+    pred = netcycles.predict(net, n, depths, reuse, stalls_seed=seed if stalls else None)
+    phase = {"program": [], "inputs": pack_input_beats(x, net.input_bits), "n_out": n * per}
+    t1 = time.time()
+    result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
+                        max_cycles=2 * pred.run.cycles + 10_000, top="epim_net")[0]
+    y = unpack_network_beats(result["outputs"], net)
+    ref = reference.run_network(net, x, reuse=reuse)
+    _, h, w = net.input_shape
+    first_in = result["in_cycles"][::h * w][:n]
+    last_out = result["out_cycles"][per - 1::per][:n]
+    latency = [o - i for i, o in zip(first_in, last_out, strict=True)]
+    steady = (last_out[-1] - last_out[0]) / (n - 1) if n > 1 else None
+    match = bool(y.shape == ref.shape and (y == ref).all())
+    tiles = {k: v for k, v in pred.layers.items() if "ideal_cycles_per_image" in v}
+    slowest = max(tiles, key=lambda k: tiles[k]["ideal_cycles_per_image"]) if tiles else None
+    rep = {
+        "network": net.source, "images": n, "match": match,
+        "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n)))
+        if y.shape == ref.shape else 0,
+        "cycles": latency, "predicted_cycles": pred.latency,
+        "steady_cycles_per_image": steady, "predicted_steady_cycles_per_image": pred.steady,
+        "cycles_match": (result["in_cycles"] == pred.run.in_cycles
+                         and result["out_cycles"] == pred.run.out_cycles),
+        "layers": pred.layers, "slowest_tile": slowest,
+        "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse,
+        "seconds_generate": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2),
+    }
+    return y, rep

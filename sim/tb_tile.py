@@ -1,4 +1,5 @@
-"""cocotb testbench for a tile's emitted Verilog: program, stream images, record every handshake.
+"""cocotb testbench for a tile's or a network's emitted Verilog: program (tiles), stream images,
+record every handshake.
 
 Run through :mod:`epim.sim.cosim`, which writes the job file named by `EPIM_COSIM_JOB`:
 `phases` (each optional programming beats, then input beats and the expected output beat count),
@@ -69,7 +70,8 @@ class StreamMonitor:
             self.cycles.append(cycle)
 
 
-async def run_ports(dut, drivers, monitor, n_out: int, max_cycles: int) -> None:
+async def run_ports(dut, drivers, monitor, n_out: int, max_cycles: int,
+                    prog_port: bool = True) -> None:
     cycle = 0
     while not all(d.done for d in drivers) or (monitor and len(monitor.beats) < n_out):
         await FallingEdge(dut.clk)
@@ -88,7 +90,8 @@ async def run_ports(dut, drivers, monitor, n_out: int, max_cycles: int) -> None:
             raise AssertionError(f"no progress: {got}/{n_out} output beats after {cycle} cycles")
     await FallingEdge(dut.clk)
     dut.i__valid.value = 0
-    dut.prog__valid.value = 0
+    if prog_port:
+        dut.prog__valid.value = 0
     dut.o__ready.value = 0
 
 
@@ -99,20 +102,24 @@ async def tile_job(dut):
     dut.rst.value = 1
     dut.i__valid.value = 0
     dut.o__ready.value = 0
-    dut.prog__valid.value = 0
+    prog_port = job.get("prog_port", True)  # a network accelerator has no programming port
+    if prog_port:
+        dut.prog__valid.value = 0
     for _ in range(3):
         await FallingEdge(dut.clk)
     dut.rst.value = 0
     rng = random.Random(job["seed"]) if job["stalls"] else None
     results = []
     for phase in job["phases"]:
-        prog = StreamDriver(dut.prog__valid, dut.prog__ready, dut.prog__payload,
+        prog = StreamDriver(dut.prog__valid if prog_port else None,
+                            dut.prog__ready if prog_port else None,
+                            dut.prog__payload if prog_port else None,
                             [int(w) for w in phase["program"]], rng, 0.3)
-        await run_ports(dut, [prog], None, 0, job["max_cycles"])
+        await run_ports(dut, [prog], None, 0, job["max_cycles"], prog_port)
         drv = StreamDriver(dut.i__valid, dut.i__ready, dut.i__payload,
                            [int(w) for w in phase["inputs"]], rng, 0.3)
         mon = StreamMonitor(dut.o__valid, dut.o__ready, dut.o__payload, rng, 0.4)
-        await run_ports(dut, [drv], mon, phase["n_out"], job["max_cycles"])
+        await run_ports(dut, [drv], mon, phase["n_out"], job["max_cycles"], prog_port)
         for _ in range(4):  # nothing extra may come out
             await FallingEdge(dut.clk)
             await ReadOnly()

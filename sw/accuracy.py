@@ -3,7 +3,8 @@
 For each data set and seed: train dense float, dense 8-bit and dense 3-bit models from scratch
 (`epochs` each). Then, for every compression ratio, turn the trained dense 3-bit model into an
 EPIM model (least-squares epitomes) and, separately, prune it to the same crossbar count, and
-fine-tune both with the same recipe (`epochs` more). Crossbars follow spec section 3 and the
+fine-tune both with the same recipe (`epochs` more; by default distilling from the dense float
+model, `--distill 0` for plain cross entropy). Crossbars follow spec section 3 and the
 compression is relative to the dense 8-bit network. Writes `accuracy.json`, `accuracy.md` and
 `accuracy.png` into the output folder.
 
@@ -22,12 +23,15 @@ from pathlib import Path
 import torch
 
 from . import compress, models
+from .export import export
 from .train import Config, fit
 
 
-def run_one(cfg: Config, label: str, log, model=None, out: Path | None = None) -> dict:
+def run_one(cfg: Config, label: str, log, model=None, teacher=None,
+            save: Path | None = None) -> dict:
+    """Train one configuration; with `save`, write its exported network and metrics there."""
     t0 = time.time()
-    m = fit(cfg, out, log=lambda line: log(f"  {label}: {line}"), model=model)
+    m = fit(cfg, None, log=lambda line: log(f"  {label}: {line}"), model=model, teacher=teacher)
     model = m.pop("model")
     pim = cfg.pim
     bits = cfg.weight_bits or 8
@@ -35,26 +39,38 @@ def run_one(cfg: Config, label: str, log, model=None, out: Path | None = None) -
            "crossbars": compress.model_crossbars(model, pim, bits),
            "dense8_crossbars": compress.model_crossbars(model, pim, 8, dense=True),
            "seconds": round(time.time() - t0, 1)}
+    for key in ("integer_vs_fake_quant_agreement", "integer_vs_unfolded_agreement"):
+        if key in m:
+            row[key] = m[key]
+    if save and model.quantized:
+        save.mkdir(parents=True, exist_ok=True)
+        (save / "net.json").write_text(json.dumps(export(model.cpu(), pim)) + "\n")
+        (save / "metrics.json").write_text(json.dumps(m, indent=1) + "\n")
     return row, model
 
 
 def benchmark(data: str, seed: int, epochs: int, ratios: list[float], width: int,
-              limit: int | None, log, model: str = "cnn") -> list[dict]:
+              limit: int | None, log, model: str = "cnn", distill: float = 0.0,
+              save: Path | None = None) -> list[dict]:
     base = Config(data=data, model=model, width=width, epochs=epochs, seed=seed, limit=limit)
     rows = []
+    trained = {}
     for label, wb, ab in [("dense float", None, None), ("dense 8-bit", 8, 8),
                           ("dense 3-bit", 3, 4)]:
-        row, dense3 = run_one(replace(base, weight_bits=wb, act_bits=ab), label, log)
+        row, trained[label] = run_one(replace(base, weight_bits=wb, act_bits=ab), label, log)
         rows.append(row)
-    ref8 = rows[1]["crossbars"]
+    ref8, dense3, teacher = rows[1]["crossbars"], trained["dense 3-bit"], trained["dense float"]
     for ratio in ratios:
-        nodes = models.MODELS[model](ratio, width)
+        nodes = models.nodes(model, ratio, width, quant=models.QuantConfig(3, 4),
+                             pim=base.pim)
         epi = compress.epitomize(dense3, nodes)
-        cfg = replace(base, ratio=ratio, weight_bits=3, act_bits=4)
-        row, epi = run_one(cfg, f"EPIM 3-bit r={ratio:g}", log, model=epi)
+        cfg = replace(base, ratio=ratio, weight_bits=3, act_bits=4, distill=distill)
+        label = f"EPIM 3-bit r={ratio:g}"
+        where = save / f"{data}-seed{seed}-epim-r{ratio:g}" if save else None
+        row, epi = run_one(cfg, label, log, model=epi, teacher=teacher, save=where)
         rows.append(row)
         pruned = compress.prune(dense3, row["crossbars"], base.pim)
-        row_p, _ = run_one(cfg, f"pruned 3-bit r={ratio:g}", log, model=pruned)
+        row_p, _ = run_one(cfg, f"pruned 3-bit r={ratio:g}", log, model=pruned, teacher=teacher)
         rows.append(row_p)
     for r in rows:
         r.update(data=data, seed=seed, compression_vs_dense8=ref8 / r["crossbars"])
@@ -81,8 +97,12 @@ def markdown(summary: list[dict], meta: dict) -> str:
     lines = [f"# Accuracy benchmark ({meta['epochs']} epochs per training, seeds "
              f"{meta['seeds']}, model: {meta['model']} width {meta['width']})", "",
              "EPIM and pruned models start from the trained dense 3-bit model and are "
-             f"fine-tuned {meta['epochs']} more epochs. Crossbars: spec section 3 on "
-             "32x32 arrays, 2-bit cells.", "",
+             f"fine-tuned {meta['epochs']} more epochs with the same recipe"
+             + (f" (loss: {1 - meta.get('distill', 0):g} x cross entropy + "
+                f"{meta.get('distill', 0):g} x distillation from the dense float model, T = 2)"
+                if meta.get("distill") else "")
+             + ". Crossbars: spec section 3 on 32x32 arrays, 2-bit cells; epitomes fill the "
+             "row chunks and column blocks they occupy.", "",
              "| data | config | test accuracy (mean) | spread (max-min) | crossbars | "
              "compression vs dense 8-bit |", "|---|---|---|---|---|---|"]
     for s in summary:
@@ -128,6 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--model", default="cnn", choices=sorted(models.MODELS))
     ap.add_argument("--limit", type=int, help="training images (default: all)")
+    ap.add_argument("--distill", type=float, default=0.5,
+                    help="weight of distillation from the dense float model in the EPIM and "
+                         "pruned fine-tunes (0: plain cross entropy)")
     ap.add_argument("--out", type=Path, default=Path("build/accuracy"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -137,14 +160,15 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             print(f"{data}, seed {seed}", flush=True)
             got = benchmark(data, seed, args.epochs, args.ratios, args.width, args.limit,
-                            lambda line: print(line, flush=True), args.model)
+                            lambda line: print(line, flush=True), args.model, args.distill,
+                            args.out / "runs")
             for i, r in enumerate(got):
                 r["order"] = i
             rows += got
             (args.out / "accuracy.json").write_text(json.dumps({"runs": rows}, indent=1))
     meta = {"epochs": args.epochs, "seeds": args.seeds, "width": args.width,
             "model": args.model,
-            "limit": args.limit, "ratios": args.ratios}
+            "limit": args.limit, "ratios": args.ratios, "distill": args.distill}
     summary = summarize(rows)
     (args.out / "accuracy.json").write_text(json.dumps({"meta": meta, "summary": summary,
                                                         "runs": rows}, indent=1))

@@ -108,3 +108,89 @@ def random_layer_net(seed: int) -> dict:
         in_bits=int(r.integers(2, 7)), out_bits=int(r.integers(3, 9)),
         weight_bits=int(r.integers(2, 6)), epitome=epi, offsets="random", pim=pim,
         relu=bool(seed % 4 != 1), name=f"rand{seed}")
+
+
+def _conv(r: np.random.Generator, name: str, src: str, shape, cout: int, kernel: int,
+          stride: int, padding: int, in_bits: int, out_bits: int, pim: dict,
+          relu: bool = True, op: str = "conv") -> tuple[dict, tuple[int, int, int]]:
+    """One random conv (or linear) layer reading `src` of `shape`, and its output shape."""
+    cin, h, w = shape
+    if op == "linear":
+        cin, h, w, kernel, stride, padding = cin * h * w, 1, 1, 1, 1, 0
+    if r.random() < 0.3:
+        epi = None
+    else:
+        ce_in, ce_out = int(r.integers(1, cin + 1)), int(r.integers(1, cout + 1))
+        epi = (ce_in, ce_out, int(r.integers(1, ce_in + 1)), int(r.integers(1, ce_out + 1)))
+    lay = conv_layer_net(r, cin=cin, cout=cout, h=h, w=w, kernel=kernel, stride=stride,
+                         padding=padding, in_bits=in_bits, out_bits=out_bits,
+                         weight_bits=int(r.integers(2, 5)), epitome=epi,
+                         offsets="random" if r.random() < 0.5 else "strided", pim=pim,
+                         relu=relu, name=name)["layers"][0]
+    lay["inputs"] = [src]
+    if op == "linear":
+        for key in ("kernel", "stride", "padding"):
+            del lay[key]
+        lay["op"] = "linear"
+        lay["out_features"] = lay.pop("out_channels")
+        return lay, (cout, 1, 1)
+    ho, wo = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+    return lay, (cout, ho, wo)
+
+
+def random_network_net(seed: int) -> dict:
+    """A small random network over what the accelerator covers: a stem conv, one or two
+    residual blocks (identity skip, or a 1x1 conv skip when the shape changes), then global
+    pooling and a linear classifier, a linear layer on the flattened map, or the last map
+    itself. Random shapes, epitomes (with wrapping and random offsets), bits, and lossy ADCs."""
+    r = np.random.default_rng(seed)
+    pim = {"xbar_rows": int(r.integers(4, 24)), "xbar_cols": 16,
+           "cell_bits": int(r.integers(1, 4)), "dac_bits": int(r.integers(1, 4)),
+           "adc_bits": int(r.integers(3, 8))}
+    in_bits = int(r.integers(2, 7))
+    shape = (int(r.integers(1, 4)), int(r.integers(4, 8)), int(r.integers(4, 8)))
+    net_in = {"name": "input", "channels": shape[0], "height": shape[1], "width": shape[2],
+              "bits": in_bits}
+    bits = int(r.integers(2, 6))
+    layers = []
+    lay, shape = _conv(r, "stem", "input", shape, int(r.integers(2, 6)), int(r.integers(1, 4)),
+                       1, 0, in_bits, bits, pim)
+    lay["padding"] = lay["kernel"] // 2
+    shape = (shape[0], net_in["height"], net_in["width"])
+    layers.append(lay)
+    prev = "stem"
+    for b in range(int(r.integers(1, 3))):
+        cout = int(r.integers(2, 6))
+        stride = int(r.integers(1, 3)) if shape[1] >= 4 and shape[2] >= 4 else 1
+        k = int(r.choice([1, 3]))
+        c1, s1 = _conv(r, f"b{b}c1", prev, shape, cout, k, stride, k // 2, bits, bits, pim)
+        c2, s2 = _conv(r, f"b{b}c2", f"b{b}c1", s1, cout, 3, 1, 1, bits, bits, pim)
+        layers += [c1, c2]
+        skip = prev
+        if s2 != shape:
+            sc, _ = _conv(r, f"b{b}sc", prev, shape, cout, 1, stride, 0, bits, bits, pim)
+            layers.append(sc)
+            skip = f"b{b}sc"
+        out_bits = int(r.integers(2, 6))
+        layers.append({"name": f"b{b}add", "op": "add", "inputs": [f"b{b}c2", skip],
+                       "ma": int(r.integers(1, 8)), "mb": int(r.integers(-2, 8)),
+                       "shift": int(r.integers(1, 4)), "out_bits": out_bits})
+        prev, shape, bits = f"b{b}add", s2, out_bits
+    end = seed % 3
+    if end == 0:  # pool, then a linear classifier
+        pool_bits = int(r.integers(3, 9))
+        shift = 12
+        layers.append({"name": "gap", "op": "avgpool_global", "inputs": [prev],
+                       "mult": max(1, round(2**shift / (shape[1] * shape[2]))),
+                       "shift": shift, "out_bits": pool_bits})
+        lay, _ = _conv(r, "fc", "gap", (shape[0], 1, 1), int(r.integers(2, 11)), 1, 1, 0,
+                       pool_bits, 16, pim, relu=False, op="linear")
+        layers.append(lay)
+    elif end == 1:  # a linear layer on the flattened map
+        lay, _ = _conv(r, "fc", prev, shape, int(r.integers(2, 8)), 1, 1, 0, bits, 12, pim,
+                       relu=False, op="linear")
+        layers.append(lay)
+    net = {"format": "epim-net-v1", "pim": pim, "input": net_in, "layers": layers,
+           "output": layers[-1]["name"]}
+    parse(net)
+    return net

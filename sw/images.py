@@ -180,3 +180,81 @@ def write_files_atomically(out_dir: Path, files: dict[str, str]) -> None:
         for path, _ in tmp:
             if os.path.exists(path):
                 os.unlink(path)
+
+
+# --- Whole networks ---------------------------------------------------------------------------
+
+NETWORK_FORMAT = "epim-network-images-v1"
+
+
+def stream_bits(net: Network, name: str) -> int:
+    """Bits per value of a tensor's stream (the producer's `out_bits`, or the input's bits)."""
+    return net.input_bits if name == net.input_name else net.layer(name).out_bits
+
+
+def compile_network(net: Network, reuse: bool = True,
+                    fifo_depths: dict[str, list[int]] | None = None) -> dict:
+    """Memory images of a whole network: `{"manifest": ..., "tiles": {layer: LayerImage}}`.
+
+    The network manifest lists every unit of the accelerator with its parameters (tiles by
+    folder and manifest checksum; `add` with its skip FIFO depths from the network cycle model;
+    `avgpool_global`), the input and the output beat. :func:`write_network` writes it.
+    """
+    from .netcycles import fifo_depths as measure_depths
+    from .netcycles import needs_flatten, shape_of
+
+    if fifo_depths is None:
+        fifo_depths = measure_depths(net, reuse)
+    tiles: dict[str, LayerImage] = {}
+    units = []
+    for layer in net.layers:
+        head = {"name": layer.name, "op": layer.op, "inputs": list(layer.inputs)}
+        if layer.op in ("conv", "linear"):
+            tiles[layer.name] = compile_layer(net, layer, reuse=reuse)
+            src = shape_of(net, layer.inputs[0])
+            flat = ({"channels": src[0], "pixels": src[1] * src[2],
+                     "bits": stream_bits(net, layer.inputs[0])}
+                    if needs_flatten(net, layer) else None)
+            units.append({**head, "folder": f"tiles/{layer.name}", "flatten": flat})
+        elif layer.op == "add":
+            c = layer.out_shape[0]
+            units.append({**head, "channels": c, "a_bits": stream_bits(net, layer.inputs[0]),
+                          "b_bits": stream_bits(net, layer.inputs[1]),
+                          "out_bits": layer.out_bits, "ma": int(layer.ma), "mb": int(layer.mb),
+                          "shift": int(layer.add_shift), "fifo": list(fifo_depths[layer.name])})
+        elif layer.op == "avgpool_global":
+            c, h, w = shape_of(net, layer.inputs[0])
+            units.append({**head, "channels": c, "pixels": h * w,
+                          "in_bits": stream_bits(net, layer.inputs[0]),
+                          "out_bits": layer.out_bits, "mult": int(layer.pool_mult),
+                          "shift": int(layer.pool_shift)})
+        else:
+            raise ImageError(f"layer {layer.name!r}: no hardware unit for op {layer.op!r}")
+    out = net.output_layer
+    c, h, w = out.out_shape
+    manifest = {
+        "format": NETWORK_FORMAT,
+        "input": {"name": net.input_name, "channels": net.input_shape[0],
+                  "height": net.input_shape[1], "width": net.input_shape[2],
+                  "bits": net.input_bits},
+        "output": {"name": net.output, "channels": c, "bits": out.out_bits,
+                   "signed": not out.relu,
+                   "beats_per_image": 1 if out.op in ("linear", "avgpool_global") else h * w},
+        "units": units, "reuse": reuse,
+    }
+    return {"manifest": manifest, "tiles": tiles}
+
+
+def write_network(compiled: dict, out_dir: str | Path) -> Path:
+    """Write the tile images (`tiles/<layer>/`) and `network.json`, whose entries carry each
+    tile manifest's SHA-256, so a tile folder from another compile is refused."""
+    out_dir = Path(out_dir)
+    manifest = json.loads(json.dumps(compiled["manifest"]))
+    for unit in manifest["units"]:
+        if "folder" in unit:
+            path = write_images(compiled["tiles"][unit["name"]], out_dir / unit["folder"])
+            unit["manifest_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["units_sha256"] = _sha256(json.dumps(manifest["units"], sort_keys=True,
+                                                  separators=(",", ":")))
+    write_files_atomically(out_dir, {"network.json": json.dumps(manifest, indent=1) + "\n"})
+    return out_dir / "network.json"

@@ -125,18 +125,51 @@ class EpimNet(nn.Module):
         return self.fake_quant_forward(x)
 
     def fake_quant_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Float simulation of the quantized network (batch norm unfolded; in eval mode with its
-        running statistics)."""
+        """Float simulation of the quantized network as trained (batch norm unfolded; in eval
+        mode with its running statistics)."""
         t = {INPUT: x}
         for nd in self.nodes:
             t[nd.name] = self.units[nd.name](*(t[i] for i in nd.inputs))
         return t[self.output]
 
     @torch.no_grad()
-    def integer_forward(self, x: torch.Tensor, keep: bool = False):
+    def folded_fake_quant_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized model as it is deployed (batch norm folded, Jacob et al. 2018):
+        float32 arithmetic on fake-quantized weights and activations, batch norm (running
+        statistics) folded into a per-channel scale and a bias, the bias quantized to the
+        accumulator's unit `s_x * s_w` as the integer output stage holds it. This is what the
+        integer network must reproduce; it differs from it only in float rounding and in the
+        31-bit fixed-point `mult / 2**shift` standing for the float scale."""
+        if not self.quantized:
+            return self.fake_quant_forward(x)
+        t, scales = {INPUT: x}, {INPUT: 1.0 / (2**self.quant.input_bits - 1)}
+        for nd in self.nodes:
+            unit, xs = self.units[nd.name], [t[i] for i in nd.inputs]
+            if nd.op == "conv":
+                bn, conv = unit.bn, unit.conv
+                g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                b = bn.bias - bn.running_mean * g
+                acc_unit = scales[nd.inputs[0]] * conv.wq.scale * g
+                bias = torch.round(b / acc_unit) * acc_unit
+                y = conv(xs[0]) * g[:, None, None] + bias[:, None, None]
+                t[nd.name] = unit.aq(torch.relu(y))
+            elif nd.op == "linear":
+                acc_unit = scales[nd.inputs[0]] * unit.wq.scale
+                w = unit.sampled_weight(unit.wq(unit.E)).flatten(1)
+                bias = torch.round(unit.bias / acc_unit) * acc_unit
+                t[nd.name] = F.linear(xs[0].flatten(1), w) + bias
+            else:
+                t[nd.name] = unit(*xs)
+            if nd.op != "linear":
+                scales[nd.name] = float(unit.aq.scale)
+        return t[self.output]
+
+    @torch.no_grad()
+    def integer_forward(self, x: torch.Tensor, keep: bool = False, params=None):
         """The integer network on inputs in [0, 1]: logits in float (accumulator units times
-        the classifier's scale), or with `keep=True` every integer tensor by name."""
-        params = fold(self)
+        the classifier's scale), or with `keep=True` every integer tensor by name. `params`:
+        the result of :func:`fold`, to fold once for many batches."""
+        params = fold(self) if params is None else params
         qmax_in = 2**self.quant.input_bits - 1
         t = {INPUT: torch.round(x * qmax_in).to(torch.int64)}
         for nd in self.nodes:
@@ -144,11 +177,15 @@ class EpimNet(nn.Module):
             if nd.op in ("conv", "linear"):
                 unit = self.units[nd.name]
                 conv = unit.conv if nd.op == "conv" else unit
-                w = conv.sampled_weight(p["e_int"]).to(torch.float64)
-                xin = xs[0].to(torch.float64)
+                w = conv.sampled_weight(p["e_int"])
+                xin = xs[0]
                 if nd.op == "linear":
                     xin = xin.flatten(1)[:, :, None, None]
-                acc = F.conv2d(xin, w, stride=conv.stride, padding=conv.padding)
+                # float32 holds integers below 2**24 exactly: keep a margin for the conv algorithm
+                bound = int(xin.abs().max()) * int(w.abs().max()) * w[0].numel()
+                dtype = torch.float32 if bound < 2**21 else torch.float64
+                acc = F.conv2d(xin.to(dtype), w.to(dtype), stride=conv.stride,
+                               padding=conv.padding)
                 acc = torch.round(acc).to(torch.int64)
                 t[nd.name] = requantize(acc + p["bias"][:, None, None], p["mult"], p["shift"],
                                         p["lo"], p["hi"])
@@ -267,26 +304,52 @@ def fold(model: EpimNet) -> dict[str, dict]:
 LOGIT_BITS = 32
 
 
-def _epi(cin: int, cout: int, ratio: float | None) -> tuple[int, int, int, int] | None:
+# The crossbar geometry the models are shaped for by default (also `epim train`'s default).
+DEFAULT_PIM = {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
+
+
+@dataclass(frozen=True)
+class Fill:
+    """Crossbar geometry an epitome is fitted to: `rows` crossbar rows, and `cols` weights per
+    crossbar row (crossbar columns divided by the bit slices of a weight)."""
+
+    rows: int
+    cols: int
+
+    @classmethod
+    def of(cls, pim: dict, weight_bits: int) -> Fill:
+        slices = math.ceil((weight_bits - 1) / pim["cell_bits"])
+        return cls(pim["xbar_rows"], max(1, pim["xbar_cols"] // slices))
+
+
+def _epi(cin: int, cout: int, ratio: float | None, kernel: int = 3,
+         fill: Fill | None = None) -> tuple[int, int, int, int] | None:
     """An epitome that shrinks a layer's weights by about `ratio`: the input side first (crossbar
     rows, `Ce_in * k * k`, set the row-chunk count), then the output side (columns, with output
-    channel wrapping) for what is left; None (dense) for ratio <= 1."""
+    channel wrapping) for what is left; None (dense) for ratio <= 1. With `fill`, each side then
+    grows to use the row chunks and column blocks it occupies anyway: the same crossbars, more
+    weights."""
     if not ratio or ratio <= 1:
         return None
     ce_in = max(1, round(cin / ratio))
     rest = ratio / (cin / ce_in)
     ce_out = max(1, round(cout / rest)) if rest > 1 else cout
+    if fill:
+        k2 = kernel * kernel
+        ce_in = min(cin, max(ce_in, math.ceil(ce_in * k2 / fill.rows) * fill.rows // k2))
+        ce_out = min(cout, math.ceil(ce_out / fill.cols) * fill.cols)
     return (ce_in, ce_out, ce_in, ce_out)
 
 
-def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10) -> list[Node]:
+def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10,
+              fill: Fill | None = None) -> list[Node]:
     """A small plain CNN: 4 conv layers (28 -> 14 -> 7), global average pooling, linear."""
     w = width
     spec = [("c1", 1, w, 1), ("c2", w, 2 * w, 2), ("c3", 2 * w, 2 * w, 1),
             ("c4", 2 * w, 4 * w, 2)]
     nodes, prev = [], INPUT
     for name, cin, cout, stride in spec:
-        epi = None if name == "c1" else _epi(cin, cout, ratio)
+        epi = None if name == "c1" else _epi(cin, cout, ratio, 3, fill)
         nodes.append(Node(name, "conv", [prev], cout, 3, stride, epi))
         prev = name
     nodes.append(Node("gap", "avgpool_global", [prev]))
@@ -294,8 +357,8 @@ def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10
     return nodes
 
 
-def small_resnet(ratio: float | None = None, width: int = 16,
-                 num_classes: int = 10) -> list[Node]:
+def small_resnet(ratio: float | None = None, width: int = 16, num_classes: int = 10,
+                 fill: Fill | None = None) -> list[Node]:
     """A small ResNet (the EPIM-ResNet analogue): stem, two stages of two basic blocks, global
     average pooling, linear. Blocks are conv-conv with ReLU on both (the spec's activations
     between layers are unsigned), summed with the skip (1x1 conv when the shape changes)."""
@@ -306,9 +369,9 @@ def small_resnet(ratio: float | None = None, width: int = 16,
         for block in (1, 2):
             s = stride if block == 1 else 1
             tag = f"s{stage}b{block}"
-            nodes.append(Node(f"{tag}c1", "conv", [prev], cout, 3, s, _epi(cin, cout, ratio)))
+            nodes.append(Node(f"{tag}c1", "conv", [prev], cout, 3, s, _epi(cin, cout, ratio, 3, fill)))
             nodes.append(Node(f"{tag}c2", "conv", [f"{tag}c1"], cout, 3, 1,
-                              _epi(cout, cout, ratio)))
+                              _epi(cout, cout, ratio, 3, fill)))
             skip = prev
             if s != 1 or cin != cout:
                 skip = f"{tag}sc"
@@ -324,7 +387,18 @@ MODELS = {"cnn": plain_cnn, "resnet": small_resnet}
 
 
 def build(model: str, ratio: float | None = None, quant: QuantConfig = QuantConfig(),
-          width: int = 16, in_shape=(1, 28, 28), num_classes: int = 10) -> EpimNet:
+          width: int = 16, in_shape=(1, 28, 28), num_classes: int = 10,
+          pim: dict | None = None) -> EpimNet:
+    """A model by name; epitomes (for `ratio > 1`) are fitted to the crossbars of `pim`
+    (default :data:`DEFAULT_PIM`) at the model's weight bits."""
+    return EpimNet(nodes(model, ratio, width, num_classes, quant, pim), in_shape, num_classes,
+                   quant)
+
+
+def nodes(model: str, ratio: float | None = None, width: int = 16, num_classes: int = 10,
+          quant: QuantConfig = QuantConfig(), pim: dict | None = None) -> list[Node]:
+    """The graph of a model by name (see :func:`build`)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r} (expected one of {', '.join(MODELS)})")
-    return EpimNet(MODELS[model](ratio, width, num_classes), in_shape, num_classes, quant)
+    fill = Fill.of(pim or DEFAULT_PIM, quant.weight_bits or 8)
+    return MODELS[model](ratio, width, num_classes, fill)

@@ -23,7 +23,7 @@ from . import data, models
 from .compress import model_crossbars
 from .export import export, quantize_inputs
 
-DEFAULT_PIM = {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
+DEFAULT_PIM = models.DEFAULT_PIM
 
 
 @dataclass
@@ -43,6 +43,8 @@ class Config:
     test_limit: int | None = None
     device: str = "auto"
     pim: dict = field(default_factory=lambda: dict(DEFAULT_PIM))
+    distill: float = 0.0  # weight of the distillation loss when a teacher is given
+    temperature: float = 2.0
 
     @property
     def quant(self) -> models.QuantConfig:
@@ -77,11 +79,19 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: models.EpimNet, images: np.ndarray, labels: np.ndarray,
              device: torch.device, batch: int = 1000,
-             fake_quant: bool = False) -> tuple[float, np.ndarray]:
-    """Accuracy and predictions; a quantized model in eval mode runs its integer network
-    (`fake_quant=True`: the float simulation with batch norm unfolded instead)."""
+             mode: str = "integer") -> tuple[float, np.ndarray]:
+    """Accuracy and predictions of a model in eval mode. `mode`: "integer" runs a quantized
+    model's integer network (a float model runs as it is), "folded" its fake-quantized float
+    simulation with batch norm folded, "unfolded" the float simulation as trained."""
     model.eval()
-    run = model.fake_quant_forward if fake_quant else model
+    if mode == "integer" and model.quantized:
+        params = models.fold(model)
+
+        def run(x):
+            return model.integer_forward(x, params=params)
+    else:
+        run = {"integer": model, "folded": model.folded_fake_quant_forward,
+               "unfolded": model.fake_quant_forward}[mode]
     preds = []
     for i in range(0, len(images), batch):
         x = quantize_inputs(images[i:i + batch]).to(device)
@@ -110,17 +120,50 @@ class Progress:
         return time.time() - self.t0
 
 
+def loss_fn(cfg: Config, logits: torch.Tensor, labels: torch.Tensor,
+            teacher_logits: torch.Tensor | None) -> torch.Tensor:
+    """Cross entropy, mixed with knowledge distillation (Hinton et al. 2015) when a teacher's
+    logits are given: `(1 - a) * CE + a * T**2 * KL(teacher_T || student_T)`."""
+    ce = F.cross_entropy(logits, labels)
+    if teacher_logits is None or not cfg.distill:
+        return ce
+    t = cfg.temperature
+    kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                  log_target=True, reduction="batchmean") * t * t
+    return (1 - cfg.distill) * ce + cfg.distill * kd
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Config, models.EpimNet]:
+    """The config and trained model of a `fit` checkpoint (a `checkpoint.pt` or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint (train with --out first)")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    cfg = Config(**ckpt["config"])
+    model = models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width, pim=cfg.pim)
+    model.load_state_dict(ckpt["model"])
+    return cfg, model
+
+
 def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
-        model: models.EpimNet | None = None) -> dict:
+        model: models.EpimNet | None = None,
+        teacher: models.EpimNet | None = None) -> dict:
     """Train (or fine-tune `model`), evaluate and, if quantized, export; returns the metrics
-    (the trained model under `"model"`)."""
+    (the trained model under `"model"`). With a `teacher` and `cfg.distill > 0` the loss
+    mixes in distillation from the teacher's logits."""
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     x_train, y_train = data.load(cfg.data, "train", cfg.limit)
     x_test, y_test = data.load(cfg.data, "test", cfg.test_limit)
     if model is None:
-        model = models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width)
+        model = models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width, pim=cfg.pim)
     model = model.to(device)
+    if teacher is not None and cfg.distill:
+        teacher = teacher.to(device).eval()
+    else:
+        teacher = None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs
@@ -149,7 +192,9 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x = augment(quantize_inputs(xt[idx]).to(device), gen)
-            loss = F.cross_entropy(model(x), yt[idx].to(device))
+            with torch.no_grad():
+                t_logits = teacher.fake_quant_forward(x) if teacher is not None else None
+            loss = loss_fn(cfg, model(x), yt[idx].to(device), t_logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -174,9 +219,12 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
     metrics = {"config": asdict(cfg), "test_accuracy": acc, "test_images": len(y_test),
                "history": history}
     if model.quantized:
-        fq_acc, fq_pred = evaluate(model, x_test, y_test, device, fake_quant=True)
+        fq_acc, fq_pred = evaluate(model, x_test, y_test, device, mode="folded")
+        un_acc, un_pred = evaluate(model, x_test, y_test, device, mode="unfolded")
         metrics.update(fake_quant_accuracy=fq_acc,
-                       integer_vs_fake_quant_agreement=float((fq_pred == pred).mean()))
+                       integer_vs_fake_quant_agreement=float((fq_pred == pred).mean()),
+                       unfolded_fake_quant_accuracy=un_acc,
+                       integer_vs_unfolded_agreement=float((un_pred == pred).mean()))
         net = export(model.cpu(), cfg.pim)
         xbars = model_crossbars(model, cfg.pim)
         dense8 = model_crossbars(model, cfg.pim, weight_bits=8, dense=True)

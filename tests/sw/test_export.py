@@ -60,6 +60,22 @@ def test_folding_matches_batch_norm():
             assert (diff == 0).float().mean() > 0.98, nd.name
 
 
+@pytest.mark.parametrize("name, ratio", [("cnn", 2), ("resnet", 2)])
+def test_folded_fake_quant_model_agrees_with_the_integer_network(name, ratio):
+    """The fake-quantized model with batch norm folded (float32) computes the integer network's
+    activations up to float rounding: logits within a hair, every prediction the same."""
+    model, x = calibrated(name, ratio, seed=1)
+    xin = export.quantize_inputs(x)
+    fq = model.folded_fake_quant_forward(xin)
+    ints = model.integer_forward(xin)
+    assert torch.equal(fq.argmax(1), ints.argmax(1))
+    scale = ints.abs().max()
+    assert (fq - ints).abs().max() <= 1e-3 * scale
+    # the unfolded simulation (batch norm in float, bias not in accumulator units) drifts more
+    un = model.fake_quant_forward(xin)
+    assert (un - ints).abs().max() > (fq - ints).abs().max()
+
+
 def unit_scale(model, name):
     if name == INPUT:
         return 1.0 / 255

@@ -25,6 +25,7 @@ def test_trained_model_exports_and_integer_reference_agrees(tmp_path):
     assert metrics["test_accuracy"] > 0.15  # above chance (0.1) after 64 steps
     assert metrics["history"][1]["loss"] < metrics["history"][0]["loss"]
     assert metrics["compression_vs_dense8"] > 1
+    assert metrics["integer_vs_fake_quant_agreement"] >= 0.995  # at most 1 of 200 differs
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["crossbars"] == metrics["crossbars"]
 

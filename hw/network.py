@@ -1,0 +1,166 @@
+"""A whole-network accelerator from a folder of network images: one PIM tile per conv/linear
+layer, chained by streams, with residual adders (behind skip FIFOs), global pooling, flatten
+units and forks where a tensor has several consumers.
+
+Every tile keeps its weights stationary in its own crossbars and double-buffers its input, so
+the tiles work on successive images at once (frame pipelining): throughput is set by the slowest
+tile. `docs/network.md` has the beat order, the unit rules and how the skip FIFOs are sized;
+`epim.sw.netcycles` models it cycle by cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from amaranth.hdl import Cat, Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .images import ImageError, load
+from .tile import PIMTile, TileConfig
+from .units import AddUnit, Flatten, Fork, PoolUnit, StreamFIFO
+
+NETWORK_FORMAT = "epim-network-images-v1"
+
+
+def load_network(folder: str | Path) -> dict:
+    """Read and verify `network.json` and every tile folder it names."""
+    folder = Path(folder)
+    mpath = folder / "network.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except OSError as exc:
+        raise ImageError(f"{mpath}: cannot read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ImageError(f"{mpath}: not valid JSON: {exc.msg}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != NETWORK_FORMAT:
+        raise ImageError(f"{mpath}: not an {NETWORK_FORMAT} manifest")
+    units = manifest.get("units")
+    if not isinstance(units, list):
+        raise ImageError(f"{mpath}: 'units' must be a list")
+    canonical = json.dumps(units, sort_keys=True, separators=(",", ":")).encode()
+    if hashlib.sha256(canonical).hexdigest() != manifest.get("units_sha256"):
+        raise ImageError(f"{mpath}: 'units' do not match 'units_sha256': the manifest was "
+                         "edited or corrupted after it was packed (re-run 'epim generate')")
+    tiles = {}
+    for unit in units:
+        if "folder" not in unit:
+            continue
+        tpath = folder / unit["folder"] / "manifest.json"
+        try:
+            raw = tpath.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"{tpath}: cannot read: {exc.strerror}") from None
+        if hashlib.sha256(raw).hexdigest() != unit.get("manifest_sha256"):
+            raise ImageError(f"{tpath}: does not match the checksum in {mpath}: the tile "
+                             f"images of layer {unit['name']!r} come from another compile or "
+                             "were changed (re-run 'epim generate')")
+        tiles[unit["name"]] = load(folder / unit["folder"])
+    return {"manifest": manifest, "tiles": tiles, "folder": folder}
+
+
+class NetworkAccelerator(wiring.Component):
+    """The accelerator of one network.
+
+    Members
+    -------
+    i : In(stream.Signature(C * bits))
+        Input pixels of each image in raster order (y, then x); channel `c` at bits
+        `[c*bits, (c+1)*bits)`.
+    o : Out(stream.Signature(F * out_bits))
+        The output layer's beats: one per output pixel in raster order, or one per image for a
+        `linear` or pooled output; value `f` at bits `[f*out_bits, ...)` (two's complement for
+        a layer without ReLU).
+    idle : Out(1)
+        Every unit is empty.
+    """
+
+    def __init__(self, loaded: dict):
+        man = loaded["manifest"]
+        self._man = man
+        self._tiles = {name: PIMTile(TileConfig.from_params(img.params), img.words)
+                       for name, img in loaded["tiles"].items()}
+        inp, out = man["input"], man["output"]
+        super().__init__({"i": In(stream.Signature(inp["channels"] * inp["bits"])),
+                          "o": Out(stream.Signature(out["channels"] * out["bits"])),
+                          "idle": Out(1)})
+
+    @property
+    def tiles(self) -> dict[str, PIMTile]:
+        return dict(self._tiles)
+
+    def elaborate(self, platform):
+        m = Module()
+        man = self._man
+        input_name = man["input"]["name"]
+        # readers of every tensor, in the order the cycle model uses
+        readers: dict[str, list[tuple[str, int]]] = {input_name: []}
+        for u in man["units"]:
+            readers[u["name"]] = []
+        for u in man["units"]:
+            for k, src in enumerate(u["inputs"]):
+                readers[src].append((u["name"], k))
+        readers[man["output"]["name"]].append(("<output>", 0))
+        feeds: dict[tuple[str, int], object] = {}  # reader -> the stream interface it reads
+        idles = []
+
+        def publish(tensor: str, port) -> None:
+            rs = readers[tensor]
+            if len(rs) == 1:
+                feeds[rs[0]] = port
+                return
+            fork = Fork(len(port.payload), len(rs))
+            m.submodules[f"{tensor}_fork"] = fork
+            wiring.connect(m, port, fork.i)
+            idles.append(fork.idle)
+            for r, o in zip(rs, fork.outs(), strict=True):
+                feeds[r] = o
+
+        publish(input_name, wiring.flipped(self.i))
+        for u in man["units"]:
+            name = u["name"]
+            if "folder" in u:
+                src = feeds[(name, 0)]
+                if u["flatten"]:
+                    f = u["flatten"]
+                    flat = Flatten(f["channels"], f["pixels"], f["bits"])
+                    m.submodules[f"{name}_flatten"] = flat
+                    wiring.connect(m, src, flat.i)
+                    idles.append(flat.idle)
+                    src = flat.o
+                tile = self._tiles[name]
+                m.submodules[f"{name}_tile"] = tile
+                wiring.connect(m, src, tile.i)
+                m.d.comb += tile.prog.valid.eq(0)
+                idles.append(tile.idle)
+                publish(name, tile.o)
+            elif u["op"] == "add":
+                unit = AddUnit(u["channels"], u["a_bits"], u["b_bits"], u["out_bits"], u["ma"],
+                               u["mb"], u["shift"])
+                m.submodules[f"{name}_add"] = unit
+                for k, port in enumerate((unit.a, unit.b)):
+                    src = feeds[(name, k)]
+                    depth = u["fifo"][k]
+                    if depth:
+                        fifo = StreamFIFO(len(port.payload), depth)
+                        m.submodules[f"{name}_fifo{'ab'[k]}"] = fifo
+                        wiring.connect(m, src, fifo.i)
+                        idles.append(fifo.idle)
+                        src = fifo.o
+                    wiring.connect(m, src, port)
+                idles.append(unit.idle)
+                publish(name, unit.o)
+            elif u["op"] == "avgpool_global":
+                unit = PoolUnit(u["channels"], u["pixels"], u["in_bits"], u["out_bits"],
+                                u["mult"], u["shift"])
+                m.submodules[f"{name}_pool"] = unit
+                wiring.connect(m, feeds[(name, 0)], unit.i)
+                idles.append(unit.idle)
+                publish(name, unit.o)
+            else:
+                raise ImageError(f"unit {name!r}: unknown op {u['op']!r}")
+        wiring.connect(m, feeds[("<output>", 0)], wiring.flipped(self.o))
+        m.d.comb += self.idle.eq(Cat(*idles).all())
+        return m

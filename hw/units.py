@@ -1,0 +1,222 @@
+"""Stream units that join the tiles of a network: fork, FIFO, residual add, global pooling and
+flatten. Every unit's `valid` outputs and its input `ready` come from registers, except the
+`add`, whose inputs are taken in the cycle both are valid and its output register is free (its
+`ready` depends on its inputs' `valid`, never the other way round). `sw/netcycles.py` models each
+of them cycle by cycle; `docs/network.md` gives the rules.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+
+def clamp_unsigned(v, hi: int, bits: int):
+    """`min(max(v, 0), hi)` of a signed value, as `bits` bits."""
+    return Mux(v < 0, 0, Mux(v > hi, hi, v))[:bits]
+
+
+class Fork(wiring.Component):
+    """One stream to `n` consumers: a beat is held until every consumer has taken it.
+
+    `i.ready` is high when no consumer still waits for the held beat, so a beat moves through in
+    two cycles at best (one to load, at least one to be taken).
+    """
+
+    def __init__(self, width: int, n: int):
+        self._n = n
+        super().__init__({"i": In(stream.Signature(width)),
+                          **{f"o{j}": Out(stream.Signature(width)) for j in range(n)},
+                          "idle": Out(1)})
+
+    def outs(self):
+        return [getattr(self, f"o{j}") for j in range(self._n)]
+
+    def elaborate(self, platform):
+        m = Module()
+        pend = Signal(self._n)
+        buf = Signal(len(self.i.payload))
+        m.d.comb += self.i.ready.eq(pend == 0)
+        taken = Cat(*[o.valid & o.ready for o in self.outs()])
+        m.d.sync += pend.eq(pend & ~taken)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [buf.eq(self.i.payload), pend.eq(Const(2**self._n - 1, self._n))]
+        for j, o in enumerate(self.outs()):
+            m.d.comb += [o.valid.eq(pend[j]), o.payload.eq(buf)]
+        m.d.comb += self.idle.eq(pend == 0)
+        return m
+
+
+class StreamFIFO(wiring.Component):
+    """First-in first-out buffer of `depth` beats (the skip buffer of a residual `add`).
+
+    `i.ready` is high while fewer than `depth` beats are held; `o.valid` while any is held. A beat
+    written in one cycle can leave in the next (the count is a register; reads are asynchronous).
+    """
+
+    def __init__(self, width: int, depth: int):
+        if depth < 1:
+            raise ValueError("a FIFO needs depth >= 1")
+        self._depth = depth
+        super().__init__({"i": In(stream.Signature(width)), "o": Out(stream.Signature(width)),
+                          "idle": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self._depth
+        mem = Memory(shape=len(self.i.payload), depth=d, init=[])
+        m.submodules.mem = mem
+        wp, rp = mem.write_port(), mem.read_port(domain="comb")
+        w_ptr = Signal(range(d))
+        r_ptr = Signal(range(d))
+        count = Signal(range(d + 1))
+        m.d.comb += [self.i.ready.eq(count != d), self.o.valid.eq(count != 0),
+                     wp.addr.eq(w_ptr), wp.data.eq(self.i.payload), rp.addr.eq(r_ptr),
+                     self.o.payload.eq(rp.data), self.idle.eq(count == 0)]
+        put = self.i.valid & self.i.ready
+        get = self.o.valid & self.o.ready
+        m.d.comb += wp.en.eq(put)
+        with m.If(put):
+            m.d.sync += w_ptr.eq(Const(0) if d == 1 else (w_ptr + 1) % d)
+        with m.If(get):
+            m.d.sync += r_ptr.eq(Const(0) if d == 1 else (r_ptr + 1) % d)
+        with m.If(put & ~get):
+            m.d.sync += count.eq(count + 1)
+        with m.Elif(get & ~put):
+            m.d.sync += count.eq(count - 1)
+        return m
+
+
+def _round_shift(v, shift: int):
+    """`(v + rnd) >> shift` with the spec's `rnd = 2**(shift-1)` (0 for `shift = 0`)."""
+    rnd = (1 << (shift - 1)) if shift > 0 else 0
+    return (v + rnd) >> shift
+
+
+class AddUnit(wiring.Component):
+    """Residual `add` (spec section 6), per channel:
+    `y = clamp((a*ma + b*mb + rnd) >> shift, 0, 2**out_bits - 1)`.
+
+    Both inputs are taken in the same cycle, when both are valid and the output register is free
+    or being emptied; the result leaves from the output register the next cycle.
+    """
+
+    def __init__(self, channels: int, a_bits: int, b_bits: int, out_bits: int, ma: int, mb: int,
+                 shift: int):
+        self._p = (channels, a_bits, b_bits, out_bits, ma, mb, shift)
+        super().__init__({"a": In(stream.Signature(channels * a_bits)),
+                          "b": In(stream.Signature(channels * b_bits)),
+                          "o": Out(stream.Signature(channels * out_bits)),
+                          "idle": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c, ab, bb, ob, ma, mb, shift = self._p
+        o_valid = Signal()
+        fire = Signal()
+        m.d.comb += fire.eq(self.a.valid & self.b.valid & (~o_valid | self.o.ready))
+        m.d.comb += [self.a.ready.eq(fire), self.b.ready.eq(fire)]
+        width = max(ab, bb) + 34
+        ys = []
+        for ch in range(c):
+            av = self.a.payload[ch * ab:(ch + 1) * ab]
+            bv = self.b.payload[ch * bb:(ch + 1) * bb]
+            s = Signal(signed(width + 2), name=f"add_s_{ch}")
+            m.d.comb += s.eq(av.as_unsigned() * ma + bv.as_unsigned() * mb)
+            y = Signal(signed(width + 3), name=f"add_y_{ch}")
+            m.d.comb += y.eq(_round_shift(s, shift))
+            ys.append(clamp_unsigned(y, 2**ob - 1, ob))
+        payload = Signal(c * ob)
+        with m.If(fire):
+            m.d.sync += [payload.eq(Cat(*ys)), o_valid.eq(1)]
+        with m.Elif(self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(payload),
+                     self.idle.eq(~o_valid)]
+        return m
+
+
+class PoolUnit(wiring.Component):
+    """Global average pooling (spec section 6): sums `pixels` beats per channel, then
+    `y[c] = clamp((sum*mult + rnd) >> shift, 0, 2**out_bits - 1)` as one output beat.
+
+    `i.ready` is low while a result waits in the output register.
+    """
+
+    def __init__(self, channels: int, pixels: int, in_bits: int, out_bits: int, mult: int,
+                 shift: int):
+        self._p = (channels, pixels, in_bits, out_bits, mult, shift)
+        super().__init__({"i": In(stream.Signature(channels * in_bits)),
+                          "o": Out(stream.Signature(channels * out_bits)),
+                          "idle": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c, n, ib, ob, mult, shift = self._p
+        sbits = ib + max(1, (n - 1).bit_length()) + 1
+        count = Signal(range(n))
+        sums = [Signal(sbits, name=f"pool_sum_{ch}") for ch in range(c)]
+        o_valid = Signal()
+        payload = Signal(c * ob)
+        m.d.comb += self.i.ready.eq(~o_valid)
+        last = count == n - 1
+        ys = []
+        nexts = []
+        for ch in range(c):
+            x = self.i.payload[ch * ib:(ch + 1) * ib]
+            nxt = Signal(sbits, name=f"pool_next_{ch}")
+            m.d.comb += nxt.eq(sums[ch] + x)
+            nexts.append(nxt)
+            y = Signal(signed(sbits + 34), name=f"pool_y_{ch}")
+            m.d.comb += y.eq(_round_shift(nxt * mult, shift))
+            ys.append(clamp_unsigned(y, 2**ob - 1, ob))
+        with m.If(self.i.valid & self.i.ready):
+            with m.If(last):
+                m.d.sync += [count.eq(0), payload.eq(Cat(*ys)), o_valid.eq(1)]
+                m.d.sync += [s.eq(0) for s in sums]
+            with m.Else():
+                m.d.sync += count.eq(count + 1)
+                m.d.sync += [s.eq(nx) for s, nx in zip(sums, nexts, strict=True)]
+        with m.If(o_valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(payload),
+                     self.idle.eq(~o_valid & (count == 0))]
+        return m
+
+
+class Flatten(wiring.Component):
+    """Collects an image's `H*W` pixel beats into the one beat a `linear` tile takes: feature
+    `f = c*H*W + y*W + x` at bits `[f*bits, (f+1)*bits)` (spec section 6).
+
+    `i.ready` is low while the flattened beat waits in the output register.
+    """
+
+    def __init__(self, channels: int, pixels: int, bits: int):
+        self._p = (channels, pixels, bits)
+        super().__init__({"i": In(stream.Signature(channels * bits)),
+                          "o": Out(stream.Signature(channels * pixels * bits)),
+                          "idle": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c, n, b = self._p
+        count = Signal(range(n))
+        beats = [Signal(c * b, name=f"flat_beat_{p}") for p in range(n)]
+        o_valid = Signal()
+        m.d.comb += self.i.ready.eq(~o_valid)
+        with m.If(self.i.valid & self.i.ready):
+            for p in range(n):
+                with m.If(count == p):
+                    m.d.sync += beats[p].eq(self.i.payload)
+            with m.If(count == n - 1):
+                m.d.sync += [count.eq(0), o_valid.eq(1)]
+            with m.Else():
+                m.d.sync += count.eq(count + 1)
+        with m.If(o_valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        feats = [beats[p][ch * b:(ch + 1) * b] for ch in range(c) for p in range(n)]
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(Cat(*feats)),
+                     self.idle.eq(~o_valid & (count == 0))]
+        return m

@@ -1,0 +1,525 @@
+"""Cycle model of a whole-network accelerator: every unit's handshakes, cycle by cycle, exactly.
+
+The accelerator (`epim.hw.network`, `docs/network.md`) is a graph of PIM tiles (one per conv or
+linear layer), residual adders, global pooling and flatten units, forks where a tensor has
+several consumers, and skip FIFOs in front of the adders. This module steps a model of each
+unit's control registers (never the data: values do not change timing) with the same rules as
+the RTL, so for a given input and output pattern it predicts the cycle of every handshake.
+From that come the latency of each image, the steady-state cycles per image, per-layer figures,
+and the skip FIFO depths that `compile_network` writes into the images.
+
+Cycle counting is that of `docs/tile.md`: cycle 0 is the first cycle the testbench offers input,
+and a beat's cycle is that of the rising edge that completes its handshake.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .cyclemodel import TileTiming, tile_timing
+from .netfile import Layer, Network
+
+# --- Units ------------------------------------------------------------------------------------
+
+
+class Unit:
+    """A unit with input ports `0..n_in-1` and output ports `0..n_out-1`."""
+
+    n_in = 1
+    n_out = 1
+    comb_ready = False  # True when an input's ready depends on input valids / output ready
+
+    def valid(self, port: int) -> bool:
+        raise NotImplementedError
+
+    def ready(self, port: int, in_valid: list[bool], out_ready: list[bool]) -> bool:
+        raise NotImplementedError
+
+    def step(self, in_fire: list[bool], out_fire: list[bool], out_ready: list[bool]) -> None:
+        raise NotImplementedError
+
+
+class TileModel(Unit):
+    """`hw/tile.py: PIMTile` control: loader, slot controller, crossbar steps, output stages."""
+
+    def __init__(self, t: TileTiming):
+        self.t = t
+        self.l_bank = self.l_addr = 0
+        self.full = [False, False]
+        self.s_g = self.s_x = False
+        self.g_phase = self.g_bank = self.g_pix = 0
+        self.x_step = 0
+        self.x_t = t.n_t - 1
+        self.x_done = False
+        self.r_valid = self.r_last = False
+        self.q_valid = self.o_valid = False
+        self.busy_cycles = 0  # cycles the crossbar computes (a step's DAC slice)
+
+    def valid(self, port):
+        return self.o_valid
+
+    def ready(self, port, in_valid, out_ready):
+        return not self.full[self.l_bank]
+
+    def step(self, in_fire, out_fire, out_ready):
+        t = self.t
+        q_move = self.q_valid and (not self.o_valid or out_ready[0])
+        stall = self.q_valid and not q_move
+        ifrt_last = self.x_step == t.n_steps - 1
+        x_step_end = self.s_x and not self.x_done and self.x_t == 0
+        x_end = (not self.s_x) or self.x_done or (x_step_end and ifrt_last)
+        g_end = (not self.s_g) or self.g_phase == t.kernel
+        boundary = (self.s_x or self.s_g) and x_end and g_end and not stall
+        g_last = self.g_pix == t.pixels - 1
+        next_bank = (1 - self.g_bank) if (self.s_g and g_last) else self.g_bank
+        full_old = list(self.full)
+        if self.s_x and not self.x_done and not stall:
+            self.busy_cycles += 1
+        # loader
+        set_full = [False, False]
+        if in_fire[0]:
+            if self.l_addr == t.in_beats - 1:
+                set_full[self.l_bank] = True
+                self.l_addr = 0
+                self.l_bank = 1 - self.l_bank
+            else:
+                self.l_addr += 1
+        release = [False, False]
+        if boundary and self.s_g and g_last:
+            release[self.g_bank] = True
+        self.full = [(full_old[b] or set_full[b]) and not release[b] for b in (0, 1)]
+        # routing and output registers (read the pre-update crossbar state)
+        r_valid_old, r_last_old = self.r_valid, self.r_last
+        if not stall:
+            self.r_valid = x_step_end
+            if x_step_end:
+                self.r_last = ifrt_last
+        if out_fire[0]:
+            self.o_valid = False
+        if q_move:
+            self.o_valid = True
+            self.q_valid = False
+        if r_valid_old and not stall and r_last_old:
+            self.q_valid = True
+        # gather and crossbar
+        if not stall:
+            if self.s_g and not g_end:
+                self.g_phase += 1
+            if x_step_end and ifrt_last:
+                self.x_done = True
+            if self.s_x and not x_end:
+                if self.x_t == 0:
+                    self.x_t = t.n_t - 1
+                    self.x_step += 1
+                else:
+                    self.x_t -= 1
+        if boundary:
+            s_g_old = self.s_g
+            self.s_x = s_g_old
+            self.g_phase = 0
+            self.x_step = 0
+            self.x_t = t.n_t - 1
+            self.x_done = False
+            self.s_g = full_old[next_bank]
+            if s_g_old:
+                if g_last:
+                    self.g_bank = 1 - self.g_bank
+                    self.g_pix = 0
+                else:
+                    self.g_pix += 1
+        elif not self.s_x and not self.s_g:
+            self.s_g = full_old[self.g_bank]
+            self.g_phase = 0
+
+
+class ForkModel(Unit):
+    def __init__(self, n: int):
+        self.n_out = n
+        self.pend = [False] * n
+
+    def valid(self, port):
+        return self.pend[port]
+
+    def ready(self, port, in_valid, out_ready):
+        return not any(self.pend)
+
+    def step(self, in_fire, out_fire, out_ready):
+        self.pend = [p and not f for p, f in zip(self.pend, out_fire, strict=True)]
+        if in_fire[0]:
+            self.pend = [True] * self.n_out
+
+
+class FifoModel(Unit):
+    def __init__(self, depth: int | None):
+        self.depth = depth  # None: unbounded (to measure the occupancy a FIFO needs)
+        self.count = 0
+        self.peak = 0
+
+    def valid(self, port):
+        return self.count > 0
+
+    def ready(self, port, in_valid, out_ready):
+        return self.depth is None or self.count < self.depth
+
+    def step(self, in_fire, out_fire, out_ready):
+        self.count += int(in_fire[0]) - int(out_fire[0])
+        self.peak = max(self.peak, self.count)
+
+
+class AddModel(Unit):
+    n_in = 2
+    comb_ready = True
+
+    def __init__(self):
+        self.o_valid = False
+
+    def valid(self, port):
+        return self.o_valid
+
+    def ready(self, port, in_valid, out_ready):
+        return in_valid[0] and in_valid[1] and (not self.o_valid or out_ready[0])
+
+    def step(self, in_fire, out_fire, out_ready):
+        if in_fire[0]:
+            self.o_valid = True
+        elif out_ready[0]:
+            self.o_valid = False
+
+
+class CollectModel(Unit):
+    """`PoolUnit` and `Flatten`: take `beats` input beats, then hold one output beat."""
+
+    def __init__(self, beats: int):
+        self.beats = beats
+        self.count = 0
+        self.o_valid = False
+
+    def valid(self, port):
+        return self.o_valid
+
+    def ready(self, port, in_valid, out_ready):
+        return not self.o_valid
+
+    def step(self, in_fire, out_fire, out_ready):
+        if in_fire[0]:
+            if self.count == self.beats - 1:
+                self.count = 0
+                self.o_valid = True
+            else:
+                self.count += 1
+        if out_fire[0]:
+            self.o_valid = False
+
+
+class Source(Unit):
+    """The testbench's driver (`sim/tb_tile.py: StreamDriver`), replaying its random gaps."""
+
+    n_in = 0
+
+    def __init__(self, beats: int, rng: random.Random | None = None, p_idle: float = 0.3):
+        self.beats, self.rng, self.p_idle = beats, rng, p_idle
+        self.next = 0
+        self.offered = False
+        self.cycles: list[int] = []
+
+    def drive(self):
+        if not self.offered and self.next < self.beats:
+            self.offered = self.rng is None or self.rng.random() >= self.p_idle
+
+    def valid(self, port):
+        return self.offered
+
+    def step(self, in_fire, out_fire, out_ready):
+        if out_fire[0]:
+            self.next += 1
+            self.offered = False
+
+
+class Sink(Unit):
+    """The testbench's monitor (`StreamMonitor`), replaying its random back-pressure."""
+
+    n_out = 0
+
+    def __init__(self, rng: random.Random | None = None, p_busy: float = 0.4):
+        self.rng, self.p_busy = rng, p_busy
+        self.accepting = True
+        self.cycles: list[int] = []
+
+    def drive(self):
+        self.accepting = self.rng is None or self.rng.random() >= self.p_busy
+
+    def ready(self, port, in_valid, out_ready):
+        return self.accepting
+
+    def step(self, in_fire, out_fire, out_ready):
+        pass
+
+
+# --- The graph --------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """One unit of the accelerator and where its inputs come from: `(unit name, out port)`."""
+
+    name: str
+    kind: str  # source | tile | fork | fifo | add | pool | flatten | sink
+    unit: Unit
+    inputs: list[tuple[str, int]] = field(default_factory=list)
+    layer: str | None = None  # the network layer it implements
+
+
+def _beats(layer_shape: tuple[int, int, int]) -> int:
+    return layer_shape[1] * layer_shape[2]
+
+
+@dataclass
+class Graph:
+    """The accelerator's units in dataflow order, as `epim.hw.network` builds them."""
+
+    nodes: list[Node]
+
+    def __getitem__(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def shape_of(net: Network, name: str) -> tuple[int, int, int]:
+    if name == net.input_name:
+        return tuple(net.input_shape)
+    return net.layer(name).out_shape
+
+
+def consumers(net: Network) -> dict[str, list[tuple[str, int]]]:
+    """For each tensor: the (layer, input index) that read it; the network output reads the
+    output layer's tensor as `("<output>", 0)`."""
+    out: dict[str, list[tuple[str, int]]] = {net.input_name: []}
+    for layer in net.layers:
+        out[layer.name] = []
+    for layer in net.layers:
+        for i, src in enumerate(layer.inputs):
+            out[src].append((layer.name, i))
+    out[net.output].append(("<output>", 0))
+    return out
+
+
+def needs_flatten(net: Network, layer: Layer) -> bool:
+    """A linear layer reading a map larger than 1x1 takes its input through a Flatten unit."""
+    return layer.op == "linear" and _beats(shape_of(net, layer.inputs[0])) > 1
+
+
+def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | None]] | None,
+                reuse: bool = True, rng: random.Random | None = None) -> Graph:
+    """The unit graph for `n_images` images. `fifo_depths[add] = [depth_a, depth_b]`
+    (0: no FIFO on that input; None: unbounded); default: unbounded on both inputs."""
+    nodes: list[Node] = []
+    cons = consumers(net)
+    _, h, w = net.input_shape
+    nodes.append(Node("input", "source", Source(n_images * h * w, rng)))
+    # where each tensor's stream comes from, per consumer
+    feeds: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def publish(tensor: str, unit: str) -> None:
+        readers = cons[tensor]
+        if len(readers) == 1:
+            feeds[readers[0]] = (unit, 0)
+        else:
+            fork = f"{tensor}.fork"
+            nodes.append(Node(fork, "fork", ForkModel(len(readers)), [(unit, 0)], tensor))
+            for j, r in enumerate(readers):
+                feeds[r] = (fork, j)
+
+    publish(net.input_name, "input")
+    for layer in net.layers:
+        if layer.op in ("conv", "linear"):
+            src = feeds[(layer.name, 0)]
+            if needs_flatten(net, layer):
+                flat = f"{layer.name}.flatten"
+                nodes.append(Node(flat, "flatten",
+                                  CollectModel(_beats(shape_of(net, layer.inputs[0]))), [src],
+                                  layer.name))
+                src = (flat, 0)
+            nodes.append(Node(layer.name, "tile", TileModel(tile_timing(layer, net.pim, reuse)),
+                              [src], layer.name))
+        elif layer.op == "add":
+            srcs = []
+            depths = (fifo_depths or {}).get(layer.name, [None, None])
+            for i in range(2):
+                src = feeds[(layer.name, i)]
+                if depths[i] != 0:
+                    fifo = f"{layer.name}.fifo{'ab'[i]}"
+                    nodes.append(Node(fifo, "fifo", FifoModel(depths[i]), [src], layer.name))
+                    src = (fifo, 0)
+                srcs.append(src)
+            nodes.append(Node(layer.name, "add", AddModel(), srcs, layer.name))
+        elif layer.op == "avgpool_global":
+            nodes.append(Node(layer.name, "pool",
+                              CollectModel(_beats(shape_of(net, layer.inputs[0]))),
+                              [feeds[(layer.name, 0)]], layer.name))
+        else:
+            raise ValueError(f"layer {layer.name!r}: no hardware for op {layer.op!r}")
+        publish(layer.name, layer.name)
+    nodes.append(Node("output", "sink", Sink(rng), [feeds[("<output>", 0)]]))
+    return Graph(nodes)
+
+
+@dataclass
+class Run:
+    """Handshake cycles of a simulated batch."""
+
+    in_cycles: list[int]
+    out_cycles: list[int]
+    beats: dict[str, list[int]]  # output-beat cycles of every unit, by unit name
+    busy: dict[str, int]  # crossbar-busy cycles per tile
+    peaks: dict[str, int]  # peak occupancy per FIFO
+    cycles: int  # cycles simulated
+
+
+class Deadlock(RuntimeError):
+    pass
+
+
+def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000,
+             stop_when_idle: int = 0) -> Run:
+    """Step the graph until the sink has `out_beats` beats (and the source is drained)."""
+    nodes = graph.nodes
+    index = {n.name: i for i, n in enumerate(nodes)}
+    # edges: (producer index, out port, consumer index, in port)
+    edges = [(index[src], port, ci, k) for ci, n in enumerate(nodes)
+             for k, (src, port) in enumerate(n.inputs)]
+    out_edges = {i: [None] * nodes[i].unit.n_out for i in range(len(nodes))}
+    in_edges = {i: [None] * nodes[i].unit.n_in for i in range(len(nodes))}
+    for e, (p, pp, c, cp) in enumerate(edges):
+        out_edges[p][pp] = e
+        in_edges[c][cp] = e
+    # readies in reverse dataflow order, so a combinational ready sees its consumers' readies
+    order = list(range(len(nodes)))[::-1]
+    source = nodes[0].unit
+    sink = nodes[-1].unit
+    units = [n.unit for n in nodes]
+    beats: dict[str, list[int]] = {n.name: [] for n in nodes}
+    in_cycles: list[int] = []
+    out_cycles: list[int] = []
+    valid = [False] * len(edges)
+    ready = [False] * len(edges)
+    cycle = 0
+    last_progress = 0
+    while len(out_cycles) < out_beats or source.next < source.beats:
+        source.drive()
+        sink.drive()
+        for e, (p, pp, _, _) in enumerate(edges):
+            valid[e] = units[p].valid(pp)
+        for ci in order:
+            u = units[ci]
+            if u.n_in == 0:
+                continue
+            iv = [valid[e] for e in in_edges[ci]]
+            orr = [ready[e] for e in out_edges[ci]]
+            for k, e in enumerate(in_edges[ci]):
+                ready[e] = u.ready(k, iv, orr)
+        fire = [v and r for v, r in zip(valid, ready, strict=True)]
+        for i, u in enumerate(units):
+            inf = [fire[e] for e in in_edges[i]]
+            outf = [fire[e] for e in out_edges[i]]
+            orr = [ready[e] for e in out_edges[i]]
+            if any(outf):
+                beats[nodes[i].name].append(cycle)
+            u.step(inf, outf, orr)
+        if fire[in_edges[len(nodes) - 1][0]]:
+            out_cycles.append(cycle)
+            last_progress = cycle
+        if fire[out_edges[0][0]]:
+            in_cycles.append(cycle)
+            last_progress = cycle
+        cycle += 1
+        if cycle - last_progress > 1_000_000 or cycle > max_cycles:
+            raise Deadlock(f"no handshake for {cycle - last_progress} cycles at cycle {cycle} "
+                           f"({len(out_cycles)}/{out_beats} output beats)")
+    busy = {n.name: n.unit.busy_cycles for n in nodes if n.kind == "tile"}
+    peaks = {n.name: n.unit.peak for n in nodes if n.kind == "fifo"}
+    return Run(in_cycles, out_cycles, beats, busy, peaks, cycle)
+
+
+# --- Figures ----------------------------------------------------------------------------------
+
+
+def out_beats_per_image(net: Network) -> int:
+    layer = net.output_layer
+    return 1 if layer.op in ("linear", "avgpool_global") else _beats(layer.out_shape)
+
+
+def layer_beats(net: Network, name: str) -> int:
+    layer = net.layer(name)
+    return 1 if layer.op in ("linear", "avgpool_global") else _beats(layer.out_shape)
+
+
+def fifo_depths(net: Network, reuse: bool = True, images: int = 6) -> dict[str, list[int]]:
+    """Skip FIFO depths of every `add`: `[depth_a, depth_b]`, 0 for no FIFO.
+
+    First the network is simulated with unbounded FIFOs on both inputs of every adder, `images`
+    images streamed back to back; each FIFO gets the peak occupancy it reached (none if that
+    was at most 1 beat: the beat only passed through). A FIFO that deep never back-pressures in
+    that flow, so the accelerator keeps the throughput of unbounded buffers. The result is
+    simulated again to confirm it; should it deadlock or lose throughput (it has not been seen to), every
+    FIFO falls back to its peak plus one image of beats.
+    """
+    adds = [la for la in net.layers if la.op == "add"]
+    if not adds:
+        return {}
+    per = out_beats_per_image(net)
+    free = simulate(build_graph(net, images, None, reuse), images * per)
+    depths = {la.name: [p if p > 1 else 0 for p in
+                        (free.peaks[f"{la.name}.fifo{'ab'[i]}"] for i in range(2))]
+              for la in adds}
+    def steady(run: Run) -> float:
+        last = run.out_cycles[per - 1::per]
+        return (last[-1] - last[0]) / (len(last) - 1)
+
+    try:
+        run = simulate(build_graph(net, images, depths, reuse), images * per)
+        if steady(run) <= steady(free):
+            return depths
+    except Deadlock:
+        pass
+    return {la.name: [free.peaks[f"{la.name}.fifo{'ab'[i]}"] + _beats(shape_of(net, src))
+                      for i, src in enumerate(la.inputs)] for la in adds}
+
+
+@dataclass
+class NetTiming:
+    """Predicted cycles of a batch (see :func:`predict`)."""
+
+    latency: list[int]  # per image: first input beat to last output beat
+    steady: float | None  # mean cycles between successive images' last output beats
+    layers: dict[str, dict]  # per layer: cycles per image, busy cycles, utilisation
+    run: Run
+
+
+def predict(net: Network, n_images: int, depths: dict[str, list[int]] | None = None,
+            reuse: bool = True, stalls_seed: int | None = None) -> NetTiming:
+    """Simulate `n_images` streamed back to back (or with the testbench's random gaps and
+    back-pressure for `stalls_seed`) through the accelerator with the given FIFO depths."""
+    if depths is None:
+        depths = fifo_depths(net, reuse)
+    rng = random.Random(stalls_seed) if stalls_seed is not None else None
+    per = out_beats_per_image(net)
+    run = simulate(build_graph(net, n_images, depths, reuse, rng), n_images * per)
+    _, h, w = net.input_shape
+    first_in = run.in_cycles[::h * w][:n_images]
+    last_out = run.out_cycles[per - 1::per][:n_images]
+    latency = [o - i for i, o in zip(first_in, last_out, strict=True)]
+    steady = ((last_out[-1] - last_out[0]) / (n_images - 1)) if n_images > 1 else None
+    layers = {}
+    for la in net.layers:
+        b = layer_beats(net, la.name)
+        outs = run.beats[la.name][b - 1::b][:n_images]
+        row = {"op": la.op,
+               "steady_cycles_per_image": ((outs[-1] - outs[0]) / (n_images - 1))
+               if n_images > 1 and len(outs) == n_images else None}
+        if la.op in ("conv", "linear"):
+            t = tile_timing(la, net.pim, reuse)
+            row.update(ideal_cycles_per_image=t.ideal, slot_cycles=t.slot,
+                       steps_per_pixel=t.n_steps, n_t=t.n_t,
+                       busy_fraction=run.busy[la.name] / max(1, run.cycles))
+        layers[la.name] = row
+    return NetTiming(latency, steady, layers, run)
