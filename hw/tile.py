@@ -63,10 +63,22 @@ class TileConfig:
     cell_bits: int
     dac_bits: int
     adc_bits: int
+    lanes: int = 0  # row chunks computed at once (0: all of them)
 
     @classmethod
     def from_params(cls, params: dict) -> TileConfig:
-        return cls(**{f.name: params[f.name] for f in fields(cls)})
+        return cls(**{f.name: params[f.name] for f in fields(cls)
+                      if f.name in params or f.name != "lanes"})
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.rows // self.xbar_rows)
+
+    @property
+    def passes(self) -> int:
+        """Cycles per DAC slice: the row chunks go through `lanes` adder trees and ADC sets."""
+        lanes = min(self.lanes, self.chunks) if self.lanes else self.chunks
+        return -(-self.chunks // lanes)
 
     @property
     def rows(self) -> int:
@@ -243,6 +255,9 @@ class PIMTile(wiring.Component):
         g_ox = Signal(range(cfg.wo))
         x_step = Signal(range(cfg.max_steps))
         x_t = Signal(range(cfg.n_t), init=cfg.n_t - 1)
+        n_pass = cfg.passes
+        x_p = Signal(range(n_pass))  # which group of row chunks the lanes compute
+        p_last = (x_p == n_pass - 1) if n_pass > 1 else Const(1)
 
         # The last entry ends the pixel even if a programmed table forgot its `last` bit.
         ifrt_last = ifrt.data[0] | (x_step == cfg.max_steps - 1)
@@ -256,7 +271,7 @@ class PIMTile(wiring.Component):
         g_end = Signal()
         boundary = Signal()
         m.d.comb += [
-            x_step_end.eq(s_x & ~x_done & (x_t == 0)),
+            x_step_end.eq(s_x & ~x_done & (x_t == 0) & p_last),
             x_end.eq(~s_x | x_done | (x_step_end & ifrt_last)),
             g_end.eq(~s_g | (g_phase == k)),
             boundary.eq((s_x | s_g) & x_end & g_end & ~stall),
@@ -296,17 +311,19 @@ class PIMTile(wiring.Component):
             with m.If(x_step_end & ifrt_last):
                 m.d.sync += x_done.eq(1)
             with m.If(s_x & ~x_end):
-                with m.If(x_t == 0):
-                    m.d.sync += [x_t.eq(cfg.n_t - 1), x_step.eq(x_step + 1)]
+                with m.If(~p_last):
+                    m.d.sync += x_p.eq(x_p + 1)
+                with m.Elif(x_t == 0):
+                    m.d.sync += [x_t.eq(cfg.n_t - 1), x_step.eq(x_step + 1), x_p.eq(0)]
                 with m.Else():
-                    m.d.sync += x_t.eq(x_t - 1)
+                    m.d.sync += [x_t.eq(x_t - 1), x_p.eq(0)]
 
         g_last = (g_oy == cfg.ho - 1) & (g_ox == cfg.wo - 1)
         next_bank = Signal()
         m.d.comb += next_bank.eq(Mux(s_g & g_last, ~g_bank, g_bank))
         with m.If(boundary):
             m.d.sync += [s_x.eq(s_g), g_phase.eq(0), x_step.eq(0), x_t.eq(cfg.n_t - 1),
-                         x_done.eq(0),
+                         x_done.eq(0), x_p.eq(0),
                          s_g.eq(full.bit_select(next_bank, 1))]
             m.d.sync += [x_window[kh][kw].eq(g_window_next[kh][kw])
                          for kh in range(k) for kw in range(k)]
@@ -345,20 +362,38 @@ class PIMTile(wiring.Component):
         adc_max = 2**cfg.adc_bits - 1
         chunks = [range(h0, min(h0 + cfg.xbar_rows, cfg.rows))
                   for h0 in range(0, cfg.rows, cfg.xbar_rows)]
+        n_lanes = -(-len(chunks) // n_pass)
+        # lane j computes chunk p*n_lanes + j in pass p: its rows' DAC slices and cells are
+        # selected by x_p (a plain wire when every chunk has its own lane)
+        lane_rows = []  # per lane: per local row, the global row in each pass (None: no row)
+        for j in range(n_lanes):
+            sel = [chunks[p * n_lanes + j] if p * n_lanes + j < len(chunks) else range(0)
+                   for p in range(n_pass)]
+            depth = max(len(c) for c in sel)
+            lane_rows.append([[c[r] if r < len(c) else None for c in sel] for r in range(depth)])
+
+        def pick(values):
+            values = [Const(0) if v is None else v for v in values]
+            return values[0] if n_pass == 1 else Array(values)[x_p]
+
+        lane_slices = [[pick([None if g is None else x_slices[g] for g in per_pass])
+                        for per_pass in rows] for rows in lane_rows]
         acc_shape = signed(cfg.acc_bits)
-        x_v = []  # column value of this DAC slice, per epitome output channel
+        x_v = []  # column value of this DAC slice and pass, per epitome output channel
         for e_out in range(cfg.ce_out):
             terms = []
-            for h, rows in enumerate(chunks):
+            for j, rows in enumerate(lane_rows):
                 s_bits = (len(rows) * (2**dac - 1) * (2**cb - 1)).bit_length() or 1
                 a_bits = min(s_bits, cfg.adc_bits)
                 for q in range(ns):
                     adc = []
                     for pol in range(2):
                         field = ((pol * cfg.ce_out + e_out) * ns + q) * cb
-                        s = tree_sum([x_slices[r] * cells[r][field:field + cb] for r in rows],
-                                     s_bits)
-                        a = Signal(a_bits, name=f"x_adc_{h}_{pol}_{e_out}_{q}")
+                        prods = [lane_slices[j][r] * pick(
+                            [None if g is None else cells[g][field:field + cb] for g in per_pass])
+                            for r, per_pass in enumerate(rows)]
+                        s = tree_sum(prods, s_bits)
+                        a = Signal(a_bits, name=f"x_adc_{j}_{pol}_{e_out}_{q}")
                         m.d.comb += a.eq(Mux(s > adc_max, adc_max, s))
                         adc.append(a)
                     terms.append((adc[0] - adc[1]).as_signed() << (q * cb))
@@ -368,9 +403,12 @@ class PIMTile(wiring.Component):
 
         x_col = [Signal(acc_shape, name=f"x_col_{e}") for e in range(cfg.ce_out)]
         x_col_next = [Signal(acc_shape, name=f"x_col_next_{e}") for e in range(cfg.ce_out)]
-        first_t = x_t == cfg.n_t - 1
+        first_p = (x_p == 0) if n_pass > 1 else Const(1)
+        first_t = (x_t == cfg.n_t - 1) & first_p
         for e in range(cfg.ce_out):
-            m.d.comb += x_col_next[e].eq(Mux(first_t, 0, x_col[e] << dac) + x_v[e])
+            # Horner over DAC slices (shift on a slice's first pass), plain sum over its passes
+            base = Mux(first_t, 0, Mux(first_p, x_col[e] << dac, x_col[e]))
+            m.d.comb += x_col_next[e].eq(base + x_v[e])
             with m.If(s_x & ~x_done & ~stall):
                 m.d.sync += x_col[e].eq(x_col_next[e])
 

@@ -77,23 +77,57 @@ def cmd_data(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .cosim import generate
+    from .cosim import generate, generate_network
 
     net = _load_net(args.net)
-    gen = generate(net, args.out, reuse=not args.no_reuse, blank=args.blank)
-    p = gen.image.params
-    print(f"wrote {gen.verilog.name}, manifest.json and memory images for layer "
-          f"{p['name']!r} ({p['n_steps']} IFRT step(s) per pixel) into {gen.folder}")
+    if args.tile or args.blank:
+        gen = generate(net, args.out, reuse=not args.no_reuse, blank=args.blank,
+                       lanes=args.lanes)
+        p = gen.image.params
+        print(f"wrote {gen.verilog.name}, manifest.json and memory images for layer "
+              f"{p['name']!r} ({p['n_steps']} IFRT step(s) per pixel) into {gen.folder}")
+        return 0
+    gen = generate_network(net, args.out, reuse=not args.no_reuse, lanes=args.lanes)
+    units = gen.manifest["units"]
+    tiles = sum("folder" in u for u in units)
+    fifos = {u["name"]: u["fifo"] for u in units if u["op"] == "add"}
+    print(f"wrote {gen.verilog.name}, network.json and the images of {tiles} tile(s) into "
+          f"{gen.folder}" + (f"; skip FIFO depths {fifos}" if fifos else ""))
     return 0
 
 
+def print_network_report(rep: dict) -> None:
+    n = rep["images"]
+    steady = rep["steady_cycles_per_image"]
+    print(f"{rep['network']}: {n} image(s), {rep['matching_images']}/{n} bit-exact against the "
+          f"reference; latency {rep['cycles'][0]} cycles (model {rep['predicted_cycles'][0]})"
+          + (f"; steady {steady:g} cycles/image (model "
+             f"{rep['predicted_steady_cycles_per_image']:g})" if steady else "")
+          + f"; every handshake cycle {'equals' if rep['cycles_match'] else 'DIFFERS FROM'} "
+            "the model")
+    print(f"  {'layer':12} {'op':15} {'cycles/image':>12} {'ideal':>8} {'crossbar busy':>13}")
+    for name, row in rep["layers"].items():
+        sc = row["steady_cycles_per_image"]
+        print(f"  {name:12} {row['op']:15} {(f'{sc:g}' if sc else '-'):>12} "
+              f"{row.get('ideal_cycles_per_image', '-')!s:>8} "
+              + (f"{row['busy_fraction']:13.3f}" if "busy_fraction" in row else f"{'-':>13}"))
+
+
 def cmd_cosim(args) -> int:
-    from .cosim import cosim, save_npy, write_json
+    from .cosim import cosim, cosim_network, save_npy, write_json
 
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
+    if not args.program:
+        y, rep = cosim_network(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
+                               reuse=not args.no_reuse, lanes=args.lanes)
+        save_npy(args.outputs, y)
+        if args.report:
+            write_json(args.report, rep)
+        print_network_report(rep)
+        return 0 if rep["match"] and rep["cycles_match"] else EXIT_MISMATCH
     y, report = cosim(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
-                      program=args.program, reuse=not args.no_reuse)
+                      program=args.program, reuse=not args.no_reuse, lanes=args.lanes)
     save_npy(args.outputs, y)
     if args.report:
         write_json(args.report, report)
@@ -118,10 +152,8 @@ def _bits(text: str) -> int | None:
 
 
 def cmd_train(args) -> int:
-    from ..sw.train import Config, fit
-
     from ..sw import compress, models
-    from ..sw.train import load_checkpoint
+    from ..sw.train import Config, fit, load_checkpoint
 
     cfg = Config(data=args.data, model=args.model, ratio=args.ratio, width=args.width,
                  weight_bits=args.weight_bits, act_bits=args.act_bits, epochs=args.epochs,
@@ -148,6 +180,10 @@ def cmd_train(args) -> int:
     return 0
 
 
+LANES_HELP = ("row chunks each tile computes at once (default: all); fewer lanes mean fewer "
+              "adder trees and ADCs and ceil(chunks / lanes) cycles per DAC slice")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="epim", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -164,15 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--labels", help="class labels (N,) in .npy: print the accuracy")
     r.set_defaults(func=cmd_reference)
 
-    g = sub.add_parser("generate", help="write Verilog, memory images and manifest")
+    g = sub.add_parser("generate", help="write the accelerator's Verilog, memory images and "
+                                         "manifests")
     g.add_argument("net")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
+    g.add_argument("--lanes", type=int, help=LANES_HELP)
+    g.add_argument("--tile", action="store_true",
+                   help="a single-layer network as one tile with its programming port "
+                        "(top epim_tile) instead of the network accelerator (top epim_net)")
     g.add_argument("--blank", action="store_true",
-                   help="zeroed memories in the Verilog, to program through the port")
+                   help="with --tile: zeroed memories in the Verilog, to program through the "
+                        "port")
     g.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("cosim", help="run the Verilog on Verilator and check it")
+    s = sub.add_parser("cosim", help="run the accelerator's Verilog on Verilator and check "
+                                      "outputs and cycles")
     s.add_argument("net")
     s.add_argument("--inputs", required=True, help="integer array (N, C, H, W) in .npy")
     s.add_argument("--outputs", required=True, help="where to write the output .npy")
@@ -182,9 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random input gaps and output back-pressure")
     s.add_argument("--seed", type=int, default=0, help="seed for --stalls")
     s.add_argument("--program", action="store_true",
-                   help="start from blank memories and write the images through the "
-                        "programming port")
+                   help="single-layer networks: run the tile alone, starting from blank "
+                        "memories written through its programming port")
     s.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
+    s.add_argument("--lanes", type=int, help=LANES_HELP)
     s.set_defaults(func=cmd_cosim)
 
     d = sub.add_parser("data", help="write a data set split as .npy (inputs and labels)")

@@ -34,8 +34,9 @@ def tile_layer(net: Network) -> Layer:
     layer = net.layers[0]
     if len(net.layers) != 1 or layer.op not in ("conv", "linear"):
         raise UnsupportedNetwork(
-            f"{net.source}: hardware generation covers one conv or linear layer so far; this "
-            f"network has {len(net.layers)} layer(s), the first {layer.name!r} ({layer.op})")
+            f"{net.source}: a single tile (--tile, --program) holds one conv or linear layer; "
+            f"this network has {len(net.layers)} layer(s), the first {layer.name!r} "
+            f"({layer.op}): leave those options out to get the network accelerator")
     return layer
 
 
@@ -47,7 +48,7 @@ class Generated:
 
 
 def generate(net: Network, out_dir: str | Path, reuse: bool = True,
-             blank: bool = False) -> Generated:
+             blank: bool = False, lanes: int | None = None) -> Generated:
     """Write memory images, manifest and Verilog for a single-tile network into `out_dir`.
 
     The images are written first to a scratch folder and read back by the hardware side, so the
@@ -56,7 +57,7 @@ def generate(net: Network, out_dir: str | Path, reuse: bool = True,
     from ..hw.generate import emit_verilog, tile_from_images
 
     layer = tile_layer(net)
-    image = images.compile_layer(net, layer, reuse=reuse)
+    image = images.compile_layer(net, layer, reuse=reuse, lanes=lanes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
@@ -132,7 +133,8 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
     work = Path(tempfile.mkdtemp(dir=build_root, prefix="job-"))
     if max_cycles is None:
         params = generated.image.params
-        max_cycles = 100_000 + 200 * total * max(1, params["max_steps"] * params["n_t"])
+        max_cycles = 100_000 + 200 * total * max(
+            1, params["max_steps"] * params["n_t"] * params.get("passes", 1))
     try:
         job = {"phases": phases, "stalls": stalls, "seed": seed, "max_cycles": max_cycles,
                "prog_port": top == "epim_tile", "result_path": str(work / "result.json")}
@@ -162,25 +164,27 @@ def measured_cycles(result: dict, timing: cyclemodel.TileTiming, n: int):
 
 
 def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
-          seed: int = 0, program: bool = False, reuse: bool = True) -> tuple[np.ndarray, dict]:
+          seed: int = 0, program: bool = False, reuse: bool = True,
+          lanes: int | None = None) -> tuple[np.ndarray, dict]:
     """Run a batch through the tile's Verilog; returns outputs and the report."""
     x = reference.check_inputs(net, x)
     layer = tile_layer(net)
     build_root = Path(build_root).resolve()
     t0 = time.time()
-    gen = generate(net, build_root / "generated", reuse=reuse, blank=program)
+    gen = generate(net, build_root / "generated", reuse=reuse, blank=program, lanes=lanes)
     _, ho, wo = layer.out_shape
     phase = {"program": program_beats(gen.image) if program else [],
              "inputs": pack_beats(x, net.input_bits, layer), "n_out": x.shape[0] * ho * wo}
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed)[0]
     y = unpack_beats(result["outputs"], layer)
     ref = reference.run_network(net, x, reuse=reuse)
-    return y, report(net, layer, x, y, ref, result, stalls, program, reuse, time.time() - t0)
+    return y, report(net, layer, x, y, ref, result, stalls, program, reuse, time.time() - t0,
+                     lanes)
 
 
-def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds) -> dict:
+def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds, lanes=None) -> dict:
     n = x.shape[0]
-    timing = cyclemodel.tile_timing(layer, net.pim, reuse)
+    timing = cyclemodel.tile_timing(layer, net.pim, reuse, lanes)
     sched = cyclemodel.schedule(timing, n)
     latency, steady = measured_cycles(result, timing, n)
     pred_steady = sched.steady if n > 1 else None
@@ -195,7 +199,8 @@ def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds) -> di
         "utilisation": util,
         "cycles_match": (latency == sched.latency and steady == pred_steady) if not stalls
         else None,
-        "steps_per_pixel": timing.n_steps, "n_t": timing.n_t, "slot_cycles": timing.slot,
+        "steps_per_pixel": timing.n_steps, "n_t": timing.n_t, "passes": timing.passes,
+        "slot_cycles": timing.slot,
         "stalls": stalls, "programmed_via_port": program, "prog_beats": result["prog_beats"],
         "ifrt_reuse": reuse, "seconds": round(seconds, 2),
     }
@@ -234,12 +239,13 @@ class GeneratedNetwork:
     manifest: dict
 
 
-def generate_network(net: Network, out_dir: str | Path, reuse: bool = True) -> GeneratedNetwork:
+def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
+                     lanes: int | dict | None = None) -> GeneratedNetwork:
     """Compile the whole network's images (`network.json`, `tiles/<layer>/`) and emit the
     accelerator's Verilog from what was written, into `out_dir`, all or nothing."""
     from ..hw.generate import emit_network_verilog, network_from_images
 
-    compiled = images.compile_network(net, reuse=reuse)
+    compiled = images.compile_network(net, reuse=reuse, lanes=lanes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
@@ -272,7 +278,8 @@ def unpack_network_beats(beats: list[int], net: Network) -> np.ndarray:
 
 
 def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
-                  seed: int = 0, reuse: bool = True) -> tuple[np.ndarray, dict]:
+                  seed: int = 0, reuse: bool = True,
+                  lanes: int | dict | None = None) -> tuple[np.ndarray, dict]:
     """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
 
     The report compares outputs with the integer reference and the cycles of every handshake
@@ -283,11 +290,12 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     x = reference.check_inputs(net, x)
     build_root = Path(build_root).resolve()
     t0 = time.time()
-    gen = generate_network(net, build_root / "generated", reuse=reuse)
+    gen = generate_network(net, build_root / "generated", reuse=reuse, lanes=lanes)
     n = x.shape[0]
     per = netcycles.out_beats_per_image(net)
     depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
-    pred = netcycles.predict(net, n, depths, reuse, stalls_seed=seed if stalls else None)
+    pred = netcycles.predict(net, n, depths, reuse, stalls_seed=seed if stalls else None,
+                             lanes=lanes)
     phase = {"program": [], "inputs": pack_input_beats(x, net.input_bits), "n_out": n * per}
     t1 = time.time()
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
@@ -300,8 +308,13 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     latency = [o - i for i, o in zip(first_in, last_out, strict=True)]
     steady = (last_out[-1] - last_out[0]) / (n - 1) if n > 1 else None
     match = bool(y.shape == ref.shape and (y == ref).all())
-    tiles = {k: v for k, v in pred.layers.items() if "ideal_cycles_per_image" in v}
-    slowest = max(tiles, key=lambda k: tiles[k]["ideal_cycles_per_image"]) if tiles else None
+    # each tile alone, fed back to back: the rate frame pipelining can reach at best
+    alone = {la.name: cyclemodel.schedule(cyclemodel.tile_timing(la, net.pim, reuse, lanes),
+                                          3).steady
+             for la in net.layers if la.op in ("conv", "linear")}
+    for name, cyc in alone.items():
+        pred.layers[name]["alone_cycles_per_image"] = cyc
+    slowest = max(alone, key=alone.get)
     rep = {
         "network": net.source, "images": n, "match": match,
         "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n)))
@@ -311,7 +324,9 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
         "cycles_match": (result["in_cycles"] == pred.run.in_cycles
                          and result["out_cycles"] == pred.run.out_cycles),
         "layers": pred.layers, "slowest_tile": slowest,
-        "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse,
+        "slowest_tile_cycles_per_image": alone[slowest],
+        "throughput_ratio": (steady / alone[slowest]) if steady else None,
+        "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse, "lanes": lanes,
         "seconds_generate": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2),
     }
     return y, rep

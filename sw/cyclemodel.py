@@ -1,7 +1,8 @@
 """Cycle model of the PIM tile: latency per image and steady-state cycles per image, exactly.
 
 The tile (`epim.hw.tile`, described in `docs/tile.md`) works in pixel *slots*. A slot computes one
-pixel on the crossbar (`T_c = steps * n_t` cycles: one cycle per IFRT step and DAC slice) while
+pixel on the crossbar (`T_c = steps * n_t * passes` cycles: per IFRT step and DAC slice, one cycle
+per pass over the row chunks, `passes = ceil(chunks / lanes)`, 1 by default) while
 the window gather fetches the next pixel (`k + 1` cycles: `k` column reads and one read latency).
 A slot lasts as long as the longer of the two it holds. At the end of a slot the next pixel to
 gather is taken if its input bank is full; otherwise the tile idles until it is, then spends one
@@ -31,11 +32,16 @@ class TileTiming:
     kernel: int
     n_steps: int  # IFRT steps per pixel
     n_t: int  # DAC slices per activation
+    passes: int = 1  # cycles per DAC slice: row chunks / chunk lanes, rounded up
+
+    @property
+    def cycles_per_step(self) -> int:
+        return self.n_t * self.passes
 
     @property
     def compute(self) -> int:
-        """Crossbar cycles per pixel, `T_c`."""
-        return self.n_steps * self.n_t
+        """Crossbar cycles per pixel, `T_c = steps * n_t * passes`."""
+        return self.n_steps * self.n_t * self.passes
 
     @property
     def gather(self) -> int:
@@ -52,12 +58,30 @@ class TileTiming:
         return self.pixels * self.compute
 
 
-def tile_timing(layer: Layer, pim: PIM, reuse: bool = True) -> TileTiming:
+def row_chunks(layer: Layer, pim: PIM) -> int:
+    """Row chunks of the layer's epitome matrix: `ceil(Ce_in * k * k / xbar_rows)`."""
+    rows = layer.epitome.in_channels * layer.kernel * layer.kernel
+    return -(-rows // pim.xbar_rows)
+
+
+def lanes_for(layer: Layer, pim: PIM, lanes: int | dict | None) -> int:
+    """Chunk lanes of a tile: `lanes` (an int for every tile, or a dict by layer name) capped
+    at the layer's row chunks; None or 0 (or a missing name) computes every chunk at once."""
+    if isinstance(lanes, dict):
+        lanes = lanes.get(layer.name)
+    chunks = row_chunks(layer, pim)
+    return min(lanes, chunks) if lanes else chunks
+
+
+def tile_timing(layer: Layer, pim: PIM, reuse: bool = True,
+                lanes: int | dict | None = None) -> TileTiming:
     h, w = layer.in_hw
     _, ho, wo = layer.out_shape
+    chunks = row_chunks(layer, pim)
     return TileTiming(pixels=ho * wo, in_beats=h * w, kernel=layer.kernel,
                       n_steps=len(steps(layer.epitome, reuse)),
-                      n_t=-(-layer.in_bits // pim.dac_bits))
+                      n_t=-(-layer.in_bits // pim.dac_bits),
+                      passes=-(-chunks // lanes_for(layer, pim, lanes)))
 
 
 @dataclass(frozen=True)

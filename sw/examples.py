@@ -153,10 +153,9 @@ def random_network_net(seed: int) -> dict:
               "bits": in_bits}
     bits = int(r.integers(2, 6))
     layers = []
-    lay, shape = _conv(r, "stem", "input", shape, int(r.integers(2, 6)), int(r.integers(1, 4)),
-                       1, 0, in_bits, bits, pim)
-    lay["padding"] = lay["kernel"] // 2
-    shape = (shape[0], net_in["height"], net_in["width"])
+    k = int(r.choice([1, 3]))
+    lay, shape = _conv(r, "stem", "input", shape, int(r.integers(2, 6)), k, 1, k // 2, in_bits,
+                       bits, pim)
     layers.append(lay)
     prev = "stem"
     for b in range(int(r.integers(1, 3))):

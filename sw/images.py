@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cyclemodel import lanes_for, row_chunks
 from .epitome import ifat_sources, n_slices, steps
 from .netfile import Layer, Network
 from .reference import crossbar_slices
@@ -51,7 +52,8 @@ class LayerImage:
                              for m in MEMORIES}}
 
 
-def layer_params(net: Network, layer: Layer, max_steps: int | None = None) -> dict:
+def layer_params(net: Network, layer: Layer, max_steps: int | None = None,
+                 lanes: int | dict | None = None) -> dict:
     """Shape and PIM parameters of a conv/linear layer's tile (everything but the contents)."""
     if layer.op not in ("conv", "linear"):
         raise ValueError(f"layer {layer.name!r}: op {layer.op!r} has no crossbar tile")
@@ -78,6 +80,9 @@ def layer_params(net: Network, layer: Layer, max_steps: int | None = None) -> di
         xbar_rows=pim.xbar_rows, xbar_cols=pim.xbar_cols, cell_bits=pim.cell_bits,
         dac_bits=pim.dac_bits, adc_bits=pim.adc_bits,
     )
+    chunks = row_chunks(layer, pim)
+    p["lanes"] = lanes_for(layer, pim, lanes)
+    p["passes"] = -(-chunks // p["lanes"])
     p["widths"] = {
         "xbar": 2 * p["ce_out"] * ns * pim.cell_bits,
         "ifrt": 1 + g_out + ubits(g_in),
@@ -100,9 +105,10 @@ def pack_fields(values, width: int) -> int:
 
 
 def compile_layer(net: Network, layer: Layer, reuse: bool = True,
-                  max_steps: int | None = None) -> LayerImage:
-    """Memory images of one conv/linear layer (spec sections 3-5)."""
-    p = layer_params(net, layer, max_steps)
+                  max_steps: int | None = None, lanes: int | dict | None = None) -> LayerImage:
+    """Memory images of one conv/linear layer (spec sections 3-5). `lanes`: row chunks the tile
+    computes at once (`epim.sw.cyclemodel.lanes_for`; default all)."""
+    p = layer_params(net, layer, max_steps, lanes)
     epi = layer.epitome
     cells = crossbar_slices(layer, p["cell_bits"])  # (2, n_s, R, Ce_out)
     per_row = cells.transpose(2, 0, 3, 1).reshape(cells.shape[2], -1)  # (R, pi, e_out, q)
@@ -193,7 +199,8 @@ def stream_bits(net: Network, name: str) -> int:
 
 
 def compile_network(net: Network, reuse: bool = True,
-                    fifo_depths: dict[str, list[int]] | None = None) -> dict:
+                    fifo_depths: dict[str, list[int]] | None = None,
+                    lanes: int | dict | None = None) -> dict:
     """Memory images of a whole network: `{"manifest": ..., "tiles": {layer: LayerImage}}`.
 
     The network manifest lists every unit of the accelerator with its parameters (tiles by
@@ -204,13 +211,13 @@ def compile_network(net: Network, reuse: bool = True,
     from .netcycles import needs_flatten, shape_of
 
     if fifo_depths is None:
-        fifo_depths = measure_depths(net, reuse)
+        fifo_depths = measure_depths(net, reuse, lanes=lanes)
     tiles: dict[str, LayerImage] = {}
     units = []
     for layer in net.layers:
         head = {"name": layer.name, "op": layer.op, "inputs": list(layer.inputs)}
         if layer.op in ("conv", "linear"):
-            tiles[layer.name] = compile_layer(net, layer, reuse=reuse)
+            tiles[layer.name] = compile_layer(net, layer, reuse=reuse, lanes=lanes)
             src = shape_of(net, layer.inputs[0])
             flat = ({"channels": src[0], "pixels": src[1] * src[2],
                      "bits": stream_bits(net, layer.inputs[0])}
@@ -240,7 +247,7 @@ def compile_network(net: Network, reuse: bool = True,
         "output": {"name": net.output, "channels": c, "bits": out.out_bits,
                    "signed": not out.relu,
                    "beats_per_image": 1 if out.op in ("linear", "avgpool_global") else h * w},
-        "units": units, "reuse": reuse,
+        "units": units, "reuse": reuse, "lanes": lanes,
     }
     return {"manifest": manifest, "tiles": tiles}
 

@@ -369,7 +369,8 @@ def small_resnet(ratio: float | None = None, width: int = 16, num_classes: int =
         for block in (1, 2):
             s = stride if block == 1 else 1
             tag = f"s{stage}b{block}"
-            nodes.append(Node(f"{tag}c1", "conv", [prev], cout, 3, s, _epi(cin, cout, ratio, 3, fill)))
+            nodes.append(Node(f"{tag}c1", "conv", [prev], cout, 3, s,
+                              _epi(cin, cout, ratio, 3, fill)))
             nodes.append(Node(f"{tag}c2", "conv", [f"{tag}c1"], cout, 3, 1,
                               _epi(cout, cout, ratio, 3, fill)))
             skip = prev

@@ -50,7 +50,7 @@ class TileModel(Unit):
         self.s_g = self.s_x = False
         self.g_phase = self.g_bank = self.g_pix = 0
         self.x_step = 0
-        self.x_t = t.n_t - 1
+        self.x_t = t.cycles_per_step - 1
         self.x_done = False
         self.r_valid = self.r_last = False
         self.q_valid = self.o_valid = False
@@ -110,7 +110,7 @@ class TileModel(Unit):
                 self.x_done = True
             if self.s_x and not x_end:
                 if self.x_t == 0:
-                    self.x_t = t.n_t - 1
+                    self.x_t = t.cycles_per_step - 1
                     self.x_step += 1
                 else:
                     self.x_t -= 1
@@ -119,7 +119,7 @@ class TileModel(Unit):
             self.s_x = s_g_old
             self.g_phase = 0
             self.x_step = 0
-            self.x_t = t.n_t - 1
+            self.x_t = t.cycles_per_step - 1
             self.x_done = False
             self.s_g = full_old[next_bank]
             if s_g_old:
@@ -309,9 +309,11 @@ def needs_flatten(net: Network, layer: Layer) -> bool:
 
 
 def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | None]] | None,
-                reuse: bool = True, rng: random.Random | None = None) -> Graph:
+                reuse: bool = True, rng: random.Random | None = None,
+                lanes: int | dict | None = None) -> Graph:
     """The unit graph for `n_images` images. `fifo_depths[add] = [depth_a, depth_b]`
-    (0: no FIFO on that input; None: unbounded); default: unbounded on both inputs."""
+    (0: no FIFO on that input; None: unbounded); default: unbounded on both inputs. `lanes`:
+    row-chunk lanes of the tiles (`epim.sw.cyclemodel.lanes_for`)."""
     nodes: list[Node] = []
     cons = consumers(net)
     _, h, w = net.input_shape
@@ -339,8 +341,8 @@ def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | N
                                   CollectModel(_beats(shape_of(net, layer.inputs[0]))), [src],
                                   layer.name))
                 src = (flat, 0)
-            nodes.append(Node(layer.name, "tile", TileModel(tile_timing(layer, net.pim, reuse)),
-                              [src], layer.name))
+            timing = tile_timing(layer, net.pim, reuse, lanes)
+            nodes.append(Node(layer.name, "tile", TileModel(timing), [src], layer.name))
         elif layer.op == "add":
             srcs = []
             depths = (fifo_depths or {}).get(layer.name, [None, None])
@@ -453,21 +455,22 @@ def layer_beats(net: Network, name: str) -> int:
     return 1 if layer.op in ("linear", "avgpool_global") else _beats(layer.out_shape)
 
 
-def fifo_depths(net: Network, reuse: bool = True, images: int = 6) -> dict[str, list[int]]:
+def fifo_depths(net: Network, reuse: bool = True, images: int = 6,
+                lanes: int | dict | None = None) -> dict[str, list[int]]:
     """Skip FIFO depths of every `add`: `[depth_a, depth_b]`, 0 for no FIFO.
 
     First the network is simulated with unbounded FIFOs on both inputs of every adder, `images`
     images streamed back to back; each FIFO gets the peak occupancy it reached (none if that
     was at most 1 beat: the beat only passed through). A FIFO that deep never back-pressures in
     that flow, so the accelerator keeps the throughput of unbounded buffers. The result is
-    simulated again to confirm it; should it deadlock or lose throughput (it has not been seen to), every
-    FIFO falls back to its peak plus one image of beats.
+    simulated again to confirm it; should it deadlock or lose throughput (not seen so far),
+    every FIFO falls back to its peak plus one image of beats.
     """
     adds = [la for la in net.layers if la.op == "add"]
     if not adds:
         return {}
     per = out_beats_per_image(net)
-    free = simulate(build_graph(net, images, None, reuse), images * per)
+    free = simulate(build_graph(net, images, None, reuse, lanes=lanes), images * per)
     depths = {la.name: [p if p > 1 else 0 for p in
                         (free.peaks[f"{la.name}.fifo{'ab'[i]}"] for i in range(2))]
               for la in adds}
@@ -476,7 +479,7 @@ def fifo_depths(net: Network, reuse: bool = True, images: int = 6) -> dict[str, 
         return (last[-1] - last[0]) / (len(last) - 1)
 
     try:
-        run = simulate(build_graph(net, images, depths, reuse), images * per)
+        run = simulate(build_graph(net, images, depths, reuse, lanes=lanes), images * per)
         if steady(run) <= steady(free):
             return depths
     except Deadlock:
@@ -496,14 +499,15 @@ class NetTiming:
 
 
 def predict(net: Network, n_images: int, depths: dict[str, list[int]] | None = None,
-            reuse: bool = True, stalls_seed: int | None = None) -> NetTiming:
+            reuse: bool = True, stalls_seed: int | None = None,
+            lanes: int | dict | None = None) -> NetTiming:
     """Simulate `n_images` streamed back to back (or with the testbench's random gaps and
     back-pressure for `stalls_seed`) through the accelerator with the given FIFO depths."""
     if depths is None:
-        depths = fifo_depths(net, reuse)
+        depths = fifo_depths(net, reuse, lanes=lanes)
     rng = random.Random(stalls_seed) if stalls_seed is not None else None
     per = out_beats_per_image(net)
-    run = simulate(build_graph(net, n_images, depths, reuse, rng), n_images * per)
+    run = simulate(build_graph(net, n_images, depths, reuse, rng, lanes), n_images * per)
     _, h, w = net.input_shape
     first_in = run.in_cycles[::h * w][:n_images]
     last_out = run.out_cycles[per - 1::per][:n_images]
@@ -517,9 +521,9 @@ def predict(net: Network, n_images: int, depths: dict[str, list[int]] | None = N
                "steady_cycles_per_image": ((outs[-1] - outs[0]) / (n_images - 1))
                if n_images > 1 and len(outs) == n_images else None}
         if la.op in ("conv", "linear"):
-            t = tile_timing(la, net.pim, reuse)
+            t = tile_timing(la, net.pim, reuse, lanes)
             row.update(ideal_cycles_per_image=t.ideal, slot_cycles=t.slot,
-                       steps_per_pixel=t.n_steps, n_t=t.n_t,
+                       steps_per_pixel=t.n_steps, n_t=t.n_t, passes=t.passes,
                        busy_fraction=run.busy[la.name] / max(1, run.cycles))
         layers[la.name] = row
     return NetTiming(latency, steady, layers, run)

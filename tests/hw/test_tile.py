@@ -66,13 +66,13 @@ def beats_of(x, bits):
     return [sum(int(v) << (ch * bits) for ch, v in enumerate(p)) for p in pix]
 
 
-def compile_net(obj):
+def compile_net(obj, lanes=None):
     net = netfile.parse(obj)
-    return net, images.compile_layer(net, net.layers[0])
+    return net, images.compile_layer(net, net.layers[0], lanes=lanes)
 
 
-def make(obj):
-    net, img = compile_net(obj)
+def make(obj, lanes=None):
+    net, img = compile_net(obj, lanes)
     return net, img, PIMTile(TileConfig.from_params(img.params), img.words)
 
 
@@ -87,20 +87,31 @@ CASES = {
                                         pim=dict(examples.DEFAULT_PIM, dac_bits=2)),
     "wrap-signed": dict(cin=2, cout=3, h=3, w=3, padding=0, epitome=(2, 3, 1, 1),
                         offsets="random", relu=False, out_bits=6),
+    # 27 rows in 4 chunks of 8 with a lossy ADC: one lane (4 passes), three lanes (2 passes)
+    "lanes-1": dict(cin=3, cout=4, h=4, w=4, epitome=None, in_bits=3, _lanes=1,
+                    pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=2, dac_bits=2, adc_bits=3)),
+    "lanes-3-epitome": dict(cin=5, cout=4, h=4, w=4, epitome=(3, 3, 2, 2), in_bits=3, _lanes=3,
+                            offsets="random",
+                            pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=1, dac_bits=1,
+                                     adc_bits=3)),
 }
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_tile_matches_reference_and_cycle_model(name, rng):
     kw = dict(CASES[name])
+    lanes = kw.pop("_lanes", None)
     if name == "default":
         kw = dict(cin=8, cout=16, h=6, w=6, epitome=(4, 8, 4, 8), d_c=4)
-    net, img, tile = make(examples.conv_layer_net(rng, **kw))
+    net, img, tile = make(examples.conv_layer_net(rng, **kw), lanes)
     cfg = tile.cfg
+    if lanes:
+        assert cfg.passes > 1
     x = rng.integers(0, 2**cfg.in_bits, (3,) + net.input_shape)
     got, in_cycles, out_cycles = simulate(tile, beats_of(x, cfg.in_bits), 3 * cfg.ho * cfg.wo)
     np.testing.assert_array_equal(decode(got, cfg), reference.run_network(net, x))
-    t = cyclemodel.tile_timing(net.layers[0], net.pim)
+    t = cyclemodel.tile_timing(net.layers[0], net.pim, lanes=lanes)
+    assert t.passes == cfg.passes
     sched = cyclemodel.schedule(t, 3)
     assert in_cycles[::t.in_beats] == sched.first_in
     assert out_cycles[t.pixels - 1::t.pixels] == sched.last_out

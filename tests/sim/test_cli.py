@@ -29,6 +29,7 @@ def test_malformed_file_one_line_error_and_nonzero_exit(tmp_path, net_obj):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(net_obj))
     for cmd in (["check"], ["generate", "--out", tmp_path / "gen"],
+                ["generate", "--tile", "--out", tmp_path / "gen"],
                 ["reference", "--inputs", tmp_path / "x.npy", "--outputs", tmp_path / "y.npy"]):
         proc = run_cli(cmd[0], bad, *cmd[1:])
         assert proc.returncode == 2
@@ -58,20 +59,35 @@ def test_reference_refuses_bad_inputs(tmp_path, net_path, capsys):
 
 def test_generate_writes_verilog_images_and_manifest(tmp_path, net_path):
     out = tmp_path / "gen"
-    assert main(["generate", str(net_path), "--out", str(out)]) == 0
+    assert main(["generate", str(net_path), "--out", str(out), "--tile"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["epim_tile.v", "ifat.hex", "ifrt.hex", "manifest.json", "ofat.hex",
                      "ostage.hex", "xbar.hex"]
     assert "module epim_tile" in (out / "epim_tile.v").read_text()
 
 
-def test_multi_layer_network_is_refused_for_hardware(tmp_path, net_obj, capsys):
+def test_generate_network_accelerator(tmp_path, net_obj, capsys):
     from tests.sw.test_netfile import _residual_net
     path = tmp_path / "res.json"
     path.write_text(json.dumps(_residual_net(net_obj)))
-    assert main(["check", str(path)]) == 0
-    assert main(["generate", str(path), "--out", str(tmp_path / "g")]) == 2
-    assert "one conv or linear layer so far" in capsys.readouterr().err
+    out = tmp_path / "g"
+    assert main(["generate", str(path), "--out", str(out)]) == 0
+    assert "skip FIFO depths" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["epim_net.v", "network.json", "tiles"]
+    manifest = json.loads((out / "network.json").read_text())
+    assert [u["op"] for u in manifest["units"]] == [la["op"] for la in
+                                                   _residual_net(net_obj)["layers"]]
+    assert "module epim_net" in (out / "epim_net.v").read_text()
+
+
+def test_single_tile_options_refuse_a_network(tmp_path, net_obj, capsys):
+    from tests.sw.test_netfile import _residual_net
+    path = tmp_path / "res.json"
+    path.write_text(json.dumps(_residual_net(net_obj)))
+    assert main(["generate", str(path), "--out", str(tmp_path / "g"), "--tile"]) == 2
+    assert "a single tile (--tile, --program) holds one conv or linear layer" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
 
 
 @pytest.mark.verilator

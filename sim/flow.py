@@ -1,0 +1,224 @@
+"""The main job, from nothing to a verified accelerator (what `nox -s flow` runs).
+
+1. train a small EPIM network with 3-bit epitome-aware QAT (`epim.sw.train`; resumes from its
+   checkpoint), quantize and export it to `net.json`;
+2. run the integer reference on the whole test set (accuracy);
+3. compile the network's memory images and emit the accelerator's Verilog;
+4. stream the first N test images through the Verilator cosim: outputs bit-exact against the
+   reference, every handshake in the cycle the network model predicts;
+5. write `report.md` (with `layers.png`) and `report.json`, and print the summary.
+
+Everything lands under one folder (`build/flow` by default):
+
+    python -m epim.sim.flow --data mnist --epochs 3 --images 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..sw import data, netcycles, netfile, reference
+from ..sw.epitome import crossbar_count
+from .cosim import cosim_network, save_npy, write_json
+
+
+def layer_rows(net: netfile.Network, timing: dict) -> list[dict]:
+    pim = net.pim
+    rows = []
+    for la in net.layers:
+        row = {"layer": la.name, "op": la.op, "out_shape": list(la.out_shape)}
+        if la.op in ("conv", "linear"):
+            epi = la.epitome
+            row.update(
+                epitome=None if epi.dense else [epi.in_channels, epi.out_channels,
+                                                epi.patch_in, epi.patch_out],
+                crossbars=crossbar_count(la, pim.cell_bits, pim.xbar_rows, pim.xbar_cols),
+                dense8_crossbars=crossbar_count(la, pim.cell_bits, pim.xbar_rows,
+                                                pim.xbar_cols, dense=True, weight_bits=8))
+        row.update(timing["layers"][la.name])
+        rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["layer"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a.bar(names, [r.get("crossbars", 0) for r in rows], label="EPIM")
+    a.bar(names, [r.get("dense8_crossbars", 0) for r in rows], fill=False, edgecolor="k",
+          label="dense 8-bit")
+    a.set_ylabel("crossbars")
+    a.set_yscale("log")
+    a.legend(fontsize=8)
+    a.set_title("crossbars per layer")
+    b.bar(names, [r.get("steady_cycles_per_image") or 0 for r in rows], label="cycles/image")
+    b.bar(names, [r.get("ideal_cycles_per_image", 0) for r in rows], fill=False,
+          edgecolor="k", label="crossbar busy (ideal)")
+    b.set_ylabel("cycles per image")
+    b.legend(fontsize=8)
+    b.set_title("steady-state cycles per layer")
+    for ax in (a, b):
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(s: dict, rows: list[dict]) -> str:
+    c = s["cosim"]
+    lines = [
+        f"# EPIM flow: {s['data']} {s['model']} (epitome ratio {s['ratio']})", "",
+        f"Trained {s['epochs']} epoch(s), 3-bit weights / {s['act_bits']}-bit activations; "
+        f"exported to `net.json`.", "",
+        "| figure | value |", "|---|---|",
+        f"| test accuracy, integer reference ({s['test_images']} images) | "
+        f"{100 * s['accuracy']:.2f}% |",
+        f"| crossbars (spec section 3) | {s['crossbars']} |",
+        f"| dense 8-bit crossbars | {s['dense8_crossbars']} |",
+        f"| compression vs dense 8-bit | {s['compression']:.2f}x |",
+        f"| latency, first image | {s['latency_cycles']} cycles |",
+        f"| steady state | {s['cycles_per_image']:g} cycles/image |",
+        f"| slowest tile | {s['slowest_tile']} ({s['slowest_tile_cycles']:g} cycles/image); "
+        f"network / slowest = {s['throughput_ratio']:.3f} |",
+        f"| throughput at {s['clock_mhz']:g} MHz | {s['images_per_second']:.0f} images/s |",
+        f"| cosim images | {c['images']} |",
+        f"| bit-exact outputs | {c['matching_images']}/{c['images']} |",
+        f"| predicted classes equal to the reference | {c['class_matches']}/{c['images']} |",
+        f"| every handshake cycle equals the model | {'yes' if c['cycles_match'] else 'NO'} |",
+        f"| cosim latency / model | {c['cycles'][0]} / {c['predicted_cycles'][0]} cycles |",
+        "", "## Layers", "",
+        "| layer | op | output | epitome (Ce_in, Ce_out, p_in, p_out) | crossbars | "
+        "dense 8-bit | cycles/image | crossbar busy (ideal) |", "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sc = r.get("steady_cycles_per_image")
+        lines.append(
+            f"| {r['layer']} | {r['op']} | {r['out_shape']} | {r.get('epitome') or '-'} | "
+            f"{r.get('crossbars', '-')} | {r.get('dense8_crossbars', '-')} | "
+            f"{f'{sc:g}' if sc else '-'} | {r.get('ideal_cycles_per_image', '-')} |")
+    lines += ["", "![crossbars and cycles per layer](layers.png)", "",
+              "Reproduce the accuracy with the integer reference on the same file:", "",
+              f"    epim data {s['data']} --split test --images x.npy --labels y.npy",
+              f"    epim reference {s['net']} --inputs x.npy --outputs logits.npy "
+              "--labels y.npy", "",
+              "Cycles: `docs/network.md`. Clock: a stated figure, not a timing-closed one "
+              "(the FPGA issue measures Fmax)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..sw.data import DataMissing
+    from .verilator import ToolMissing
+
+    try:
+        return run(argv)
+    except (DataMissing, ToolMissing) as exc:
+        print(f"epim flow: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="mnist", help="mnist, fashion-mnist or mnist-5k")
+    ap.add_argument("--model", default="cnn", help="cnn or resnet")
+    ap.add_argument("--ratio", type=float, default=4.0, help="epitome compression of the convs")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, help="training images (default: all)")
+    ap.add_argument("--test-limit", type=int, help="test images for the accuracy (default: all)")
+    ap.add_argument("--images", type=int, default=20, help="test images through the cosim")
+    ap.add_argument("--clock-mhz", type=float, default=100.0,
+                    help="clock for images per second (default 100 MHz)")
+    ap.add_argument("--out", type=Path, default=Path("build/flow"))
+    args = ap.parse_args(argv)
+    from ..sw.train import Config, fit
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    print(f"[1/4] training {args.model} on {args.data} ({args.epochs} epoch(s)) in "
+          f"{out / 'train'}", flush=True)
+    cfg = Config(data=args.data, model=args.model, ratio=args.ratio, width=args.width,
+                 epochs=args.epochs, seed=args.seed, limit=args.limit,
+                 test_limit=args.test_limit)
+    metrics = fit(cfg, out / "train", log=lambda line: print("      " + line, flush=True))
+    metrics.pop("model")
+    net_path = out / "train" / "net.json"
+    net = netfile.load(net_path)
+
+    print("[2/4] integer reference on the test set", flush=True)
+    x, labels = data.load(args.data, "test", args.test_limit)
+    x = x.astype(np.int64)
+    logits = np.concatenate([reference.run_network(net, x[i:i + 500])
+                             for i in range(0, len(x), 500)])
+    pred = logits.reshape(len(x), -1).argmax(1)
+    accuracy = float((pred == labels).mean())
+    print(f"      accuracy {accuracy:.4f} on {len(x)} images", flush=True)
+
+    print(f"[3/4] accelerator and cosim of {args.images} test image(s) in {out / 'cosim'}",
+          flush=True)
+    n = min(args.images, len(x))
+    y, rep = cosim_network(net, x[:n], out / "cosim")
+    save_npy(out / "cosim" / "outputs.npy", y)
+    class_matches = int((y.reshape(n, -1).argmax(1) == pred[:n]).sum())
+    rep["class_matches"] = class_matches
+    write_json(out / "cosim" / "report.json", rep)
+
+    print("[4/4] report", flush=True)
+    timing = netcycles.predict(net, 4, rep["fifo_depths"])
+    t_layers = {"layers": timing.layers}
+    rows = layer_rows(net, t_layers)
+    tiles = [r for r in rows if "crossbars" in r]
+    bottleneck = rep["slowest_tile"]
+    alone = {bottleneck: rep["slowest_tile_cycles_per_image"]}
+    xbars = sum(r["crossbars"] for r in tiles)
+    dense8 = sum(r["dense8_crossbars"] for r in tiles)
+    summary = {
+        "data": args.data, "model": args.model, "ratio": args.ratio, "epochs": args.epochs,
+        "act_bits": cfg.act_bits, "net": str(net_path),
+        "accuracy": accuracy, "test_images": len(x),
+        "fake_quant_accuracy": metrics.get("fake_quant_accuracy"),
+        "integer_vs_fake_quant_agreement": metrics.get("integer_vs_fake_quant_agreement"),
+        "crossbars": xbars, "dense8_crossbars": dense8, "compression": dense8 / xbars,
+        "latency_cycles": timing.latency[0], "cycles_per_image": timing.steady,
+        "slowest_tile": bottleneck, "slowest_tile_cycles": alone[bottleneck],
+        "throughput_ratio": timing.steady / alone[bottleneck],
+        "clock_mhz": args.clock_mhz,
+        "images_per_second": args.clock_mhz * 1e6 / timing.steady,
+        "cosim": {k: rep[k] for k in ("images", "matching_images", "cycles",
+                                      "predicted_cycles", "steady_cycles_per_image",
+                                      "predicted_steady_cycles_per_image", "cycles_match",
+                                      "class_matches")},
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_json(out / "report.json", {"summary": summary, "layers": rows})
+    plot(rows, out / "layers.png")
+    (out / "report.md").write_text(markdown(summary, rows))
+    c = summary["cosim"]
+    print(f"""
+EPIM flow summary ({args.data}, {args.model}, ratio {args.ratio:g}; {out / 'report.md'})
+  accuracy (integer reference)  {100 * accuracy:.2f}% on {len(x)} test images
+  crossbars                     {xbars} ({dense8 / xbars:.2f}x fewer than dense 8-bit: {dense8})
+  cycles per image (steady)     {timing.steady:g}; latency {timing.latency[0]} cycles
+  slowest tile                  {bottleneck}: {alone[bottleneck]:g} cycles/image alone \
+(network/slowest {summary['throughput_ratio']:.3f})
+  images per second             {summary['images_per_second']:.0f} at {args.clock_mhz:g} MHz
+  cosim                         {c['matching_images']}/{c['images']} bit-exact, \
+{c['class_matches']}/{c['images']} classes equal to the reference, cycles \
+{'equal to' if c['cycles_match'] else 'DIFFERENT FROM'} the model
+  time                          {summary['seconds']:.0f} s""")
+    ok = c["matching_images"] == c["images"] and c["cycles_match"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

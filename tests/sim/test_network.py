@@ -1,0 +1,99 @@
+"""Whole-network accelerators: images, the network cycle model, and cosim on Verilator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from epim.hw.images import ImageError
+from epim.hw.network import load_network
+from epim.sim import cosim
+from epim.sw import cyclemodel, examples, images, netcycles, netfile, reference
+
+
+@given(st.integers(0, 10_000), st.sampled_from([None, 1, 2]))
+@settings(max_examples=30)
+def test_tile_model_equals_the_tile_schedule(seed, lanes):
+    """The cycle-stepped tile of the network model equals the slot replay checked on Verilator
+    (and in Amaranth's simulator for every lane setting, tests/hw/test_tile.py)."""
+    net = netfile.parse(examples.random_layer_net(seed))
+    layer = net.layers[0]
+    want = cyclemodel.schedule(cyclemodel.tile_timing(layer, net.pim, lanes=lanes), 3)
+    got = netcycles.predict(net, 3, lanes=lanes)
+    assert got.latency == want.latency and got.steady == want.steady
+
+
+@given(st.integers(0, 10_000), st.booleans())
+@settings(max_examples=25)
+def test_random_networks_never_deadlock(seed, stalls):
+    """FIFO depths from the model keep every random network flowing, with and without the
+    testbench's random gaps and back-pressure, and the steady state is the slowest unit's."""
+    net = netfile.parse(examples.random_network_net(seed))
+    depths = netcycles.fifo_depths(net)
+    pred = netcycles.predict(net, 4, depths, stalls_seed=seed if stalls else None)
+    assert len(pred.latency) == 4 and min(pred.latency) > 0
+    if not stalls:
+        tiles = [r["ideal_cycles_per_image"] for r in pred.layers.values()
+                 if "ideal_cycles_per_image" in r]
+        assert pred.steady >= max(tiles)
+
+
+def test_network_images_are_checked(tmp_path):
+    net = netfile.parse(examples.random_network_net(0))
+    images.write_network(images.compile_network(net), tmp_path / "n")
+    loaded = load_network(tmp_path / "n")
+    assert set(loaded["tiles"]) == {la.name for la in net.layers if la.op in ("conv", "linear")}
+    # a tile folder from another compile
+    other = netfile.parse(examples.random_network_net(3))
+    images.write_network(images.compile_network(other), tmp_path / "o")
+    (tmp_path / "n" / "tiles" / "stem" / "manifest.json").write_bytes(
+        (tmp_path / "o" / "tiles" / "stem" / "manifest.json").read_bytes())
+    with pytest.raises(ImageError, match="layer 'stem' come from another compile"):
+        load_network(tmp_path / "n")
+    # an edited network manifest
+    images.write_network(images.compile_network(net), tmp_path / "m")
+    man = json.loads((tmp_path / "m" / "network.json").read_text())
+    man["units"][-1]["inputs"] = ["stem"]
+    (tmp_path / "m" / "network.json").write_text(json.dumps(man))
+    with pytest.raises(ImageError, match="'units' do not match 'units_sha256'"):
+        load_network(tmp_path / "m")
+
+
+@pytest.fixture(scope="module")
+def build_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("netcosim")
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+@given(st.integers(0, 10_000))
+@settings(max_examples=2, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_networks_in_cosim(seed, build_root):
+    """Random residual networks (pooling, flatten, lossy ADCs, odd shapes) on Verilator:
+    outputs bit-exact, and every handshake in the cycle the network model predicts."""
+    net = netfile.parse(examples.random_network_net(seed))
+    x = np.random.default_rng(seed).integers(0, 2**net.input_bits, (3, *net.input_shape))
+    y, rep = cosim.cosim_network(net, x, build_root / f"n{seed}")
+    np.testing.assert_array_equal(y, reference.run_network(net, x))
+    assert rep["match"] and rep["matching_images"] == 3
+    assert rep["cycles"] == rep["predicted_cycles"] and rep["cycles_match"]
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_network_with_stalls_and_one_lane_loses_nothing(build_root):
+    """Random input gaps and output back-pressure, every tile with one chunk lane: nothing
+    lost or repeated, and the model, replaying the testbench's random pattern, still predicts
+    every handshake."""
+    net = netfile.parse(examples.random_network_net(4))  # two residual blocks
+    assert sum(la.op == "add" for la in net.layers) == 2
+    x = np.random.default_rng(1).integers(0, 2**net.input_bits, (4, *net.input_shape))
+    y, rep = cosim.cosim_network(net, x, build_root / "stalls", stalls=True, seed=5, lanes=1)
+    assert any(row.get("passes", 1) > 1 for row in rep["layers"].values())
+    np.testing.assert_array_equal(y, reference.run_network(net, x))
+    assert rep["cycles_match"]
