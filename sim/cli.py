@@ -105,12 +105,15 @@ def print_network_report(rep: dict) -> None:
              f"{rep['predicted_steady_cycles_per_image']:g})" if steady else "")
           + f"; every handshake cycle {'equals' if rep['cycles_match'] else 'DIFFERS FROM'} "
             "the model")
-    print(f"  {'layer':12} {'op':15} {'cycles/image':>12} {'ideal':>8} {'crossbar busy':>13}")
+    print(f"  {'layer':12} {'op':15} {'cycles/image':>12} {'busy/image':>10} "
+          f"{'alone':>8} {'utilisation':>11}")
     for name, row in rep["layers"].items():
         sc = row["steady_cycles_per_image"]
+        util = row.get("utilisation")
         print(f"  {name:12} {row['op']:15} {(f'{sc:g}' if sc else '-'):>12} "
-              f"{row.get('ideal_cycles_per_image', '-')!s:>8} "
-              + (f"{row['busy_fraction']:13.3f}" if "busy_fraction" in row else f"{'-':>13}"))
+              f"{row.get('ideal_cycles_per_image', '-')!s:>10} "
+              f"{row.get('alone_cycles_per_image', '-')!s:>8} "
+              + (f"{util:11.3f}" if util is not None else f"{'-':>11}"))
 
 
 def cmd_cosim(args) -> int:

@@ -33,7 +33,15 @@ def setup_environment() -> Path:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *[p for p in path if p != bin_dir]])
     # The wheel's verilated.mk leaves the precompiled-header include flag empty, so make
     # would pass the header as a linker input; a command-line variable in MAKEFLAGS fixes it.
-    flag = "CFG_CXXFLAGS_PCH_I=-include"
-    if flag not in os.environ.get("MAKEFLAGS", ""):
-        os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} {flag}".strip()
+    flags = ["CFG_CXXFLAGS_PCH_I=-include"]
+    # The crossbar emulation is wide straight-line logic: at Verilator's default -Os, g++
+    # spends minutes per network on the generated C++ (12.6 s per file on the MNIST model,
+    # 7.0 s at -O1, 2.2 s at -O0), but -O0 code simulates several times slower. -O1 for the
+    # per-cycle code, -O0 for the run-once code; EPIM_VERILATOR_OPT overrides the first.
+    opt = os.environ.get("EPIM_VERILATOR_OPT", "-O1")
+    flags += [f"OPT_FAST={opt}", "OPT_SLOW=-O0"]
+    current = os.environ.get("MAKEFLAGS", "")
+    missing = [f for f in flags if f not in current.split()]
+    if missing:
+        os.environ["MAKEFLAGS"] = " ".join([current, *missing]).strip()
     return root

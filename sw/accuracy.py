@@ -3,12 +3,13 @@
 For each data set and seed: train dense float, dense 8-bit and dense 3-bit models from scratch
 (`epochs` each). Then, for every compression ratio, turn the trained dense 3-bit model into an
 EPIM model (least-squares epitomes) and, separately, prune it to the same crossbar count, and
-fine-tune both with the same recipe (`epochs` more; by default distilling from the dense float
-model, `--distill 0` for plain cross entropy). Crossbars follow spec section 3 and the
+fine-tune both with the same recipe (`epochs` more; `--distill A` mixes in distillation from the
+dense float model, off by default: on Fashion-MNIST at ratio 4 it gave 87.42% against 87.53%
+without). Crossbars follow spec section 3 and the
 compression is relative to the dense 8-bit network. Writes `accuracy.json`, `accuracy.md` and
 `accuracy.png` into the output folder.
 
-    python -m epim.sw.accuracy --data mnist fashion-mnist --seeds 0 1 --epochs 3
+    python -m epim.sw.accuracy --data mnist fashion-mnist --seeds 0 1 --epochs 6
 """
 
 from __future__ import annotations
@@ -143,14 +144,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=["mnist", "fashion-mnist"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--ratios", nargs="+", type=float, default=[2, 4, 8])
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--model", default="cnn", choices=sorted(models.MODELS))
     ap.add_argument("--limit", type=int, help="training images (default: all)")
-    ap.add_argument("--distill", type=float, default=0.5,
+    ap.add_argument("--distill", type=float, default=0.0,
                     help="weight of distillation from the dense float model in the EPIM and "
-                         "pruned fine-tunes (0: plain cross entropy)")
+                         "pruned fine-tunes (default 0: plain cross entropy)")
     ap.add_argument("--out", type=Path, default=Path("build/accuracy"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -494,7 +494,8 @@ class NetTiming:
 
     latency: list[int]  # per image: first input beat to last output beat
     steady: float | None  # mean cycles between successive images' last output beats
-    layers: dict[str, dict]  # per layer: cycles per image, busy cycles, utilisation
+    layers: dict[str, dict]  # per layer: cycles per image, crossbar busy fraction and
+    # utilisation (crossbar-busy cycles per image / the network's steady cycles per image)
     run: Run
 
 
@@ -524,6 +525,7 @@ def predict(net: Network, n_images: int, depths: dict[str, list[int]] | None = N
             t = tile_timing(la, net.pim, reuse, lanes)
             row.update(ideal_cycles_per_image=t.ideal, slot_cycles=t.slot,
                        steps_per_pixel=t.n_steps, n_t=t.n_t, passes=t.passes,
-                       busy_fraction=run.busy[la.name] / max(1, run.cycles))
+                       busy_fraction=run.busy[la.name] / max(1, run.cycles),
+                       utilisation=(t.ideal / steady) if steady else None)
         layers[la.name] = row
     return NetTiming(latency, steady, layers, run)
