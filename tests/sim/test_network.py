@@ -70,7 +70,7 @@ def build_root(tmp_path_factory):
 
 @pytest.mark.verilator
 @pytest.mark.slow
-@given(st.integers(0, 10_000))
+@given(seed=st.integers(0, 10_000))
 @settings(max_examples=2, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_random_networks_in_cosim(seed, build_root):

@@ -57,7 +57,9 @@ def test_folding_matches_batch_norm():
             ref = torch.round(t[nd.name] / unit.aq.scale)
             diff = (ref - ints[nd.name]).abs()
             assert diff.max() <= 1, nd.name
-            assert (diff == 0).float().mean() > 0.98, nd.name
+            # the integer bias is rounded to accumulator units, which moves a few values across
+            # a rounding boundary (the folded float model reproduces that exactly, see below)
+            assert (diff == 0).float().mean() > 0.95, nd.name
 
 
 @pytest.mark.parametrize("name, ratio", [("cnn", 2), ("resnet", 2)])
