@@ -308,9 +308,10 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     latency = [o - i for i, o in zip(first_in, last_out, strict=True)]
     steady = (last_out[-1] - last_out[0]) / (n - 1) if n > 1 else None
     match = bool(y.shape == ref.shape and (y == ref).all())
-    # each tile alone, fed back to back: the rate frame pipelining can reach at best
+    # each tile alone, fed back to back (8 images, past the start-up): the best rate frame
+    # pipelining can reach
     alone = {la.name: cyclemodel.schedule(cyclemodel.tile_timing(la, net.pim, reuse, lanes),
-                                          3).steady
+                                          8).steady
              for la in net.layers if la.op in ("conv", "linear")}
     for name, cyc in alone.items():
         pred.layers[name]["alone_cycles_per_image"] = cyc
