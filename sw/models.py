@@ -135,11 +135,13 @@ class EpimNet(nn.Module):
     @torch.no_grad()
     def folded_fake_quant_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The fake-quantized model as it is deployed (batch norm folded, Jacob et al. 2018):
-        float32 arithmetic on fake-quantized weights and activations, batch norm (running
+        float arithmetic on fake-quantized weights and activations, batch norm (running
         statistics) folded into a per-channel scale and a bias, the bias quantized to the
         accumulator's unit `s_x * s_w` as the integer output stage holds it. This is what the
         integer network must reproduce; it differs from it only in float rounding and in the
-        31-bit fixed-point `mult / 2**shift` standing for the float scale."""
+        31-bit fixed-point `mult / 2**shift` standing for the float scale. Run it on a float64
+        copy (`copy.deepcopy(model).double()`, as `train.evaluate` does) to compare predictions:
+        integer logits tie exactly now and then, and float32 noise breaks such ties at random."""
         if not self.quantized:
             return self.fake_quant_forward(x)
         t, scales = {INPUT: x}, {INPUT: 1.0 / (2**self.quant.input_bits - 1)}

@@ -7,6 +7,7 @@ exported `epim-net-v1` file. `epim train` is its command line.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -89,9 +90,14 @@ def evaluate(model: models.EpimNet, images: np.ndarray, labels: np.ndarray,
 
         def run(x):
             return model.integer_forward(x, params=params)
+    elif mode == "folded":
+        # in float64: float32 noise would break the integer logits' exact ties its own way
+        twin = copy.deepcopy(model).double()
+
+        def run(x):
+            return twin.folded_fake_quant_forward(x.double())
     else:
-        run = {"integer": model, "folded": model.folded_fake_quant_forward,
-               "unfolded": model.fake_quant_forward}[mode]
+        run = {"integer": model, "unfolded": model.fake_quant_forward}[mode]
     preds = []
     for i in range(0, len(images), batch):
         x = quantize_inputs(images[i:i + batch]).to(device)
