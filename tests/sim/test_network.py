@@ -31,15 +31,15 @@ def test_tile_model_equals_the_tile_schedule(seed, lanes):
 @settings(max_examples=25)
 def test_random_networks_never_deadlock(seed, stalls):
     """FIFO depths from the model keep every random network flowing, with and without the
-    testbench's random gaps and back-pressure, and the steady state is the slowest unit's."""
+    testbench's random gaps and back-pressure, and no tile computes faster than its crossbar:
+    the slowest tile's busy cycles for all images fit between the first input and last output."""
     net = netfile.parse(examples.random_network_net(seed))
     depths = netcycles.fifo_depths(net)
     pred = netcycles.predict(net, 4, depths, stalls_seed=seed if stalls else None)
     assert len(pred.latency) == 4 and min(pred.latency) > 0
-    if not stalls:
-        tiles = [r["ideal_cycles_per_image"] for r in pred.layers.values()
-                 if "ideal_cycles_per_image" in r]
-        assert pred.steady >= max(tiles)
+    busiest = max(r["ideal_cycles_per_image"] for r in pred.layers.values()
+                  if "ideal_cycles_per_image" in r)
+    assert pred.run.out_cycles[-1] - pred.run.in_cycles[0] >= 4 * busiest
 
 
 def test_network_images_are_checked(tmp_path):
