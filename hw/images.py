@@ -28,18 +28,24 @@ class Images:
     folder: Path
 
 
-def load(folder: str | Path) -> Images:
-    """Load and verify the images in `folder` (the one holding `manifest.json`)."""
-    folder = Path(folder)
-    mpath = folder / "manifest.json"
+def read_manifest(mpath: Path, fmt: str) -> dict:
+    """A JSON manifest of format `fmt`, or an ImageError naming the file."""
     try:
         manifest = json.loads(mpath.read_text())
     except OSError as exc:
         raise ImageError(f"{mpath}: cannot read: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ImageError(f"{mpath}: not valid JSON: {exc.msg}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ImageError(f"{mpath}: not an {MANIFEST_FORMAT} manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise ImageError(f"{mpath}: not an {fmt} manifest")
+    return manifest
+
+
+def load(folder: str | Path) -> Images:
+    """Load and verify the images in `folder` (the one holding `manifest.json`)."""
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    manifest = read_manifest(mpath, MANIFEST_FORMAT)
     params = manifest.get("params")
     mems = manifest.get("memories")
     if not isinstance(params, dict) or not isinstance(mems, dict):

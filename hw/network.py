@@ -18,7 +18,7 @@ from amaranth.hdl import Cat, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .images import ImageError, load
+from .images import ImageError, load, read_manifest
 from .tile import PIMTile, TileConfig
 from .units import AddUnit, Flatten, Fork, PoolUnit, StreamFIFO
 
@@ -29,14 +29,7 @@ def load_network(folder: str | Path) -> dict:
     """Read and verify `network.json` and every tile folder it names."""
     folder = Path(folder)
     mpath = folder / "network.json"
-    try:
-        manifest = json.loads(mpath.read_text())
-    except OSError as exc:
-        raise ImageError(f"{mpath}: cannot read: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ImageError(f"{mpath}: not valid JSON: {exc.msg}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != NETWORK_FORMAT:
-        raise ImageError(f"{mpath}: not an {NETWORK_FORMAT} manifest")
+    manifest = read_manifest(mpath, NETWORK_FORMAT)
     units = manifest.get("units")
     if not isinstance(units, list):
         raise ImageError(f"{mpath}: 'units' must be a list")

@@ -267,16 +267,6 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
     return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest)
 
 
-def pack_input_beats(x: np.ndarray, bits: int) -> list[int]:
-    """Network input beats of a batch `(N, C, H, W)`: one per pixel in raster order."""
-    return pack_beats(x, bits)
-
-
-def unpack_network_beats(beats: list[int], net: Network) -> np.ndarray:
-    """The output layer's beats back to `(N, C, H, W)`, or `(N, F)` for a linear output."""
-    return unpack_beats(beats, net.output_layer)
-
-
 def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
                   seed: int = 0, reuse: bool = True,
                   lanes: int | dict | None = None) -> tuple[np.ndarray, dict]:
@@ -296,11 +286,11 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
     pred = netcycles.predict(net, n, depths, reuse, stalls_seed=seed if stalls else None,
                              lanes=lanes)
-    phase = {"program": [], "inputs": pack_input_beats(x, net.input_bits), "n_out": n * per}
+    phase = {"program": [], "inputs": pack_beats(x, net.input_bits), "n_out": n * per}
     t1 = time.time()
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
                         max_cycles=2 * pred.run.cycles + 10_000, top="epim_net")[0]
-    y = unpack_network_beats(result["outputs"], net)
+    y = unpack_beats(result["outputs"], net.output_layer)
     ref = reference.run_network(net, x, reuse=reuse)
     _, h, w = net.input_shape
     first_in = result["in_cycles"][::h * w][:n]

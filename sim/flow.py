@@ -178,8 +178,7 @@ def run(argv: list[str] | None = None) -> int:
     t_layers = {"layers": timing.layers}
     rows = layer_rows(net, t_layers)
     tiles = [r for r in rows if "crossbars" in r]
-    bottleneck = rep["slowest_tile"]
-    alone = {bottleneck: rep["slowest_tile_cycles_per_image"]}
+    bottleneck, alone = rep["slowest_tile"], rep["slowest_tile_cycles_per_image"]
     xbars = sum(r["crossbars"] for r in tiles)
     dense8 = sum(r["dense8_crossbars"] for r in tiles)
     summary = {
@@ -190,8 +189,8 @@ def run(argv: list[str] | None = None) -> int:
         "integer_vs_fake_quant_agreement": metrics.get("integer_vs_fake_quant_agreement"),
         "crossbars": xbars, "dense8_crossbars": dense8, "compression": dense8 / xbars,
         "latency_cycles": timing.latency[0], "cycles_per_image": timing.steady,
-        "slowest_tile": bottleneck, "slowest_tile_cycles": alone[bottleneck],
-        "throughput_ratio": timing.steady / alone[bottleneck],
+        "slowest_tile": bottleneck, "slowest_tile_cycles": alone,
+        "throughput_ratio": timing.steady / alone,
         "clock_mhz": args.clock_mhz,
         "images_per_second": args.clock_mhz * 1e6 / timing.steady,
         "cosim": {k: rep[k] for k in ("images", "matching_images", "cycles",
@@ -209,7 +208,7 @@ EPIM flow summary ({args.data}, {args.model}, ratio {args.ratio:g}; {out / 'repo
   accuracy (integer reference)  {100 * accuracy:.2f}% on {len(x)} test images
   crossbars                     {xbars} ({dense8 / xbars:.2f}x fewer than dense 8-bit: {dense8})
   cycles per image (steady)     {timing.steady:g}; latency {timing.latency[0]} cycles
-  slowest tile                  {bottleneck}: {alone[bottleneck]:g} cycles/image alone \
+  slowest tile                  {bottleneck}: {alone:g} cycles/image alone \
 (network/slowest {summary['throughput_ratio']:.3f})
   images per second             {summary['images_per_second']:.0f} at {args.clock_mhz:g} MHz
   cosim                         {c['matching_images']}/{c['images']} bit-exact, \

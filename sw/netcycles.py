@@ -28,7 +28,6 @@ class Unit:
 
     n_in = 1
     n_out = 1
-    comb_ready = False  # True when an input's ready depends on input valids / output ready
 
     def valid(self, port: int) -> bool:
         raise NotImplementedError
@@ -169,7 +168,6 @@ class FifoModel(Unit):
 
 class AddModel(Unit):
     n_in = 2
-    comb_ready = True
 
     def __init__(self):
         self.o_valid = False
@@ -221,7 +219,6 @@ class Source(Unit):
         self.beats, self.rng, self.p_idle = beats, rng, p_idle
         self.next = 0
         self.offered = False
-        self.cycles: list[int] = []
 
     def drive(self):
         if not self.offered and self.next < self.beats:
@@ -244,7 +241,6 @@ class Sink(Unit):
     def __init__(self, rng: random.Random | None = None, p_busy: float = 0.4):
         self.rng, self.p_busy = rng, p_busy
         self.accepting = True
-        self.cycles: list[int] = []
 
     def drive(self):
         self.accepting = self.rng is None or self.rng.random() >= self.p_busy
@@ -280,8 +276,6 @@ class Graph:
 
     nodes: list[Node]
 
-    def __getitem__(self, name: str) -> Node:
-        return next(n for n in self.nodes if n.name == name)
 
 
 def shape_of(net: Network, name: str) -> tuple[int, int, int]:
@@ -381,8 +375,7 @@ class Deadlock(RuntimeError):
     pass
 
 
-def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000,
-             stop_when_idle: int = 0) -> Run:
+def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000) -> Run:
     """Step the graph until the sink has `out_beats` beats (and the source is drained)."""
     nodes = graph.nodes
     index = {n.name: i for i, n in enumerate(nodes)}
