@@ -68,7 +68,7 @@ def cmd_data(args) -> int:
     from ..sw import data
     from .cosim import save_npy
 
-    images, labels = data.load(args.name, args.split, args.limit)
+    images, labels = data.load(args.name, args.split, args.limit, path=args.data_path)
     save_npy(args.images, images.astype(np.int64))
     save_npy(args.labels, labels)
     print(f"wrote {args.images} {list(images.shape)} and {args.labels} ({args.name} "
@@ -162,7 +162,8 @@ def cmd_train(args) -> int:
                  weight_bits=args.weight_bits, act_bits=args.act_bits, epochs=args.epochs,
                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
                  test_limit=args.test_limit, device=args.device,
-                 distill=args.distill if args.teacher else 0.0)
+                 distill=args.distill if args.teacher else 0.0, data_path=args.data_path,
+                 optimizer=args.optimizer, weight_decay=args.weight_decay)
     model = teacher = None
     if args.init:
         init_cfg, dense = load_checkpoint(args.init)
@@ -175,6 +176,8 @@ def cmd_train(args) -> int:
     if args.teacher:
         _, teacher = load_checkpoint(args.teacher)
     metrics = fit(cfg, args.out, model=model, teacher=teacher)
+    if metrics.get("rank", 0) > 0:  # a torchrun worker: rank 0 reports
+        return 0
     line = f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_images']} images"
     if "crossbars" in metrics:
         line += (f"; {metrics['crossbars']} crossbars, {metrics['compression_vs_dense8']:.2f}x "
@@ -183,6 +186,8 @@ def cmd_train(args) -> int:
     return 0
 
 
+DATA_PATH_HELP = ("cifar10: its files (the python-batch folder cifar-10-batches-py, its parent, or "
+                  "a JPEG .npz); default $EPIM_CIFAR10, ./data, the cache folder")
 LANES_HELP = ("row chunks each tile computes at once (default: all); fewer lanes mean fewer "
               "adder trees and ADCs and ceil(chunks / lanes) cycles per DAC slice")
 
@@ -235,16 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_cosim)
 
     d = sub.add_parser("data", help="write a data set split as .npy (inputs and labels)")
-    d.add_argument("name", help="mnist, fashion-mnist or mnist-5k")
+    d.add_argument("name", help="mnist, fashion-mnist, mnist-5k or cifar10")
     d.add_argument("--split", default="test", choices=["train", "test"])
     d.add_argument("--limit", type=int, help="the first N images")
-    d.add_argument("--images", required=True, help="where to write (N, 1, 28, 28) .npy")
+    d.add_argument("--data-path", help=DATA_PATH_HELP)
+    d.add_argument("--images", required=True, help="where to write (N, C, H, W) .npy")
     d.add_argument("--labels", required=True, help="where to write (N,) .npy")
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train an epitome CNN (quantization-aware) and export it")
-    t.add_argument("--data", default="mnist", help="mnist, fashion-mnist or mnist-5k")
-    t.add_argument("--model", default="cnn", help="cnn or resnet")
+    t.add_argument("--data", default="mnist", help="mnist, fashion-mnist, mnist-5k or cifar10")
+    t.add_argument("--data-path", help=DATA_PATH_HELP)
+    t.add_argument("--model", default="cnn", help="cnn, resnet or resnet20 (CIFAR ResNet-20)")
     t.add_argument("--ratio", type=_ratio, default=2.0,
                    help="epitome compression of the conv layers ('dense' for none)")
     t.add_argument("--width", type=int, default=16, help="channels of the first stage")
@@ -253,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, help="use the first N training images")
     t.add_argument("--test-limit", type=int, help="use the first N test images")

@@ -72,11 +72,38 @@ def channel_scores(model: EpimNet, name: str) -> torch.Tensor:
     return gain * w.abs().sum(dim=(1, 2, 3))
 
 
-def prunable(model: EpimNet) -> list[str]:
-    """Conv nodes whose output channels can be removed: those not feeding a residual add
-    (the channels of an add's inputs are tied) and not the first layer's input."""
-    tied = {i for nd in model.nodes if nd.op == "add" for i in nd.inputs}
-    return [nd.name for nd in model.nodes if nd.op == "conv" and nd.name not in tied]
+def tied_groups(model: EpimNet) -> list[list[str]]:
+    """The conv nodes whose output channels must be pruned together: a residual `add` sums its
+    inputs channel by channel, so both inputs (and the add) keep the same channels, and the
+    whole chain of adds of a ResNet stage (stem or 1x1 skip conv, every block's second conv) is
+    one group. Every other conv is a group of its own."""
+    parent = {nd.name: nd.name for nd in model.nodes}
+
+    def root(n):
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for nd in model.nodes:
+        if nd.op == "add":
+            for i in nd.inputs:
+                parent[root(i)] = root(nd.name)
+    groups: dict[str, list[str]] = {}
+    for nd in model.nodes:
+        if nd.op == "conv":
+            groups.setdefault(root(nd.name), []).append(nd.name)
+    return list(groups.values())
+
+
+def group_scores(model: EpimNet, group: list[str]) -> torch.Tensor:
+    """Channel importance of a tied group: each member's :func:`channel_scores` over its own
+    mean, summed."""
+    total = 0
+    for name in group:
+        s = channel_scores(model, name)
+        total = total + s / s.mean().clamp(min=1e-12)
+    return total
 
 
 def pruned_nodes(model: EpimNet, keep: dict[str, int]) -> list[Node]:
@@ -86,27 +113,36 @@ def pruned_nodes(model: EpimNet, keep: dict[str, int]) -> list[Node]:
 
 @torch.no_grad()
 def prune(dense: EpimNet, budget: int, pim: dict) -> EpimNet:
-    """Remove output channels of the prunable convs, lowest score first and evenly across
-    layers (by fraction kept), until the model needs at most `budget` crossbars."""
-    names = prunable(dense)
-    full = {n: dense.units[n].conv.out_channels for n in names}
+    """Remove output channels of the convs, lowest score first and evenly across layers (by
+    fraction kept), until the model needs at most `budget` crossbars. Channels tied by residual
+    adds (:func:`tied_groups`) go together, by their summed scores."""
+    groups = tied_groups(dense)
+    full = [dense.units[g[0]].conv.out_channels for g in groups]
+
+    def keep_of(frac):
+        return {n: max(1, round(c * frac)) for g, c in zip(groups, full, strict=True)
+                for n in g}
+
+    def build(keep):
+        return EpimNet(pruned_nodes(dense, keep), dense.in_shape, dense.nodes[-1].out_channels,
+                       dense.quant)
+
     lo, hi = 0.0, 1.0
     for _ in range(30):  # bisection on the fraction of channels kept
         mid = (lo + hi) / 2
-        keep = {n: max(1, round(c * mid)) for n, c in full.items()}
-        trial = EpimNet(pruned_nodes(dense, keep), dense.in_shape, dense.nodes[-1].out_channels,
-                        dense.quant)
-        if model_crossbars(trial, pim) <= budget:
+        if model_crossbars(build(keep_of(mid)), pim) <= budget:
             lo = mid
         else:
             hi = mid
-    keep = {n: max(1, round(c * lo)) for n, c in full.items()}
-    model = EpimNet(pruned_nodes(dense, keep), dense.in_shape, dense.nodes[-1].out_channels,
-                    dense.quant)
+    keep = keep_of(lo)
+    model = build(keep)
     if model_crossbars(model, pim) > budget:
-        raise ValueError(f"cannot prune to {budget} crossbars (the unprunable layers need more)")
-    kept = {n: torch.sort(torch.topk(channel_scores(dense, n), keep[n]).indices).values
-            for n in names}
+        raise ValueError(f"cannot prune to {budget} crossbars (one channel per layer needs "
+                         f"{model_crossbars(model, pim)})")
+    kept = {}
+    for g in groups:
+        idx = torch.sort(torch.topk(group_scores(dense, g), keep[g[0]]).indices).values
+        kept.update({n: idx for n in g})
     _copy_common_pruned(dense, model, kept)
     return model
 

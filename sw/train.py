@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -46,17 +47,27 @@ class Config:
     pim: dict = field(default_factory=lambda: dict(DEFAULT_PIM))
     distill: float = 0.0  # weight of the distillation loss when a teacher is given
     temperature: float = 2.0
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9, Nesterov)
+    label_smoothing: float = 0.0
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
+    data_path: str | None = None  # CIFAR-10's files (see epim.sw.data)
+    pct_start: float = 0.15  # warm-up fraction of the one-cycle schedule
 
     @property
     def quant(self) -> models.QuantConfig:
         return models.QuantConfig(self.weight_bits, self.act_bits)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, device: torch.device | None = None) -> None:
+    """Seed every generator; on the CPU also ask for deterministic kernels (on a GPU that
+    would slow training several-fold, so GPU runs are seeded but not bit-reproducible)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    cpu = device is None or device.type == "cpu"
+    torch.use_deterministic_algorithms(cpu, warn_only=True)
+    if not cpu:
+        torch.backends.cudnn.benchmark = True
 
 
 def pick_device(name: str) -> torch.device:
@@ -65,16 +76,26 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to 2 pixels (pad and crop), on the device."""
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2,
+            flip: bool = False) -> torch.Tensor:
+    """Random shifts of up to `pad` pixels (zero-pad and crop) and, with `flip`, random
+    horizontal flips, on the device. MNIST-like sets use pad 2; CIFAR-10 pad 4 and flips."""
     n, _, h, w = x.shape
-    pad = F.pad(x, (2, 2, 2, 2))
-    dy = torch.randint(0, 5, (n,), generator=gen, device="cpu").to(x.device)
-    dx = torch.randint(0, 5, (n,), generator=gen, device="cpu").to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device="cpu").to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device="cpu").to(x.device)
+    jj = torch.arange(w, device=x.device)[None, :]
+    if flip:
+        f = torch.randint(0, 2, (n,), generator=gen, device="cpu").to(x.device).bool()
+        jj = torch.where(f[:, None], w - 1 - jj, jj)
+    rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]
+    cols = dx[:, None] + jj
     idx = torch.arange(n, device=x.device)[:, None, None]
-    return pad[:, 0][idx, rows[:, :, None], cols[:, None, :]][:, None]
+    # advanced indices around a slice put their dimensions first: (n, h, w, C)
+    return padded[idx, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+AUGMENT = {"cifar10": {"pad": 4, "flip": True}}
 
 
 @torch.no_grad()
@@ -114,9 +135,10 @@ class Progress:
         self.live = sys.stderr.isatty()
         self.t0 = time.time()
 
-    def step(self, i: int, loss: float) -> None:
+    def step(self, i: int, loss_sum, count: int) -> None:
         if self.live and (i % 10 == 0 or i == self.total):
             bar = "#" * int(30 * i / self.total)
+            loss = float(loss_sum) / count
             print(f"\r{self.label} [{bar:30}] {i}/{self.total} loss {loss:.3f}",
                   end="", file=sys.stderr, flush=True)
 
@@ -130,7 +152,10 @@ def loss_fn(cfg: Config, logits: torch.Tensor, labels: torch.Tensor,
             teacher_logits: torch.Tensor | None) -> torch.Tensor:
     """Cross entropy, mixed with knowledge distillation (Hinton et al. 2015) when a teacher's
     logits are given: `(1 - a) * CE + a * T**2 * KL(teacher_T || student_T)`."""
-    ce = F.cross_entropy(logits, labels)
+    logits = logits.float()
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.float()
+    ce = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
     if teacher_logits is None or not cfg.distill:
         return ce
     t = cfg.temperature
@@ -148,9 +173,29 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Config, mode
         raise FileNotFoundError(f"{path}: no such checkpoint (train with --out first)")
     ckpt = torch.load(path, map_location=device, weights_only=False)
     cfg = Config(**ckpt["config"])
-    model = models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width, pim=cfg.pim)
+    model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
     return cfg, model
+
+
+def build_model(cfg: Config) -> models.EpimNet:
+    """The untrained model a config describes (input shape from its data set)."""
+    return models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width,
+                        in_shape=data.SHAPES[cfg.data], pim=cfg.pim)
+
+
+def make_optimizer(cfg: Config, model: models.EpimNet) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum; weight decay applies to the weights (epitomes)
+    only, not to batch norm, biases or quantizer scales."""
+    decay = [p for n, p in model.named_parameters() if n.endswith(".E")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith(".E")]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (expected adam or sgd)")
 
 
 def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
@@ -159,21 +204,23 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
     """Train (or fine-tune `model`), evaluate and, if quantized, export; returns the metrics
     (the trained model under `"model"`). With a `teacher` and `cfg.distill > 0` the loss
     mixes in distillation from the teacher's logits."""
-    seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    x_train, y_train = data.load(cfg.data, "train", cfg.limit)
-    x_test, y_test = data.load(cfg.data, "test", cfg.test_limit)
+    dist = Distributed.start(device)
+    device = dist.device
+    seed_everything(cfg.seed, device)
+    x_train, y_train = data.load(cfg.data, "train", cfg.limit, path=cfg.data_path)
+    x_test, y_test = data.load(cfg.data, "test", cfg.test_limit, path=cfg.data_path)
     if model is None:
-        model = models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width, pim=cfg.pim)
+        model = build_model(cfg)
     model = model.to(device)
     if teacher is not None and cfg.distill:
         teacher = teacher.to(device).eval()
     else:
         teacher = None
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs
-                                                * steps_per_epoch, pct_start=0.15)
+                                                * steps_per_epoch, pct_start=cfg.pct_start)
     out = Path(out_dir) if out_dir else None
     start = 0
     if out and (out / "checkpoint.pt").exists():
@@ -186,29 +233,43 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
             start = ckpt["epoch"]
             log(f"resuming from epoch {start} ({out / 'checkpoint.pt'})")
     gen = torch.Generator().manual_seed(cfg.seed)
-    xt = torch.as_tensor(x_train)
-    yt = torch.as_tensor(y_train)
+    if dist.world > 1 and start == 0:
+        dist.init_quantizers(model, x_train[:cfg.batch_size], device)
+    net = dist.wrap(model)
+    # the whole training set sits on the device as uint8; batches are cut and augmented there
+    xt = torch.as_tensor(x_train).to(device)
+    yt = torch.as_tensor(y_train).to(device)
+    aug = AUGMENT.get(cfg.data, {})
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=cfg.amp and device.type == "cuda")
     history = []
     for epoch in range(start, cfg.epochs):
         gen.manual_seed(cfg.seed * 1000 + epoch)
         order = torch.randperm(len(xt), generator=gen)
         model.train()
         prog = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
-        total = 0.0
+        total = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = augment(quantize_inputs(xt[idx]).to(device), gen)
-            with torch.no_grad():
-                t_logits = teacher.fake_quant_forward(x) if teacher is not None else None
-            loss = loss_fn(cfg, model(x), yt[idx].to(device), t_logits)
+            # the global batch is cfg.batch_size; each process takes every world-th image
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][dist.rank::dist.world]
+            idx = idx.to(device)
+            x = augment(xt[idx].float() / 255, gen, **aug)
+            with autocast:
+                with torch.no_grad():
+                    t_logits = teacher.fake_quant_forward(x) if teacher is not None else None
+                loss = loss_fn(cfg, net(x), yt[idx], t_logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             model.constrain_()
-            total += loss.detach().item()
-            prog.step(i + 1, total / (i + 1))
+            total = total + loss.detach()  # stays on the device: no sync per step
+            prog.step(i + 1, total, i + 1)
         seconds = prog.done()
+        total = float(total)
+        if dist.rank > 0:  # rank 0 evaluates, logs and writes the checkpoint
+            dist.barrier()
+            continue
         acc, _ = evaluate(model, x_test, y_test, device)
         history.append({"epoch": epoch + 1, "loss": total / steps_per_epoch,
                         "test_accuracy": acc, "seconds": round(seconds, 1)})
@@ -221,9 +282,16 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
             (out / "checkpoint.tmp").replace(out / "checkpoint.pt")
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {total / steps_per_epoch:.4f}, "
             f"test accuracy {acc:.4f} ({seconds:.0f} s)")
+        dist.barrier()
+    replicas_identical = dist.replicas_identical(model)
+    if dist.rank > 0:
+        dist.stop()
+        return {"rank": dist.rank, "model": model}
     acc, pred = evaluate(model, x_test, y_test, device)
     metrics = {"config": asdict(cfg), "test_accuracy": acc, "test_images": len(y_test),
                "history": history}
+    if dist.world > 1:
+        metrics.update(world_size=dist.world, replicas_identical=replicas_identical)
     if model.quantized:
         fq_acc, fq_pred = evaluate(model, x_test, y_test, device, mode="folded")
         un_acc, un_pred = evaluate(model, x_test, y_test, device, mode="unfolded")
@@ -241,5 +309,72 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
     if out:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         np.save(out / "predictions.npy", pred)
+    dist.stop()
     metrics["model"] = model
     return metrics
+
+
+class Distributed:
+    """Data-parallel training across processes started by `torchrun` (PyTorch's
+    DistributedDataParallel): NCCL on GPUs (one per process), Gloo on CPUs. Every process
+    trains on its share of each global batch, gradients are averaged, rank 0 evaluates and
+    writes. Without `torchrun` (`WORLD_SIZE` unset or 1) this is a single process."""
+
+    def __init__(self, device, rank=0, world=1, owned=False):
+        self.device, self.rank, self.world, self.owned = device, rank, world, owned
+
+    @classmethod
+    def start(cls, device: torch.device) -> Distributed:
+        import torch.distributed as td
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls(device)
+        owned = not td.is_initialized()
+        if owned:
+            td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        return cls(device, td.get_rank(), td.get_world_size(), owned)
+
+    def init_quantizers(self, model, images, device) -> None:
+        """Set every quantizer's scale from the same batch on every process (they would each
+        take their own batch's statistics otherwise); nothing else changes."""
+        keep = {k: v.clone() for k, v in model.state_dict().items()
+                if not k.endswith(("scale", "initialised"))}
+        model.train()
+        with torch.no_grad():
+            model(torch.as_tensor(images).to(device).float() / 255)
+        model.load_state_dict(keep, strict=False)
+
+    def wrap(self, model):
+        if self.world <= 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+
+            td.barrier()
+
+    def replicas_identical(self, model) -> bool | None:
+        """Whether every process ended with the same parameters (checksums all-gathered)."""
+        if self.world <= 1:
+            return None
+        import torch.distributed as td
+
+        s = torch.stack([p.detach().double().sum() for p in model.parameters()])
+        got = [torch.zeros_like(s) for _ in range(self.world)]
+        td.all_gather(got, s)
+        return all(torch.equal(g, got[0]) for g in got)
+
+    def stop(self) -> None:
+        if self.world > 1 and self.owned:
+            import torch.distributed as td
+
+            td.destroy_process_group()

@@ -91,7 +91,7 @@ def test_damaged_cache_file_is_named(cache):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("cifar10",), "valid names are mnist, fashion-mnist, mnist-5k"),
+    (("imagenet",), "valid names are mnist, fashion-mnist, mnist-5k, cifar10"),
     (("mnist", "validation"), "valid splits are train, test"),
     (("mnist", "test", -1), "non-negative integer"),
     (("mnist", "test", 2.5), "non-negative integer"),
