@@ -18,8 +18,9 @@ packages or files the user points to, not downloads from the data sets' own site
   JPEG files (arrays `train_jpeg`, `train_offsets`, `train_labels`, the same for `test`; decoded
   with Pillow). EPIM never downloads or bundles CIFAR-10.
 
-The first load of a split of MNIST or Fashion-MNIST parses its source and caches it as a compressed `.npz` in the cache
-folder (`$EPIM_CACHE`, else `~/.cache/epim`); later loads read the `.npz`.
+The first load of a split of MNIST or Fashion-MNIST parses its source and caches it as a
+compressed `.npz` in the cache folder (`$EPIM_CACHE`, else `~/.cache/epim`); later loads read
+the `.npz`. CIFAR-10 is read from its files each time (the JPEG copy decodes in about 10 s).
 """
 
 from __future__ import annotations
