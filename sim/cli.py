@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -42,6 +44,33 @@ def cmd_check(args) -> int:
             line += (f", {kind}, {xb} crossbars, {t.n_steps} step(s) x {t.n_t} DAC slice(s) "
                      "per pixel")
         print(line)
+    return 0
+
+
+def cmd_cost(args) -> int:
+    from ..sw import cost
+
+    net = _load_net(args.net)
+    consts = cost.Constants.from_file(args.constants)
+    nc = cost.network_cost(net, consts=consts, reuse=not args.no_reuse, lanes=args.lanes)
+    print(f"{'layer':14} {'xbars':>6} {'dense8':>7} {'area mm2':>9} {'activ.':>8} "
+          f"{'no reuse':>9} {'latency':>8} {'cyc/img':>8} {'energy nJ':>10}")
+    for c in nc.layers:
+        print(f"{c.name:14} {c.crossbars:6d} {c.dense8_crossbars:7d} {c.cell_area_mm2:9.4f} "
+              f"{c.activations:8d} {c.activations_no_reuse:9d} {c.cycles_latency:8d} "
+              f"{c.cycles_per_image:8.0f} {c.energy_total_pj * 1e-3:10.1f}")
+    s = nc.summary()
+    parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in s["energy_uj_by_part"].items())
+    print(f"network: {s['crossbars']} crossbars ({s['compression_vs_dense8']:.2f}x fewer than "
+          f"dense 8-bit: {s['dense8_crossbars']}), {s['cell_area_mm2']:.4f} mm2 of cells, "
+          f"{s['activations']} activations per image ({s['activations_no_reuse']} without "
+          f"reuse), {s['cycles_per_image']:.0f} cycles per image = {s['ns_per_image']:.0f} ns "
+          f"at {consts.clock_mhz:g} MHz, energy {s['energy_uj'] * 1e3:.1f} nJ per image "
+          f"({parts})")
+    if args.json:
+        obj = {"summary": s, "layers": [{**vars(c), "energy_total_pj": c.energy_total_pj}
+                                        for c in nc.layers], "constants": vars(consts)}
+        Path(args.json).write_text(json.dumps(obj, indent=1) + "\n")
     return 0
 
 
@@ -199,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a network file")
     c.add_argument("net")
     c.set_defaults(func=cmd_check)
+
+    c = sub.add_parser("cost", help="PIM cost model: crossbars, area, activations, latency, "
+                                    "energy per layer and network")
+    c.add_argument("net")
+    c.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
+    c.add_argument("--lanes", type=int, help=LANES_HELP)
+    c.add_argument("--constants", help="JSON object overriding cost constants (docs/cost.md)")
+    c.add_argument("--json", help="also write the figures to this JSON file")
+    c.set_defaults(func=cmd_cost)
 
     r = sub.add_parser("reference", help="run the integer reference")
     r.add_argument("net")

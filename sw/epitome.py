@@ -86,3 +86,36 @@ def matrix_crossbars(rows: int, cols: int, weight_bits: int, cell_bits: int, xba
     """Spec section 3 for one `rows x cols` weight matrix: row chunks x column blocks x 2."""
     ns = math.ceil((weight_bits - 1) / cell_bits)
     return math.ceil(rows / xbar_rows) * math.ceil(cols * ns / xbar_cols) * 2
+
+
+@dataclass(frozen=True)
+class Fill:
+    """Crossbar geometry an epitome is fitted to: `rows` crossbar rows, and `cols` weights per
+    crossbar row (crossbar columns divided by the bit slices of a weight)."""
+
+    rows: int
+    cols: int
+
+    @classmethod
+    def of(cls, pim: dict, weight_bits: int) -> Fill:
+        slices = math.ceil((weight_bits - 1) / pim["cell_bits"])
+        return cls(pim["xbar_rows"], max(1, pim["xbar_cols"] // slices))
+
+
+def epitome_shape(cin: int, cout: int, ratio: float | None, kernel: int = 3,
+         fill: Fill | None = None) -> tuple[int, int, int, int] | None:
+    """An epitome that shrinks a layer's weights by about `ratio`: the input side first (crossbar
+    rows, `Ce_in * k * k`, set the row-chunk count), then the output side (columns, with output
+    channel wrapping) for what is left; None (dense) for ratio <= 1. With `fill`, each side then
+    grows to use the row chunks and column blocks it occupies anyway: the same crossbars, more
+    weights."""
+    if not ratio or ratio <= 1:
+        return None
+    ce_in = max(1, round(cin / ratio))
+    rest = ratio / (cin / ce_in)
+    ce_out = max(1, round(cout / rest)) if rest > 1 else cout
+    if fill:
+        k2 = kernel * kernel
+        ce_in = min(cin, max(ce_in, math.ceil(ce_in * k2 / fill.rows) * fill.rows // k2))
+        ce_out = min(cout, math.ceil(ce_out / fill.cols) * fill.cols)
+    return (ce_in, ce_out, ce_in, ce_out)

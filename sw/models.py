@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .epitome import Fill
+from .epitome import epitome_shape as _epi
 from .layers import ActQuant, EpitomeConv2d, EpitomeLinear, WeightQuant
 from .netfile import MULT_LIMIT
 
@@ -308,39 +310,6 @@ LOGIT_BITS = 32
 
 # The crossbar geometry the models are shaped for by default (also `epim train`'s default).
 DEFAULT_PIM = {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
-
-
-@dataclass(frozen=True)
-class Fill:
-    """Crossbar geometry an epitome is fitted to: `rows` crossbar rows, and `cols` weights per
-    crossbar row (crossbar columns divided by the bit slices of a weight)."""
-
-    rows: int
-    cols: int
-
-    @classmethod
-    def of(cls, pim: dict, weight_bits: int) -> Fill:
-        slices = math.ceil((weight_bits - 1) / pim["cell_bits"])
-        return cls(pim["xbar_rows"], max(1, pim["xbar_cols"] // slices))
-
-
-def _epi(cin: int, cout: int, ratio: float | None, kernel: int = 3,
-         fill: Fill | None = None) -> tuple[int, int, int, int] | None:
-    """An epitome that shrinks a layer's weights by about `ratio`: the input side first (crossbar
-    rows, `Ce_in * k * k`, set the row-chunk count), then the output side (columns, with output
-    channel wrapping) for what is left; None (dense) for ratio <= 1. With `fill`, each side then
-    grows to use the row chunks and column blocks it occupies anyway: the same crossbars, more
-    weights."""
-    if not ratio or ratio <= 1:
-        return None
-    ce_in = max(1, round(cin / ratio))
-    rest = ratio / (cin / ce_in)
-    ce_out = max(1, round(cout / rest)) if rest > 1 else cout
-    if fill:
-        k2 = kernel * kernel
-        ce_in = min(cin, max(ce_in, math.ceil(ce_in * k2 / fill.rows) * fill.rows // k2))
-        ce_out = min(cout, math.ceil(ce_out / fill.cols) * fill.cols)
-    return (ce_in, ce_out, ce_in, ce_out)
 
 
 def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10,

@@ -172,10 +172,10 @@ def test_benchmark_runs_end_to_end_in_process(tmp_path, small_sizes):
     assert set(rows) == {"dense-float", "dense-3bit", "epim-r3", "pruned-r3"}
     assert rows["dense-float"]["epochs"] == 3 and rows["epim-r3"]["epochs"] == 1
     # the EPIM model's exported file gives the reported accuracy under the integer reference
-    net = parse(json.loads((out / "runs" / "epim-r3" / "net.json").read_text()))
-    x, y = data.load("cifar10", "test", path=tmp_path / "data")
-    acc = (reference.run_network(net, x).argmax(1) == y).mean()
-    assert acc == pytest.approx(rows["epim-r3"]["test_accuracy"])
+    assert cifar.main(["--check", str(out), "--data-path", str(tmp_path / "data")]) == 0
+    checked = json.loads((out / "cifar.json").read_text())["reference_check"]
+    assert checked["run"] == "epim-r3" and checked["equal"] is True
+    assert checked["reference_accuracy"] == rows["epim-r3"]["test_accuracy"]
     assert rows["pruned-r3"]["crossbars"] <= rows["epim-r3"]["crossbars"]
     assert rows["epim-r3"]["compression_vs_dense8"] > 8
     assert "EPIM 3-bit r=3" in (out / "cifar.md").read_text()

@@ -1,0 +1,350 @@
+"""The PIM cost model: crossbars, cell area, activations, latency and energy of epitome layers.
+
+Per layer and per network, from shapes alone (a network file, a PyTorch model's shapes, or a
+table such as :func:`resnet50`):
+
+- **crossbars**: spec section 3; **cell area**: crossbars x rows x columns x the cell's area;
+- **activations** per image: output pixels x IFRT steps, with reuse and without (one step per
+  block);
+- **latency**: the tile's cycles per image alone (latency of one image, and steady-state cycles
+  per image when images stream), from the RTL's own cycle model (`epim.sw.cyclemodel`, the
+  replay of the tile's slot schedule), so the estimate and the hardware cannot drift apart; in
+  ns at the digital clock;
+- **energy** per image, split into DAC, cell array, ADC, shift-and-add, buffers and tables.
+
+Every constant is in :data:`CONSTANTS` with its source (MNSIM 2.0's default device tables;
+`docs/cost.md` has the table); a JSON file overrides any of them (`epim cost --constants F`).
+
+What the model counts, per crossbar activation (one input vector, `n_t` DAC cycles): for each
+DAC cycle every crossbar of the layer fires (both polarities, all row chunks and column blocks):
+`R * blocks * 2` DAC conversions (`R = Ce_in*k*k` rows, one driver per row of each crossbar),
+`R * C * 2` cell reads (`C = Ce_out * n_s` physical columns), `chunks * C * 2` ADC conversions
+and as many shift-and-add operations. Buffers: the image loaded into the tile's line buffer,
+`R` activations read per crossbar activation, the output written once. Tables: per activation
+one IFRT entry, `Ce_in` IFAT entries and `|B| * p_out` OFAT entries (2 bytes each).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .cyclemodel import TileTiming, row_chunks, schedule, tile_timing
+from .epitome import crossbar_count, n_slices, steps
+from .netfile import PIM, Epitome, Layer, Network, load
+
+
+@dataclass(frozen=True)
+class Constants:
+    """Device and circuit constants. Defaults: MNSIM 2.0 (thu-nics/MNSIM-2.0, `SimConfig.ini`
+    and `MNSIM/Hardware_Model/*.py`); `docs/cost.md` lists each source."""
+
+    clock_mhz: float = 100.0  # SimConfig.ini [Digital module] Digital_Frequency
+    cell_area_um2: float = 1.44  # [Device level] Device_Area, 1T1R
+    read_voltage: float = 0.5  # [Device level] Read_Voltage (high level)
+    r_lrs_ohm: float = 3e4  # [Device level] Device_Resistance, low-resistance state
+    r_hrs_ohm: float = 1.5e5  # high-resistance state
+    cell_read_ns: float = 3.16  # [Device level] Read_Latency
+    dac_energy_pj: float = 0.0039  # DAC.py choice 1 (1-bit): 0.0039 mW at 1 GS/s, ISAAC
+    dac_area_um2: float = 0.166  # DAC.py choice 1
+    adc_power_mw: float = 4.0  # ADC.py choice 3: 8-bit two-step SAR, 1.1 GS/s, 4 mW
+    adc_rate_gsps: float = 1.1
+    adc_ref_bits: int = 8
+    adc_area_um2: float = 1650.0
+    shift_add_pj: float = 0.594  # ShiftReg.py 16-bit: 0.124 mW at 65 nm x (45/65)^2, 100 MHz
+    buffer_read_pj_per_byte: float = 0.00547  # Buffer.py SRAM: 0.06 mW, 8 B at 1372 MHz
+    buffer_write_pj_per_byte: float = 0.00574  # 0.06 mW, 8 B at 1306 MHz (MNSIM's write
+    # energy uses the read power)
+    table_read_pj_per_byte: float = 0.00547  # assumed: the same SRAM as the buffers
+
+    @property
+    def cell_read_pj(self) -> float:
+        """One cell read: `V**2 / sqrt(R_lrs * R_hrs)` over the read latency (MNSIM's
+        behaviour-level read power, with its default load)."""
+        watts = self.read_voltage**2 / math.sqrt(self.r_lrs_ohm * self.r_hrs_ohm)
+        return watts * self.cell_read_ns * 1e3  # W x ns = nJ; x 1e3 = pJ
+
+    @property
+    def adc_energy_pj(self) -> float:
+        """One conversion: power x `(bits + 2) / rate` (MNSIM's ADC latency)."""
+        ns = (self.adc_ref_bits + 2) / self.adc_rate_gsps
+        return self.adc_power_mw * ns  # mW x ns = pJ
+
+    @classmethod
+    def from_file(cls, path: str | Path | None) -> Constants:
+        """Defaults, overridden by the numbers of a JSON object in `path` (names as fields)."""
+        if not path:
+            return cls()
+        obj = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(obj) - known)
+        if not isinstance(obj, dict) or bad:
+            raise ValueError(f"{path}: unknown constant(s) {', '.join(bad)}; known: "
+                             f"{', '.join(sorted(known))}")
+        for k, v in obj.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{path}: constant {k!r} must be a positive number, got {v!r}")
+        return replace(cls(), **obj)
+
+
+CONSTANTS = Constants()
+TABLE_ENTRY_BYTES = 2
+ENERGY_PARTS = ("dac", "cells", "adc", "shift_add", "buffers", "tables")
+
+
+@dataclass
+class LayerCost:
+    name: str
+    op: str
+    crossbars: int
+    dense8_crossbars: int
+    cell_area_mm2: float
+    activations: int  # crossbar activations per image, with IFRT reuse
+    activations_no_reuse: int
+    cycles_latency: int  # one image through the tile alone
+    cycles_per_image: float  # steady state, images streaming through the tile alone
+    ideal_cycles: int  # crossbar-busy cycles per image
+    energy_pj: dict = field(default_factory=dict)
+
+    @property
+    def energy_total_pj(self) -> float:
+        return sum(self.energy_pj.values())
+
+
+@lru_cache(maxsize=4096)
+def tile_cycles(t: TileTiming) -> tuple[int, float]:
+    """(latency, steady cycles per image) of a tile alone, from the slot schedule."""
+    s = schedule(t, 3)
+    return s.latency[0], (s.last_out[2] - s.last_out[0]) / 2
+
+
+def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: bool = True,
+               lanes: int | dict | None = None) -> LayerCost:
+    """The cost of one conv or linear layer (spec sections 3 and 4, the tile's cycle model)."""
+    epi = layer.epitome
+    k2 = layer.kernel * layer.kernel
+    _, ho, wo = layer.out_shape
+    pixels = ho * wo
+    st = steps(epi, reuse)
+    acts = pixels * len(st)
+    acts_plain = pixels * layer.g_in * layer.g_out
+    t = tile_timing(layer, pim, reuse, lanes)
+    latency, steady = tile_cycles(t)
+    xbars = crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols)
+    rows = epi.in_channels * k2
+    cols = epi.out_channels * n_slices(layer, pim.cell_bits)
+    chunks = row_chunks(layer, pim)
+    blocks = math.ceil(cols / pim.xbar_cols)
+    n_t = t.n_t
+    dac = acts * n_t * rows * blocks * 2
+    cells = acts * n_t * rows * cols * 2
+    adc = acts * n_t * chunks * cols * 2
+    h, w = layer.in_hw
+    in_bytes = h * w * layer.in_channels * layer.in_bits / 8
+    read_bytes = acts * rows * layer.in_bits / 8
+    out_bytes = pixels * layer.out_channels * layer.out_bits / 8
+    table_entries = sum(1 + epi.in_channels + len(s.reuse) * epi.patch_out for s in st) * pixels
+    energy = {
+        "dac": dac * consts.dac_energy_pj,
+        "cells": cells * consts.cell_read_pj,
+        "adc": adc * consts.adc_energy_pj,
+        "shift_add": adc * consts.shift_add_pj,
+        "buffers": ((in_bytes + out_bytes) * consts.buffer_write_pj_per_byte
+                    + read_bytes * consts.buffer_read_pj_per_byte),
+        "tables": table_entries * TABLE_ENTRY_BYTES * consts.table_read_pj_per_byte,
+    }
+    return LayerCost(layer.name, layer.op, xbars,
+                     crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols,
+                                    dense=True, weight_bits=8),
+                     xbars * pim.xbar_rows * pim.xbar_cols * consts.cell_area_um2 * 1e-6,
+                     acts, acts_plain, latency, steady, t.ideal, energy)
+
+
+@dataclass
+class NetworkCost:
+    layers: list[LayerCost]
+    consts: Constants
+    reuse: bool
+
+    @property
+    def crossbars(self) -> int:
+        return sum(c.crossbars for c in self.layers)
+
+    @property
+    def dense8_crossbars(self) -> int:
+        return sum(c.dense8_crossbars for c in self.layers)
+
+    @property
+    def cycles_per_image(self) -> float:
+        """Frame-pipelined: the slowest tile sets the rate."""
+        return max(c.cycles_per_image for c in self.layers)
+
+    @property
+    def cycles_latency(self) -> int:
+        """Upper bound for one image: the tiles' latencies in sequence (tiles overlap in the
+        hardware, so the network model of `epim cosim` gives less)."""
+        return sum(c.cycles_latency for c in self.layers)
+
+    def ns(self, cycles: float) -> float:
+        return cycles * 1e3 / self.consts.clock_mhz
+
+    @property
+    def energy_pj(self) -> dict:
+        return {p: sum(c.energy_pj[p] for c in self.layers) for p in ENERGY_PARTS}
+
+    def summary(self) -> dict:
+        e = self.energy_pj
+        return {"crossbars": self.crossbars, "dense8_crossbars": self.dense8_crossbars,
+                "compression_vs_dense8": self.dense8_crossbars / self.crossbars,
+                "cell_area_mm2": sum(c.cell_area_mm2 for c in self.layers),
+                "activations": sum(c.activations for c in self.layers),
+                "activations_no_reuse": sum(c.activations_no_reuse for c in self.layers),
+                "cycles_per_image": self.cycles_per_image,
+                "ns_per_image": self.ns(self.cycles_per_image),
+                "latency_cycles_bound": self.cycles_latency,
+                "energy_uj": sum(e.values()) * 1e-6,
+                "energy_uj_by_part": {k: v * 1e-6 for k, v in e.items()},
+                "reuse": self.reuse}
+
+
+def network_cost(net: Network | list[Layer], pim: PIM | None = None,
+                 consts: Constants = CONSTANTS, reuse: bool = True,
+                 lanes: int | dict | None = None) -> NetworkCost:
+    """Costs of every conv and linear layer of a network (or a list of layers)."""
+    if isinstance(net, Network):
+        pim, layers = net.pim, net.layers
+    else:
+        layers = net
+    return NetworkCost([layer_cost(la, pim, consts, reuse, lanes) for la in layers
+                        if la.op in ("conv", "linear")], consts, reuse)
+
+
+def cost_file(path: str | Path, consts: Constants = CONSTANTS, reuse: bool = True,
+              lanes=None) -> NetworkCost:
+    return network_cost(load(path), consts=consts, reuse=reuse, lanes=lanes)
+
+
+# ---- layers from shapes alone ------------------------------------------------------------
+
+def shape_layer(name: str, cin: int, cout: int, kernel: int, stride: int, hw: tuple[int, int],
+                epitome: tuple[int, int, int, int] | None = None, in_bits: int = 4,
+                weight_bits: int = 3, out_bits: int = 4, op: str = "conv",
+                offsets: tuple[np.ndarray, np.ndarray] | None = None,
+                wrap: bool = True, padding: int | None = None) -> Layer:
+    """A weightless :class:`Layer` for costing: `epitome = (Ce_in, Ce_out, p_in, p_out)` or
+    None (dense). Default offsets: the strided rule with `d_r = 0` (one activation per input
+    group), and with `wrap` the output groups of an input group take distinct column rotations;
+    `wrap=False` requires `Ce_out = Cout` (no output channel wrapping)."""
+    from .epitome import strided_offsets
+
+    padding = kernel // 2 if padding is None else padding
+    h, w = hw
+    ho, wo = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+    dense = epitome is None
+    ce_in, ce_out, p_in, p_out = epitome or (cin, cout, cin, cout)
+    if not wrap and ce_out < cout:
+        raise ValueError(f"layer {name!r}: Ce_out {ce_out} < Cout {cout} needs output channel "
+                         "wrapping")
+    if offsets is None:
+        offsets = strided_offsets(cin, cout, ce_in, ce_out, p_in, p_out)
+    epi = Epitome(ce_in, ce_out, p_in, p_out, offsets[0], offsets[1],
+                  np.zeros((0,), np.int64), dense)
+    if op == "linear":
+        in_shape, out_shape = (cin, 1, 1), (cout, 1, 1)
+    else:
+        in_shape, out_shape = (cin, h, w), (cout, ho, wo)
+    return Layer(name, op, ("x",), in_shape, out_shape, in_bits, out_bits, kernel=kernel,
+                 stride=stride, padding=padding if op == "conv" else 0,
+                 weight_bits=weight_bits, epitome=epi)
+
+
+def resnet50(epitome=None, weight_bits: int = 3, act_bits: int = 4, input_bits: int = 8,
+             wrap: bool = True) -> list[Layer]:
+    """ResNet-50 (torchvision's shapes, 224x224 input): the 53 convs and the classifier, as
+    weightless layers. `epitome(name, cin, cout, k)` gives each layer's
+    `(Ce_in, Ce_out, p_in, p_out)` or None (dense)."""
+    spec = []  # (name, cin, cout, k, stride, hw)
+    spec.append(("conv1", 3, 64, 7, 2, (224, 224)))
+    cin, hw = 64, (56, 56)  # after the 3x3 stride-2 max pool
+    for stage, (width, blocks, stride) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2),
+                                                     (512, 3, 2)], 1):
+        for b in range(blocks):
+            s = stride if b == 0 else 1
+            tag = f"layer{stage}.{b}"
+            spec.append((f"{tag}.conv1", cin, width, 1, 1, hw))
+            spec.append((f"{tag}.conv2", width, width, 3, s, hw))  # torchvision v1.5
+            out_hw = (hw[0] // s, hw[1] // s)
+            spec.append((f"{tag}.conv3", width, 4 * width, 1, 1, out_hw))
+            if b == 0:
+                spec.append((f"{tag}.downsample", cin, 4 * width, 1, s, hw))
+            cin, hw = 4 * width, out_hw
+    spec.append(("fc", 2048, 1000, 1, 1, (1, 1)))
+    layers = []
+    for name, ci, co, k, s, hwi in spec:
+        epi = epitome(name, ci, co, k) if epitome else None
+        in_bits = input_bits if name == "conv1" else act_bits
+        op = "linear" if name == "fc" else "conv"
+        out_bits = 32 if op == "linear" else act_bits
+        layers.append(shape_layer(name, ci, co, k, s, hwi, epi, in_bits, weight_bits, out_bits,
+                                  op, wrap=wrap))
+    return layers
+
+
+def torch_layers(model, input_shape: tuple[int, int, int], weight_bits: int = 3,
+                 act_bits: int = 4, input_bits: int = 8,
+                 in_bits: dict[str, int] | None = None) -> list[Layer]:
+    """Weightless layers of a PyTorch model's `Conv2d` and `Linear` modules (groups 1, square
+    kernels), their input sizes found by one forward pass of zeros: cost any torchvision model
+    without its weights. Epitome layers of `epim.sw.layers` keep their epitome shapes. Inputs
+    are `input_bits` wide for the first layer, `act_bits` after, or `in_bits[module name]`."""
+    import torch
+
+    found = []
+
+    def hook(mod, args, _out):
+        found.append((mod, tuple(args[0].shape)))
+
+    handles = []
+    for mod in model.modules():
+        cls = type(mod).__name__
+        if cls in ("Conv2d", "Linear", "EpitomeConv2d", "EpitomeLinear"):
+            handles.append(mod.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        # an EpimNet in eval mode runs its integer network without calling its layers
+        run = getattr(model, "fake_quant_forward", model)
+        with torch.no_grad():
+            run(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    names = {mod: name for name, mod in model.named_modules()}
+    layers, first = [], True
+    for mod, shape in found:
+        cls = type(mod).__name__
+        bits = (in_bits or {}).get(names[mod], input_bits if first else act_bits)
+        first = False
+        if cls in ("Linear", "EpitomeLinear"):
+            cin = mod.in_features if cls == "Linear" else mod.in_channels
+            cout = mod.out_features if cls == "Linear" else mod.out_channels
+            epi = None if cls == "Linear" or mod.dense else mod.epitome_shape
+            layers.append(shape_layer(names[mod], cin, cout, 1, 1, (1, 1), epi, bits,
+                                      weight_bits, 32, "linear"))
+            continue
+        k = mod.kernel_size if isinstance(mod.kernel_size, int) else mod.kernel_size[0]
+        s = mod.stride if isinstance(mod.stride, int) else mod.stride[0]
+        if cls == "Conv2d" and (mod.groups != 1 or mod.kernel_size[0] != mod.kernel_size[1]):
+            raise ValueError(f"{names[mod]}: only square, ungrouped convolutions map to crossbars")
+        epi = None if cls == "Conv2d" or mod.dense else mod.epitome_shape
+        pad = mod.padding if isinstance(mod.padding, int) else mod.padding[0]
+        layers.append(shape_layer(names[mod], mod.in_channels, mod.out_channels, k, s,
+                                  shape[2:], epi, bits, weight_bits, act_bits,
+                                  padding=pad))
+    return layers
