@@ -61,6 +61,14 @@ def accuracy(session: nox.Session) -> None:
     session.run("python", "-m", "epim.sw.accuracy", "--out", "build/accuracy", *session.posargs)
 
 
+@nox.session
+def study(session: nox.Session) -> None:
+    """The EPIM-ResNet50 study from the cost model (ImageNet shapes, no training): table and
+    plots in build/study (`-- --ratios 4 8 16`, `-- --constants FILE.json`)."""
+    session.install(".", "matplotlib==3.11.2")
+    session.run("python", "-m", "epim.sw.study", "--out", "build/study", *session.posargs)
+
+
 SHARED_CIFAR = "../shared/data/cifar10/cifar10-jpeg.npz"
 
 
