@@ -47,6 +47,48 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from dataclasses import replace
+
+    from ..sw import compress, models, search
+    from ..sw.export import export
+    from ..sw.train import fit, load_checkpoint
+
+    cfg, dense = load_checkpoint(args.init)
+    if not dense.quantized:
+        raise ValueError(f"--init {args.init}: search from a trained quantized dense model "
+                         "(the float model has no integer form)")
+    pim = cfg.pim
+    budget = args.budget
+    if budget is None:
+        uni = compress.epitomize(dense, models.nodes(cfg.model, args.ratio, cfg.width,
+                                                     quant=cfg.quant, pim=pim))
+        budget = compress.model_crossbars(uni, pim)
+    srch = search.Search(dense, pim, budget, bits_choices=tuple(args.bits),
+                         weights=tuple(args.weights))
+    seeds = [srch.uniform(args.ratio)] if args.ratio else []
+    res = srch.run(args.population, args.generations, seed=args.seed, seeds=seeds,
+                   log=print)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    obj = {"budget": budget, "evaluated": res.evaluated,
+           "best": search.describe(res.best, srch.slots),
+           "front": [search.describe(c, srch.slots) for c in res.front]}
+    print(f"best: {res.best.crossbars} crossbars (budget {budget}), proxy "
+          f"{res.best.proxy:.4f}, {res.best.cycles:.0f} cycles/image, "
+          f"{res.best.energy_uj:.2f} uJ/image; Pareto front of {len(res.front)} in "
+          f"{out / 'search.json'}")
+    if args.finetune:
+        model = compress.epitomize(dense, srch.nodes(res.best.genes))
+        m = fit(replace(cfg, epochs=args.finetune), out, model=model)
+        (out / "net.json").write_text(json.dumps(export(m["model"].cpu(), pim)) + "\n")
+        obj["finetuned_test_accuracy"] = m["test_accuracy"]
+        print(f"fine-tuned {args.finetune} epochs: test accuracy {m['test_accuracy']:.4f}; "
+              f"wrote {out / 'net.json'}")
+    (out / "search.json").write_text(json.dumps(obj, indent=1) + "\n")
+    return 0
+
+
 def cmd_cost(args) -> int:
     from ..sw import cost
 
@@ -237,6 +279,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--constants", help="JSON object overriding cost constants (docs/cost.md)")
     c.add_argument("--json", help="also write the figures to this JSON file")
     c.set_defaults(func=cmd_cost)
+
+    se = sub.add_parser("search", help="layer-wise epitome search under a crossbar budget")
+    se.add_argument("--init", required=True, help="trained dense quantized checkpoint folder")
+    se.add_argument("--budget", type=int, help="crossbars (default: the uniform model's at "
+                                               "--ratio)")
+    se.add_argument("--ratio", type=float, default=4.0,
+                    help="uniform epitome ratio: the default budget and a seed individual")
+    se.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4],
+                    help="weight bits a layer may take")
+    se.add_argument("--weights", type=float, nargs=3, default=[1.0, 0.2, 0.2],
+                    metavar=("ACC", "LATENCY", "ENERGY"), help="fitness weights")
+    se.add_argument("--population", type=int, default=32)
+    se.add_argument("--generations", type=int, default=40)
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--finetune", type=int, default=0,
+                    help="fine-tune the pick this many epochs and export it")
+    se.add_argument("--out", default="build/search")
+    se.set_defaults(func=cmd_search)
 
     r = sub.add_parser("reference", help="run the integer reference")
     r.add_argument("net")

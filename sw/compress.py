@@ -28,9 +28,9 @@ def crossbars(rows: int, cols: int, weight_bits: int, pim: dict) -> int:
 def model_crossbars(model: EpimNet, pim: dict, weight_bits: int | None = None,
                     dense: bool = False) -> int:
     """Crossbars of a model's conv and linear layers (`dense=True`: as dense layers)."""
-    bits = weight_bits or model.quant.weight_bits or 8
     total = 0
     for _, conv in model.epitome_layers():
+        bits = weight_bits or conv.wq.bits or 8  # per layer: the search may mix bit widths
         ce_in, ce_out, _, _ = conv.epitome_shape
         cin, cout = (conv.in_channels, conv.out_channels) if dense else (ce_in, ce_out)
         total += crossbars(cin * conv.kernel_size**2, cout, bits, pim)
@@ -108,7 +108,9 @@ def group_scores(model: EpimNet, group: list[str]) -> torch.Tensor:
 
 def pruned_nodes(model: EpimNet, keep: dict[str, int]) -> list[Node]:
     return [Node(nd.name, nd.op, list(nd.inputs), keep.get(nd.name, nd.out_channels),
-                 nd.kernel, nd.stride, None, dict(nd.extra)) for nd in model.nodes]
+                 nd.kernel, nd.stride, None,
+                 {k: v for k, v in nd.extra.items() if k != "offsets"})
+            for nd in model.nodes]
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ def export(model: EpimNet, pim: dict, source: str = "<export>") -> dict:
             conv = model.units[nd.name].conv
             layers.append({**head, "out_channels": conv.out_channels,
                            "kernel": conv.kernel_size, "stride": conv.stride,
-                           "padding": conv.padding, "weight_bits": q.weight_bits,
+                           "padding": conv.padding, "weight_bits": conv.wq.bits,
                            **epitome_fields(conv, p["e_int"]), "bias": p["bias"].tolist(),
                            "mult": p["mult"], "shift": p["shift"], "relu": True,
                            "out_bits": q.act_bits})
@@ -50,7 +50,7 @@ def export(model: EpimNet, pim: dict, source: str = "<export>") -> dict:
         else:
             unit = model.units[nd.name]
             layers.append({**head, "out_features": unit.out_channels,
-                           "weight_bits": q.weight_bits, **epitome_fields(unit, p["e_int"]),
+                           "weight_bits": unit.wq.bits, **epitome_fields(unit, p["e_int"]),
                            "bias": p["bias"].tolist(), "mult": p["mult"], "shift": p["shift"],
                            "relu": False, "out_bits": LOGIT_BITS})
     net = {"format": "epim-net-v1", "pim": dict(pim),

@@ -45,6 +45,15 @@ class QuantConfig:
     pool_bits: int = 8
 
 
+def layer_bits(nd: Node, quant: QuantConfig) -> int | None:
+    """A conv or linear node's weight bits: `extra["weight_bits"]` (set by the layer-wise
+    search) or the model's. `extra["offsets"] = (row_offset, col_offset)` likewise replaces
+    the default offset tables."""
+    if not quant.weight_bits:
+        return None
+    return nd.extra.get("weight_bits", quant.weight_bits)
+
+
 class ConvUnit(nn.Module):
     def __init__(self, conv: EpitomeConv2d, act_bits):
         super().__init__()
@@ -93,7 +102,8 @@ class EpimNet(nn.Module):
             if nd.op == "conv":
                 pad = nd.kernel // 2
                 conv = EpitomeConv2d(cin, nd.out_channels, nd.kernel, nd.stride, pad,
-                                     nd.epitome, weight_bits=quant.weight_bits)
+                                     nd.epitome, *nd.extra.get("offsets", (None, None)),
+                                     weight_bits=layer_bits(nd, quant))
                 self.units[nd.name] = ConvUnit(conv, quant.act_bits)
                 channels[nd.name] = nd.out_channels
                 spatial[nd.name] = ((h + 2 * pad - nd.kernel) // nd.stride + 1,
@@ -106,7 +116,8 @@ class EpimNet(nn.Module):
                 channels[nd.name], spatial[nd.name] = cin, (1, 1)
             elif nd.op == "linear":
                 self.units[nd.name] = EpitomeLinear(cin * h * w, nd.out_channels, nd.epitome,
-                                                    weight_bits=quant.weight_bits)
+                                                    *nd.extra.get("offsets", (None, None)),
+                                                    weight_bits=layer_bits(nd, quant))
                 channels[nd.name], spatial[nd.name] = nd.out_channels, (1, 1)
             else:
                 raise ValueError(f"node {nd.name!r}: unknown op {nd.op!r}")
