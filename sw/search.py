@@ -29,13 +29,13 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from . import cost
 from .epitome import strided_offsets
-from .layers import project, sample_index
-from .models import EpimNet, Node
 from .netfile import PIM
+
+# PyTorch is imported where weights are used, so that a weightless search (the ResNet-50
+# study) runs without it.
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Slot:
     stride: int
     hw: tuple[int, int]
     in_bits: int
-    weight: torch.Tensor
+    weight: object  # a torch.Tensor, or None: weightless (shapes only)
     ce_in: list[int]
     ce_out: list[int]
 
@@ -88,7 +88,7 @@ def choices(total: int, lanes: int, per: int = 1) -> list[int]:
 
 
 class Search:
-    def __init__(self, dense: EpimNet, pim: dict, budget: int, bits_choices=(3,),
+    def __init__(self, dense, pim: dict, budget: int, bits_choices=(3,),
                  weights=(1.0, 0.2, 0.2), include_linear: bool = False,
                  consts: cost.Constants = cost.CONSTANTS):
         self.dense, self.pim_d, self.budget = dense, pim, budget
@@ -119,9 +119,33 @@ class Search:
             if not searchable:
                 self.fixed.append(slot)
                 continue
-            slot.ce_in = choices(slot.cin, pim["xbar_rows"], k * k)
-            slot.ce_out = choices(slot.cout, pim["xbar_cols"], self._slices(3))
             self.slots.append(slot)
+        self._setup()
+
+    @classmethod
+    def from_layers(cls, layers, pim: dict, budget: int, bits_choices=(3,),
+                    weights=(1.0, 0.2, 0.2), act_bits: int = 4,
+                    consts: cost.Constants = cost.CONSTANTS) -> Search:
+        """A search over weightless layers (`cost.resnet50()`, `cost.torch_layers`): the
+        first layer stays dense, every other is searched, and the accuracy proxy is the share
+        of distinct weights lost, `1 - Ce_in*Ce_out / (Cin*Cout)`, for lack of weights."""
+        self = cls.__new__(cls)
+        self.dense, self.pim_d, self.budget = None, pim, budget
+        self.pim = PIM(pim["xbar_rows"], pim["xbar_cols"], pim["cell_bits"], pim["dac_bits"],
+                       pim["adc_bits"])
+        self.bits_choices, self.weights, self.consts = tuple(bits_choices), weights, consts
+        self.act_bits = act_bits
+        slots = [Slot(la.name, la.op, la.in_channels, la.out_channels, la.kernel, la.stride,
+                      la.in_hw, la.in_bits, None, [], []) for la in layers]
+        self.fixed, self.slots = slots[:1], slots[1:]
+        self._setup()
+        return self
+
+    def _setup(self) -> None:
+        for slot in self.slots:
+            k = slot.kernel
+            slot.ce_in = choices(slot.cin, self.pim_d["xbar_rows"], k * k)
+            slot.ce_out = choices(slot.cout, self.pim_d["xbar_cols"], self._slices(3))
         ref = self._cost([None] * len(self.slots), dense_bits=3)
         self.cycles_ref, self.energy_ref = ref.cycles_per_image, ref.summary()["energy_uj"]
         self.seen: dict[tuple, Candidate] = {}
@@ -144,6 +168,12 @@ class Search:
         return cost.network_cost(layers, self.pim, self.consts)
 
     def proxy(self, slot: Slot, gene: Gene) -> float:
+        if slot.weight is None:
+            return 1 - gene.ce_in * gene.ce_out / (slot.cin * slot.cout)
+        import torch
+
+        from .layers import project, sample_index
+
         row, col = gene.offsets(slot.cin, slot.cout)
         idx = torch.as_tensor(sample_index(slot.cin, slot.cout, gene.ce_in, gene.ce_out,
                                            gene.p_in, gene.p_out, row, col))
@@ -234,8 +264,11 @@ class Search:
             genes.append(Gene(e[0], e[1], e[2], e[3], 0, 3))
         return tuple(genes)
 
-    def nodes(self, genes: tuple[Gene, ...]) -> list[Node]:
-        """The dense model's graph with the genes' epitomes, offsets and bits."""
+    def nodes(self, genes: tuple[Gene, ...]) -> list:
+        """The dense model's graph (`models.Node` list) with the genes' epitomes, offsets and
+        bits."""
+        from .models import Node
+
         by = {s.name: g for s, g in zip(self.slots, genes, strict=True)}
         out = []
         for nd in self.dense.nodes:
