@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from . import compress, data, models
-from .train import Config, build_model, fit, load_checkpoint
+from .train import Config, build_model, fit, load_checkpoint, pick_device
 
 
 def recipe(args) -> Config:
@@ -111,8 +111,7 @@ def probe(run: dict, steps: int, t_go: float) -> float:
     """Seconds per training step of `run`'s model in this process: warm up, wait until the
     wall-clock time `t_go` (so that all workers run their timed steps together), time."""
     cfg = run["cfg"]
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = pick_device(cfg.device)
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

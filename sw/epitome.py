@@ -96,6 +96,15 @@ class Fill:
     rows: int
     cols: int
 
+    def grow_in(self, cin: int, ce_in: int, kernel: int) -> int:
+        """`Ce_in` grown to the most channels whose rows fill the row chunks it occupies."""
+        k2 = kernel * kernel
+        return min(cin, max(ce_in, math.ceil(ce_in * k2 / self.rows) * self.rows // k2))
+
+    def grow_out(self, cout: int, ce_out: int) -> int:
+        """`Ce_out` grown to fill the column blocks it occupies."""
+        return min(cout, math.ceil(ce_out / self.cols) * self.cols)
+
     @classmethod
     def of(cls, pim: dict, weight_bits: int) -> Fill:
         slices = math.ceil((weight_bits - 1) / pim["cell_bits"])
@@ -115,7 +124,5 @@ def epitome_shape(cin: int, cout: int, ratio: float | None, kernel: int = 3,
     rest = ratio / (cin / ce_in)
     ce_out = max(1, round(cout / rest)) if rest > 1 else cout
     if fill:
-        k2 = kernel * kernel
-        ce_in = min(cin, max(ce_in, math.ceil(ce_in * k2 / fill.rows) * fill.rows // k2))
-        ce_out = min(cout, math.ceil(ce_out / fill.cols) * fill.cols)
+        ce_in, ce_out = fill.grow_in(cin, ce_in, kernel), fill.grow_out(cout, ce_out)
     return (ce_in, ce_out, ce_in, ce_out)

@@ -31,20 +31,14 @@ def epitome_rule(ratio: float | None, fill: Fill, split: str):
     (`Ce_out = Cout`: no output channel wrapping), `"balanced"` shrinks both sides by
     `sqrt(ratio)` (wrapping), `"epim"` is the training code's rule (input side first). Each side
     then fills the crossbars it occupies. The first conv stays dense."""
-    def fit_in(cin, ce_in, k):
-        return min(cin, max(ce_in, -(-ce_in * k * k // fill.rows) * fill.rows // (k * k)))
-
-    def fit_out(cout, ce_out):
-        return min(cout, -(-ce_out // fill.cols) * fill.cols)
-
     def rule(name, cin, cout, k):
         if name == "conv1" or not ratio or ratio <= 1:
             return None
         if split == "epim":
             return epitome_shape(cin, cout, ratio, k, fill)
         side = ratio if split == "input" else ratio**0.5
-        ce_in = fit_in(cin, max(1, round(cin / side)), k)
-        ce_out = cout if split == "input" else fit_out(cout, max(1, round(cout / side)))
+        ce_in = fill.grow_in(cin, max(1, round(cin / side)), k)
+        ce_out = cout if split == "input" else fill.grow_out(cout, max(1, round(cout / side)))
         return (ce_in, ce_out, ce_in, ce_out)
     return rule
 
