@@ -67,8 +67,8 @@ def cmd_search(args) -> int:
     srch = search.Search(dense, pim, budget, bits_choices=tuple(args.bits),
                          weights=tuple(args.weights))
     seeds = [srch.uniform(args.ratio)] if args.ratio else []
-    res = srch.run(args.population, args.generations, seed=args.seed, seeds=seeds,
-                   log=print)
+    res = srch.run(args.population, args.generations, mutation=args.mutation, seed=args.seed,
+                   seeds=seeds, log=print)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     obj = {"budget": budget, "evaluated": res.evaluated,
@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar=("ACC", "LATENCY", "ENERGY"), help="fitness weights")
     se.add_argument("--population", type=int, default=32)
     se.add_argument("--generations", type=int, default=40)
+    se.add_argument("--mutation", type=float,
+                    help="mutation probability per gene (default: min(0.15, 1/layers))")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--finetune", type=int, default=0,
                     help="fine-tune the pick this many epochs and export it")
