@@ -43,3 +43,21 @@ def network_from_images(folder: str | Path):
 def emit_network_verilog(acc, name: str = NETWORK_TOP) -> str:
     """The accelerator as Verilog; top `name` with `clk`, `rst`, `i__*`, `o__*`, `idle`."""
     return verilog.convert(acc, name=name, emit_src=False)
+
+
+BOARD_TOP = "epim_board"
+
+
+def board_from_images(folder: str | Path, divisor: int):
+    """`BoardLink` (UART, protocol, LEDs) around the accelerator of the images in `folder`,
+    at `divisor` clock cycles per UART bit: the board top without a platform, for simulation."""
+    from .board import BoardLink
+    from .network import NetworkAccelerator, load_network
+
+    loaded = load_network(folder)
+    return BoardLink(NetworkAccelerator(loaded), loaded["manifest"], divisor)
+
+
+def emit_board_verilog(link, name: str = BOARD_TOP) -> str:
+    """The board top as Verilog; top `name` with `clk`, `rst`, `rx`, `tx`, `leds`."""
+    return verilog.convert(link, name=name, emit_src=False)

@@ -1,0 +1,284 @@
+"""Board tops: the network accelerator behind a UART (the boards' USB serial), with status LEDs.
+
+`BoardLink` is the platform-independent part (UART receiver and transmitter, the protocol of
+`epim.hw.protocol`, the accelerator); `BoardTop` puts it on an Amaranth board platform with its
+clock (a PLL on the ULX3S) and pins. The cocotb board test drives `BoardLink`'s `rx`/`tx` pins.
+
+LEDs: 0 heartbeat (about 1.5 Hz), 1 the accelerator is busy, 2 toggles per image received,
+3 error (a byte that is no command, a bad stop bit, or an input byte lost to back-pressure).
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.build import ResourceError
+from amaranth.hdl import Array, Cat, ClockDomain, Const, Elaboratable, Instance, Module, Mux, \
+    Signal
+from amaranth.lib import io, stream, wiring
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from . import protocol
+
+
+class UARTRx(wiring.Component):
+    """8N1 receiver. `rx` is synchronised, each bit sampled in its middle; `valid` pulses for
+    one cycle with `data` per byte received with a good stop bit, `frame_error` otherwise."""
+
+    def __init__(self, divisor: int):
+        if divisor < 4:
+            raise ValueError(f"UART divisor {divisor}: at least 4 clock cycles per bit")
+        self._div = divisor
+        super().__init__({"rx": In(1, init=1), "data": Out(8), "valid": Out(1),
+                          "frame_error": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        div = self._div
+        sync = Signal(2, init=0b11)
+        m.d.sync += sync.eq(Cat(self.rx, sync[0]))
+        line = sync[1]
+        busy = Signal()
+        cnt = Signal(range(div))
+        bit = Signal(range(10))
+        shreg = Signal(8)
+        m.d.sync += [self.valid.eq(0), self.frame_error.eq(0)]
+        with m.If(~busy):
+            with m.If(~line):
+                m.d.sync += [busy.eq(1), cnt.eq(div // 2 - 1), bit.eq(0)]
+        with m.Elif(cnt != 0):
+            m.d.sync += cnt.eq(cnt - 1)
+        with m.Else():
+            m.d.sync += [cnt.eq(div - 1), bit.eq(bit + 1)]
+            with m.If(bit == 0):
+                with m.If(line):  # a glitch, not a start bit
+                    m.d.sync += busy.eq(0)
+            with m.Elif(bit <= 8):
+                m.d.sync += shreg.eq(Cat(shreg[1:], line))
+            with m.Else():
+                m.d.sync += [busy.eq(0), self.data.eq(shreg), self.valid.eq(line),
+                             self.frame_error.eq(~line)]
+        return m
+
+
+class UARTTx(wiring.Component):
+    """8N1 transmitter: takes a byte from `i` when idle."""
+
+    def __init__(self, divisor: int):
+        if divisor < 4:
+            raise ValueError(f"UART divisor {divisor}: at least 4 clock cycles per bit")
+        self._div = divisor
+        super().__init__({"i": In(stream.Signature(8)), "tx": Out(1, init=1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        div = self._div
+        busy = Signal()
+        cnt = Signal(range(div))
+        left = Signal(range(10))
+        shreg = Signal(9)
+        m.d.comb += self.i.ready.eq(~busy)
+        with m.If(self.i.valid & ~busy):
+            m.d.sync += [busy.eq(1), self.tx.eq(0), shreg.eq(Cat(self.i.payload, Const(1, 1))),
+                         cnt.eq(div - 1), left.eq(9)]
+        with m.Elif(busy):
+            with m.If(cnt != 0):
+                m.d.sync += cnt.eq(cnt - 1)
+            with m.Elif(left == 0):
+                m.d.sync += busy.eq(0)
+            with m.Else():
+                m.d.sync += [self.tx.eq(shreg[0]), shreg.eq(shreg[1:]), left.eq(left - 1),
+                             cnt.eq(div - 1)]
+        return m
+
+
+class BoardLink(wiring.Component):
+    """The accelerator `acc` (streams `i`, `o`, and `idle`) behind the protocol of
+    `epim.hw.protocol`, on UART pins at `divisor` clock cycles per bit.
+
+    `manifest` is the network images' `network.json` (shapes, output format, `units_sha256`).
+    """
+
+    def __init__(self, acc, manifest: dict, divisor: int, heartbeat_bits: int = 24):
+        self._acc, self._man, self._div = acc, manifest, divisor
+        self._hb = heartbeat_bits
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(4)})
+
+    def elaborate(self, platform):
+        m = Module()
+        man = self._man
+        inp, out = man["input"], man["output"]
+        m.submodules.acc = acc = self._acc
+        m.submodules.rx = rx = UARTRx(self._div)
+        m.submodules.tx = tx = UARTTx(self._div)
+        m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx)]
+        error = Signal()
+        received = Signal()
+
+        # --- host to board: commands, image bytes into pixel beats -------------------------
+        c, pixels, bits = inp["channels"], inp["height"] * inp["width"], inp["bits"]
+        in_image = Signal()
+        ch = Signal(range(c))
+        pix = Signal(range(pixels))
+        lanes = [Signal(bits, name=f"in_value_{k}") for k in range(c)]
+        beat_valid = Signal()
+        ident_req = Signal()
+        bad_req = Signal()
+        m.d.comb += [acc.i.payload.eq(Cat(*lanes)), acc.i.valid.eq(beat_valid)]
+        with m.If(acc.i.valid & acc.i.ready):
+            m.d.sync += beat_valid.eq(0)
+        with m.If(rx.frame_error):
+            m.d.sync += error.eq(1)
+        with m.If(rx.valid):
+            with m.If(in_image):
+                for k in range(c):
+                    with m.If(ch == k):
+                        m.d.sync += lanes[k].eq(rx.data[:bits])
+                with m.If(ch == c - 1):
+                    m.d.sync += [ch.eq(0), beat_valid.eq(1)]
+                    with m.If(beat_valid & ~acc.i.ready):  # the previous beat still waits
+                        m.d.sync += error.eq(1)
+                    with m.If(pix == pixels - 1):
+                        m.d.sync += [pix.eq(0), in_image.eq(0), received.eq(~received)]
+                    with m.Else():
+                        m.d.sync += pix.eq(pix + 1)
+                with m.Else():
+                    m.d.sync += ch.eq(ch + 1)
+            with m.Elif(rx.data == protocol.IMAGE[0]):
+                m.d.sync += [in_image.eq(1), ch.eq(0), pix.eq(0)]
+            with m.Elif(rx.data == protocol.IDENTIFY[0]):
+                m.d.sync += ident_req.eq(1)
+            with m.Else():
+                m.d.sync += [bad_req.eq(1), error.eq(1)]
+
+        # --- board to host: identity, errors, outputs ----------------------------------------
+        ident = protocol.ident_reply(man["units_sha256"])
+        nb = protocol.value_bytes(out["bits"])
+        f, per = out["channels"], out["beats_per_image"]
+        beat = Signal(len(acc.o.payload))
+        out_bytes = []
+        for v in range(f):
+            word = beat[v * out["bits"]:(v + 1) * out["bits"]]
+            word = Cat(word, word[-1].replicate(nb * 8 - out["bits"]) if out["signed"]
+                       else Const(0, nb * 8 - out["bits"]))
+            out_bytes += [word[8 * b:8 * b + 8] for b in range(nb)]
+        n_send = max(len(ident), 1 + len(out_bytes))
+        sending = Signal(2)  # 0 idle, 1 identity, 2 an output beat, 3 the error mark
+        idx = Signal(range(n_send + 1))
+        head = Signal()  # this beat starts an image's answer: send 'O' first
+        beat_no = Signal(range(per))
+        ident_arr = Array(Const(b, 8) for b in ident)
+        out_arr = Array(out_bytes)
+        byte = Signal(8)
+        last = Signal()
+        with m.Switch(sending):
+            with m.Case(1):
+                m.d.comb += [byte.eq(ident_arr[idx]), last.eq(idx == len(ident) - 1)]
+            with m.Case(2):
+                with m.If(head & (idx == 0)):
+                    m.d.comb += byte.eq(protocol.OUTPUT[0])
+                with m.Else():
+                    m.d.comb += byte.eq(out_arr[idx - head])
+                m.d.comb += last.eq(idx == len(out_bytes) - 1 + head)
+            with m.Case(3):
+                m.d.comb += [byte.eq(protocol.ERROR[0]), last.eq(1)]
+        m.d.comb += [tx.i.payload.eq(byte), tx.i.valid.eq(sending != 0)]
+        with m.If(tx.i.valid & tx.i.ready):
+            with m.If(last):
+                m.d.sync += [sending.eq(0), idx.eq(0)]
+            with m.Else():
+                m.d.sync += idx.eq(idx + 1)
+        with m.If(sending == 0):
+            with m.If(bad_req):
+                m.d.sync += [sending.eq(3), bad_req.eq(0)]
+            with m.Elif(ident_req):
+                m.d.sync += [sending.eq(1), ident_req.eq(0), idx.eq(0)]
+            with m.Elif(acc.o.valid):
+                m.d.comb += acc.o.ready.eq(1)
+                m.d.sync += [sending.eq(2), idx.eq(0), beat.eq(acc.o.payload),
+                             head.eq(beat_no == 0),
+                             beat_no.eq(0 if per == 1 else Mux(beat_no == per - 1, 0,
+                                                                beat_no + 1))]
+
+        # --- LEDs ------------------------------------------------------------------------------
+        hb = Signal(self._hb)
+        m.d.sync += hb.eq(hb + 1)
+        m.d.comb += self.leds.eq(Cat(hb[-1], ~acc.idle, received, error))
+        return m
+
+
+def pll_ecp5(m: Module, clk_in, f_in_mhz: float, f_out_mhz: float, domain: str = "sync"):
+    """An EHXPLLL from `clk_in` to `f_out_mhz` (exact integer ratios only) driving `domain`,
+    held in reset until the PLL locks."""
+    best = None
+    for ref in range(1, 129):
+        for fb in range(1, 81):
+            if abs(f_in_mhz * fb / ref - f_out_mhz) > 1e-6:
+                continue
+            for op in range(1, 129):
+                vco = f_out_mhz * op
+                if 400 <= vco <= 800 and 10 <= f_in_mhz / ref <= 400:
+                    best = best or (ref, fb, op)
+    if best is None:
+        raise ValueError(f"no ECP5 PLL setting turns {f_in_mhz} MHz into exactly "
+                         f"{f_out_mhz} MHz")
+    ref, fb, op = best
+    lock = Signal()
+    m.domains[domain] = cd = ClockDomain(domain)
+    m.submodules.pll = Instance(
+        "EHXPLLL",
+        a_FREQUENCY_PIN_CLKI=str(f_in_mhz), a_FREQUENCY_PIN_CLKOP=str(f_out_mhz),
+        a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+        a_MFG_GMCREF_SEL="2",
+        p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+        p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKI_DIV=ref,
+        p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=op, p_CLKOP_CPHASE=max(0, op // 2 - 1),
+        p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=fb,
+        i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=cd.clk, i_CLKFB=cd.clk,
+        i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+        i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=lock)
+    m.submodules.reset_sync = ResetSynchronizer(~lock, domain=domain)
+    return cd
+
+
+class BoardTop(Elaboratable):
+    """`BoardLink` on a board platform: its UART, four LEDs (or as many as it has), the clock
+    from the board's oscillator, through a PLL to `clock_mhz` on ECP5 boards."""
+
+    def __init__(self, acc, manifest: dict, baud: int = 115200, clock_mhz: float | None = None):
+        self._acc, self._man, self._baud, self._mhz = acc, manifest, baud, clock_mhz
+
+    def clock_mhz(self, platform) -> float:
+        return self._mhz or platform.default_clk_frequency / 1e6
+
+    def elaborate(self, platform):
+        m = Module()
+        f_in = platform.default_clk_frequency / 1e6
+        f = self.clock_mhz(platform)
+        if platform.family == "ecp5" and f != f_in:
+            clk = platform.request(platform.default_clk, dir="-")
+            m.submodules.clk_buf = buf = io.Buffer("i", clk)
+            cd = pll_ecp5(m, buf.i, f_in, f)
+            platform.add_clock_constraint(cd.clk, f * 1e6)
+        elif f != f_in:
+            raise ValueError(f"{type(platform).__name__}: runs at its {f_in:g} MHz oscillator; "
+                             f"a {f:g} MHz clock needs a PLL this flow does not set up")
+        divisor = round(f * 1e6 / self._baud)
+        if abs(f * 1e6 / divisor - self._baud) / self._baud > 0.02:
+            raise ValueError(f"{self._baud} baud is not within 2% at {f:g} MHz")
+        hb = max(4, math.ceil(math.log2(f * 1e6 / 1.5)))
+        m.submodules.link = link = BoardLink(self._acc, self._man, divisor, heartbeat_bits=hb)
+        uart = platform.request("uart", 0)
+        m.d.comb += [link.rx.eq(uart.rx.i), uart.tx.o.eq(link.tx)]
+        leds = []
+        for n in range(4):
+            try:
+                leds.append(platform.request("led", n))
+            except ResourceError:  # fewer LEDs on this board
+                break
+        for n, led in enumerate(leds):
+            m.d.comb += led.o.eq(link.leds[n])
+        return m
+
