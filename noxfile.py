@@ -69,6 +69,15 @@ def study(session: nox.Session) -> None:
     session.run("python", "-m", "epim.sw.study", "--out", "build/study", *session.posargs)
 
 
+@nox.session
+def bitstream(session: nox.Session) -> None:
+    """FPGA bitstreams of the board tops (UART + LEDs) with the YoWASP tools: ULX3S-85F with
+    the committed MNIST model and iCEBreaker with the 14x14 MNIST model, each with a timing and
+    utilisation report, in build/bitstream (`-- --board icebreaker`, `-- --net FILE`)."""
+    session.install(".[fpga]")
+    session.run("python", "-m", "epim.sim.fpga", "--out", "build/bitstream", *session.posargs)
+
+
 SHARED_CIFAR = "../shared/data/cifar10/cifar10-jpeg.npz"
 
 

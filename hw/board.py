@@ -28,6 +28,7 @@ class UARTRx(wiring.Component):
 
     def __init__(self, divisor: int):
         if divisor < 4:
+            self._MustUse__silence = True  # a refused component is not an unused one
             raise ValueError(f"UART divisor {divisor}: at least 4 clock cycles per bit")
         self._div = divisor
         super().__init__({"rx": In(1, init=1), "data": Out(8), "valid": Out(1),
@@ -67,6 +68,7 @@ class UARTTx(wiring.Component):
 
     def __init__(self, divisor: int):
         if divisor < 4:
+            self._MustUse__silence = True  # a refused component is not an unused one
             raise ValueError(f"UART divisor {divisor}: at least 4 clock cycles per bit")
         self._div = divisor
         super().__init__({"i": In(stream.Signature(8)), "tx": Out(1, init=1)})
@@ -208,24 +210,28 @@ class BoardLink(wiring.Component):
         return m
 
 
-def pll_ecp5(m: Module, clk_in, f_in_mhz: float, f_out_mhz: float, domain: str = "sync"):
-    """An EHXPLLL from `clk_in` to `f_out_mhz` (exact integer ratios only) driving `domain`,
-    held in reset until the PLL locks."""
-    best = None
+def pll_settings(f_in_mhz: float, f_out_mhz: float) -> tuple[int, int, int]:
+    """`(CLKI_DIV, CLKFB_DIV, CLKOP_DIV)` of an ECP5 EHXPLLL turning `f_in_mhz` into exactly
+    `f_out_mhz`, with the VCO in 400..800 MHz (nearest 600) and the phase detector at 3.125 MHz
+    or more."""
     for ref in range(1, 129):
         for fb in range(1, 81):
-            if abs(f_in_mhz * fb / ref - f_out_mhz) > 1e-6:
+            if abs(f_in_mhz * fb / ref - f_out_mhz) > 1e-6 or f_in_mhz / ref < 3.125:
                 continue
-            for op in range(1, 129):
-                vco = f_out_mhz * op
-                if 400 <= vco <= 800 and 10 <= f_in_mhz / ref <= 400:
-                    best = best or (ref, fb, op)
-    if best is None:
-        raise ValueError(f"no ECP5 PLL setting turns {f_in_mhz} MHz into exactly "
-                         f"{f_out_mhz} MHz")
-    ref, fb, op = best
+            ops = [op for op in range(1, 129) if 400 <= f_out_mhz * op <= 800]
+            if ops:  # the VCO nearest the middle of its range, as ecppll picks it
+                return ref, fb, min(ops, key=lambda op: abs(f_out_mhz * op - 600))
+    raise ValueError(f"no ECP5 PLL setting turns {f_in_mhz:g} MHz into exactly "
+                     f"{f_out_mhz:g} MHz")
+
+
+def pll_ecp5(m: Module, clk_in, f_in_mhz: float, f_out_mhz: float, domain: str = "sync"):
+    """An EHXPLLL from `clk_in` to `f_out_mhz` (`pll_settings`) driving `domain`, held in
+    reset until the PLL locks."""
+    ref, fb, op = pll_settings(f_in_mhz, f_out_mhz)
     lock = Signal()
-    m.domains[domain] = cd = ClockDomain(domain)
+    cd = ClockDomain(domain)
+    m.domains += cd
     m.submodules.pll = Instance(
         "EHXPLLL",
         a_FREQUENCY_PIN_CLKI=str(f_in_mhz), a_FREQUENCY_PIN_CLKOP=str(f_out_mhz),

@@ -73,7 +73,8 @@ class NetworkAccelerator(wiring.Component):
     def __init__(self, loaded: dict):
         man = loaded["manifest"]
         self._man = man
-        self._tiles = {name: PIMTile(TileConfig.from_params(img.params), img.words)
+        # never programmed: fixed tiles (constant cells, ROM tables, threshold output stages)
+        self._tiles = {name: PIMTile(TileConfig.from_params(img.params), img.words, fixed=True)
                        for name, img in loaded["tiles"].items()}
         inp, out = man["input"], man["output"]
         super().__init__({"i": In(stream.Signature(inp["channels"] * inp["bits"])),

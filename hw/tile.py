@@ -25,6 +25,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 BIAS_BITS, MULT_BITS, SHIFT_BITS = 32, 31, 6
+THRESHOLD_BITS = 4  # a fixed tile computes outputs of at most this many bits by thresholds
 PROG_TARGETS = {"xbar": 0, "ifrt": 1, "ifat": 2, "ofat": 3, "ostage": 4}
 
 
@@ -121,6 +122,77 @@ def check_init(cfg: TileConfig, init: dict[str, list[int]]) -> None:
             raise ValueError(f"memory {name!r} has a word wider than {cfg.widths[name]} bits")
 
 
+def output_value(acc: int, word: int, cfg: TileConfig) -> int:
+    """Spec section 5 for one channel: `clamp((acc + bias) * mult + rnd >> shift, lo, hi)`
+    from an output-stage word (bias, mult, shift)."""
+    bias = word & (2**BIAS_BITS - 1)
+    bias -= (bias >> (BIAS_BITS - 1)) << BIAS_BITS
+    mult = (word >> BIAS_BITS) & (2**MULT_BITS - 1)
+    shift = word >> (BIAS_BITS + MULT_BITS)
+    rnd = (1 << (shift - 1)) if shift else 0
+    lo, hi = output_range(cfg)
+    return min(hi, max(lo, ((acc + bias) * mult + rnd) >> shift))
+
+
+def output_range(cfg: TileConfig) -> tuple[int, int]:
+    if cfg.relu:
+        return 0, 2**cfg.out_bits - 1
+    return -(2 ** (cfg.out_bits - 1)), 2 ** (cfg.out_bits - 1) - 1
+
+
+def thresholds(word: int, cfg: TileConfig) -> list[int | None]:
+    """For each output level `v` above the lowest, the least accumulator value whose output
+    is at least `v` (None: no accumulator value reaches it). The output stage is
+    non-decreasing in the accumulator (`mult >= 1`), so `y = lo + #{v : acc >= T_v}`."""
+    lo, hi = output_range(cfg)
+    a_lo, a_hi = -(2 ** (cfg.acc_bits - 1)), 2 ** (cfg.acc_bits - 1) - 1
+    out = []
+    for v in range(lo + 1, hi + 1):
+        if output_value(a_hi, word, cfg) < v:
+            out.append(None)
+            continue
+        a, b = a_lo, a_hi  # the answer lies in [a, b]
+        while a < b:
+            mid = (a + b) // 2
+            if output_value(mid, word, cfg) >= v:
+                b = mid
+            else:
+                a = mid + 1
+        out.append(a)
+    return out
+
+
+def _fit(v, width: int):
+    """`v` (signed) as exactly `width` two's complement bits."""
+    v = Value.cast(v)
+    if len(v) < width:
+        v = Cat(v, v[-1].replicate(width - len(v)))
+    return v[:width]
+
+
+def ge_const(v, c: int):
+    """`v >= c` for a signed `v` and a constant `c`, as plain gates (no carry chain), so that
+    synthesis can share logic between the comparisons of one value with many constants."""
+    n = len(v)
+    if c <= -(2 ** (n - 1)):
+        return Const(1)
+    if c > 2 ** (n - 1) - 1:
+        return Const(0)
+    u = Cat(v[:-1], ~v[-1])  # offset binary: order-preserving unsigned
+    cu = c + 2 ** (n - 1)
+    prefix, terms = Const(1), []
+    for i in reversed(range(n)):
+        if (cu >> i) & 1:
+            prefix = prefix & u[i]
+        else:
+            terms.append(prefix & u[i])
+            prefix = prefix & ~u[i]
+    out = prefix
+    for t in terms:
+        out = out | t
+    return out
+
+
 def tree_sum(terms: list, width: int, is_signed: bool = False):
     """Balanced adder tree; every partial sum is kept at `width` bits (the caller's bound)."""
     def fit(v):
@@ -160,18 +232,24 @@ class PIMTile(wiring.Component):
         two's complement when the layer has no ReLU.
     prog : In(stream.Signature(prog_layout(cfg)))
         Programming port: writes word `data` at `addr` of memory `mem` (see `PROG_TARGETS`).
-        Ready only while the tile is idle.
+        Ready only while the tile is idle, never for a fixed tile.
+
+    A *fixed* tile (``fixed=True``, the network accelerator's tiles, which are never
+    programmed) has the same cycle behaviour and outputs, but its crossbar cells are constants
+    (zero cells drop out of the adder trees), its tables are ROMs, and an output of at most
+    `THRESHOLD_BITS` bits is computed by comparing the accumulator with per-channel thresholds
+    precomputed from the output-stage words, instead of a 32x31-bit multiply per channel.
     idle : Out(1)
         No image is buffered, in flight or waiting in the output register.
     """
 
-    def __init__(self, cfg: TileConfig, init: dict[str, list[int]]):
+    def __init__(self, cfg: TileConfig, init: dict[str, list[int]], fixed: bool = False):
         try:
             check_init(cfg, init)
         except ValueError:
             self._MustUse__silence = True  # a refused tile is not an unused one
             raise
-        self._cfg = cfg
+        self._cfg, self._fixed = cfg, fixed
         self._init = {k: list(v) for k, v in init.items()}
         super().__init__({
             "i": In(stream.Signature(cfg.cin * cfg.in_bits)),
@@ -205,6 +283,8 @@ class PIMTile(wiring.Component):
             mem = Memory(shape=unsigned(widths[name]), depth=cfg.depths[name],
                          init=self._init[name])
             m.submodules[f"{name}_table"] = mem
+            if self._fixed:
+                return mem.read_port(domain="comb")
             wp = mem.write_port()
             m.d.comb += [wp.en.eq(prog_we[name] & (prog_addr < cfg.depths[name])),
                          wp.addr.eq(prog_addr),
@@ -212,6 +292,8 @@ class PIMTile(wiring.Component):
             return mem.read_port(domain="comb")
 
         def registers(name, shape, values):
+            if self._fixed:
+                return [Const(v, shape) for v in values]
             # Like non-volatile crossbar cells, programmed contents survive a reset.
             regs = [Signal(shape, init=v, reset_less=True, name=f"{name}_{n}")
                     for n, v in enumerate(values)]
@@ -344,11 +426,24 @@ class PIMTile(wiring.Component):
         for e_in in range(cfg.ce_in):
             active = ifat.data[e_in * fw]
             src = ifat.data[e_in * fw + 1:(e_in + 1) * fw]
+            # a fixed tile's IFAT is a ROM: each row picks among the (few) sources its steps
+            # name, by step, instead of among every input channel
+            per_step = [((w >> (e_in * fw)) & 1, (w >> (e_in * fw + 1)) & (2**cfg.src_bits - 1))
+                        for w in self._init["ifat"]]
             for kh in range(k):
                 for kw in range(k):
                     row = Signal(cfg.in_bits, name=f"x_row_{e_in}_{kh}_{kw}")
-                    pixel = x_window[kh][kw].word_select(src, cfg.in_bits)
-                    m.d.comb += row.eq(Mux(active, pixel, 0))
+                    if self._fixed:
+                        win = x_window[kh][kw]
+                        cands = [win[c * cfg.in_bits:(c + 1) * cfg.in_bits]
+                                 if a and c < cfg.cin else Const(0, cfg.in_bits)
+                                 for a, c in per_step]
+                        pick = (cands[0] if len(set(per_step)) == 1
+                                else Array(cands)[x_step])
+                        m.d.comb += row.eq(pick)
+                    else:
+                        pixel = x_window[kh][kw].word_select(src, cfg.in_bits)
+                        m.d.comb += row.eq(Mux(active, pixel, 0))
                     x_rows.append(row)
         dac = cfg.dac_bits
         x_slices = []  # the DAC input slice of every row this cycle
@@ -436,23 +531,62 @@ class PIMTile(wiring.Component):
                      stall.eq(q_valid & ~q_move)]
         for o in range(cfg.cout):
             go, j = divmod(o, cfg.patch_out)
-            col = Signal(cw + 1, name=f"r_col_{o}")
-            base = ofat.data.word_select(go, cw)
-            m.d.comb += col.eq(Mux(base + j >= cfg.ce_out, base + j - cfg.ce_out, base + j))
+            if self._fixed:
+                # a fixed tile's OFAT is a ROM: the channel takes one of the g_in columns its
+                # input groups name, by group, instead of any of the Ce_out columns
+                cols = []
+                for word in self._init["ofat"]:
+                    base = (word >> (go * cw)) & (2**cw - 1)
+                    cols.append(base + j - cfg.ce_out if base + j >= cfg.ce_out else base + j)
+                cols = [c if c < cfg.ce_out else 0 for c in cols]
+                value = (r_v[cols[0]] if len(set(cols)) == 1
+                         else Array([r_v[c] for c in cols])[r_gi])
+            else:
+                col = Signal(cw + 1, name=f"r_col_{o}")
+                base = ofat.data.word_select(go, cw)
+                m.d.comb += col.eq(Mux(base + j >= cfg.ce_out, base + j - cfg.ce_out, base + j))
+                value = r_v[col]
             acc_next = Signal(acc_shape, name=f"r_acc_next_{o}")
-            m.d.comb += acc_next.eq(acc[o] + Mux(r_mask[go], r_v[col], 0))
+            m.d.comb += acc_next.eq(acc[o] + Mux(r_mask[go], value, 0))
             with m.If(r_valid & ~stall):
                 m.d.sync += acc[o].eq(Mux(r_last, 0, acc_next))
                 with m.If(r_last):
                     m.d.sync += q_acc[o].eq(acc_next)
 
         # --- Output stage (spec section 5) and output register -------------------------------
-        if cfg.relu:
-            lo, hi = 0, 2**cfg.out_bits - 1
-        else:
-            lo, hi = -(2 ** (cfg.out_bits - 1)), 2 ** (cfg.out_bits - 1) - 1
+        lo, hi = output_range(cfg)
         ys = []
         for o in range(cfg.cout):
+            if self._fixed and cfg.out_bits <= THRESHOLD_BITS:
+                steps = [ge_const(q_acc[o], t) if t is not None else Const(0)
+                         for t in thresholds(self._init["ostage"][o], cfg)]
+                y = Signal(signed(cfg.out_bits + 2), name=f"q_y_{o}")
+                m.d.comb += y.eq(lo + tree_sum(steps, cfg.out_bits + 1))
+                ys.append(y[:cfg.out_bits])
+                continue
+            if self._fixed:  # constant bias, mult and shift, widths from the value range
+                word = self._init["ostage"][o]
+                bias = word & (2**BIAS_BITS - 1)
+                bias -= (bias >> (BIAS_BITS - 1)) << BIAS_BITS
+                mult = (word >> BIAS_BITS) & (2**MULT_BITS - 1)
+                shift = word >> (BIAS_BITS + MULT_BITS)
+                rnd = (1 << (shift - 1)) if shift else 0
+                a_lo, a_hi = -(2 ** (cfg.acc_bits - 1)), 2 ** (cfg.acc_bits - 1) - 1
+                y_lo = ((a_lo + bias) * mult + rnd) >> shift
+                y_hi = ((a_hi + bias) * mult + rnd) >> shift
+                prod = Signal(signed(max(abs(a_lo + bias), abs(a_hi + bias)).bit_length()
+                                     + mult.bit_length() + 2), name=f"q_prod_{o}")
+                m.d.comb += prod.eq((q_acc[o] + bias) * mult)
+                y = Signal(signed(max(abs(y_lo), abs(y_hi)).bit_length() + 2),
+                           name=f"q_y_{o}")
+                m.d.comb += y.eq((prod + rnd) >> shift)
+                v = y
+                if y_lo < lo:
+                    v = Mux(y < lo, lo, v)
+                if y_hi > hi:
+                    v = Mux(y > hi, hi, v)
+                ys.append(_fit(v, cfg.out_bits))
+                continue
             word = ostage[o]
             bias = word[:BIAS_BITS].as_signed()
             mult = word[BIAS_BITS:BIAS_BITS + MULT_BITS]
@@ -472,5 +606,5 @@ class PIMTile(wiring.Component):
         m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(o_payload)]
 
         busy = full.any() | s_g | s_x | r_valid | q_valid | o_valid | (l_addr != 0)
-        m.d.comb += [self.idle.eq(~busy), self.prog.ready.eq(~busy)]
+        m.d.comb += [self.idle.eq(~busy), self.prog.ready.eq(~busy & (not self._fixed))]
         return m

@@ -7,7 +7,7 @@ of them cycle by cycle; `docs/network.md` gives the rules.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -89,6 +89,30 @@ class StreamFIFO(wiring.Component):
         return m
 
 
+def const_mul(v, c: int):
+    """`v * c` for a constant `c` as shifts and adds (its non-adjacent form), so that an FPGA
+    build spends a few adders, not a hardware multiplier, on a small constant."""
+    v = Value.cast(v)
+    if not v.shape().signed:
+        v = v.as_unsigned()
+    terms, k, n = [], 0, abs(c)
+    while n:
+        if n & 1:
+            d = 2 - (n & 3)  # +1 or -1
+            terms.append((d, k))
+            n -= d
+        n >>= 1
+        k += 1
+    if not terms:
+        return Const(0, 1)
+    acc = None
+    for d, k in terms:
+        t = v << k if k else v
+        acc = t if acc is None and d > 0 else (-t if acc is None else
+                                               (acc + t if d > 0 else acc - t))
+    return -acc if c < 0 else acc
+
+
 def _round_shift(v, shift: int):
     """`(v + rnd) >> shift` with the spec's `rnd = 2**(shift-1)` (0 for `shift = 0`)."""
     rnd = (1 << (shift - 1)) if shift > 0 else 0
@@ -124,7 +148,7 @@ class AddUnit(wiring.Component):
             av = self.a.payload[ch * ab:(ch + 1) * ab]
             bv = self.b.payload[ch * bb:(ch + 1) * bb]
             s = Signal(signed(width + 2), name=f"add_s_{ch}")
-            m.d.comb += s.eq(av.as_unsigned() * ma + bv.as_unsigned() * mb)
+            m.d.comb += s.eq(const_mul(av, ma) + const_mul(bv, mb))
             y = Signal(signed(width + 3), name=f"add_y_{ch}")
             m.d.comb += y.eq(_round_shift(s, shift))
             ys.append(clamp_unsigned(y, 2**ob - 1, ob))
@@ -170,7 +194,7 @@ class PoolUnit(wiring.Component):
             m.d.comb += nxt.eq(sums[ch] + x)
             nexts.append(nxt)
             y = Signal(signed(sbits + 34), name=f"pool_y_{ch}")
-            m.d.comb += y.eq(_round_shift(nxt * mult, shift))
+            m.d.comb += y.eq(_round_shift(const_mul(nxt, mult), shift))
             ys.append(clamp_unsigned(y, 2**ob - 1, ob))
         with m.If(self.i.valid & self.i.ready):
             with m.If(last):

@@ -34,23 +34,25 @@ def network_digest(net: Network) -> tuple[dict, str]:
     return manifest, manifest["units_sha256"]
 
 
-def generate_board(net: Network, out_dir: str | Path, divisor: int) -> Path:
+def generate_board(net: Network, out_dir: str | Path, divisor: int,
+                   lanes: int | dict | None = None) -> Path:
     """Images, the accelerator and the board top's Verilog (`epim_board.v`) in `out_dir`."""
     from ..hw.generate import board_from_images, emit_board_verilog
 
-    gen = generate_network(net, out_dir)
+    gen = generate_network(net, out_dir, lanes=lanes)
     text = emit_board_verilog(board_from_images(gen.folder, divisor))
     images.write_files_atomically(Path(out_dir), {BOARD_VERILOG: text})
     return Path(out_dir) / BOARD_VERILOG
 
 
-def board_cosim(net: Network, x: np.ndarray, build_root: str | Path,
-                divisor: int = 8) -> tuple[np.ndarray, dict]:
-    """Run images through the board top's UART pins on Verilator; returns outputs and report."""
+def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: int = 8,
+                lanes: int | dict | None = None) -> tuple[np.ndarray, dict]:
+    """Run images through the board top's UART pins on Verilator; returns outputs and report.
+    `lanes` as the FPGA build uses them (`epim.sim.fpga.fit_lanes`)."""
     x = reference.check_inputs(net, x)
     build_root = Path(build_root).resolve()
     t0 = time.time()
-    verilog = generate_board(net, build_root / "generated-board", divisor)
+    verilog = generate_board(net, build_root / "generated-board", divisor, lanes)
     manifest = json.loads((build_root / "generated-board" / "network.json").read_text())
     n = x.shape[0]
     sends = [protocol.IDENTIFY, BAD_COMMAND] + [protocol.encode_image(img, manifest)
@@ -99,7 +101,7 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path,
     rep = {"network": net.source, "images": n, "match": match,
            "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n))),
            "identify": "ok", "bad_command": "answered '!'",
-           "error_led": bool(result["leds"] >> 3 & 1), "divisor": divisor,
+           "error_led": bool(result["leds"] >> 3 & 1), "divisor": divisor, "lanes": lanes,
            "bytes_sent": sum(len(s) for s in sends), "bytes_received": len(data),
            "cycles_sent_to_answered": [e - s for s, e in zip(result["sent_at"][2:], last_bytes,
                                                              strict=True)],

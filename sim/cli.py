@@ -167,6 +167,65 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_bitstream(args) -> int:
+    from ..hw import bitstream
+    from .fpga import build_board
+
+    out = Path(args.out)
+    try:
+        rep = build_board(args.net, args.board, out, clock_mhz=args.clock_mhz, baud=args.baud,
+                          seed=args.seed)
+    except bitstream.ToolMissing as exc:
+        from .verilator import ToolMissing
+
+        raise ToolMissing(str(exc)) from None
+    print((out / "report.md").read_text())
+    if args.require_fmax and rep["fmax_mhz"] < args.require_fmax:
+        print(f"error: Fmax {rep['fmax_mhz']:.2f} MHz is below the required "
+              f"{args.require_fmax:g} MHz", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_board_run(args) -> int:
+    import time
+
+    from ..hw.protocol import ProtocolError
+    from .board import Board
+    from .verilator import ToolMissing
+
+    try:
+        import serial
+    except ImportError:
+        raise ToolMissing("pyserial is not installed: pip install 'pyserial>=3.5' (or install "
+                          "EPIM with its 'board' extra)") from None
+    net = _load_net(args.net)
+    x = np.load(args.inputs)
+    with serial.Serial(args.port, args.baud, timeout=args.timeout) as port:
+        board = Board(port, net)
+        try:
+            board.identify()
+            t0 = time.time()
+            y = board.infer(x)
+        except ProtocolError as exc:
+            print(f"epim: board error: {exc}", file=sys.stderr)
+            return EXIT_MISMATCH
+        dt = time.time() - t0
+    print(f"{len(y)} image(s) through the board on {args.port} in {dt:.2f} s "
+          f"({len(y) / dt:.1f} images/s over the serial link)")
+    if args.outputs:
+        np.save(args.outputs, y)
+    if args.check:
+        from ..sw import reference
+
+        ref = reference.run_network(net, x)
+        same = int(sum(bool((a == b).all()) for a, b in zip(y, ref, strict=True)))
+        print(f"{same}/{len(y)} outputs bit-exact against the integer reference")
+        if same != len(y):
+            return 1
+    return 0
+
+
 def print_network_report(rep: dict) -> None:
     n = rep["images"]
     steady = rep["steady_cycles_per_image"]
@@ -340,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_cosim)
 
     d = sub.add_parser("data", help="write a data set split as .npy (inputs and labels)")
-    d.add_argument("name", help="mnist, fashion-mnist, mnist-5k or cifar10")
+    d.add_argument("name", help="mnist, fashion-mnist, mnist-5k, mnist-14 or cifar10")
     d.add_argument("--split", default="test", choices=["train", "test"])
     d.add_argument("--limit", type=int, help="the first N images")
     d.add_argument("--data-path", help=DATA_PATH_HELP)
@@ -348,8 +407,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--labels", required=True, help="where to write (N,) .npy")
     d.set_defaults(func=cmd_data)
 
+    b = sub.add_parser("bitstream", help="FPGA bitstream of the board top (UART, LEDs) around "
+                                         "a network, with a timing and utilisation report")
+    b.add_argument("net", help="epim-net-v1 file")
+    b.add_argument("--board", default="ulx3s-85f", help="ulx3s-85f (default) or icebreaker")
+    b.add_argument("--clock-mhz", type=float,
+                   help="clock (default: 50 MHz from the PLL on the ULX3S, 12 MHz on the "
+                        "iCEBreaker)")
+    b.add_argument("--baud", type=int, default=115200)
+    b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    b.add_argument("--require-fmax", type=float,
+                   help="exit 1 when the achieved Fmax is below this many MHz")
+    b.add_argument("--out", default="build/bitstream")
+    b.set_defaults(func=cmd_bitstream)
+
+    bo = sub.add_parser("board", help="talk to a board running an EPIM bitstream")
+    bsub = bo.add_subparsers(dest="board_command", required=True)
+    br = bsub.add_parser("run", help="send images over the serial port, print and check the "
+                                     "answers (protocol: docs/fpga.md)")
+    br.add_argument("net", help="the epim-net-v1 file the bitstream was built from")
+    br.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
+    br.add_argument("--inputs", required=True, help="(N, C, H, W) integer .npy")
+    br.add_argument("--outputs", help="write the board's outputs here (.npy)")
+    br.add_argument("--baud", type=int, default=115200)
+    br.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    br.add_argument("--check", action="store_true",
+                    help="compare with the integer reference; exit 1 on a difference")
+    br.set_defaults(func=cmd_board_run)
+
     t = sub.add_parser("train", help="train an epitome CNN (quantization-aware) and export it")
-    t.add_argument("--data", default="mnist", help="mnist, fashion-mnist, mnist-5k or cifar10")
+    t.add_argument("--data", default="mnist", help="mnist, fashion-mnist, mnist-5k, mnist-14 or cifar10")
     t.add_argument("--data-path", help=DATA_PATH_HELP)
     t.add_argument("--model", default="cnn", help="cnn, resnet or resnet20 (CIFAR ResNet-20)")
     t.add_argument("--ratio", type=_ratio, default=2.0,

@@ -1,0 +1,100 @@
+"""`nox -s bitstream`: the board tops' bitstreams with the YoWASP tools, each board with its
+default network, and one summary of the reports.
+
+    python -m epim.sim.fpga                        # ULX3S-85F and iCEBreaker
+    python -m epim.sim.fpga --board icebreaker     # one board
+    python -m epim.sim.fpga --board ulx3s-85f --net my/net.json --clock-mhz 40
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..hw import bitstream
+from ..sw import images, netcycles, netfile
+
+# relative to the repository's root, where nox runs
+DEFAULT_NETS = {
+    # the committed MNIST model of the main flow
+    "ulx3s-85f": Path("examples/mnist-epim-cnn-r4/net.json"),
+    # a small model of 14x14 MNIST, for the iCE40UP5K
+    "icebreaker": Path("examples/mnist14-epim-tiny/net.json"),
+}
+
+
+def build_board(net_path: str | Path, board: str, out: str | Path,
+                clock_mhz: float | None = None, baud: int = 115200, seed: int = 1,
+                lanes: str | int = "balanced") -> dict:
+    """Images of the network into `out/images`, then the bitstream and its report in `out`.
+
+    `lanes`: "balanced" (`netcycles.balanced_lanes`: the fewest chunk lanes per tile that keep
+    the network's throughput), "all" (every row chunk at once), or a number for every tile."""
+    net = netfile.load(net_path)
+    out = Path(out)
+    folder = out / "images"
+    lanes = fit_lanes(net, lanes)
+    images.write_network(images.compile_network(net, lanes=lanes), folder)
+    steady = netcycles.predict(net, 4, lanes=lanes).steady
+    return bitstream.build(folder, board, out, clock_mhz=clock_mhz, baud=baud, seed=seed,
+                           cycles_per_image=steady, network=str(net_path))
+
+
+def fit_lanes(net, lanes: str | int) -> dict | int | None:
+    if lanes == "balanced":
+        return netcycles.balanced_lanes(net)
+    if lanes == "all":
+        return None
+    return int(lanes)
+
+
+def summary(reports: list[dict]) -> str:
+    lines = ["| board | network | Fmax (MHz) | constraint | LUT4 | FF | DSP | BRAM | "
+             "images/s at the constraint |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        u = r["utilisation"]
+
+        def cell(prefix):
+            key = next((k for k in u if k.startswith(prefix)), None)
+            return f"{u[key]['used']}/{u[key]['available']}" if key else "-"
+
+        lines.append(f"| {r['board']} | `{r['network']}` | {r['fmax_mhz']:.1f} | "
+                     f"{r['clock_constraint_mhz']:g} ({'met' if r['meets_constraint'] else 'FAILED'}) | "
+                     f"{cell('LUT4')} | {cell('FF')} | {cell('DSP')} | {cell('BRAM')} | "
+                     f"{r.get('images_per_second_at_constraint', '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="FPGA bitstreams and reports of the board tops")
+    ap.add_argument("--board", action="append", choices=sorted(bitstream.BOARDS),
+                    help="a board to build (repeatable; default: all)")
+    ap.add_argument("--net", help="network file (only with one --board; default: the "
+                                  "board's example model)")
+    ap.add_argument("--clock-mhz", type=float, help="only with one --board")
+    ap.add_argument("--baud", type=int, default=115200)
+    ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    ap.add_argument("--lanes", default="balanced",
+                    help="chunk lanes: balanced (default: fewest that keep the throughput), "
+                         "all, or a number")
+    ap.add_argument("--out", type=Path, default=Path("build/bitstream"))
+    args = ap.parse_args(argv)
+    boards = args.board or list(DEFAULT_NETS)
+    if (args.net or args.clock_mhz) and len(boards) != 1:
+        ap.error("--net and --clock-mhz need exactly one --board")
+    reports = []
+    for b in boards:
+        net = args.net or DEFAULT_NETS[b]
+        print(f"building {b} with {net} ...", flush=True)
+        rep = build_board(net, b, args.out / b, args.clock_mhz, args.baud, args.seed,
+                          args.lanes)
+        print((args.out / b / "report.md").read_text(), flush=True)
+        reports.append(rep)
+    text = summary(reports)
+    (args.out / "summary.md").write_text(text)
+    print(text)
+    return 0 if all(r["meets_constraint"] for r in reports) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
