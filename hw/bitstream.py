@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import protocol
 from .board import BoardTop
 from .network import NetworkAccelerator, load_network
 
@@ -92,7 +93,7 @@ def platform_of(board: Board):
 
 def build(images: str | Path, board: str, out_dir: str | Path, clock_mhz: float | None = None,
           baud: int = 115200, seed: int = 1, cycles_per_image: float | None = None,
-          network: str | None = None) -> dict:
+          network: str | None = None, overrides: dict | None = None) -> dict:
     """Build the bitstream of the board top around the network images in `images` for `board`
     into `out_dir`; returns the report (also written as `report.json` and `report.md`)."""
     if board not in BOARDS:
@@ -114,7 +115,7 @@ def build(images: str | Path, board: str, out_dir: str | Path, clock_mhz: float 
         plan = platform.build(top, name=TOP, build_dir=str(out_dir), do_build=False,
                               synth_opts=b.synth_opts,
                               nextpnr_opts=f"--report {report_file} --seed {seed} "
-                                           "--timing-allow-fail")
+                                           "--timing-allow-fail", **(overrides or {}))
     finally:
         for k, v in old.items():
             if v is None:
@@ -164,7 +165,9 @@ def summarise(nextpnr: dict, board: Board, target_mhz: float, manifest: dict, ba
                 "routing_ns": round(sum(s.get("delay", 0) for s in steps
                                         if s.get("type") == "routing"), 2)}
     inp = manifest["input"]
-    uart_bytes = 1 + inp["channels"] * inp["height"] * inp["width"]
+    # full duplex: the longer direction sets the rate
+    uart_bytes = max(1 + inp["channels"] * inp["height"] * inp["width"],
+                     1 + protocol.output_bytes(manifest))
     rep = {"board": board.name, "clock_constraint_mhz": target_mhz,
            "fmax_mhz": worst["achieved_mhz"], "meets_constraint":
            worst["achieved_mhz"] >= worst["constraint_mhz"], "clocks": clocks,

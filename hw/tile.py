@@ -171,8 +171,9 @@ def _fit(v, width: int):
 
 
 def ge_const(v, c: int):
-    """`v >= c` for a signed `v` and a constant `c`, as plain gates (no carry chain), so that
-    synthesis can share logic between the comparisons of one value with many constants."""
+    """`v >= c` for a signed `v` (a signal) and a constant `c`, as plain gates (no carry
+    chain), so that synthesis can share logic between the comparisons of one value with many
+    constants. The expression is a sum of products of `v`'s bits, no shared subexpressions."""
     n = len(v)
     if c <= -(2 ** (n - 1)):
         return Const(1)
@@ -180,17 +181,52 @@ def ge_const(v, c: int):
         return Const(0)
     u = Cat(v[:-1], ~v[-1])  # offset binary: order-preserving unsigned
     cu = c + 2 ** (n - 1)
-    prefix, terms = Const(1), []
+    # v >= c: v equals c above bit i and has a 1 where c has a 0, for some i; or v == c
+    lits, terms = [], []
     for i in reversed(range(n)):
         if (cu >> i) & 1:
-            prefix = prefix & u[i]
+            lits.append(u[i])
         else:
-            terms.append(prefix & u[i])
-            prefix = prefix & ~u[i]
-    out = prefix
-    for t in terms:
-        out = out | t
-    return out
+            terms.append(Cat(*lits, u[i]).all())
+            lits.append(~u[i])
+    terms.append(Cat(*lits).all())
+    return Cat(*terms).any()
+
+
+def bit_sum(m: Module, columns: dict[int, list], width: int, name: str = "cs"):
+    """The sum of single bits, `columns[w]` holding the bits of weight `2**w`, as `width` bits:
+    full adders reduce every column to at most two bits (carry-save), then one adder. Every
+    adder output is a signal of `m` (an expression used twice would be emitted twice)."""
+    count = [0]
+
+    def wire(expr):
+        sig = Signal(name=f"{name}_{count[0]}")
+        count[0] += 1
+        m.d.comb += sig.eq(expr)
+        return sig
+
+    cols = {w: list(bits) for w, bits in columns.items() if bits}
+    while any(len(b) > 2 for b in cols.values()):
+        nxt: dict[int, list] = {}
+        for w in sorted(cols):
+            bits = cols[w]
+            while len(bits) >= 3:
+                a, b, c = bits.pop(), bits.pop(), bits.pop()
+                nxt.setdefault(w, []).append(wire(a ^ b ^ c))
+                nxt.setdefault(w + 1, []).append(wire((a & b) | (a & c) | (b & c)))
+            nxt.setdefault(w, []).extend(bits)
+        cols = nxt
+    if not cols:
+        return Const(0, width)
+    rows = [[], []]
+    for w in sorted(cols):
+        for k, bit in enumerate(cols[w]):
+            rows[k].append((w, bit))
+
+    def word(entries):
+        at = {w: bit for w, bit in entries if w < width}
+        return Cat(*[at.get(w, Const(0, 1)) for w in range(width)])
+    return (word(rows[0]) + word(rows[1]))[:width]
 
 
 def tree_sum(terms: list, width: int, is_signed: bool = False):
@@ -471,8 +507,14 @@ class PIMTile(wiring.Component):
             values = [Const(0) if v is None else v for v in values]
             return values[0] if n_pass == 1 else Array(values)[x_p]
 
-        lane_slices = [[pick([None if g is None else x_slices[g] for g in per_pass])
-                        for per_pass in rows] for rows in lane_rows]
+        lane_slices = []  # per lane and local row: the DAC slice it gets in this pass
+        for j, rows in enumerate(lane_rows):
+            lane_slices.append([])
+            for r, per_pass in enumerate(rows):
+                sig = Signal(dac, name=f"x_lane_{j}_{r}")
+                m.d.comb += sig.eq(pick([None if g is None else x_slices[g]
+                                         for g in per_pass]))
+                lane_slices[j].append(sig)
         acc_shape = signed(cfg.acc_bits)
         x_v = []  # column value of this DAC slice and pass, per epitome output channel
         for e_out in range(cfg.ce_out):
@@ -484,10 +526,32 @@ class PIMTile(wiring.Component):
                     adc = []
                     for pol in range(2):
                         field = ((pol * cfg.ce_out + e_out) * ns + q) * cb
-                        prods = [lane_slices[j][r] * pick(
-                            [None if g is None else cells[g][field:field + cb] for g in per_pass])
-                            for r, per_pass in enumerate(rows)]
-                        s = tree_sum(prods, s_bits)
+                        if self._fixed:
+                            # constant cells: the column sum is a sum of single bits, which a
+                            # carry-save (Dadda) tree adds with far fewer adders than a tree
+                            # of words
+                            cols: dict[int, list] = {}
+                            for r, per_pass in enumerate(rows):
+                                vals = [None if g is None else
+                                        (self._init["xbar"][g] >> field) & (2**cb - 1)
+                                        for g in per_pass]
+                                sl = lane_slices[j][r]
+                                for cbit in range(cb):
+                                    on = [v is not None and (v >> cbit) & 1 for v in vals]
+                                    if not any(on):
+                                        continue
+                                    gate = (Const(1) if all(on) else
+                                            Array(Const(int(o), 1) for o in on)[x_p])
+                                    for dbit in range(dac):
+                                        cols.setdefault(cbit + dbit, []).append(
+                                            sl[dbit] & gate)
+                            s = bit_sum(m, cols, s_bits, f"x_cs_{j}_{pol}_{e_out}_{q}")
+                        else:
+                            prods = [lane_slices[j][r] * pick(
+                                [None if g is None else cells[g][field:field + cb]
+                                 for g in per_pass])
+                                for r, per_pass in enumerate(rows)]
+                            s = tree_sum(prods, s_bits)
                         a = Signal(a_bits, name=f"x_adc_{j}_{pol}_{e_out}_{q}")
                         m.d.comb += a.eq(Mux(s > adc_max, adc_max, s))
                         adc.append(a)

@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_cosim)
 
     d = sub.add_parser("data", help="write a data set split as .npy (inputs and labels)")
-    d.add_argument("name", help="mnist, fashion-mnist, mnist-5k, mnist-14 or cifar10")
+    d.add_argument("name", help="mnist, fashion-mnist, mnist-5k or cifar10")
     d.add_argument("--split", default="test", choices=["train", "test"])
     d.add_argument("--limit", type=int, help="the first N images")
     d.add_argument("--data-path", help=DATA_PATH_HELP)
@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clock-mhz", type=float,
                    help="clock (default: 50 MHz from the PLL on the ULX3S, 12 MHz on the "
                         "iCEBreaker)")
-    b.add_argument("--baud", type=int, default=115200)
+    b.add_argument("--baud", type=int, help="UART rate (default: constraints/<board>.json's, "
+                                            "else 115200)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     b.add_argument("--require-fmax", type=float,
                    help="exit 1 when the achieved Fmax is below this many MHz")
@@ -436,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.set_defaults(func=cmd_board_run)
 
     t = sub.add_parser("train", help="train an epitome CNN (quantization-aware) and export it")
-    t.add_argument("--data", default="mnist", help="mnist, fashion-mnist, mnist-5k, mnist-14 or cifar10")
+    t.add_argument("--data", default="mnist", help="mnist, fashion-mnist, mnist-5k or cifar10")
     t.add_argument("--data-path", help=DATA_PATH_HELP)
     t.add_argument("--model", default="cnn", help="cnn, resnet or resnet20 (CIFAR ResNet-20)")
     t.add_argument("--ratio", type=_ratio, default=2.0,

@@ -9,6 +9,7 @@ default network, and one summary of the reports.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..hw import bitstream
@@ -18,26 +19,47 @@ from ..sw import images, netcycles, netfile
 DEFAULT_NETS = {
     # the committed MNIST model of the main flow
     "ulx3s-85f": Path("examples/mnist-epim-cnn-r4/net.json"),
-    # a small model of 14x14 MNIST, for the iCE40UP5K
-    "icebreaker": Path("examples/mnist14-epim-tiny/net.json"),
+    # its first layer (conv 1->16 on 28x28): the whole model does not fit the iCE40UP5K
+    "icebreaker": Path("examples/mnist-epim-cnn-r4-c1/net.json"),
 }
 
 
+def board_constraints(board: str, folder: str | Path = "constraints") -> dict:
+    """The board's settings from `constraints/<board>.json` (empty if there is none)."""
+    path = Path(folder) / f"{board}.json"
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    unknown = set(data) - {"board", "clock_mhz", "baud", "why", "add_preferences",
+                           "add_pre_pack"}
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
+    return data
+
+
 def build_board(net_path: str | Path, board: str, out: str | Path,
-                clock_mhz: float | None = None, baud: int = 115200, seed: int = 1,
-                lanes: str | int = "balanced") -> dict:
+                clock_mhz: float | None = None, baud: int | None = None, seed: int = 1,
+                lanes: str | int = "balanced", constraints: str | Path = "constraints") -> dict:
     """Images of the network into `out/images`, then the bitstream and its report in `out`.
 
     `lanes`: "balanced" (`netcycles.balanced_lanes`: the fewest chunk lanes per tile that keep
     the network's throughput), "all" (every row chunk at once), or a number for every tile."""
     net = netfile.load(net_path)
+    cons = board_constraints(board, constraints)
+    clock_mhz = clock_mhz or cons.get("clock_mhz")
+    baud = baud or cons.get("baud", 115200)
+    extra = {k: "\n".join(cons[k]) for k in ("add_preferences", "add_pre_pack")
+             if cons.get(k)}
     out = Path(out)
     folder = out / "images"
     lanes = fit_lanes(net, lanes)
     images.write_network(images.compile_network(net, lanes=lanes), folder)
     steady = netcycles.predict(net, 4, lanes=lanes).steady
     return bitstream.build(folder, board, out, clock_mhz=clock_mhz, baud=baud, seed=seed,
-                           cycles_per_image=steady, network=str(net_path))
+                           cycles_per_image=steady, network=str(net_path), overrides=extra)
 
 
 def fit_lanes(net, lanes: str | int) -> dict | int | None:
@@ -72,7 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("--net", help="network file (only with one --board; default: the "
                                   "board's example model)")
     ap.add_argument("--clock-mhz", type=float, help="only with one --board")
-    ap.add_argument("--baud", type=int, default=115200)
+    ap.add_argument("--baud", type=int, help="UART rate (default: the constraints file's)")
+    ap.add_argument("--constraints", type=Path, default=Path("constraints"),
+                    help="folder of <board>.json settings (default: constraints)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     ap.add_argument("--lanes", default="balanced",
                     help="chunk lanes: balanced (default: fewest that keep the throughput), "
@@ -87,7 +111,7 @@ def main(argv=None) -> int:
         net = args.net or DEFAULT_NETS[b]
         print(f"building {b} with {net} ...", flush=True)
         rep = build_board(net, b, args.out / b, args.clock_mhz, args.baud, args.seed,
-                          args.lanes)
+                          args.lanes, args.constraints)
         print((args.out / b / "report.md").read_text(), flush=True)
         reports.append(rep)
     text = summary(reports)

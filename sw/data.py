@@ -12,8 +12,6 @@ packages or files the user points to, not downloads from the data sets' own site
   fast tests. The file is sorted by digit, so the split is made per digit: `train` is the first
   400 images of each digit, `test` the last 100; both cycle through the digits 0, 1, ..., 9, so
   that any prefix (`limit`) holds every digit about equally often.
-- `mnist-14`: the full MNIST at 14x14, each pixel the rounded mean of a 2x2 block (for models
-  small enough for the iCEBreaker's iCE40UP5K).
 - `cifar10`: the full 50 000 / 10 000 images from a path the user gives (`path=`, else
   `$EPIM_CIFAR10`, else `./data` and the cache folder are searched): the standard python-batch
   folder `cifar-10-batches-py` (torchvision's layout, or its parent folder), or an `.npz` of
@@ -40,7 +38,7 @@ import numpy as np
 
 from .images import make_readable
 
-NAMES = ("mnist", "fashion-mnist", "mnist-5k", "mnist-14", "cifar10")
+NAMES = ("mnist", "fashion-mnist", "mnist-5k", "cifar10")
 SPLITS = ("train", "test")
 num_classes = 10
 
@@ -48,11 +46,10 @@ SIZES = {
     "mnist": {"train": 60000, "test": 10000},
     "fashion-mnist": {"train": 60000, "test": 10000},
     "mnist-5k": {"train": 4000, "test": 1000},
-    "mnist-14": {"train": 60000, "test": 10000},
     "cifar10": {"train": 50000, "test": 10000},
 }
 SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "mnist-5k": (1, 28, 28),
-          "mnist-14": (1, 14, 14), "cifar10": (3, 32, 32)}
+          "cifar10": (3, 32, 32)}
 CIFAR_ENV = "EPIM_CIFAR10"
 CIFAR_BATCHES = "cifar-10-batches-py"
 CACHE_FORMAT = "v1"
@@ -78,7 +75,7 @@ def load(name: str, split: str = "train", limit: int | None = None,
     Parameters
     ----------
     name
-        One of `NAMES`: "mnist", "fashion-mnist", "mnist-5k", "mnist-14" or "cifar10".
+        One of `NAMES`: "mnist", "fashion-mnist" or "mnist-5k".
     split
         "train" or "test".
     limit
@@ -190,13 +187,6 @@ def read_mnist_5k(split: str) -> tuple[np.ndarray, np.ndarray]:
     keep = np.flatnonzero((rank < MNIST_5K_PER_DIGIT_TRAIN) == (split == "train"))
     keep = keep[np.lexsort((labels[keep], rank[keep]))]
     return rows[keep, :-1].reshape(-1, 1, 28, 28), labels[keep]
-
-
-def read_mnist_14(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST at 14x14: the rounded mean of each 2x2 block (`(sum + 2) // 4`)."""
-    images, labels = load("mnist", split)
-    blocks = images.reshape(-1, 1, 14, 2, 14, 2).astype(np.uint16).sum(axis=(3, 5))
-    return ((blocks + 2) // 4).astype(np.uint8), labels
 
 
 def rank_within_class(labels: np.ndarray) -> np.ndarray:
@@ -321,5 +311,4 @@ def read_cifar10(split: str, path: str | Path | None = None) -> tuple[np.ndarray
     return images, labels
 
 
-READERS = {"mnist": read_mnist, "fashion-mnist": read_fashion, "mnist-5k": read_mnist_5k,
-           "mnist-14": read_mnist_14}
+READERS = {"mnist": read_mnist, "fashion-mnist": read_fashion, "mnist-5k": read_mnist_5k}

@@ -1,10 +1,12 @@
-"""A CI-sized FPGA build: the board top around a tiny residual network, through Yosys,
+"""A CI-sized FPGA build: the board top around a one-layer network, through Yosys,
 nextpnr-ice40 and icepack (YoWASP), with its report; and the refusals of the flow."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from epim.hw import bitstream
@@ -13,11 +15,15 @@ from epim.sw import examples
 
 pytestmark = [pytest.mark.slow]
 
+ROOT = Path(__file__).resolve().parents[2]
 
-def test_icebreaker_bitstream_of_a_tiny_network(tmp_path):
+
+def test_icebreaker_bitstream_of_a_one_layer_network(tmp_path):
     net = tmp_path / "net.json"
-    net.write_text(json.dumps(examples.random_network_net(0)))
-    rep = fpga.build_board(net, "icebreaker", tmp_path / "ice")
+    net.write_text(json.dumps(examples.conv_layer_net(np.random.default_rng(0), cin=2, cout=4,
+                                                      h=6, w=6, epitome=(2, 4, 2, 4))))
+    rep = fpga.build_board(net, "icebreaker", tmp_path / "ice",
+                           constraints=ROOT / "constraints")
     bin_file = tmp_path / "ice" / "epim_board.bin"
     assert bin_file.exists() and bin_file.stat().st_size > 100_000  # a whole UP5K image
     assert rep["clock_constraint_mhz"] == 12
@@ -40,3 +46,14 @@ def test_a_missing_fpga_tool_says_what_to_install(tmp_path, monkeypatch):
 def test_unknown_board_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown board 'de10'"):
         bitstream.build(tmp_path, "de10", tmp_path / "out")
+
+
+def test_constraints_files_are_read_and_checked(tmp_path):
+    assert fpga.board_constraints("ulx3s-85f", ROOT / "constraints")["clock_mhz"] == 50
+    assert fpga.board_constraints("icebreaker", tmp_path) == {}
+    (tmp_path / "icebreaker.json").write_text('{"clock_mhz": 12, "colour": "red"}')
+    with pytest.raises(ValueError, match="unknown field.*colour"):
+        fpga.board_constraints("icebreaker", tmp_path)
+    (tmp_path / "icebreaker.json").write_text('{"clock_mhz": ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        fpga.board_constraints("icebreaker", tmp_path)

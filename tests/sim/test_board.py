@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from epim.sim.board import Board, board_cosim, network_digest
-from epim.sw import data, examples, netfile, reference
+from epim.sw import data, examples, netcycles, netfile, reference
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
 
@@ -34,7 +34,9 @@ def test_board_top_on_a_random_residual_network(build_root):
 def test_board_top_on_the_committed_mnist_model_with_real_test_images(build_root):
     net = netfile.load(COMMITTED)
     x, labels = data.load("mnist", "test", 5)
-    y, rep = board_cosim(net, x.astype(np.int64), build_root / "mnist", divisor=8)
+    # with the chunk lanes the FPGA build uses
+    y, rep = board_cosim(net, x.astype(np.int64), build_root / "mnist", divisor=8,
+                         lanes=netcycles.balanced_lanes(net))
     assert rep["images"] == 5 and rep["matching_images"] == 5 and rep["match"]
     assert (y.argmax(1) == reference.run_network(net, x.astype(np.int64)).argmax(1)).all()
 

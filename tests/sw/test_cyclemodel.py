@@ -51,3 +51,22 @@ def test_reuse_off_costs_steps():
     off = cyclemodel.tile_timing(net.layers[0], net.pim, reuse=False)
     assert (on.n_steps, off.n_steps) == (2, 4)
     assert cyclemodel.closed_form(off)[1] == 2 * cyclemodel.closed_form(on)[1]
+
+
+@pytest.mark.parametrize("path", ["examples/mnist-epim-cnn-r4/net.json", None])
+def test_balanced_lanes_keep_the_throughput_with_fewer_adder_trees(path):
+    from pathlib import Path
+
+    from epim.sw import netcycles
+
+    root = Path(__file__).resolve().parents[2]
+    net = (netfile.load(root / path) if path
+           else netfile.parse(examples.random_network_net(4)))
+    lanes = netcycles.balanced_lanes(net)
+    full = netcycles.predict(net, 6).steady
+    assert netcycles.predict(net, 6, lanes=lanes).steady == full
+    for la in net.layers:
+        if la.op in ("conv", "linear"):
+            assert 1 <= lanes[la.name] <= cyclemodel.row_chunks(la, net.pim)
+    if path:  # the MNIST model: c2 and c4 have cycles to spare
+        assert lanes == {"c1": 1, "c2": 1, "c3": 3, "c4": 1, "fc": 1}
