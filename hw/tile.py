@@ -564,11 +564,26 @@ class PIMTile(wiring.Component):
         x_col_next = [Signal(acc_shape, name=f"x_col_next_{e}") for e in range(cfg.ce_out)]
         first_p = (x_p == 0) if n_pass > 1 else Const(1)
         first_t = (x_t == cfg.n_t - 1) & first_p
+        # Pipeline register after the column sums (`p_`): the slice's column values and the
+        # step's controls move on one cycle later, where the Horner sum takes them.
+        p_v = [Signal(acc_shape, name=f"p_v_{e}") for e in range(cfg.ce_out)]
+        p_valid = Signal()
+        p_first_t = Signal()
+        p_first_p = Signal()
+        p_step_end = Signal()
+        p_last = Signal()
+        p_mask = Signal(cfg.g_out)
+        p_gi = Signal(ubits(cfg.g_in))
+        with m.If(~stall):
+            m.d.sync += [p_valid.eq(s_x & ~x_done), p_first_t.eq(first_t),
+                         p_first_p.eq(first_p), p_step_end.eq(x_step_end),
+                         p_last.eq(ifrt_last), p_mask.eq(ifrt_mask), p_gi.eq(ifrt_gi)]
+            m.d.sync += [p_v[e].eq(x_v[e]) for e in range(cfg.ce_out)]
         for e in range(cfg.ce_out):
             # Horner over DAC slices (shift on a slice's first pass), plain sum over its passes
-            base = Mux(first_t, 0, Mux(first_p, x_col[e] << dac, x_col[e]))
-            m.d.comb += x_col_next[e].eq(base + x_v[e])
-            with m.If(s_x & ~x_done & ~stall):
+            base = Mux(p_first_t, 0, Mux(p_first_p, x_col[e] << dac, x_col[e]))
+            m.d.comb += x_col_next[e].eq(base + p_v[e])
+            with m.If(p_valid & ~stall):
                 m.d.sync += x_col[e].eq(x_col_next[e])
 
         # --- OFAT routing with output channel wrapping ---------------------------------------
@@ -578,9 +593,9 @@ class PIMTile(wiring.Component):
         r_gi = Signal(ubits(cfg.g_in))
         r_v = Array(Signal(acc_shape, name=f"r_v_{e}") for e in range(cfg.ce_out))
         with m.If(~stall):
-            m.d.sync += r_valid.eq(x_step_end)
-            with m.If(x_step_end):
-                m.d.sync += [r_last.eq(ifrt_last), r_mask.eq(ifrt_mask), r_gi.eq(ifrt_gi)]
+            m.d.sync += r_valid.eq(p_step_end)
+            with m.If(p_step_end):
+                m.d.sync += [r_last.eq(p_last), r_mask.eq(p_mask), r_gi.eq(p_gi)]
                 m.d.sync += [r_v[e].eq(x_col_next[e]) for e in range(cfg.ce_out)]
         m.d.comb += ofat.addr.eq(r_gi)
 
@@ -669,6 +684,7 @@ class PIMTile(wiring.Component):
             m.d.sync += q_valid.eq(1)
         m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(o_payload)]
 
-        busy = full.any() | s_g | s_x | r_valid | q_valid | o_valid | (l_addr != 0)
+        busy = (full.any() | s_g | s_x | p_valid | p_step_end | r_valid | q_valid | o_valid
+                | (l_addr != 0))
         m.d.comb += [self.idle.eq(~busy), self.prog.ready.eq(~busy & (not self._fixed))]
         return m

@@ -89,9 +89,13 @@ class StreamFIFO(wiring.Component):
         return m
 
 
+MAX_SHIFT_ADD_TERMS = 3
+
+
 def const_mul(v, c: int):
-    """`v * c` for a constant `c` as shifts and adds (its non-adjacent form), so that an FPGA
-    build spends a few adders, not a hardware multiplier, on a small constant."""
+    """`v * c` for a constant `c`: as shifts and adds (its non-adjacent form) when that takes
+    at most `MAX_SHIFT_ADD_TERMS` terms, so that an FPGA build spends a few adders rather than
+    a hardware multiplier on a simple constant; as a multiplication (a DSP block) otherwise."""
     v = Value.cast(v)
     if not v.shape().signed:
         v = v.as_unsigned()
@@ -105,6 +109,8 @@ def const_mul(v, c: int):
         k += 1
     if not terms:
         return Const(0, 1)
+    if len(terms) > MAX_SHIFT_ADD_TERMS:
+        return v * c
     acc = None
     for d, k in terms:
         t = v << k if k else v

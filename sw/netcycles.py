@@ -52,6 +52,7 @@ class TileModel(Unit):
         self.x_step = 0
         self.x_t = t.cycles_per_step - 1
         self.x_done = False
+        self.p_step_end = self.p_last = False  # the pipeline register after the column sums
         self.r_valid = self.r_last = False
         self.q_valid = self.o_valid = False
         self.busy_cycles = 0  # cycles the crossbar computes (a step's DAC slice)
@@ -92,9 +93,10 @@ class TileModel(Unit):
         # routing and output registers (read the pre-update crossbar state)
         r_valid_old, r_last_old = self.r_valid, self.r_last
         if not stall:
-            self.r_valid = x_step_end
-            if x_step_end:
-                self.r_last = ifrt_last
+            self.r_valid = self.p_step_end
+            if self.p_step_end:
+                self.r_last = self.p_last
+            self.p_step_end, self.p_last = x_step_end, ifrt_last
         if out_fire[0]:
             self.o_valid = False
         if q_move:
