@@ -48,7 +48,8 @@ BOARDS = {
     "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker", "ICEBreakerPlatform", None,
                         "bin", ("YOSYS", "NEXTPNR_ICE40", "ICEPACK"),
                         synth_opts="-dsp",
-                        resources=(("LUT4", ("ICESTORM_LC",)), ("DSP (SB_MAC16)", ("ICESTORM_DSP",)),
+                        resources=(("LUT4", ("ICESTORM_LC",)),
+                                   ("DSP (SB_MAC16)", ("ICESTORM_DSP",)),
                                    ("BRAM (SB_RAM40_4K)", ("ICESTORM_RAM",)),
                                    ("SPRAM", ("ICESTORM_SPRAM",)), ("IO", ("SB_IO",)))),
 }

@@ -9,7 +9,6 @@ code the host command uses and compares them with the integer reference, bit for
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from ..hw import protocol
 from ..sw import images, reference
 from ..sw.netfile import Network
-from .cosim import _build, generate_network
+from .cosim import _build, generate_network, run_job
 from .verilator import setup_environment
 
 BOARD_VERILOG = "epim_board.v"
@@ -62,23 +61,10 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
     setup_environment()
     runner, build_dir = _build(verilog, build_root, top="epim_board")
     t1 = time.time()
-    work = Path(tempfile.mkdtemp(dir=build_root, prefix="board-"))
-    try:
-        job = {"divisor": divisor, "send": [s.hex() for s in sends], "expect_bytes": expect,
-               "max_cycles": (n + 4) * (bits_per_image * divisor + 200_000),
-               "result_path": str(work / "result.json")}
-        (work / "job.json").write_text(json.dumps(job))
-        runner.test(test_module="epim.sim.tb_board", hdl_toplevel="epim_board",
-                    build_dir=str(build_dir), test_dir=str(work),
-                    extra_env={"EPIM_BOARD_JOB": str(work / "job.json")},
-                    log_file=str(work / "sim.log"))
-        path = work / "result.json"
-        if not path.exists():
-            log = (work / "sim.log").read_text()[-2000:] if (work / "sim.log").exists() else ""
-            raise RuntimeError(f"the cocotb board testbench did not finish:\n{log}")
-        result = json.loads(path.read_text())
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    job = {"divisor": divisor, "send": [s.hex() for s in sends], "expect_bytes": expect,
+           "max_cycles": (n + 4) * (bits_per_image * divisor + 200_000)}
+    result = run_job(runner, build_dir, build_root, "epim.sim.tb_board", "epim_board",
+                     "EPIM_BOARD_JOB", job)
     data = bytes(b for b, _ in result["received"])
     if result["errors"]:
         raise protocol.ProtocolError("; ".join(result["errors"]))

@@ -130,29 +130,37 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
     build_root.mkdir(parents=True, exist_ok=True)
     runner, build_dir = _build(generated.verilog, build_root, top)
     total = sum(len(p["inputs"]) + len(p["program"]) for p in phases)
-    work = Path(tempfile.mkdtemp(dir=build_root, prefix="job-"))
     if max_cycles is None:
         params = generated.image.params
         max_cycles = 100_000 + 200 * total * max(
             1, params["max_steps"] * params["n_t"] * params.get("passes", 1))
+    job = {"phases": phases, "stalls": stalls, "seed": seed, "max_cycles": max_cycles,
+           "prog_port": top == "epim_tile"}
+    results = run_job(runner, build_dir, build_root, "epim.sim.tb_tile", top,
+                      "EPIM_COSIM_JOB", job)["phases"]
+    for r in results:
+        r["outputs"] = [int(b) for b in r["outputs"]]
+    return results
+
+
+def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, env_var: str,
+            job: dict) -> dict:
+    """Run the cocotb testbench `module` on a built model with `job` (a JSON file named by
+    `env_var`, plus `result_path`), in a scratch folder; returns the result it wrote."""
+    work = Path(tempfile.mkdtemp(dir=build_root, prefix="job-"))
     try:
-        job = {"phases": phases, "stalls": stalls, "seed": seed, "max_cycles": max_cycles,
-               "prog_port": top == "epim_tile", "result_path": str(work / "result.json")}
+        job = {**job, "result_path": str(work / "result.json")}
         (work / "job.json").write_text(json.dumps(job))
-        runner.test(test_module="epim.sim.tb_tile", hdl_toplevel=top,
-                    build_dir=str(build_dir), test_dir=str(work),
-                    extra_env={"EPIM_COSIM_JOB": str(work / "job.json")},
+        runner.test(test_module=module, hdl_toplevel=top, build_dir=str(build_dir),
+                    test_dir=str(work), extra_env={env_var: str(work / "job.json")},
                     log_file=str(work / "sim.log"))
         result_path = work / "result.json"
         if not result_path.exists():
             log = (work / "sim.log").read_text()[-2000:] if (work / "sim.log").exists() else ""
-            raise RuntimeError(f"the cocotb testbench did not finish:\n{log}")
-        results = json.loads(result_path.read_text())["phases"]
+            raise RuntimeError(f"the cocotb testbench {module} did not finish:\n{log}")
+        return json.loads(result_path.read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for r in results:
-        r["outputs"] = [int(b) for b in r["outputs"]]
-    return results
 
 
 def measured_cycles(result: dict, timing: cyclemodel.TileTiming, n: int):

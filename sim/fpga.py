@@ -75,14 +75,13 @@ def summary(reports: list[dict]) -> str:
              "images/s at the constraint |", "|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         u = r["utilisation"]
-
-        def cell(prefix):
+        cells = []
+        for prefix in ("LUT4", "FF", "DSP", "BRAM"):
             key = next((k for k in u if k.startswith(prefix)), None)
-            return f"{u[key]['used']}/{u[key]['available']}" if key else "-"
-
+            cells.append(f"{u[key]['used']}/{u[key]['available']}" if key else "-")
+        met = "met" if r["meets_constraint"] else "FAILED"
         lines.append(f"| {r['board']} | `{r['network']}` | {r['fmax_mhz']:.1f} | "
-                     f"{r['clock_constraint_mhz']:g} ({'met' if r['meets_constraint'] else 'FAILED'}) | "
-                     f"{cell('LUT4')} | {cell('FF')} | {cell('DSP')} | {cell('BRAM')} | "
+                     f"{r['clock_constraint_mhz']:g} ({met}) | {' | '.join(cells)} | "
                      f"{r.get('images_per_second_at_constraint', '-')} |")
     return "\n".join(lines) + "\n"
 

