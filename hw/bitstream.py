@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,11 @@ class ToolMissing(RuntimeError):
 def tool_environment(board: Board) -> dict[str, str]:
     """The environment for the build: YoWASP tools unless the caller set others."""
     env = dict(os.environ)
+    # the tools' commands live next to this Python (a virtualenv run without activating it)
+    here = str(Path(sys.executable).parent)
+    path = env.get("PATH", "").split(os.pathsep)
+    if here not in path:
+        env["PATH"] = os.pathsep.join([here, *path])
     for var, tool in TOOL_ENV.items():
         env.setdefault(var, tool)
     env.setdefault("AMARANTH_USE_YOSYS", "builtin")

@@ -276,15 +276,16 @@ class BoardTop(Elaboratable):
             raise ValueError(f"{self._baud} baud is not within 2% at {f:g} MHz")
         hb = max(4, math.ceil(math.log2(f * 1e6 / 1.5)))
         m.submodules.link = link = BoardLink(self._acc, self._man, divisor, heartbeat_bits=hb)
-        uart = platform.request("uart", 0)
-        m.d.comb += [link.rx.eq(uart.rx.i), uart.tx.o.eq(link.tx)]
-        leds = []
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx_buf = io.Buffer("o", uart.tx)
+        m.d.comb += [link.rx.eq(rx_buf.i), tx_buf.o.eq(link.tx)]
         for n in range(4):
             try:
-                leds.append(platform.request("led", n))
+                led = platform.request("led", n, dir="-")
             except ResourceError:  # fewer LEDs on this board
                 break
-        for n, led in enumerate(leds):
-            m.d.comb += led.o.eq(link.leds[n])
+            m.submodules[f"led_{n}"] = buf = io.Buffer("o", led)
+            m.d.comb += buf.o.eq(link.leds[n])
         return m
 
