@@ -285,6 +285,9 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
         dist.barrier()
     replicas_identical = dist.replicas_identical(model)
     if dist.rank > 0:
+        # wait until rank 0 has evaluated and written, then leave together: a process group
+        # torn down on one side while the other still holds it can abort Gloo's threads
+        dist.barrier()
         dist.stop()
         return {"rank": dist.rank, "model": model}
     acc, pred = evaluate(model, x_test, y_test, device)
@@ -309,6 +312,7 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
     if out:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         np.save(out / "predictions.npy", pred)
+    dist.barrier()
     dist.stop()
     metrics["model"] = model
     return metrics
