@@ -122,13 +122,17 @@ def check_init(cfg: TileConfig, init: dict[str, list[int]]) -> None:
             raise ValueError(f"memory {name!r} has a word wider than {cfg.widths[name]} bits")
 
 
+def ostage_fields(word: int) -> tuple[int, int, int]:
+    """`(bias, mult, shift)` of an output-stage word (bias two's complement, lowest bits)."""
+    bias = word & (2**BIAS_BITS - 1)
+    bias -= (bias >> (BIAS_BITS - 1)) << BIAS_BITS
+    return bias, (word >> BIAS_BITS) & (2**MULT_BITS - 1), word >> (BIAS_BITS + MULT_BITS)
+
+
 def output_value(acc: int, word: int, cfg: TileConfig) -> int:
     """Spec section 5 for one channel: `clamp((acc + bias) * mult + rnd >> shift, lo, hi)`
     from an output-stage word (bias, mult, shift)."""
-    bias = word & (2**BIAS_BITS - 1)
-    bias -= (bias >> (BIAS_BITS - 1)) << BIAS_BITS
-    mult = (word >> BIAS_BITS) & (2**MULT_BITS - 1)
-    shift = word >> (BIAS_BITS + MULT_BITS)
+    bias, mult, shift = ostage_fields(word)
     rnd = (1 << (shift - 1)) if shift else 0
     lo, hi = output_range(cfg)
     return min(hi, max(lo, ((acc + bias) * mult + rnd) >> shift))
@@ -645,10 +649,7 @@ class PIMTile(wiring.Component):
                 continue
             if self._fixed:  # constant bias, mult and shift, widths from the value range
                 word = self._init["ostage"][o]
-                bias = word & (2**BIAS_BITS - 1)
-                bias -= (bias >> (BIAS_BITS - 1)) << BIAS_BITS
-                mult = (word >> BIAS_BITS) & (2**MULT_BITS - 1)
-                shift = word >> (BIAS_BITS + MULT_BITS)
+                bias, mult, shift = ostage_fields(word)
                 rnd = (1 << (shift - 1)) if shift else 0
                 a_lo, a_hi = -(2 ** (cfg.acc_bits - 1)), 2 ** (cfg.acc_bits - 1) - 1
                 y_lo = ((a_lo + bias) * mult + rnd) >> shift
