@@ -174,29 +174,6 @@ def _fit(v, width: int):
     return v[:width]
 
 
-def ge_const(v, c: int):
-    """`v >= c` for a signed `v` (a signal) and a constant `c`, as plain gates (no carry
-    chain), so that synthesis can share logic between the comparisons of one value with many
-    constants. The expression is a sum of products of `v`'s bits, no shared subexpressions."""
-    n = len(v)
-    if c <= -(2 ** (n - 1)):
-        return Const(1)
-    if c > 2 ** (n - 1) - 1:
-        return Const(0)
-    u = Cat(v[:-1], ~v[-1])  # offset binary: order-preserving unsigned
-    cu = c + 2 ** (n - 1)
-    # v >= c: v equals c above bit i and has a 1 where c has a 0, for some i; or v == c
-    lits, terms = [], []
-    for i in reversed(range(n)):
-        if (cu >> i) & 1:
-            lits.append(u[i])
-        else:
-            terms.append(Cat(*lits, u[i]).all())
-            lits.append(~u[i])
-    terms.append(Cat(*lits).all())
-    return Cat(*terms).any()
-
-
 def bit_sum(m: Module, columns: dict[int, list], width: int, name: str = "cs"):
     """The sum of single bits, `columns[w]` holding the bits of weight `2**w`, as `width` bits:
     full adders reduce every column to at most two bits (carry-save), then one adder. Every
@@ -520,8 +497,46 @@ class PIMTile(wiring.Component):
                                          for g in per_pass]))
                 lane_slices[j].append(sig)
         acc_shape = signed(cfg.acc_bits)
+        # With constant cells and no ADC that can saturate (a chunk's largest column sum is
+        # within the ADC's range), a column value is a plain signed sum of single bits: the
+        # negative cells' bits enter inverted (-b = ~b - 1, the -1s folded into one constant)
+        # and every lane, slice and polarity goes into one carry-save tree.
+        linear = self._fixed and all(
+            len(rows) * (2**dac - 1) * (2**cb - 1) <= adc_max for rows in lane_rows)
         x_v = []  # column value of this DAC slice and pass, per epitome output channel
         for e_out in range(cfg.ce_out):
+            if linear:
+                cols: dict[int, list] = {}
+                offset = 0
+                for j, rows in enumerate(lane_rows):
+                    for q in range(ns):
+                        for pol in range(2):
+                            field = ((pol * cfg.ce_out + e_out) * ns + q) * cb
+                            for r, per_pass in enumerate(rows):
+                                vals = [None if g is None else
+                                        (self._init["xbar"][g] >> field) & (2**cb - 1)
+                                        for g in per_pass]
+                                sl = lane_slices[j][r]
+                                for cbit in range(cb):
+                                    on = [v is not None and (v >> cbit) & 1 for v in vals]
+                                    if not any(on):
+                                        continue
+                                    gate = (Const(1) if all(on) else
+                                            Array(Const(int(o), 1) for o in on)[x_p])
+                                    for dbit in range(dac):
+                                        w = cbit + dbit + q * cb
+                                        bit = sl[dbit] & gate
+                                        if pol:
+                                            bit, offset = ~bit, offset - (1 << w)
+                                        cols.setdefault(w, []).append(bit)
+                offset %= 2**cfg.acc_bits
+                for w in range(cfg.acc_bits):
+                    if (offset >> w) & 1:
+                        cols.setdefault(w, []).append(Const(1, 1))
+                v = Signal(acc_shape, name=f"x_v_{e_out}")
+                m.d.comb += v.eq(bit_sum(m, cols, cfg.acc_bits, f"x_cs_{e_out}"))
+                x_v.append(v)
+                continue
             terms = []
             for j, rows in enumerate(lane_rows):
                 s_bits = (len(rows) * (2**dac - 1) * (2**cb - 1)).bit_length() or 1
@@ -641,10 +656,23 @@ class PIMTile(wiring.Component):
         ys = []
         for o in range(cfg.cout):
             if self._fixed and cfg.out_bits <= THRESHOLD_BITS:
-                steps = [ge_const(q_acc[o], t) if t is not None else Const(0)
-                         for t in thresholds(self._init["ostage"][o], cfg)]
+                # binary search over the sorted thresholds: output bit b (most significant
+                # first) compares the accumulator with the threshold that the bits above it
+                # select, so `out_bits` comparators and constant multiplexers do it
+                tshape = signed(cfg.acc_bits + 1)
+                never = 2 ** (cfg.acc_bits - 1)  # above every accumulator value
+                ts = [never if t is None else t
+                      for t in thresholds(self._init["ostage"][o], cfg)]
+                bits = []  # most significant first
+                for b in reversed(range(cfg.out_bits)):
+                    cands = [ts[p + 2**b - 1] for p in range(0, 2**cfg.out_bits, 2**(b + 1))]
+                    t = (Const(cands[0], tshape) if len(cands) == 1 else
+                         Array(Const(c, tshape) for c in cands)[Cat(*reversed(bits))])
+                    bit = Signal(name=f"q_ge_{o}_{b}")
+                    m.d.comb += bit.eq(q_acc[o] >= t)
+                    bits.append(bit)
                 y = Signal(signed(cfg.out_bits + 2), name=f"q_y_{o}")
-                m.d.comb += y.eq(lo + tree_sum(steps, cfg.out_bits + 1))
+                m.d.comb += y.eq(lo + Cat(*reversed(bits)))
                 ys.append(y[:cfg.out_bits])
                 continue
             if self._fixed:  # constant bias, mult and shift, widths from the value range

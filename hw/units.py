@@ -119,6 +119,62 @@ def const_mul(v, c: int):
     return -acc if c < 0 else acc
 
 
+def csd_terms(c: int) -> int:
+    """Non-zero digits of `c` in its non-adjacent form (the adders `const_mul` spends)."""
+    n, k = abs(c), 0
+    while n:
+        if n & 1:
+            n -= 2 - (n & 3)
+            k += 1
+        n >>= 1
+    return k
+
+
+def scale_clamped(v: int, mult: int, shift: int, hi: int) -> int:
+    """`clamp((v*mult + rnd) >> shift, 0, hi)` with the spec's rounding constant."""
+    rnd = (1 << (shift - 1)) if shift > 0 else 0
+    return min(hi, max(0, (v * mult + rnd) >> shift))
+
+
+def exact_scale(mult: int, shift: int, vmax: int, hi: int) -> tuple[int, int]:
+    """A cheaper `(mult, shift)` that gives the same `scale_clamped` result for every
+    `v` in `0 .. vmax`: the constant with the fewest non-zero digits, then the smallest
+    shift (checked for every `v`). The pooling's `mult` comes from a real
+    scale rounded to 31 bits; over the few hundred sums a pool can see, a constant of a few
+    digits gives the same outputs, and shifts and adds replace a two-DSP multiply."""
+    want = [scale_clamped(v, mult, shift, hi) for v in range(vmax + 1)]
+    found = []
+    for s in range(shift + 1):
+        rnd = (1 << (s - 1)) if s > 0 else 0
+        lo_m, hi_m = 0, None  # mult must lie in [lo_m, hi_m]
+        for v in range(1, vmax + 1):
+            y = want[v]
+            if y > 0:  # v*m + rnd >= y * 2**s
+                lo_m = max(lo_m, -(-(y * (1 << s) - rnd) // v))
+            if y < hi:  # v*m + rnd < (y+1) * 2**s
+                top = ((y + 1) * (1 << s) - rnd - 1) // v
+                hi_m = top if hi_m is None else min(hi_m, top)
+        if hi_m is None:
+            hi_m = lo_m
+        if lo_m > hi_m:
+            continue
+        # the fewest digits in [lo_m, hi_m]: clear low bits while staying in range
+        best = None
+        for c in range(lo_m, min(hi_m, lo_m + 4096) + 1):
+            if best is None or csd_terms(c) < csd_terms(best):
+                best = c
+        for b in range(hi_m.bit_length() + 1):
+            c = ((hi_m >> b) << b)
+            if c >= lo_m and csd_terms(c) < csd_terms(best):
+                best = c
+        if all(scale_clamped(v, best, s, hi) == want[v] for v in range(vmax + 1)):
+            found.append((csd_terms(best), s, best))
+    if not found:
+        return mult, shift
+    _, s, best = min(found)
+    return best, s
+
+
 def _round_shift(v, shift: int):
     """`(v + rnd) >> shift` with the spec's `rnd = 2**(shift-1)` (0 for `shift = 0`)."""
     rnd = (1 << (shift - 1)) if shift > 0 else 0
@@ -186,6 +242,8 @@ class PoolUnit(wiring.Component):
         m = Module()
         c, n, ib, ob, mult, shift = self._p
         sbits = ib + max(1, (n - 1).bit_length()) + 1
+        # the same outputs as (mult, shift) for every sum of `n` inputs, with fewer adders
+        mult, shift = exact_scale(mult, shift, n * (2**ib - 1), 2**ob - 1)
         count = Signal(range(n))
         sums = [Signal(sbits, name=f"pool_sum_{ch}") for ch in range(c)]
         o_valid = Signal()

@@ -71,9 +71,9 @@ def compile_net(obj, lanes=None):
     return net, images.compile_layer(net, net.layers[0], lanes=lanes)
 
 
-def make(obj, lanes=None):
+def make(obj, lanes=None, fixed=False):
     net, img = compile_net(obj, lanes)
-    return net, img, PIMTile(TileConfig.from_params(img.params), img.words)
+    return net, img, PIMTile(TileConfig.from_params(img.params), img.words, fixed=fixed)
 
 
 CASES = {
@@ -97,13 +97,16 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["programmable", "fixed"])
 @pytest.mark.parametrize("name", CASES)
-def test_tile_matches_reference_and_cycle_model(name, rng):
+def test_tile_matches_reference_and_cycle_model(name, fixed, rng):
+    """Both datapaths: programmable cells, and a network's fixed tile (constant cells, one
+    signed carry-save tree per column where no ADC can saturate, threshold output stage)."""
     kw = dict(CASES[name])
     lanes = kw.pop("_lanes", None)
     if name == "default":
         kw = dict(cin=8, cout=16, h=6, w=6, epitome=(4, 8, 4, 8), d_c=4)
-    net, img, tile = make(examples.conv_layer_net(rng, **kw), lanes)
+    net, img, tile = make(examples.conv_layer_net(rng, **kw), lanes, fixed)
     cfg = tile.cfg
     if lanes:
         assert cfg.passes > 1
