@@ -174,10 +174,25 @@ def _fit(v, width: int):
     return v[:width]
 
 
-def bit_sum(m: Module, columns: dict[int, list], width: int, name: str = "cs"):
+def _reduce_counts(counts: dict[int, int]) -> dict[int, int]:
+    """One level of full adders on column heights (what `bit_sum` does to the bits)."""
+    nxt: dict[int, int] = {}
+    for w, n in counts.items():
+        nxt[w] = nxt.get(w, 0) + n // 3 + n % 3
+        if n >= 3:
+            nxt[w + 1] = nxt.get(w + 1, 0) + n // 3
+    return nxt
+
+
+def bit_sum(m: Module, columns: dict[int, list], width: int, name: str = "cs",
+            register=None):
     """The sum of single bits, `columns[w]` holding the bits of weight `2**w`, as `width` bits:
     full adders reduce every column to at most two bits (carry-save), then one adder. Every
-    adder output is a signal of `m` (an expression used twice would be emitted twice)."""
+    adder output is a signal of `m` (an expression used twice would be emitted twice).
+
+    `register(bit)`, if given, returns a registered copy of a bit: every bit that is still to
+    be added halfway down the tree (by full-adder levels) goes through it, a pipeline register
+    inside the tree. Constant bits are not registered."""
     count = [0]
 
     def wire(expr):
@@ -187,7 +202,20 @@ def bit_sum(m: Module, columns: dict[int, list], width: int, name: str = "cs"):
         return sig
 
     cols = {w: list(bits) for w, bits in columns.items() if bits}
-    while any(len(b) > 2 for b in cols.values()):
+    cut = None
+    if register is not None:
+        counts, depth = {w: len(b) for w, b in cols.items()}, 0
+        while any(n > 2 for n in counts.values()):
+            counts, depth = _reduce_counts(counts), depth + 1
+        cut = (depth + 1) // 2
+    level = 0
+    while True:
+        if level == cut:
+            cols = {w: [b if isinstance(b, Const) else register(b) for b in bits]
+                    for w, bits in cols.items()}
+        if not any(len(b) > 2 for b in cols.values()):
+            break
+        level += 1
         nxt: dict[int, list] = {}
         for w in sorted(cols):
             bits = cols[w]
@@ -533,8 +561,15 @@ class PIMTile(wiring.Component):
                 for w in range(cfg.acc_bits):
                     if (offset >> w) & 1:
                         cols.setdefault(w, []).append(Const(1, 1))
-                v = Signal(acc_shape, name=f"x_v_{e_out}")
-                m.d.comb += v.eq(bit_sum(m, cols, cfg.acc_bits, f"x_cs_{e_out}"))
+                # the pipeline register `p_` sits halfway down this tree: the rest of the
+                # tree and its final adder belong to the Horner stage
+                def preg(bit, e=e_out):
+                    r = Signal(name=f"p_cs_{e}")
+                    with m.If(~stall):
+                        m.d.sync += r.eq(bit)
+                    return r
+                v = Signal(acc_shape, name=f"p_v_{e_out}")
+                m.d.comb += v.eq(bit_sum(m, cols, cfg.acc_bits, f"x_cs_{e_out}", preg))
                 x_v.append(v)
                 continue
             terms = []
@@ -585,7 +620,9 @@ class PIMTile(wiring.Component):
         first_t = (x_t == cfg.n_t - 1) & first_p
         # Pipeline register after the column sums (`p_`): the slice's column values and the
         # step's controls move on one cycle later, where the Horner sum takes them.
-        p_v = [Signal(acc_shape, name=f"p_v_{e}") for e in range(cfg.ce_out)]
+        # (a column summed by one carry-save tree has its register inside the tree already)
+        p_v = (x_v if linear else
+               [Signal(acc_shape, name=f"p_v_{e}") for e in range(cfg.ce_out)])
         p_valid = Signal()
         p_first_t = Signal()
         p_first_p = Signal()
@@ -597,7 +634,8 @@ class PIMTile(wiring.Component):
             m.d.sync += [p_valid.eq(s_x & ~x_done), p_first_t.eq(first_t),
                          p_first_p.eq(first_p), p_step_end.eq(x_step_end),
                          p_last.eq(ifrt_last), p_mask.eq(ifrt_mask), p_gi.eq(ifrt_gi)]
-            m.d.sync += [p_v[e].eq(x_v[e]) for e in range(cfg.ce_out)]
+            if not linear:
+                m.d.sync += [p_v[e].eq(x_v[e]) for e in range(cfg.ce_out)]
         for e in range(cfg.ce_out):
             # Horner over DAC slices (shift on a slice's first pass), plain sum over its passes
             base = Mux(p_first_t, 0, Mux(p_first_p, x_col[e] << dac, x_col[e]))

@@ -120,9 +120,11 @@ def test_tile_matches_reference_and_cycle_model(name, fixed, rng):
     assert out_cycles[t.pixels - 1::t.pixels] == sched.last_out
 
 
-def test_back_pressure_loses_nothing(rng):
+@pytest.mark.parametrize("fixed", [False, True], ids=["programmable", "fixed"])
+def test_back_pressure_loses_nothing(fixed, rng):
     net, img, tile = make(examples.conv_layer_net(rng, cin=3, cout=4, h=4, w=4,
-                                                  epitome=(2, 4, 2, 2), offsets="random"))
+                                                  epitome=(2, 4, 2, 2), offsets="random"),
+                          fixed=fixed)
     x = rng.integers(0, 16, (2,) + net.input_shape)
     pattern = rng.random(10_000) < 0.35
     got, _, _ = simulate(tile, beats_of(x, 4), 2 * 16, ready=lambda c: bool(pattern[c]))
