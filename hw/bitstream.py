@@ -34,6 +34,7 @@ class Board:
     product: str  # the bitstream file's suffix
     tools: tuple[str, ...]  # the environment variables naming its tools (`TOOL_ENV`)
     synth_opts: str = ""
+    pnr_opts: str = ""
     # nextpnr report cell types, grouped as the report shows them
     resources: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
@@ -41,6 +42,9 @@ class Board:
 BOARDS = {
     "ulx3s-85f": Board("ulx3s-85f", "amaranth_boards.ulx3s", "ULX3S_85F_Platform", 50.0, "bit",
                        ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"),
+                       # router2 is nextpnr's router for congested designs: router1 (the
+                       # default) did not converge on the MNIST model at 79% of the LUTs
+                       pnr_opts="--router router2",
                        resources=(("LUT4", ("TRELLIS_COMB",)), ("FF", ("TRELLIS_FF",)),
                                   ("DSP (MULT18X18D)", ("MULT18X18D",)),
                                   ("BRAM (DP16KD)", ("DP16KD",)),
@@ -122,7 +126,8 @@ def build(images: str | Path, board: str, out_dir: str | Path, clock_mhz: float 
         plan = platform.build(top, name=TOP, build_dir=str(out_dir), do_build=False,
                               synth_opts=b.synth_opts,
                               nextpnr_opts=f"--report {report_file} --seed {seed} "
-                                           "--timing-allow-fail", **(overrides or {}))
+                                           f"--timing-allow-fail {b.pnr_opts}".rstrip(),
+                              **(overrides or {}))
     finally:
         for k, v in old.items():
             if v is None:
