@@ -166,6 +166,26 @@ def thresholds(word: int, cfg: TileConfig) -> list[int | None]:
     return out
 
 
+def threshold_stage(m: Module, acc, word: int, cfg: TileConfig, name: str = "q_ge"):
+    """The output stage of one channel (output-stage word `word`) on the accumulator `acc`, by
+    binary search over its sorted thresholds: output bit `b` (most significant first) is one
+    comparison of `acc` with the threshold that the bits above it select, so `out_bits`
+    comparators and constant multiplexers do it. Returns `y` (signed, `out_bits + 2` bits)."""
+    lo, _ = output_range(cfg)
+    tshape = signed(cfg.acc_bits + 1)
+    never = 2 ** (cfg.acc_bits - 1)  # above every accumulator value
+    ts = [never if t is None else t for t in thresholds(word, cfg)]
+    bits = []  # most significant first
+    for b in reversed(range(cfg.out_bits)):
+        cands = [ts[p + 2**b - 1] for p in range(0, 2**cfg.out_bits, 2**(b + 1))]
+        t = (Const(cands[0], tshape) if len(cands) == 1 else
+             Array(Const(c, tshape) for c in cands)[Cat(*reversed(bits))])
+        bit = Signal(name=f"{name}_{b}")
+        m.d.comb += bit.eq(acc >= t)
+        bits.append(bit)
+    return lo + Cat(*reversed(bits))
+
+
 def _fit(v, width: int):
     """`v` (signed) as exactly `width` two's complement bits."""
     v = Value.cast(v)
@@ -694,23 +714,9 @@ class PIMTile(wiring.Component):
         ys = []
         for o in range(cfg.cout):
             if self._fixed and cfg.out_bits <= THRESHOLD_BITS:
-                # binary search over the sorted thresholds: output bit b (most significant
-                # first) compares the accumulator with the threshold that the bits above it
-                # select, so `out_bits` comparators and constant multiplexers do it
-                tshape = signed(cfg.acc_bits + 1)
-                never = 2 ** (cfg.acc_bits - 1)  # above every accumulator value
-                ts = [never if t is None else t
-                      for t in thresholds(self._init["ostage"][o], cfg)]
-                bits = []  # most significant first
-                for b in reversed(range(cfg.out_bits)):
-                    cands = [ts[p + 2**b - 1] for p in range(0, 2**cfg.out_bits, 2**(b + 1))]
-                    t = (Const(cands[0], tshape) if len(cands) == 1 else
-                         Array(Const(c, tshape) for c in cands)[Cat(*reversed(bits))])
-                    bit = Signal(name=f"q_ge_{o}_{b}")
-                    m.d.comb += bit.eq(q_acc[o] >= t)
-                    bits.append(bit)
                 y = Signal(signed(cfg.out_bits + 2), name=f"q_y_{o}")
-                m.d.comb += y.eq(lo + Cat(*reversed(bits)))
+                m.d.comb += y.eq(threshold_stage(m, q_acc[o], self._init["ostage"][o], cfg,
+                                                 f"q_ge_{o}"))
                 ys.append(y[:cfg.out_bits])
                 continue
             if self._fixed:  # constant bias, mult and shift, widths from the value range

@@ -8,14 +8,23 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment, Module, Signal
+from amaranth.hdl import Fragment, Module, Signal, signed
 from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epim.hw import protocol
 from epim.hw.board import UARTRx, UARTTx, pll_ecp5, pll_settings
-from epim.hw.tile import BIAS_BITS, MULT_BITS, TileConfig, output_range, output_value, thresholds
+from epim.hw.tile import (
+    BIAS_BITS,
+    MULT_BITS,
+    TileConfig,
+    output_range,
+    output_value,
+    threshold_stage,
+    thresholds,
+)
+from epim.hw.units import exact_scale, scale_clamped
 
 
 def _cfg(relu: bool, out_bits: int, acc_bits: int) -> TileConfig:
@@ -39,6 +48,48 @@ def test_thresholds_reproduce_the_output_stage_for_every_accumulator(relu, out_b
     for acc in range(-2 ** (acc_bits - 1), 2 ** (acc_bits - 1)):
         by_thresholds = lo + sum(t is not None and acc >= t for t in ts)
         assert by_thresholds == output_value(acc, word, cfg)
+
+
+def test_threshold_stage_hardware_for_every_accumulator():
+    """The binary-search threshold stage of fixed tiles, in the simulator, against the spec's
+    output stage for every accumulator value of random words (signed and ReLU outputs)."""
+    rnd = random.Random(7)
+    for relu, out_bits in [(True, 4), (False, 4), (True, 2), (False, 3), (True, 1)]:
+        cfg = _cfg(relu, out_bits, 9)
+        for _ in range(3):
+            bias, mult = rnd.randrange(-300, 300), rnd.randrange(1, 2**12)
+            shift = rnd.randrange(0, 14)
+            word = ((bias & (2**BIAS_BITS - 1)) | (mult << BIAS_BITS)
+                    | (shift << (BIAS_BITS + MULT_BITS)))
+            m = Module()
+            acc = Signal(signed(9))
+            y = Signal(signed(out_bits + 2))
+            m.d.comb += y.eq(threshold_stage(m, acc, word, cfg))
+
+            async def bench(ctx, word=word, cfg=cfg, acc=acc, y=y):
+                for a in range(-256, 256):
+                    ctx.set(acc, a)
+                    assert ctx.get(y) == output_value(a, word, cfg), (a, word)
+
+            sim = Simulator(m)
+            sim.add_testbench(bench)
+            sim.run()
+
+
+@settings(max_examples=200, deadline=None)
+@given(mult=st.integers(1, 2**31 - 1), shift=st.integers(0, 40), vmax=st.integers(1, 900),
+       out_bits=st.sampled_from([4, 8]))
+def test_exact_scale_gives_the_same_outputs_over_the_range(mult, shift, vmax, out_bits):
+    hi = 2**out_bits - 1
+    m2, s2 = exact_scale(mult, shift, vmax, hi)
+    assert m2 <= mult and s2 <= shift
+    for v in range(vmax + 1):
+        assert scale_clamped(v, m2, s2, hi) == scale_clamped(v, mult, shift, hi)
+
+
+def test_exact_scale_of_the_mnist_pool():
+    # the committed model's global pooling: 49 pixels of 4-bit values, 8-bit output
+    assert exact_scale(1195758605, 32, 49 * 15, 255) == (9123, 15)
 
 
 def _uart_pair(divisor: int):
