@@ -544,6 +544,20 @@ class PIMTile(wiring.Component):
                 m.d.comb += sig.eq(pick([None if g is None else x_slices[g]
                                          for g in per_pass]))
                 lane_slices[j].append(sig)
+        gates: dict[tuple, Value] = {}
+
+        def pass_gate(on):
+            """1 in the passes where a cell bit is set (`on`, per pass): one shared signal per
+            pattern, since many cells share one (an expression would be emitted per use)."""
+            on = tuple(bool(o) for o in on)
+            if all(on):
+                return Const(1)
+            if on not in gates:
+                sig = Signal(name=f"x_gate_{len(gates)}")
+                m.d.comb += sig.eq(Cat(*[x_p == p for p, o in enumerate(on) if o]).any())
+                gates[on] = sig
+            return gates[on]
+
         acc_shape = signed(cfg.acc_bits)
         # With constant cells and no ADC that can saturate (a chunk's largest column sum is
         # within the ADC's range), a column value is a plain signed sum of single bits: the
@@ -569,8 +583,7 @@ class PIMTile(wiring.Component):
                                     on = [v is not None and (v >> cbit) & 1 for v in vals]
                                     if not any(on):
                                         continue
-                                    gate = (Const(1) if all(on) else
-                                            Array(Const(int(o), 1) for o in on)[x_p])
+                                    gate = pass_gate(on)
                                     for dbit in range(dac):
                                         w = cbit + dbit + q * cb
                                         bit = sl[dbit] & gate
@@ -614,8 +627,7 @@ class PIMTile(wiring.Component):
                                     on = [v is not None and (v >> cbit) & 1 for v in vals]
                                     if not any(on):
                                         continue
-                                    gate = (Const(1) if all(on) else
-                                            Array(Const(int(o), 1) for o in on)[x_p])
+                                    gate = pass_gate(on)
                                     for dbit in range(dac):
                                         cols.setdefault(cbit + dbit, []).append(
                                             sl[dbit] & gate)
