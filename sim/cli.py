@@ -94,7 +94,8 @@ def cmd_cost(args) -> int:
 
     net = _load_net(args.net)
     consts = cost.Constants.from_file(args.constants)
-    nc = cost.network_cost(net, consts=consts, reuse=not args.no_reuse, lanes=args.lanes)
+    nc = cost.network_cost(net, consts=consts, reuse=not args.no_reuse,
+                           lanes=resolve_lanes(net, args.lanes))
     print(f"{'layer':14} {'xbars':>6} {'dense8':>7} {'area mm2':>9} {'activ.':>8} "
           f"{'no reuse':>9} {'latency':>8} {'cyc/img':>8} {'energy nJ':>10}")
     for c in nc.layers:
@@ -151,6 +152,7 @@ def cmd_generate(args) -> int:
     from .cosim import generate, generate_network
 
     net = _load_net(args.net)
+    args.lanes = resolve_lanes(net, args.lanes)
     if args.tile or args.blank:
         gen = generate(net, args.out, reuse=not args.no_reuse, blank=args.blank,
                        lanes=args.lanes)
@@ -251,6 +253,7 @@ def cmd_cosim(args) -> int:
 
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
+    args.lanes = resolve_lanes(net, args.lanes)
     if not args.program:
         y, rep = cosim_network(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
                                reuse=not args.no_reuse, lanes=args.lanes)
@@ -319,7 +322,30 @@ def cmd_train(args) -> int:
 DATA_PATH_HELP = ("cifar10: its files (the python-batch folder cifar-10-batches-py, its parent, or "
                   "a JPEG .npz); default $EPIM_CIFAR10, ./data, the cache folder")
 LANES_HELP = ("row chunks each tile computes at once (default: all); fewer lanes mean fewer "
-              "adder trees and ADCs and ceil(chunks / lanes) cycles per DAC slice")
+              "adder trees and ADCs and ceil(chunks / lanes) cycles per DAC slice; 'balanced': "
+              "per tile the fewest that keep the network's throughput (what the FPGA build uses)")
+
+
+def lanes_arg(text: str) -> int | str:
+    """`--lanes`: a positive number or `balanced`."""
+    if text == "balanced":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive number or 'balanced'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: lanes must be at least 1")
+    return n
+
+
+def resolve_lanes(net, lanes):
+    """`--lanes balanced` as the per-tile dictionary of `netcycles.balanced_lanes`."""
+    if lanes != "balanced":
+        return lanes
+    from ..sw import netcycles
+
+    return netcycles.balanced_lanes(net)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "energy per layer and network")
     c.add_argument("net")
     c.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
-    c.add_argument("--lanes", type=int, help=LANES_HELP)
+    c.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
     c.add_argument("--constants", help="JSON object overriding cost constants (docs/cost.md)")
     c.add_argument("--json", help="also write the figures to this JSON file")
     c.set_defaults(func=cmd_cost)
@@ -372,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("net")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
-    g.add_argument("--lanes", type=int, help=LANES_HELP)
+    g.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
     g.add_argument("--tile", action="store_true",
                    help="a single-layer network as one tile with its programming port "
                         "(top epim_tile) instead of the network accelerator (top epim_net)")
@@ -395,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single-layer networks: run the tile alone, starting from blank "
                         "memories written through its programming port")
     s.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
-    s.add_argument("--lanes", type=int, help=LANES_HELP)
+    s.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
     s.set_defaults(func=cmd_cosim)
 
     d = sub.add_parser("data", help="write a data set split as .npy (inputs and labels)")

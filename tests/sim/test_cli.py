@@ -80,6 +80,23 @@ def test_generate_network_accelerator(tmp_path, net_obj, capsys):
     assert "module epim_net" in (out / "epim_net.v").read_text()
 
 
+def test_lanes_balanced_and_bad_lanes(tmp_path, capsys):
+    """`--lanes balanced` gives each tile the lanes of `netcycles.balanced_lanes`."""
+    from epim.sw import netcycles
+
+    path = "examples/mnist-epim-cnn-r4/net.json"
+    out = tmp_path / "g"
+    assert main(["generate", path, "--out", str(out), "--lanes", "balanced"]) == 0
+    want = netcycles.balanced_lanes(netfile.load(path))
+    for name, lanes in want.items():
+        params = json.loads((out / "tiles" / name / "manifest.json").read_text())["params"]
+        assert params["lanes"] == lanes
+    r = run_cli("cost", path, "--lanes", "0")
+    assert r.returncode == 2 and "lanes must be at least 1" in r.stderr
+    r = run_cli("cost", path, "--lanes", "some")
+    assert r.returncode == 2 and "a positive number or 'balanced'" in r.stderr
+
+
 def test_single_tile_options_refuse_a_network(tmp_path, net_obj, capsys):
     from tests.sw.test_netfile import _residual_net
     path = tmp_path / "res.json"
