@@ -205,14 +205,15 @@ def _reduce_counts(counts: dict[int, int]) -> dict[int, int]:
 
 
 def bit_sum(m: Module, columns: dict[int, list], width: int, name: str = "cs",
-            register=None):
+            register=None, late=None):
     """The sum of single bits, `columns[w]` holding the bits of weight `2**w`, as `width` bits:
     full adders reduce every column to at most two bits (carry-save), then one adder. Every
     adder output is a signal of `m` (an expression used twice would be emitted twice).
 
     `register(bit)`, if given, returns a registered copy of a bit: every bit that is still to
     be added halfway down the tree (by full-adder levels) goes through it, a pipeline register
-    inside the tree. Constant bits are not registered."""
+    inside the tree. Constant bits are not registered. `late`, if given, is a word added
+    (modulo `2**width`) into the tree after that register (or at its top without one)."""
     count = [0]
 
     def wire(expr):
@@ -233,6 +234,10 @@ def bit_sum(m: Module, columns: dict[int, list], width: int, name: str = "cs",
         if level == cut:
             cols = {w: [b if isinstance(b, Const) else register(b) for b in bits]
                     for w, bits in cols.items()}
+        if late is not None and level == (cut or 0):
+            for w in range(min(width, len(late))):
+                cols.setdefault(w, []).append(late[w])
+            late = None
         if not any(len(b) > 2 for b in cols.values()):
             break
         level += 1
@@ -559,6 +564,19 @@ class PIMTile(wiring.Component):
             return gates[on]
 
         acc_shape = signed(cfg.acc_bits)
+        # Horner over DAC slices (shift on a slice's first pass), plain sum over its passes:
+        # x_col_next = base + p_v, one cycle after the column sums (`p_` stage)
+        x_col = [Signal(acc_shape, name=f"x_col_{e}") for e in range(cfg.ce_out)]
+        x_col_next = [Signal(acc_shape, name=f"x_col_next_{e}") for e in range(cfg.ce_out)]
+        first_p = (x_p == 0) if n_pass > 1 else Const(1)
+        first_t = (x_t == cfg.n_t - 1) & first_p
+        p_first_t = Signal()
+        p_first_p = Signal()
+        base = []
+        for e in range(cfg.ce_out):
+            b = Signal(acc_shape, name=f"p_base_{e}")
+            m.d.comb += b.eq(Mux(p_first_t, 0, Mux(p_first_p, x_col[e] << dac, x_col[e])))
+            base.append(b)
         # With constant cells and no ADC that can saturate (a chunk's largest column sum is
         # within the ADC's range), a column value is a plain signed sum of single bits: the
         # negative cells' bits enter inverted (-b = ~b - 1, the -1s folded into one constant)
@@ -601,8 +619,10 @@ class PIMTile(wiring.Component):
                     with m.If(~stall):
                         m.d.sync += r.eq(bit)
                     return r
-                v = Signal(acc_shape, name=f"p_v_{e_out}")
-                m.d.comb += v.eq(bit_sum(m, cols, cfg.acc_bits, f"x_cs_{e_out}", preg))
+                # ... and the Horner sum's `base` joins the rest of the tree: one final adder
+                v = Signal(acc_shape, name=f"p_sum_{e_out}")
+                m.d.comb += v.eq(bit_sum(m, cols, cfg.acc_bits, f"x_cs_{e_out}", preg,
+                                         late=base[e_out]))
                 x_v.append(v)
                 continue
             terms = []
@@ -646,18 +666,12 @@ class PIMTile(wiring.Component):
             m.d.comb += v.eq(tree_sum(terms, cfg.acc_bits, is_signed=True))
             x_v.append(v)
 
-        x_col = [Signal(acc_shape, name=f"x_col_{e}") for e in range(cfg.ce_out)]
-        x_col_next = [Signal(acc_shape, name=f"x_col_next_{e}") for e in range(cfg.ce_out)]
-        first_p = (x_p == 0) if n_pass > 1 else Const(1)
-        first_t = (x_t == cfg.n_t - 1) & first_p
         # Pipeline register after the column sums (`p_`): the slice's column values and the
         # step's controls move on one cycle later, where the Horner sum takes them.
         # (a column summed by one carry-save tree has its register inside the tree already)
         p_v = (x_v if linear else
                [Signal(acc_shape, name=f"p_v_{e}") for e in range(cfg.ce_out)])
         p_valid = Signal()
-        p_first_t = Signal()
-        p_first_p = Signal()
         p_step_end = Signal()
         p_last = Signal()
         p_mask = Signal(cfg.g_out)
@@ -669,9 +683,8 @@ class PIMTile(wiring.Component):
             if not linear:
                 m.d.sync += [p_v[e].eq(x_v[e]) for e in range(cfg.ce_out)]
         for e in range(cfg.ce_out):
-            # Horner over DAC slices (shift on a slice's first pass), plain sum over its passes
-            base = Mux(p_first_t, 0, Mux(p_first_p, x_col[e] << dac, x_col[e]))
-            m.d.comb += x_col_next[e].eq(base + p_v[e])
+            # (a tree with its register inside has added `base` already)
+            m.d.comb += x_col_next[e].eq(p_v[e] if linear else base[e] + p_v[e])
             with m.If(p_valid & ~stall):
                 m.d.sync += x_col[e].eq(x_col_next[e])
 
