@@ -26,6 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 BIAS_BITS, MULT_BITS, SHIFT_BITS = 32, 31, 6
 THRESHOLD_BITS = 4  # a fixed tile computes outputs of at most this many bits by thresholds
+TABLE_DEPTH_MAX = 1024  # ... from a block-RAM table when they span at most this many values
 PROG_TARGETS = {"xbar": 0, "ifrt": 1, "ifat": 2, "ofat": 3, "ostage": 4}
 
 
@@ -164,6 +165,23 @@ def thresholds(word: int, cfg: TileConfig) -> list[int | None]:
                 a = mid + 1
         out.append(a)
     return out
+
+
+def output_table(word: int, cfg: TileConfig) -> tuple[int, list[int]] | None:
+    """The output stage of one channel as a table: `(base, table)` with
+    `y = table[clamp(acc - base, 0, len(table) - 1)]` for every accumulator value, or None when
+    the thresholds span more than `TABLE_DEPTH_MAX` values. Below its first threshold the
+    stage is constant, and above its last one too, so the ends of the table cover the rest."""
+    ts = [t for t in thresholds(word, cfg) if t is not None]
+    a_lo, a_hi = -(2 ** (cfg.acc_bits - 1)), 2 ** (cfg.acc_bits - 1) - 1
+    base, top = (min(ts) - 1, max(ts)) if ts else (0, 1)
+    depth = 1 << max(1, (top - base).bit_length())
+    if depth > TABLE_DEPTH_MAX:
+        return None
+    # (entries beyond the accumulator's range hold its end values; words of the table are
+    # the output's `out_bits` bits, two's complement when signed)
+    return base, [output_value(min(max(base + i, a_lo), a_hi), word, cfg)
+                  & (2**cfg.out_bits - 1) for i in range(depth)]
 
 
 def threshold_stage(m: Module, acc, word: int, cfg: TileConfig, name: str = "q_ge"):
@@ -702,6 +720,14 @@ class PIMTile(wiring.Component):
         m.d.comb += ofat.addr.eq(r_gi)
 
         cw = ubits(cfg.ce_out)
+        # a fixed tile's narrow outputs whose thresholds are close together: block-RAM tables
+        tables = {}
+        if self._fixed and cfg.out_bits <= THRESHOLD_BITS:
+            for o in range(cfg.cout):
+                t = output_table(self._init["ostage"][o], cfg)
+                if t is not None:
+                    tables[o] = t
+        table_y = {}
         acc = [Signal(acc_shape, name=f"r_acc_{o}") for o in range(cfg.cout)]
         q_acc = [Signal(acc_shape, name=f"q_acc_{o}") for o in range(cfg.cout)]
         q_valid = Signal()
@@ -733,11 +759,28 @@ class PIMTile(wiring.Component):
                 m.d.sync += acc[o].eq(Mux(r_last, 0, acc_next))
                 with m.If(r_last):
                     m.d.sync += q_acc[o].eq(acc_next)
+            if o in tables:
+                # the table's read register takes the place of q_acc: it is loaded in the same
+                # cycle, so the output is ready when the threshold stage's would be
+                base, table = tables[o]
+                k = ubits(len(table))
+                rom = Memory(shape=cfg.out_bits, depth=len(table), init=table)
+                m.submodules[f"q_table_{o}"] = rom
+                rp = rom.read_port(domain="sync")
+                d = Signal(signed(cfg.acc_bits + 2), name=f"q_d_{o}")
+                m.d.comb += [d.eq(acc_next - base),
+                             rp.addr.eq(Mux(d < 0, 0, Mux(d > len(table) - 1, len(table) - 1,
+                                                          d[:k]))),
+                             rp.en.eq(r_valid & ~stall & r_last)]
+                table_y[o] = rp.data
 
         # --- Output stage (spec section 5) and output register -------------------------------
         lo, hi = output_range(cfg)
         ys = []
         for o in range(cfg.cout):
+            if o in table_y:
+                ys.append(table_y[o])
+                continue
             if self._fixed and cfg.out_bits <= THRESHOLD_BITS:
                 y = Signal(signed(cfg.out_bits + 2), name=f"q_y_{o}")
                 m.d.comb += y.eq(threshold_stage(m, q_acc[o], self._init["ostage"][o], cfg,

@@ -20,6 +20,7 @@ from epim.hw.tile import (
     MULT_BITS,
     TileConfig,
     output_range,
+    output_table,
     output_value,
     threshold_stage,
     thresholds,
@@ -48,6 +49,25 @@ def test_thresholds_reproduce_the_output_stage_for_every_accumulator(relu, out_b
     for acc in range(-2 ** (acc_bits - 1), 2 ** (acc_bits - 1)):
         by_thresholds = lo + sum(t is not None and acc >= t for t in ts)
         assert by_thresholds == output_value(acc, word, cfg)
+
+
+@settings(max_examples=60, deadline=None)
+@given(relu=st.booleans(), out_bits=st.integers(1, 4), acc_bits=st.integers(4, 11),
+       bias=st.integers(-2**12, 2**12), mult=st.integers(1, 2**16), shift=st.integers(0, 20))
+def test_output_tables_reproduce_the_output_stage_for_every_accumulator(relu, out_bits,
+                                                                        acc_bits, bias, mult,
+                                                                        shift):
+    cfg = _cfg(relu, out_bits, acc_bits)
+    word = (bias & (2**BIAS_BITS - 1)) | (mult << BIAS_BITS) | (shift << (BIAS_BITS + MULT_BITS))
+    t = output_table(word, cfg)
+    if t is None:
+        ts = [x for x in thresholds(word, cfg) if x is not None]
+        assert max(ts) - min(ts) + 2 > 1024
+        return
+    base, table = t
+    for acc in range(-2 ** (acc_bits - 1), 2 ** (acc_bits - 1)):
+        got = table[min(max(acc - base, 0), len(table) - 1)]
+        assert got == output_value(acc, word, cfg) & (2**out_bits - 1)
 
 
 def test_threshold_stage_hardware_for_every_accumulator():

@@ -7,6 +7,7 @@ import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
+from epim.hw import tile as tile_module
 from epim.hw.tile import PROG_TARGETS, PIMTile, TileConfig, prog_layout
 from epim.sw import cyclemodel, examples, images, netfile, reference
 
@@ -87,6 +88,7 @@ CASES = {
                                         pim=dict(examples.DEFAULT_PIM, dac_bits=2)),
     "wrap-signed": dict(cin=2, cout=3, h=3, w=3, padding=0, epitome=(2, 3, 1, 1),
                         offsets="random", relu=False, out_bits=6),
+    "signed-3bit": dict(cin=3, cout=6, h=4, w=4, epitome=(2, 4, 2, 3), relu=False, out_bits=3),
     # 27 rows in 4 chunks of 8 with a lossy ADC: one lane (4 passes), three lanes (2 passes)
     "lanes-1": dict(cin=3, cout=4, h=4, w=4, epitome=None, in_bits=3, _lanes=1,
                     pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=2, dac_bits=2, adc_bits=3)),
@@ -97,11 +99,16 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("fixed", [False, True], ids=["programmable", "fixed"])
+@pytest.mark.parametrize("fixed", [False, True, "no-tables"],
+                         ids=["programmable", "fixed", "fixed-no-tables"])
 @pytest.mark.parametrize("name", CASES)
-def test_tile_matches_reference_and_cycle_model(name, fixed, rng):
-    """Both datapaths: programmable cells, and a network's fixed tile (constant cells, one
-    signed carry-save tree per column where no ADC can saturate, threshold output stage)."""
+def test_tile_matches_reference_and_cycle_model(name, fixed, rng, monkeypatch):
+    """Every datapath: programmable cells, and a network's fixed tile (constant cells, one
+    signed carry-save tree per column where no ADC can saturate, output stages from block-RAM
+    tables, or by thresholds in logic where a table would be too deep)."""
+    if fixed == "no-tables":
+        monkeypatch.setattr(tile_module, "TABLE_DEPTH_MAX", 0)
+        fixed = True
     kw = dict(CASES[name])
     lanes = kw.pop("_lanes", None)
     if name == "default":
