@@ -581,6 +581,21 @@ class PIMTile(wiring.Component):
                 gates[on] = sig
             return gates[on]
 
+        slots: dict[tuple, Value] = {}
+
+        def slot_bit(sources):
+            """The DAC slice bit `(row, dbit)` that a tree slot takes in each pass (None: 0),
+            as one shared signal per distinct pattern."""
+            if len(sources) == 1:
+                return Const(0, 1) if sources[0] is None else x_slices[sources[0][0]][
+                    sources[0][1]]
+            if sources not in slots:
+                sig = Signal(name=f"x_slot_{len(slots)}")
+                m.d.comb += sig.eq(Array(Const(0, 1) if src is None else
+                                         x_slices[src[0]][src[1]] for src in sources)[x_p])
+                slots[sources] = sig
+            return slots[sources]
+
         acc_shape = signed(cfg.acc_bits)
         # Horner over DAC slices (shift on a slice's first pass), plain sum over its passes:
         # x_col_next = base + p_v, one cycle after the column sums (`p_` stage)
@@ -604,28 +619,37 @@ class PIMTile(wiring.Component):
         x_v = []  # column value of this DAC slice and pass, per epitome output channel
         for e_out in range(cfg.ce_out):
             if linear:
-                cols: dict[int, list] = {}
-                offset = 0
-                for j, rows in enumerate(lane_rows):
+                # Per weight and polarity, pass p has a list of the slice bits whose cells are
+                # set; slot k of the tree takes the k-th bit of the current pass (a multiplexer
+                # on x_p), so a tree is as wide as its busiest pass, not as the union of all.
+                lists: dict[tuple[int, int], list[list]] = {}
+                for rows in lane_rows:
                     for q in range(ns):
                         for pol in range(2):
                             field = ((pol * cfg.ce_out + e_out) * ns + q) * cb
-                            for r, per_pass in enumerate(rows):
-                                vals = [None if g is None else
-                                        (self._init["xbar"][g] >> field) & (2**cb - 1)
-                                        for g in per_pass]
-                                sl = lane_slices[j][r]
-                                for cbit in range(cb):
-                                    on = [v is not None and (v >> cbit) & 1 for v in vals]
-                                    if not any(on):
+                            for per_pass in rows:
+                                for p, g in enumerate(per_pass):
+                                    if g is None:
                                         continue
-                                    gate = pass_gate(on)
-                                    for dbit in range(dac):
-                                        w = cbit + dbit + q * cb
-                                        bit = sl[dbit] & gate
-                                        if pol:
-                                            bit, offset = ~bit, offset - (1 << w)
-                                        cols.setdefault(w, []).append(bit)
+                                    v = (self._init["xbar"][g] >> field) & (2**cb - 1)
+                                    for cbit in range(cb):
+                                        if not (v >> cbit) & 1:
+                                            continue
+                                        for dbit in range(dac):
+                                            w = cbit + dbit + q * cb
+                                            per = lists.setdefault((w, pol),
+                                                                   [[] for _ in range(n_pass)])
+                                            per[p].append((g, dbit))
+                cols: dict[int, list] = {}
+                offset = 0
+                for (w, pol), per in sorted(lists.items()):
+                    for k in range(max(len(bits) for bits in per)):
+                        bit = slot_bit(tuple(bits[k] if k < len(bits) else None
+                                             for bits in per))
+                        if pol:
+                            # -b = ~b - 1; an empty slot (0) adds ~0 - 1 = 0 as well
+                            bit, offset = ~bit, offset - (1 << w)
+                        cols.setdefault(w, []).append(bit)
                 offset %= 2**cfg.acc_bits
                 for w in range(cfg.acc_bits):
                     if (offset >> w) & 1:
@@ -764,7 +788,9 @@ class PIMTile(wiring.Component):
                 # cycle, so the output is ready when the threshold stage's would be
                 base, table = tables[o]
                 k = ubits(len(table))
-                rom = Memory(shape=cfg.out_bits, depth=len(table), init=table)
+                # (synthesis would otherwise turn many of these step functions into logic)
+                rom = Memory(shape=cfg.out_bits, depth=len(table), init=table,
+                             attrs={"rom_style": "block", "ram_style": "block"})
                 m.submodules[f"q_table_{o}"] = rom
                 rp = rom.read_port(domain="sync")
                 d = Signal(signed(cfg.acc_bits + 2), name=f"q_d_{o}")

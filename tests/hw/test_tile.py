@@ -92,6 +92,11 @@ CASES = {
     # 27 rows in 4 chunks of 8 with a lossy ADC: one lane (4 passes), three lanes (2 passes)
     "lanes-1": dict(cin=3, cout=4, h=4, w=4, epitome=None, in_bits=3, _lanes=1,
                     pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=2, dac_bits=2, adc_bits=3)),
+    # no ADC can saturate (8 rows of 1-bit cells, 4-bit ADC): a fixed tile's slotted trees
+    "lanes-1-linear": dict(cin=5, cout=4, h=4, w=4, epitome=(3, 4, 2, 2), in_bits=3, _lanes=1,
+                           offsets="random",
+                           pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=1, dac_bits=1,
+                                    adc_bits=4)),
     "lanes-3-epitome": dict(cin=5, cout=4, h=4, w=4, epitome=(3, 3, 2, 2), in_bits=3, _lanes=3,
                             offsets="random",
                             pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=1, dac_bits=1,
