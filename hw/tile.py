@@ -184,24 +184,44 @@ def output_table(word: int, cfg: TileConfig) -> tuple[int, list[int]] | None:
                   & (2**cfg.out_bits - 1) for i in range(depth)]
 
 
+def ge_const(v, c: int):
+    """`v >= c` for a signed `v` (a signal) and a constant `c`, as plain gates (no carry
+    chain), so that synthesis can share logic between the comparisons of one value with many
+    constants. The expression is a sum of products of `v`'s bits, no shared subexpressions."""
+    n = len(v)
+    if c <= -(2 ** (n - 1)):
+        return Const(1)
+    if c > 2 ** (n - 1) - 1:
+        return Const(0)
+    u = Cat(v[:-1], ~v[-1])  # offset binary: order-preserving unsigned
+    cu = c + 2 ** (n - 1)
+    # v >= c: v equals c above bit i and has a 1 where c has a 0, for some i; or v == c
+    lits, terms = [], []
+    for i in reversed(range(n)):
+        if (cu >> i) & 1:
+            lits.append(u[i])
+        else:
+            terms.append(Cat(*lits, u[i]).all())
+            lits.append(~u[i])
+    terms.append(Cat(*lits).all())
+    return Cat(*terms).any()
+
+
 def threshold_stage(m: Module, acc, word: int, cfg: TileConfig, name: str = "q_ge"):
-    """The output stage of one channel (output-stage word `word`) on the accumulator `acc`, by
-    binary search over its sorted thresholds: output bit `b` (most significant first) is one
-    comparison of `acc` with the threshold that the bits above it select, so `out_bits`
-    comparators and constant multiplexers do it. Returns `y` (signed, `out_bits + 2` bits)."""
+    """The output stage of one channel (output-stage word `word`) on the accumulator `acc`
+    from its thresholds: every comparison at once (gates that synthesis shares between one
+    value's comparisons), and the thermometer code they form turned into binary by parities
+    (bit `b` of the level is the XOR of the comparisons `k` with `2**b` dividing `k`), so the
+    path is a few gate levels deep. Returns `y` (signed, `out_bits + 2` bits)."""
     lo, _ = output_range(cfg)
-    tshape = signed(cfg.acc_bits + 1)
-    never = 2 ** (cfg.acc_bits - 1)  # above every accumulator value
-    ts = [never if t is None else t for t in thresholds(word, cfg)]
-    bits = []  # most significant first
-    for b in reversed(range(cfg.out_bits)):
-        cands = [ts[p + 2**b - 1] for p in range(0, 2**cfg.out_bits, 2**(b + 1))]
-        t = (Const(cands[0], tshape) if len(cands) == 1 else
-             Array(Const(c, tshape) for c in cands)[Cat(*reversed(bits))])
-        bit = Signal(name=f"{name}_{b}")
-        m.d.comb += bit.eq(acc >= t)
-        bits.append(bit)
-    return lo + Cat(*reversed(bits))
+    t = []
+    for k, th in enumerate(thresholds(word, cfg), start=1):
+        sig = Signal(name=f"{name}_{k}")
+        m.d.comb += sig.eq(ge_const(acc, th) if th is not None else 0)
+        t.append(sig)
+    n = cfg.out_bits
+    bits = [Cat(*[t[k - 1] for k in range(2**b, 2**n, 2**b)]).xor() for b in range(n)]
+    return lo + Cat(*bits)
 
 
 def _fit(v, width: int):
