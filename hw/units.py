@@ -7,7 +7,7 @@ of them cycle by cycle; `docs/network.md` gives the rules.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -241,29 +241,35 @@ class PoolUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c, n, ib, ob, mult, shift = self._p
-        sbits = ib + max(1, (n - 1).bit_length()) + 1
-        # the same outputs as (mult, shift) for every sum of `n` inputs, with fewer adders
+        # the same outputs as (mult, shift) for every sum of `n` inputs, with a smaller constant
         mult, shift = exact_scale(mult, shift, n * (2**ib - 1), 2**ob - 1)
+        rnd = (1 << (shift - 1)) if shift > 0 else 0
+        # Each channel accumulates x*mult rather than x, starting from the rounding constant:
+        # x*mult is a lookup of the few input values (one LUT per bit), and the last beat needs
+        # one adder, a constant shift and a clamp, no multiplier.
+        pbits = (n * (2**ib - 1) * mult + rnd).bit_length()
+        products = Array(Const(v * mult, pbits) for v in range(2**ib))
         count = Signal(range(n))
-        sums = [Signal(sbits, name=f"pool_sum_{ch}") for ch in range(c)]
+        sums = [Signal(pbits, init=rnd, name=f"pool_sum_{ch}") for ch in range(c)]
         o_valid = Signal()
         payload = Signal(c * ob)
         m.d.comb += self.i.ready.eq(~o_valid)
         last = count == n - 1
         ys = []
         nexts = []
+        hi = 2**ob - 1
         for ch in range(c):
             x = self.i.payload[ch * ib:(ch + 1) * ib]
-            nxt = Signal(sbits, name=f"pool_next_{ch}")
-            m.d.comb += nxt.eq(sums[ch] + x)
+            xm = Signal(pbits, name=f"pool_xm_{ch}")
+            nxt = Signal(pbits, name=f"pool_next_{ch}")
+            m.d.comb += [xm.eq(products[x]), nxt.eq(sums[ch] + xm)]
             nexts.append(nxt)
-            y = Signal(signed(sbits + 34), name=f"pool_y_{ch}")
-            m.d.comb += y.eq(_round_shift(const_mul(nxt, mult), shift))
-            ys.append(clamp_unsigned(y, 2**ob - 1, ob))
+            y = nxt[shift:]
+            ys.append(Mux(y > hi, hi, y)[:ob])
         with m.If(self.i.valid & self.i.ready):
             with m.If(last):
                 m.d.sync += [count.eq(0), payload.eq(Cat(*ys)), o_valid.eq(1)]
-                m.d.sync += [s.eq(0) for s in sums]
+                m.d.sync += [s.eq(rnd) for s in sums]
             with m.Else():
                 m.d.sync += count.eq(count + 1)
                 m.d.sync += [s.eq(nx) for s, nx in zip(sums, nexts, strict=True)]
