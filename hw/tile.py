@@ -579,8 +579,14 @@ class PIMTile(wiring.Component):
             values = [Const(0) if v is None else v for v in values]
             return values[0] if n_pass == 1 else Array(values)[x_p]
 
+        # With constant cells and no ADC that can saturate (a chunk's largest column sum is
+        # within the ADC's range), a column value is a plain signed sum of single bits: the
+        # negative cells' bits enter inverted (-b = ~b - 1, the -1s folded into one constant)
+        # and every lane, slice and polarity goes into one carry-save tree.
+        linear = self._fixed and all(
+            len(rows) * (2**dac - 1) * (2**cb - 1) <= adc_max for rows in lane_rows)
         lane_slices = []  # per lane and local row: the DAC slice it gets in this pass
-        for j, rows in enumerate(lane_rows):
+        for j, rows in enumerate([] if linear else lane_rows):
             lane_slices.append([])
             for r, per_pass in enumerate(rows):
                 sig = Signal(dac, name=f"x_lane_{j}_{r}")
@@ -630,12 +636,6 @@ class PIMTile(wiring.Component):
             b = Signal(acc_shape, name=f"p_base_{e}")
             m.d.comb += b.eq(Mux(p_first_t, 0, Mux(p_first_p, x_col[e] << dac, x_col[e])))
             base.append(b)
-        # With constant cells and no ADC that can saturate (a chunk's largest column sum is
-        # within the ADC's range), a column value is a plain signed sum of single bits: the
-        # negative cells' bits enter inverted (-b = ~b - 1, the -1s folded into one constant)
-        # and every lane, slice and polarity goes into one carry-save tree.
-        linear = self._fixed and all(
-            len(rows) * (2**dac - 1) * (2**cb - 1) <= adc_max for rows in lane_rows)
         x_v = []  # column value of this DAC slice and pass, per epitome output channel
         for e_out in range(cfg.ce_out):
             if linear:
@@ -801,8 +801,9 @@ class PIMTile(wiring.Component):
             m.d.comb += acc_next.eq(acc[o] + Mux(r_mask[go], value, 0))
             with m.If(r_valid & ~stall):
                 m.d.sync += acc[o].eq(Mux(r_last, 0, acc_next))
-                with m.If(r_last):
-                    m.d.sync += q_acc[o].eq(acc_next)
+                if o not in tables:  # (a table's read register takes its place)
+                    with m.If(r_last):
+                        m.d.sync += q_acc[o].eq(acc_next)
             if o in tables:
                 # the table's read register takes the place of q_acc: it is loaded in the same
                 # cycle, so the output is ready when the threshold stage's would be

@@ -92,13 +92,8 @@ class StreamFIFO(wiring.Component):
 MAX_SHIFT_ADD_TERMS = 3
 
 
-def const_mul(v, c: int):
-    """`v * c` for a constant `c`: as shifts and adds (its non-adjacent form) when that takes
-    at most `MAX_SHIFT_ADD_TERMS` terms, so that an FPGA build spends a few adders rather than
-    a hardware multiplier on a simple constant; as a multiplication (a DSP block) otherwise."""
-    v = Value.cast(v)
-    if not v.shape().signed:
-        v = v.as_unsigned()
+def naf_digits(c: int) -> list[tuple[int, int]]:
+    """The non-adjacent form of `abs(c)`: `(digit, position)` pairs, digits +1 or -1."""
     terms, k, n = [], 0, abs(c)
     while n:
         if n & 1:
@@ -107,6 +102,17 @@ def const_mul(v, c: int):
             n -= d
         n >>= 1
         k += 1
+    return terms
+
+
+def const_mul(v, c: int):
+    """`v * c` for a constant `c`: as shifts and adds (its non-adjacent form) when that takes
+    at most `MAX_SHIFT_ADD_TERMS` terms, so that an FPGA build spends a few adders rather than
+    a hardware multiplier on a simple constant; as a multiplication (a DSP block) otherwise."""
+    v = Value.cast(v)
+    if not v.shape().signed:
+        v = v.as_unsigned()
+    terms = naf_digits(c)
     if not terms:
         return Const(0, 1)
     if len(terms) > MAX_SHIFT_ADD_TERMS:
@@ -121,13 +127,7 @@ def const_mul(v, c: int):
 
 def csd_terms(c: int) -> int:
     """Non-zero digits of `c` in its non-adjacent form (the adders `const_mul` spends)."""
-    n, k = abs(c), 0
-    while n:
-        if n & 1:
-            n -= 2 - (n & 3)
-            k += 1
-        n >>= 1
-    return k
+    return len(naf_digits(c))
 
 
 def scale_clamped(v: int, mult: int, shift: int, hi: int) -> int:
