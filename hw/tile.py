@@ -447,7 +447,7 @@ class PIMTile(wiring.Component):
         x_t = Signal(range(cfg.n_t), init=cfg.n_t - 1)
         n_pass = cfg.passes
         x_p = Signal(range(n_pass))  # which group of row chunks the lanes compute
-        p_last = (x_p == n_pass - 1) if n_pass > 1 else Const(1)
+        x_pass_last = (x_p == n_pass - 1) if n_pass > 1 else Const(1)
 
         # The last entry ends the pixel even if a programmed table forgot its `last` bit.
         ifrt_last = ifrt.data[0] | (x_step == cfg.max_steps - 1)
@@ -461,7 +461,7 @@ class PIMTile(wiring.Component):
         g_end = Signal()
         boundary = Signal()
         m.d.comb += [
-            x_step_end.eq(s_x & ~x_done & (x_t == 0) & p_last),
+            x_step_end.eq(s_x & ~x_done & (x_t == 0) & x_pass_last),
             x_end.eq(~s_x | x_done | (x_step_end & ifrt_last)),
             g_end.eq(~s_g | (g_phase == k)),
             boundary.eq((s_x | s_g) & x_end & g_end & ~stall),
@@ -501,7 +501,7 @@ class PIMTile(wiring.Component):
             with m.If(x_step_end & ifrt_last):
                 m.d.sync += x_done.eq(1)
             with m.If(s_x & ~x_end):
-                with m.If(~p_last):
+                with m.If(~x_pass_last):
                     m.d.sync += x_p.eq(x_p + 1)
                 with m.Elif(x_t == 0):
                     m.d.sync += [x_t.eq(cfg.n_t - 1), x_step.eq(x_step + 1), x_p.eq(0)]
@@ -561,13 +561,37 @@ class PIMTile(wiring.Component):
                               .word_select(x_t, dac))
             x_slices.append(sl)
 
+        # Slice register (`s_`): the rows' DAC slices, the pass and the step's controls, one
+        # cycle after the sequencer picked them. The slice and pass selection (a few wires that
+        # fan out to every column) and the adder trees are then separate pipeline stages.
+        s_slices = []
+        for rho, sl in enumerate(x_slices):
+            r = Signal(dac, name=f"s_dac_{rho}")
+            with m.If(~stall):
+                m.d.sync += r.eq(sl)
+            s_slices.append(r)
+        s_p = Signal(range(n_pass))
+        s_valid = Signal()
+        s_first_t = Signal()
+        s_first_p = Signal()
+        s_step_end = Signal()
+        s_last = Signal()
+        s_mask = Signal(cfg.g_out)
+        s_gi = Signal(ubits(cfg.g_in))
+        first_p = (x_p == 0) if n_pass > 1 else Const(1)
+        with m.If(~stall):
+            m.d.sync += [s_p.eq(x_p), s_valid.eq(s_x & ~x_done),
+                         s_first_t.eq((x_t == cfg.n_t - 1) & first_p), s_first_p.eq(first_p),
+                         s_step_end.eq(x_step_end), s_last.eq(ifrt_last),
+                         s_mask.eq(ifrt_mask), s_gi.eq(ifrt_gi)]
+
         cb, ns = cfg.cell_bits, cfg.n_slices
         adc_max = 2**cfg.adc_bits - 1
         chunks = [range(h0, min(h0 + cfg.xbar_rows, cfg.rows))
                   for h0 in range(0, cfg.rows, cfg.xbar_rows)]
         n_lanes = -(-len(chunks) // n_pass)
         # lane j computes chunk p*n_lanes + j in pass p: its rows' DAC slices and cells are
-        # selected by x_p (a plain wire when every chunk has its own lane)
+        # selected by the pass (a plain wire when every chunk has its own lane)
         lane_rows = []  # per lane: per local row, the global row in each pass (None: no row)
         for j in range(n_lanes):
             sel = [chunks[p * n_lanes + j] if p * n_lanes + j < len(chunks) else range(0)
@@ -577,7 +601,7 @@ class PIMTile(wiring.Component):
 
         def pick(values):
             values = [Const(0) if v is None else v for v in values]
-            return values[0] if n_pass == 1 else Array(values)[x_p]
+            return values[0] if n_pass == 1 else Array(values)[s_p]
 
         # With constant cells and no ADC that can saturate (a chunk's largest column sum is
         # within the ADC's range), a column value is a plain signed sum of single bits: the
@@ -590,7 +614,7 @@ class PIMTile(wiring.Component):
             lane_slices.append([])
             for r, per_pass in enumerate(rows):
                 sig = Signal(dac, name=f"x_lane_{j}_{r}")
-                m.d.comb += sig.eq(pick([None if g is None else x_slices[g]
+                m.d.comb += sig.eq(pick([None if g is None else s_slices[g]
                                          for g in per_pass]))
                 lane_slices[j].append(sig)
         gates: dict[tuple, Value] = {}
@@ -603,7 +627,7 @@ class PIMTile(wiring.Component):
                 return Const(1)
             if on not in gates:
                 sig = Signal(name=f"x_gate_{len(gates)}")
-                m.d.comb += sig.eq(Cat(*[x_p == p for p, o in enumerate(on) if o]).any())
+                m.d.comb += sig.eq(Cat(*[s_p == p for p, o in enumerate(on) if o]).any())
                 gates[on] = sig
             return gates[on]
 
@@ -611,14 +635,16 @@ class PIMTile(wiring.Component):
 
         def slot_bit(sources):
             """The DAC slice bit `(row, dbit)` that a tree slot takes in each pass (None: 0),
-            as one shared signal per distinct pattern."""
+            as one shared signal per distinct pattern. A slot of several passes is selected
+            before the slice register, by `x_p`, and registered itself (`s_slot_*`)."""
             if len(sources) == 1:
-                return Const(0, 1) if sources[0] is None else x_slices[sources[0][0]][
+                return Const(0, 1) if sources[0] is None else s_slices[sources[0][0]][
                     sources[0][1]]
             if sources not in slots:
-                sig = Signal(name=f"x_slot_{len(slots)}")
-                m.d.comb += sig.eq(Array(Const(0, 1) if src is None else
-                                         x_slices[src[0]][src[1]] for src in sources)[x_p])
+                sig = Signal(name=f"s_slot_{len(slots)}")
+                with m.If(~stall):
+                    m.d.sync += sig.eq(Array(Const(0, 1) if src is None else
+                                             x_slices[src[0]][src[1]] for src in sources)[x_p])
                 slots[sources] = sig
             return slots[sources]
 
@@ -627,8 +653,6 @@ class PIMTile(wiring.Component):
         # x_col_next = base + p_v, one cycle after the column sums (`p_` stage)
         x_col = [Signal(acc_shape, name=f"x_col_{e}") for e in range(cfg.ce_out)]
         x_col_next = [Signal(acc_shape, name=f"x_col_next_{e}") for e in range(cfg.ce_out)]
-        first_p = (x_p == 0) if n_pass > 1 else Const(1)
-        first_t = (x_t == cfg.n_t - 1) & first_p
         p_first_t = Signal()
         p_first_p = Signal()
         base = []
@@ -739,9 +763,9 @@ class PIMTile(wiring.Component):
         p_mask = Signal(cfg.g_out)
         p_gi = Signal(ubits(cfg.g_in))
         with m.If(~stall):
-            m.d.sync += [p_valid.eq(s_x & ~x_done), p_first_t.eq(first_t),
-                         p_first_p.eq(first_p), p_step_end.eq(x_step_end),
-                         p_last.eq(ifrt_last), p_mask.eq(ifrt_mask), p_gi.eq(ifrt_gi)]
+            m.d.sync += [p_valid.eq(s_valid), p_first_t.eq(s_first_t),
+                         p_first_p.eq(s_first_p), p_step_end.eq(s_step_end),
+                         p_last.eq(s_last), p_mask.eq(s_mask), p_gi.eq(s_gi)]
             if not linear:
                 m.d.sync += [p_v[e].eq(x_v[e]) for e in range(cfg.ce_out)]
         for e in range(cfg.ce_out):
@@ -872,7 +896,7 @@ class PIMTile(wiring.Component):
             m.d.sync += q_valid.eq(1)
         m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(o_payload)]
 
-        busy = (full.any() | s_g | s_x | p_valid | p_step_end | r_valid | q_valid | o_valid
+        busy = (full.any() | s_g | s_x | s_valid | s_step_end | p_valid | p_step_end | r_valid | q_valid | o_valid
                 | (l_addr != 0))
         m.d.comb += [self.idle.eq(~busy), self.prog.ready.eq(~busy & (not self._fixed))]
         return m

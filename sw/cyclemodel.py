@@ -6,9 +6,9 @@ per pass over the row chunks, `passes = ceil(chunks / lanes)`, 1 by default) whi
 the window gather fetches the next pixel (`k + 1` cycles: `k` column reads and one read latency).
 A slot lasts as long as the longer of the two it holds. At the end of a slot the next pixel to
 gather is taken if its input bank is full; otherwise the tile idles until it is, then spends one
-cycle to start. A pixel's output beat leaves 4 cycles after its last crossbar cycle (the
-pipeline register after the column sums, OFAT routing, output stage, output register). The
-loader takes one beat per cycle into the free bank.
+cycle to start. A pixel's output beat leaves 5 cycles after its last crossbar cycle (the slice
+register, the pipeline register after the column sums, OFAT routing, output stage, output
+register). The loader takes one beat per cycle into the free bank.
 
 This module replays that schedule image by image (no stalls: inputs always valid, outputs always
 ready) and also gives the closed forms for the common case.
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from .epitome import steps
 from .netfile import PIM, Layer
 
-# last crossbar cycle -> column-sum register -> route -> output stage -> output register/beat
-OUTPUT_PIPELINE = 4
+# last crossbar cycle -> slice register -> column-sum register -> route -> output stage ->
+# output register/beat
+OUTPUT_PIPELINE = 5
 
 
 @dataclass(frozen=True)
