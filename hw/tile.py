@@ -479,12 +479,17 @@ class PIMTile(wiring.Component):
                           for kw in range(k)] for kh in range(k)]
         ix = Signal(signed(ubits(cfg.w * 2 + k * 2 + cfg.wo * cfg.stride) + 2))
         m.d.comb += ix.eq(g_ox * cfg.stride + g_phase - cfg.padding)
+        # Kernel row kh reads g_base + kh*W + g_phase, where the register g_base =
+        # g_bank*H*W + (g_oy*s - p)*W + g_ox*s - p follows g_bank, g_oy and g_ox (updated
+        # with them below): no multiplier between the counters and the read address.
+        corner = -(cfg.padding * cfg.w + cfg.padding)
+        g_base = Signal(signed(ubits(2 * hw + k * cfg.w + k) + 2), init=corner)
         for kh, rp in enumerate(g_rps):
             iy = Signal(signed(ubits(cfg.h * 2 + k * 2 + cfg.ho * cfg.stride) + 2),
                         name=f"g_iy_{kh}")
             inside = (iy >= 0) & (iy < cfg.h) & (ix >= 0) & (ix < cfg.w) & (g_phase < k)
             m.d.comb += [iy.eq(g_oy * cfg.stride + kh - cfg.padding),
-                         rp.addr.eq(g_bank * hw + (iy * cfg.w + ix).as_unsigned()),
+                         rp.addr.eq((g_base + (kh * cfg.w) + g_phase).as_unsigned()),
                          rp.en.eq(~stall)]
             with m.If(~stall):
                 m.d.sync += g_inb[kh].eq(s_g & inside)
@@ -520,11 +525,14 @@ class PIMTile(wiring.Component):
             with m.If(s_g):
                 with m.If(g_last):
                     m.d.comb += release.eq(Cat(~g_bank, g_bank))
-                    m.d.sync += [g_bank.eq(~g_bank), g_oy.eq(0), g_ox.eq(0)]
+                    m.d.sync += [g_bank.eq(~g_bank), g_oy.eq(0), g_ox.eq(0),
+                                 g_base.eq(Mux(g_bank, 0, hw) + corner)]
                 with m.Elif(g_ox == cfg.wo - 1):
-                    m.d.sync += [g_ox.eq(0), g_oy.eq(g_oy + 1)]
+                    m.d.sync += [g_ox.eq(0), g_oy.eq(g_oy + 1),
+                                 g_base.eq(g_base + cfg.stride * cfg.w
+                                           - (cfg.wo - 1) * cfg.stride)]
                 with m.Else():
-                    m.d.sync += g_ox.eq(g_ox + 1)
+                    m.d.sync += [g_ox.eq(g_ox + 1), g_base.eq(g_base + cfg.stride)]
         with m.Elif(~s_x & ~s_g):
             m.d.sync += [s_g.eq(full.bit_select(g_bank, 1)), g_phase.eq(0)]
 
