@@ -804,7 +804,11 @@ class PIMTile(wiring.Component):
                 if t is not None:
                     tables[o] = t
         table_y = {}
-        acc = [Signal(acc_shape, name=f"r_acc_{o}") for o in range(cfg.cout)]
+        # a channel read from a table accumulates relative to its table's base (it starts at
+        # -base), so the table address is a clamp of the sum, with no subtraction after it
+        start = {o: -tables[o][0] if o in tables else 0 for o in range(cfg.cout)}
+        acc = [Signal(signed(cfg.acc_bits + 2) if o in tables else acc_shape,
+                      name=f"r_acc_{o}", init=start[o]) for o in range(cfg.cout)]
         q_acc = [Signal(acc_shape, name=f"q_acc_{o}") for o in range(cfg.cout)]
         q_valid = Signal()
         o_valid = Signal()
@@ -829,27 +833,28 @@ class PIMTile(wiring.Component):
                 base = ofat.data.word_select(go, cw)
                 m.d.comb += col.eq(Mux(base + j >= cfg.ce_out, base + j - cfg.ce_out, base + j))
                 value = r_v[col]
-            acc_next = Signal(acc_shape, name=f"r_acc_next_{o}")
+            acc_next = Signal(acc[o].shape(), name=f"r_acc_next_{o}")
             m.d.comb += acc_next.eq(acc[o] + Mux(r_mask[go], value, 0))
             with m.If(r_valid & ~stall):
-                m.d.sync += acc[o].eq(Mux(r_last, 0, acc_next))
+                m.d.sync += acc[o].eq(Mux(r_last, start[o], acc_next))
                 if o not in tables:  # (a table's read register takes its place)
                     with m.If(r_last):
                         m.d.sync += q_acc[o].eq(acc_next)
             if o in tables:
                 # the table's read register takes the place of q_acc: it is loaded in the same
                 # cycle, so the output is ready when the threshold stage's would be
-                base, table = tables[o]
-                k = ubits(len(table))
+                table = tables[o][1]
+                k = ubits(len(table))  # (the depth is a power of two)
                 # (synthesis would otherwise turn many of these step functions into logic)
                 rom = Memory(shape=cfg.out_bits, depth=len(table), init=table,
                              attrs={"rom_style": "block", "ram_style": "block"})
                 m.submodules[f"q_table_{o}"] = rom
                 rp = rom.read_port(domain="sync")
-                d = Signal(signed(cfg.acc_bits + 2), name=f"q_d_{o}")
-                m.d.comb += [d.eq(acc_next - base),
-                             rp.addr.eq(Mux(d < 0, 0, Mux(d > len(table) - 1, len(table) - 1,
-                                                          d[:k]))),
+                d = acc_next  # acc - base
+                # clamp to [0, 2**k - 1] from the bits: below 0 by the sign, above by the
+                # bits over k (no comparator)
+                over = ~d[-1] & d[k:-1].any()
+                m.d.comb += [rp.addr.eq(Mux(d[-1], 0, Mux(over, len(table) - 1, d[:k]))),
                              rp.en.eq(r_valid & ~stall & r_last)]
                 table_y[o] = rp.data
 
