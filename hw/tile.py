@@ -569,29 +569,30 @@ class PIMTile(wiring.Component):
                               .word_select(x_t, dac))
             x_slices.append(sl)
 
-        # Slice register (`s_`): the rows' DAC slices, the pass and the step's controls, one
+        # DAC register (`d_`): the rows' DAC slices, the pass and the step's controls, one
         # cycle after the sequencer picked them. The slice and pass selection (a few wires that
         # fan out to every column) and the adder trees are then separate pipeline stages.
-        s_slices = []
+        d_slices = []
         for rho, sl in enumerate(x_slices):
-            r = Signal(dac, name=f"s_dac_{rho}")
+            r = Signal(dac, name=f"d_dac_{rho}")
             with m.If(~stall):
                 m.d.sync += r.eq(sl)
-            s_slices.append(r)
-        s_p = Signal(range(n_pass))
-        s_valid = Signal()
-        s_first_t = Signal()
-        s_first_p = Signal()
-        s_step_end = Signal()
-        s_last = Signal()
-        s_mask = Signal(cfg.g_out)
-        s_gi = Signal(ubits(cfg.g_in))
+            d_slices.append(r)
+        d_p = Signal(range(n_pass))
+        d_valid = Signal()
+        d_first_t = Signal()
+        d_first_p = Signal()
+        d_step_end = Signal()
+        d_last = Signal()
+        d_mask = Signal(cfg.g_out)
+        d_gi = Signal(ubits(cfg.g_in))
         first_p = (x_p == 0) if n_pass > 1 else Const(1)
         with m.If(~stall):
-            m.d.sync += [s_p.eq(x_p), s_valid.eq(s_x & ~x_done),
-                         s_first_t.eq((x_t == cfg.n_t - 1) & first_p), s_first_p.eq(first_p),
-                         s_step_end.eq(x_step_end), s_last.eq(ifrt_last),
-                         s_mask.eq(ifrt_mask), s_gi.eq(ifrt_gi)]
+            m.d.sync += [d_p.eq(x_p), d_valid.eq(s_x & ~x_done),
+                         d_first_t.eq((x_t == cfg.n_t - 1) & first_p),
+                         d_first_p.eq(first_p),
+                         d_step_end.eq(x_step_end), d_last.eq(ifrt_last),
+                         d_mask.eq(ifrt_mask), d_gi.eq(ifrt_gi)]
 
         cb, ns = cfg.cell_bits, cfg.n_slices
         adc_max = 2**cfg.adc_bits - 1
@@ -609,7 +610,7 @@ class PIMTile(wiring.Component):
 
         def pick(values):
             values = [Const(0) if v is None else v for v in values]
-            return values[0] if n_pass == 1 else Array(values)[s_p]
+            return values[0] if n_pass == 1 else Array(values)[d_p]
 
         # With constant cells and no ADC that can saturate (a chunk's largest column sum is
         # within the ADC's range), a column value is a plain signed sum of single bits: the
@@ -622,7 +623,7 @@ class PIMTile(wiring.Component):
             lane_slices.append([])
             for r, per_pass in enumerate(rows):
                 sig = Signal(dac, name=f"x_lane_{j}_{r}")
-                m.d.comb += sig.eq(pick([None if g is None else s_slices[g]
+                m.d.comb += sig.eq(pick([None if g is None else d_slices[g]
                                          for g in per_pass]))
                 lane_slices[j].append(sig)
         gates: dict[tuple, Value] = {}
@@ -635,7 +636,7 @@ class PIMTile(wiring.Component):
                 return Const(1)
             if on not in gates:
                 sig = Signal(name=f"x_gate_{len(gates)}")
-                m.d.comb += sig.eq(Cat(*[s_p == p for p, o in enumerate(on) if o]).any())
+                m.d.comb += sig.eq(Cat(*[d_p == p for p, o in enumerate(on) if o]).any())
                 gates[on] = sig
             return gates[on]
 
@@ -644,12 +645,12 @@ class PIMTile(wiring.Component):
         def slot_bit(sources):
             """The DAC slice bit `(row, dbit)` that a tree slot takes in each pass (None: 0),
             as one shared signal per distinct pattern. A slot of several passes is selected
-            before the slice register, by `x_p`, and registered itself (`s_slot_*`)."""
+            before the DAC register, by `x_p`, and registered itself (`d_slot_*`)."""
             if len(sources) == 1:
-                return Const(0, 1) if sources[0] is None else s_slices[sources[0][0]][
+                return Const(0, 1) if sources[0] is None else d_slices[sources[0][0]][
                     sources[0][1]]
             if sources not in slots:
-                sig = Signal(name=f"s_slot_{len(slots)}")
+                sig = Signal(name=f"d_slot_{len(slots)}")
                 with m.If(~stall):
                     m.d.sync += sig.eq(Array(Const(0, 1) if src is None else
                                              x_slices[src[0]][src[1]] for src in sources)[x_p])
@@ -771,9 +772,9 @@ class PIMTile(wiring.Component):
         p_mask = Signal(cfg.g_out)
         p_gi = Signal(ubits(cfg.g_in))
         with m.If(~stall):
-            m.d.sync += [p_valid.eq(s_valid), p_first_t.eq(s_first_t),
-                         p_first_p.eq(s_first_p), p_step_end.eq(s_step_end),
-                         p_last.eq(s_last), p_mask.eq(s_mask), p_gi.eq(s_gi)]
+            m.d.sync += [p_valid.eq(d_valid), p_first_t.eq(d_first_t),
+                         p_first_p.eq(d_first_p), p_step_end.eq(d_step_end),
+                         p_last.eq(d_last), p_mask.eq(d_mask), p_gi.eq(d_gi)]
             if not linear:
                 m.d.sync += [p_v[e].eq(x_v[e]) for e in range(cfg.ce_out)]
         for e in range(cfg.ce_out):
@@ -909,7 +910,7 @@ class PIMTile(wiring.Component):
             m.d.sync += q_valid.eq(1)
         m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(o_payload)]
 
-        busy = (full.any() | s_g | s_x | s_valid | s_step_end | p_valid | p_step_end | r_valid | q_valid | o_valid
-                | (l_addr != 0))
+        busy = (full.any() | s_g | s_x | d_valid | d_step_end | p_valid | p_step_end | r_valid
+                | q_valid | o_valid | (l_addr != 0))
         m.d.comb += [self.idle.eq(~busy), self.prog.ready.eq(~busy & (not self._fixed))]
         return m

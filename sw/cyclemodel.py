@@ -6,7 +6,7 @@ per pass over the row chunks, `passes = ceil(chunks / lanes)`, 1 by default) whi
 the window gather fetches the next pixel (`k + 1` cycles: `k` column reads and one read latency).
 A slot lasts as long as the longer of the two it holds. At the end of a slot the next pixel to
 gather is taken if its input bank is full; otherwise the tile idles until it is, then spends one
-cycle to start. A pixel's output beat leaves 5 cycles after its last crossbar cycle (the slice
+cycle to start. A pixel's output beat leaves 5 cycles after its last crossbar cycle (the DAC
 register, the pipeline register after the column sums, OFAT routing, output stage, output
 register). The loader takes one beat per cycle into the free bank.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .epitome import steps
 from .netfile import PIM, Layer
 
-# last crossbar cycle -> slice register -> column-sum register -> route -> output stage ->
+# last crossbar cycle -> DAC register -> column-sum register -> route -> output stage ->
 # output register/beat
 OUTPUT_PIPELINE = 5
 

@@ -52,7 +52,7 @@ class TileModel(Unit):
         self.x_step = 0
         self.x_t = t.cycles_per_step - 1
         self.x_done = False
-        self.s_step_end = self.s_last = False  # the slice register
+        self.d_step_end = self.d_last = False  # the DAC register
         self.p_step_end = self.p_last = False  # the pipeline register after the column sums
         self.r_valid = self.r_last = False
         self.q_valid = self.o_valid = False
@@ -97,8 +97,8 @@ class TileModel(Unit):
             self.r_valid = self.p_step_end
             if self.p_step_end:
                 self.r_last = self.p_last
-            self.p_step_end, self.p_last = self.s_step_end, self.s_last
-            self.s_step_end, self.s_last = x_step_end, ifrt_last
+            self.p_step_end, self.p_last = self.d_step_end, self.d_last
+            self.d_step_end, self.d_last = x_step_end, ifrt_last
         if out_fire[0]:
             self.o_valid = False
         if q_move:
