@@ -805,6 +805,21 @@ class PIMTile(wiring.Component):
                 if t is not None:
                     tables[o] = t
         table_y = {}
+        # two channels' tables share one block RAM, one read port each (a 1024 x 4 table uses
+        # a quarter of an ECP5 DP16KD, and with one table per RAM the RAMs ran short: the
+        # placer put some tables across the chip from their channels)
+        table_ports = {}
+        order = sorted(tables)
+        for i in range(0, len(order), 2):
+            group = order[i:i + 2]
+            depth = max(len(tables[o][1]) for o in group)
+            init = [w for o in group for w in tables[o][1] + [0] * (depth - len(tables[o][1]))]
+            # (synthesis would otherwise turn many of these step functions into logic)
+            rom = Memory(shape=cfg.out_bits, depth=depth * len(group), init=init,
+                         attrs={"rom_style": "block", "ram_style": "block"})
+            m.submodules[f"q_table_{group[0]}"] = rom
+            for half, o in enumerate(group):
+                table_ports[o] = (rom.read_port(domain="sync"), half, ubits(depth))
         # a channel read from a table accumulates relative to its table's base (it starts at
         # -base), so the table address is a clamp of the sum, with no subtraction after it
         start = {o: -tables[o][0] if o in tables else 0 for o in range(cfg.cout)}
@@ -846,16 +861,14 @@ class PIMTile(wiring.Component):
                 # cycle, so the output is ready when the threshold stage's would be
                 table = tables[o][1]
                 k = ubits(len(table))  # (the depth is a power of two)
-                # (synthesis would otherwise turn many of these step functions into logic)
-                rom = Memory(shape=cfg.out_bits, depth=len(table), init=table,
-                             attrs={"rom_style": "block", "ram_style": "block"})
-                m.submodules[f"q_table_{o}"] = rom
-                rp = rom.read_port(domain="sync")
+                rp, half, abits = table_ports[o]
                 d = acc_next  # acc - base
                 # clamp to [0, 2**k - 1] from the bits: below 0 by the sign, above by the
-                # bits over k (no comparator)
+                # bits over k (no comparator); the top address bit picks the RAM's half
                 over = ~d[-1] & d[k:-1].any()
-                m.d.comb += [rp.addr.eq(Mux(d[-1], 0, Mux(over, len(table) - 1, d[:k]))),
+                index = Signal(abits, name=f"q_index_{o}")
+                m.d.comb += [index.eq(Mux(d[-1], 0, Mux(over, len(table) - 1, d[:k]))),
+                             rp.addr.eq(Cat(index, Const(half, len(rp.addr) - abits))),
                              rp.en.eq(r_valid & ~stall & r_last)]
                 table_y[o] = rp.data
 
