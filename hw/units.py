@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 
 def clamp_unsigned(v, hi: int, bits: int):
-    """`min(max(v, 0), hi)` of a signed value, as `bits` bits."""
+    """`min(max(v, 0), hi)` of a value (signed or not), as `bits` bits."""
     return Mux(v < 0, 0, Mux(v > hi, hi, v))[:bits]
 
 
@@ -264,8 +264,7 @@ class PoolUnit(wiring.Component):
             nxt = Signal(pbits, name=f"pool_next_{ch}")
             m.d.comb += [xm.eq(products[x]), nxt.eq(sums[ch] + xm)]
             nexts.append(nxt)
-            y = nxt[shift:]
-            ys.append(Mux(y > hi, hi, y)[:ob])
+            ys.append(clamp_unsigned(nxt[shift:], hi, ob))
         with m.If(self.i.valid & self.i.ready):
             with m.If(last):
                 m.d.sync += [count.eq(0), payload.eq(Cat(*ys)), o_valid.eq(1)]
