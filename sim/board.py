@@ -18,8 +18,7 @@ import numpy as np
 from ..hw import protocol
 from ..sw import images, reference
 from ..sw.netfile import Network
-from .cosim import _build, generate_network, run_job
-from .verilator import setup_environment
+from .cosim import build_model, generate_network, run_job
 
 BOARD_VERILOG = "epim_board.v"
 BAD_COMMAND = b"Z"
@@ -58,8 +57,7 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
                                                  for img in x]
     expect = protocol.IDENT_BYTES + 1 + n * (1 + protocol.output_bytes(manifest))
     bits_per_image = 10 * len(sends[-1])
-    setup_environment()
-    runner, build_dir = _build(verilog, build_root, top="epim_board")
+    runner, build_dir = build_model(verilog, build_root, top="epim_board")
     t1 = time.time()
     job = {"divisor": divisor, "send": [s.hex() for s in sends], "expect_bytes": expect,
            "max_cycles": (n + 4) * (bits_per_image * divisor + 200_000)}

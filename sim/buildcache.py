@@ -1,0 +1,136 @@
+"""Content-keyed caches: a Verilator build or a generated accelerator is reused when the digest of
+everything it was made from says nothing changed.
+
+Verilator's own rebuild check cannot be trusted for these designs: it records a content hash
+only for small input files, so a large `epim_net.v` that is rewritten with the same bytes (a new
+mtime) triggers a full C++ rebuild. Here a build is named by a SHA-256 of its Verilog sources,
+its top module, the Verilator options and the tool versions; a folder whose stamp file carries
+that digest is a complete build and is reused without calling Verilator at all. The stamp is
+written last, so a build that was interrupted has none and is redone. An exclusive lock per
+build (``fcntl.flock``) lets several runs share one cache: the second waits for the first and
+then finds its stamp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+
+from .verilator import setup_environment
+
+STAMP = "epim-build.json"
+
+# Options measured on the MNIST accelerator (docs/network.md, "Verilator builds"): only the top
+# module's ports are public (the testbench reads nothing else; cocotb's runner asks for every
+# signal with --public-flat-rw, which keeps Verilator from optimising the crossbar logic).
+VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-O3", "--x-assign", "fast",
+                  "--no-public-flat-rw", "--public-depth", "1")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def build_key(sources: list[Path], top: str, args: tuple[str, ...], waves: bool) -> str:
+    """The digest that names a build: sources, top, options, make flags and tool versions."""
+    setup_environment()
+    parts = {"sources": file_digest(sources), "top": top, "args": list(args), "waves": waves,
+             "makeflags": os.environ.get("MAKEFLAGS", ""),
+             "verilator": _version("verilator"), "cocotb": _version("cocotb")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_stamp(folder: Path) -> dict | None:
+    try:
+        stamp = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def write_stamp(folder: Path, stamp: dict) -> None:
+    tmp = folder / f".{STAMP}.{os.getpid()}"
+    tmp.write_text(json.dumps(stamp, indent=1) + "\n")
+    os.replace(tmp, folder / STAMP)
+
+
+def threads_arg() -> tuple[str, ...]:
+    """`--threads N` from EPIM_VERILATOR_THREADS (default 1: the measured best on 2 cores)."""
+    n = os.environ.get("EPIM_VERILATOR_THREADS", "1")
+    return ("--threads", n) if n not in ("", "1") else ()
+
+
+def verilator_build(sources: list[Path], top: str, cache_root: str | Path, waves: bool = False,
+                    log: Callable[[str], None] | None = None) -> tuple[Path, bool]:
+    """The build folder of a Verilator model of `sources` with top `top` under `cache_root`,
+    building it only when no complete build with the same key is there. Returns
+    `(build_dir, built)`; `built` is False when the cache had it."""
+    from cocotb_tools.runner import get_runner
+
+    cache_root = Path(cache_root).resolve()
+    sources = [Path(s).resolve() for s in sources]
+    args = VERILATOR_ARGS + threads_arg()
+    key = build_key(sources, top, args, waves)
+    build_dir = cache_root / f"{top.removeprefix('epim_')}-{key[:16]}"
+    with locked(cache_root / f".{build_dir.name}.lock"):
+        stamp = read_stamp(build_dir)
+        exe = build_dir / top
+        if stamp and stamp.get("key") == key and exe.exists():
+            if log:
+                log(f"Verilator build {build_dir.name}: cached, not rebuilt")
+            return build_dir, False
+        if build_dir.exists():
+            shutil.rmtree(build_dir)  # an interrupted or foreign build: start clean
+        build_dir.mkdir(parents=True)
+        if log:
+            log(f"Verilator build {build_dir.name}: building {top} "
+                f"({sum(s.stat().st_size for s in sources) / 1e6:.1f} MB of Verilog)")
+        t0 = time.time()
+        runner = get_runner("verilator")
+        runner.build(sources=[str(s) for s in sources], hdl_toplevel=top,
+                     build_dir=str(build_dir), build_args=list(args), waves=waves,
+                     timescale=("1ns", "1ps"), log_file=str(build_dir / "build.log"))
+        write_stamp(build_dir, {"key": key, "top": top, "sources": [str(s) for s in sources],
+                                "args": list(args), "waves": waves,
+                                "seconds": round(time.time() - t0, 1)})
+    return build_dir, True
+
+
+def code_digest(package: Path) -> str:
+    """SHA-256 of a package's Python sources: the generator's own version, so a changed
+    generator never reuses Verilog emitted by the old one."""
+    return file_digest(sorted(package.glob("*.py")))
