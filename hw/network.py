@@ -19,6 +19,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .images import ImageError, load, read_manifest
+from .replicas import ReplicatedTile
 from .tile import PIMTile, TileConfig
 from .units import AddUnit, Flatten, Fork, PoolUnit, StreamFIFO
 
@@ -73,16 +74,21 @@ class NetworkAccelerator(wiring.Component):
     def __init__(self, loaded: dict):
         man = loaded["manifest"]
         self._man = man
-        # never programmed: fixed tiles (constant cells, ROM tables, threshold output stages)
-        self._tiles = {name: PIMTile(TileConfig.from_params(img.params), img.words, fixed=True)
-                       for name, img in loaded["tiles"].items()}
+        # never programmed: fixed tiles (constant cells, ROM tables, threshold output stages);
+        # a layer with `replicas` > 1 gets that many copies of its tile (`ReplicatedTile`)
+        replicas = {u["name"]: u.get("replicas", 1) for u in man["units"] if "folder" in u}
+        self._tiles = {}
+        for name, img in loaded["tiles"].items():
+            cfg = TileConfig.from_params(img.params)
+            self._tiles[name] = (ReplicatedTile(cfg, img.words, replicas[name])
+                                 if replicas[name] > 1 else PIMTile(cfg, img.words, fixed=True))
         inp, out = man["input"], man["output"]
         super().__init__({"i": In(stream.Signature(inp["channels"] * inp["bits"])),
                           "o": Out(stream.Signature(out["channels"] * out["bits"])),
                           "idle": Out(1)})
 
     @property
-    def tiles(self) -> dict[str, PIMTile]:
+    def tiles(self) -> dict[str, PIMTile | ReplicatedTile]:
         return dict(self._tiles)
 
     def elaborate(self, platform):
@@ -127,7 +133,8 @@ class NetworkAccelerator(wiring.Component):
                 tile = self._tiles[name]
                 m.submodules[f"{name}_tile"] = tile
                 wiring.connect(m, src, tile.i)
-                m.d.comb += tile.prog.valid.eq(0)
+                if isinstance(tile, PIMTile):
+                    m.d.comb += tile.prog.valid.eq(0)
                 idles.append(tile.idle)
                 publish(name, tile.o)
             elif u["op"] == "add":

@@ -17,7 +17,7 @@ order and the exact cycle schedule that `epim.sw.cyclemodel` predicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -66,11 +66,24 @@ class TileConfig:
     dac_bits: int
     adc_bits: int
     lanes: int = 0  # row chunks computed at once (0: all of them)
+    # A replica of a replicated layer computes the output pixels `pix_first`,
+    # `pix_first + pix_step`, ... of each image (raster order); a lone tile all of them.
+    pix_first: int = 0
+    pix_step: int = 1
 
     @classmethod
     def from_params(cls, params: dict) -> TileConfig:
         return cls(**{f.name: params[f.name] for f in fields(cls)
-                      if f.name in params or f.name != "lanes"})
+                      if f.name in params or f.default is MISSING})
+
+    @property
+    def pixels(self) -> int:
+        """Output pixels this tile computes per image."""
+        return -(-(self.ho * self.wo - self.pix_first) // self.pix_step)
+
+    @property
+    def last_pixel(self) -> int:
+        return self.pix_first + (self.pixels - 1) * self.pix_step
 
     @property
     def chunks(self) -> int:
@@ -441,8 +454,9 @@ class PIMTile(wiring.Component):
         s_x = Signal()  # this slot computes the pixel in x_window
         g_phase = Signal(range(k + 1))
         g_bank = Signal()
-        g_oy = Signal(range(cfg.ho))
-        g_ox = Signal(range(cfg.wo))
+        oy0, ox0 = divmod(cfg.pix_first, cfg.wo)
+        g_oy = Signal(range(cfg.ho), init=oy0)
+        g_ox = Signal(range(cfg.wo), init=ox0)
         x_step = Signal(range(cfg.max_steps))
         x_t = Signal(range(cfg.n_t), init=cfg.n_t - 1)
         n_pass = cfg.passes
@@ -483,7 +497,8 @@ class PIMTile(wiring.Component):
         # g_bank*H*W + (g_oy*s - p)*W + g_ox*s - p follows g_bank, g_oy and g_ox (updated
         # with them below): no multiplier between the counters and the read address.
         corner = -(cfg.padding * cfg.w + cfg.padding)
-        g_base = Signal(signed(ubits(2 * hw + k * cfg.w + k) + 2), init=corner)
+        first = corner + (oy0 * cfg.w + ox0) * cfg.stride  # g_base of the first pixel
+        g_base = Signal(signed(ubits(2 * hw + k * cfg.w + k) + 2), init=first)
         for kh, rp in enumerate(g_rps):
             iy = Signal(signed(ubits(cfg.h * 2 + k * 2 + cfg.ho * cfg.stride) + 2),
                         name=f"g_iy_{kh}")
@@ -513,7 +528,12 @@ class PIMTile(wiring.Component):
                 with m.Else():
                     m.d.sync += [x_t.eq(x_t - 1), x_p.eq(0)]
 
-        g_last = (g_oy == cfg.ho - 1) & (g_ox == cfg.wo - 1)
+        oy_last, ox_last = divmod(cfg.last_pixel, cfg.wo)
+        g_last = (g_oy == oy_last) & (g_ox == ox_last)
+        # the next pixel is pix_step on in raster order: dy rows and dx columns on, or one row
+        # more when the column wraps past the map's edge
+        dy, dx = divmod(cfg.pix_step, cfg.wo)
+        g_wrap = g_ox >= cfg.wo - dx if dx else Const(0)
         next_bank = Signal()
         m.d.comb += next_bank.eq(Mux(s_g & g_last, ~g_bank, g_bank))
         with m.If(boundary):
@@ -525,14 +545,15 @@ class PIMTile(wiring.Component):
             with m.If(s_g):
                 with m.If(g_last):
                     m.d.comb += release.eq(Cat(~g_bank, g_bank))
-                    m.d.sync += [g_bank.eq(~g_bank), g_oy.eq(0), g_ox.eq(0),
-                                 g_base.eq(Mux(g_bank, 0, hw) + corner)]
-                with m.Elif(g_ox == cfg.wo - 1):
-                    m.d.sync += [g_ox.eq(0), g_oy.eq(g_oy + 1),
-                                 g_base.eq(g_base + cfg.stride * cfg.w
-                                           - (cfg.wo - 1) * cfg.stride)]
+                    m.d.sync += [g_bank.eq(~g_bank), g_oy.eq(oy0), g_ox.eq(ox0),
+                                 g_base.eq(Mux(g_bank, 0, hw) + first)]
+                with m.Elif(g_wrap):
+                    m.d.sync += [g_ox.eq(g_ox + dx - cfg.wo), g_oy.eq(g_oy + dy + 1),
+                                 g_base.eq(g_base + ((dy + 1) * cfg.w + dx - cfg.wo)
+                                           * cfg.stride)]
                 with m.Else():
-                    m.d.sync += [g_ox.eq(g_ox + 1), g_base.eq(g_base + cfg.stride)]
+                    m.d.sync += [g_ox.eq(g_ox + dx), g_oy.eq(g_oy + dy),
+                                 g_base.eq(g_base + (dy * cfg.w + dx) * cfg.stride)]
         with m.Elif(~s_x & ~s_g):
             m.d.sync += [s_g.eq(full.bit_select(g_bank, 1)), g_phase.eq(0)]
 

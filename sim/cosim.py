@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sw import cyclemodel, images, reference
+from ..sw import cyclemodel, images, reference, replication
 from ..sw.netfile import Layer, Network
 from . import buildcache
 
@@ -298,7 +298,7 @@ def network_is_current(out_dir: Path, key: str, manifest_text: str) -> bool:
 
 
 def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
-                     lanes: int | dict | None = None,
+                     lanes: int | dict | None = None, replicas: int | dict | None = None,
                      log: Callable[[str], None] | None = None) -> GeneratedNetwork:
     """Compile the whole network's images (`network.json`, `tiles/<layer>/`) and emit the
     accelerator's Verilog from what was written, into `out_dir`, all or nothing.
@@ -308,7 +308,7 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
     or rewritten: the files keep their bytes and times."""
     from ..hw.generate import emit_network_verilog, network_from_images
 
-    compiled = images.compile_network(net, reuse=reuse, lanes=lanes)
+    compiled = images.compile_network(net, reuse=reuse, lanes=lanes, replicas=replicas)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with buildcache.locked(out_dir / ".epim-generate.lock"), \
@@ -344,6 +344,7 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
 
 def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
                   seed: int = 0, reuse: bool = True, lanes: int | dict | None = None,
+                  replicas: int | dict | None = None,
                   log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict]:
     """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
 
@@ -355,12 +356,13 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     x = reference.check_inputs(net, x)
     build_root = Path(build_root).resolve()
     t0 = time.time()
-    gen = generate_network(net, build_root / "generated", reuse=reuse, lanes=lanes, log=log)
+    gen = generate_network(net, build_root / "generated", reuse=reuse, lanes=lanes,
+                           replicas=replicas, log=log)
     n = x.shape[0]
     per = netcycles.out_beats_per_image(net)
     depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
     pred = netcycles.predict(net, n, depths, reuse, stalls_seed=seed if stalls else None,
-                             lanes=lanes)
+                             lanes=lanes, replicas=replicas)
     phase = {"program": [], "inputs": pack_beats(x, net.input_bits), "n_out": n * per}
     t1 = time.time()
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
@@ -375,8 +377,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     match = bool(y.shape == ref.shape and (y == ref).all())
     # each tile alone, fed back to back (8 images, past the start-up): the best rate frame
     # pipelining can reach
-    alone = {la.name: cyclemodel.schedule(cyclemodel.tile_timing(la, net.pim, reuse, lanes),
-                                          8).steady
+    alone = {la.name: replication.alone_cycles(la, net, cyclemodel.replicas_for(la, replicas),
+                                               reuse, lanes)
              for la in net.layers if la.op in ("conv", "linear")}
     for name, cyc in alone.items():
         pred.layers[name]["alone_cycles_per_image"] = cyc
@@ -393,6 +395,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
         "slowest_tile_cycles_per_image": alone[slowest],
         "throughput_ratio": (steady / alone[slowest]) if steady else None,
         "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse, "lanes": lanes,
+        "replicas": {la.name: cyclemodel.replicas_for(la, replicas)
+                     for la in net.layers if la.op in ("conv", "linear")},
         "generate_cached": gen.cached,
         "seconds_generate": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2),
     }

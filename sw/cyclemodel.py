@@ -76,12 +76,29 @@ def lanes_for(layer: Layer, pim: PIM, lanes: int | dict | None) -> int:
     return min(lanes, chunks) if lanes else chunks
 
 
+def replicas_for(layer: Layer, replicas: int | dict | None) -> int:
+    """Copies of a layer's tile: `replicas` (an int for every tile, or a dict by layer name;
+    None or a missing name: 1), at most the layer's output pixels per image."""
+    if isinstance(replicas, dict):
+        replicas = replicas.get(layer.name)
+    _, ho, wo = layer.out_shape
+    return max(1, min(replicas or 1, ho * wo))
+
+
+def replica_pixels(pixels: int, r: int, replicas: int) -> int:
+    """Output pixels per image that copy `r` of `replicas` computes: `r, r + R, ...`."""
+    return -(-(pixels - r) // replicas)
+
+
 def tile_timing(layer: Layer, pim: PIM, reuse: bool = True,
-                lanes: int | dict | None = None) -> TileTiming:
+                lanes: int | dict | None = None, replica: tuple[int, int] = (0, 1)
+                ) -> TileTiming:
+    """The figures of a layer's tile, or of copy `r` of `R` for `replica=(r, R)`."""
     h, w = layer.in_hw
     _, ho, wo = layer.out_shape
     chunks = row_chunks(layer, pim)
-    return TileTiming(pixels=ho * wo, in_beats=h * w, kernel=layer.kernel,
+    return TileTiming(pixels=replica_pixels(ho * wo, *replica), in_beats=h * w,
+                      kernel=layer.kernel,
                       n_steps=len(steps(layer.epitome, reuse)),
                       n_t=-(-layer.in_bits // pim.dac_bits),
                       passes=-(-chunks // lanes_for(layer, pim, lanes)))

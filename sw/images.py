@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cyclemodel import lanes_for, row_chunks
+from .cyclemodel import lanes_for, replicas_for, row_chunks
 from .epitome import ifat_sources, n_slices, steps
 from .netfile import Layer, Network
 from .reference import crossbar_slices
@@ -200,18 +200,20 @@ def stream_bits(net: Network, name: str) -> int:
 
 def compile_network(net: Network, reuse: bool = True,
                     fifo_depths: dict[str, list[int]] | None = None,
-                    lanes: int | dict | None = None) -> dict:
+                    lanes: int | dict | None = None,
+                    replicas: int | dict | None = None) -> dict:
     """Memory images of a whole network: `{"manifest": ..., "tiles": {layer: LayerImage}}`.
 
     The network manifest lists every unit of the accelerator with its parameters (tiles by
     folder and manifest checksum; `add` with its skip FIFO depths from the network cycle model;
-    `avgpool_global`), the input and the output beat. :func:`write_network` writes it.
+    `avgpool_global`), the input and the output beat. A tile's `replicas` is the number of
+    copies of it (`epim.sw.replication`). :func:`write_network` writes it.
     """
     from .netcycles import fifo_depths as measure_depths
     from .netcycles import needs_flatten, shape_of
 
     if fifo_depths is None:
-        fifo_depths = measure_depths(net, reuse, lanes=lanes)
+        fifo_depths = measure_depths(net, reuse, lanes=lanes, replicas=replicas)
     tiles: dict[str, LayerImage] = {}
     units = []
     for layer in net.layers:
@@ -222,7 +224,8 @@ def compile_network(net: Network, reuse: bool = True,
             flat = ({"channels": src[0], "pixels": src[1] * src[2],
                      "bits": stream_bits(net, layer.inputs[0])}
                     if needs_flatten(net, layer) else None)
-            units.append({**head, "folder": f"tiles/{layer.name}", "flatten": flat})
+            units.append({**head, "folder": f"tiles/{layer.name}", "flatten": flat,
+                          "replicas": replicas_for(layer, replicas)})
         elif layer.op == "add":
             c = layer.out_shape[0]
             units.append({**head, "channels": c, "a_bits": stream_bits(net, layer.inputs[0]),

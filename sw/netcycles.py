@@ -137,6 +137,46 @@ class TileModel(Unit):
             self.g_phase = 0
 
 
+class ReplicatedTileModel(Unit):
+    """`hw/replicas.py: ReplicatedTile`: copies of a tile behind a broadcast (ready when every
+    copy is) and a merge that takes output pixel `p` of an image from copy `p mod R`."""
+
+    def __init__(self, timings: list[TileTiming]):
+        self.tiles = [TileModel(t) for t in timings]
+        self.pixels = sum(t.pixels for t in timings)
+        self.sel = self.pix = 0
+
+    @property
+    def busy_cycles(self) -> int:
+        return max(t.busy_cycles for t in self.tiles)
+
+    def valid(self, port):
+        return self.tiles[self.sel].o_valid
+
+    def ready(self, port, in_valid, out_ready):
+        return all(t.ready(0, in_valid, out_ready) for t in self.tiles)
+
+    def step(self, in_fire, out_fire, out_ready):
+        for r, t in enumerate(self.tiles):
+            mine = r == self.sel
+            t.step(in_fire, [out_fire[0] and mine], [out_ready[0] and mine])
+        if out_fire[0]:
+            if self.pix == self.pixels - 1:
+                self.pix = self.sel = 0
+            else:
+                self.pix += 1
+                self.sel = (self.sel + 1) % len(self.tiles)
+
+
+def tile_model(layer: Layer, pim, reuse: bool, lanes, replicas) -> Unit:
+    """The model of a layer's tile, or of its copies when it is replicated."""
+    n = cyclemodel.replicas_for(layer, replicas)
+    if n == 1:
+        return TileModel(tile_timing(layer, pim, reuse, lanes))
+    return ReplicatedTileModel([tile_timing(layer, pim, reuse, lanes, (r, n))
+                                for r in range(n)])
+
+
 class ForkModel(Unit):
     def __init__(self, n: int):
         self.n_out = n
@@ -309,10 +349,11 @@ def needs_flatten(net: Network, layer: Layer) -> bool:
 
 def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | None]] | None,
                 reuse: bool = True, rng: random.Random | None = None,
-                lanes: int | dict | None = None) -> Graph:
+                lanes: int | dict | None = None, replicas: int | dict | None = None) -> Graph:
     """The unit graph for `n_images` images. `fifo_depths[add] = [depth_a, depth_b]`
     (0: no FIFO on that input; None: unbounded); default: unbounded on both inputs. `lanes`:
-    row-chunk lanes of the tiles (`epim.sw.cyclemodel.lanes_for`)."""
+    row-chunk lanes of the tiles (`epim.sw.cyclemodel.lanes_for`); `replicas`: copies of each
+    tile (`epim.sw.cyclemodel.replicas_for`)."""
     nodes: list[Node] = []
     cons = consumers(net)
     _, h, w = net.input_shape
@@ -340,8 +381,9 @@ def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | N
                                   CollectModel(_beats(shape_of(net, layer.inputs[0]))), [src],
                                   layer.name))
                 src = (flat, 0)
-            timing = tile_timing(layer, net.pim, reuse, lanes)
-            nodes.append(Node(layer.name, "tile", TileModel(timing), [src], layer.name))
+            nodes.append(Node(layer.name, "tile",
+                              tile_model(layer, net.pim, reuse, lanes, replicas), [src],
+                              layer.name))
         elif layer.op == "add":
             srcs = []
             depths = (fifo_depths or {}).get(layer.name, [None, None])
@@ -454,7 +496,8 @@ def layer_beats(net: Network, name: str) -> int:
 
 
 def fifo_depths(net: Network, reuse: bool = True, images: int = 6,
-                lanes: int | dict | None = None) -> dict[str, list[int]]:
+                lanes: int | dict | None = None,
+                replicas: int | dict | None = None) -> dict[str, list[int]]:
     """Skip FIFO depths of every `add`: `[depth_a, depth_b]`, 0 for no FIFO.
 
     First the network is simulated with unbounded FIFOs on both inputs of every adder, `images`
@@ -468,7 +511,8 @@ def fifo_depths(net: Network, reuse: bool = True, images: int = 6,
     if not adds:
         return {}
     per = out_beats_per_image(net)
-    free = simulate(build_graph(net, images, None, reuse, lanes=lanes), images * per)
+    free = simulate(build_graph(net, images, None, reuse, lanes=lanes, replicas=replicas),
+                    images * per)
     depths = {la.name: [p if p > 1 else 0 for p in
                         (free.peaks[f"{la.name}.fifo{'ab'[i]}"] for i in range(2))]
               for la in adds}
@@ -477,7 +521,8 @@ def fifo_depths(net: Network, reuse: bool = True, images: int = 6,
         return (last[-1] - last[0]) / (len(last) - 1)
 
     try:
-        run = simulate(build_graph(net, images, depths, reuse, lanes=lanes), images * per)
+        run = simulate(build_graph(net, images, depths, reuse, lanes=lanes, replicas=replicas),
+                       images * per)
         if steady(run) <= steady(free):
             return depths
     except Deadlock:
@@ -499,14 +544,15 @@ class NetTiming:
 
 def predict(net: Network, n_images: int, depths: dict[str, list[int]] | None = None,
             reuse: bool = True, stalls_seed: int | None = None,
-            lanes: int | dict | None = None) -> NetTiming:
+            lanes: int | dict | None = None, replicas: int | dict | None = None) -> NetTiming:
     """Simulate `n_images` streamed back to back (or with the testbench's random gaps and
     back-pressure for `stalls_seed`) through the accelerator with the given FIFO depths."""
     if depths is None:
-        depths = fifo_depths(net, reuse, lanes=lanes)
+        depths = fifo_depths(net, reuse, lanes=lanes, replicas=replicas)
     rng = random.Random(stalls_seed) if stalls_seed is not None else None
     per = out_beats_per_image(net)
-    run = simulate(build_graph(net, n_images, depths, reuse, rng, lanes), n_images * per)
+    run = simulate(build_graph(net, n_images, depths, reuse, rng, lanes, replicas),
+                   n_images * per)
     _, h, w = net.input_shape
     first_in = run.in_cycles[::h * w][:n_images]
     last_out = run.out_cycles[per - 1::per][:n_images]
@@ -520,9 +566,10 @@ def predict(net: Network, n_images: int, depths: dict[str, list[int]] | None = N
                "steady_cycles_per_image": ((outs[-1] - outs[0]) / (n_images - 1))
                if n_images > 1 and len(outs) == n_images else None}
         if la.op in ("conv", "linear"):
-            t = tile_timing(la, net.pim, reuse, lanes)
+            n = cyclemodel.replicas_for(la, replicas)
+            t = tile_timing(la, net.pim, reuse, lanes, (0, n))  # (the busiest copy)
             row.update(ideal_cycles_per_image=t.ideal, slot_cycles=t.slot,
-                       steps_per_pixel=t.n_steps, n_t=t.n_t, passes=t.passes,
+                       steps_per_pixel=t.n_steps, n_t=t.n_t, passes=t.passes, replicas=n,
                        busy_fraction=run.busy[la.name] / max(1, run.cycles),
                        utilisation=(t.ideal / steady) if steady else None)
         layers[la.name] = row
