@@ -197,16 +197,18 @@ def output_table(word: int, cfg: TileConfig) -> tuple[int, list[int]] | None:
                   & (2**cfg.out_bits - 1) for i in range(depth)]
 
 
-def ge_const(v, c: int):
+def ge_const(v, c: int, shared=None):
     """`v >= c` for a signed `v` (a signal) and a constant `c`, as plain gates (no carry
     chain), so that synthesis can share logic between the comparisons of one value with many
-    constants. The expression is a sum of products of `v`'s bits, no shared subexpressions."""
+    constants. The expression is a sum of products of `v`'s bits. `shared`, if given, is a pair
+    of signals holding `u` (the offset-binary `v`, below) and `~u`, shared by every comparison
+    of `v`, so that the Verilog does not spell out an inverter per use."""
     n = len(v)
     if c <= -(2 ** (n - 1)):
         return Const(1)
     if c > 2 ** (n - 1) - 1:
         return Const(0)
-    u = Cat(v[:-1], ~v[-1])  # offset binary: order-preserving unsigned
+    u, nu = shared or (Cat(v[:-1], ~v[-1]), ~Cat(v[:-1], ~v[-1]))  # offset binary: ordered
     cu = c + 2 ** (n - 1)
     # v >= c: v equals c above bit i and has a 1 where c has a 0, for some i; or v == c
     lits, terms = [], []
@@ -215,7 +217,7 @@ def ge_const(v, c: int):
             lits.append(u[i])
         else:
             terms.append(Cat(*lits, u[i]).all())
-            lits.append(~u[i])
+            lits.append(nu[i])
     terms.append(Cat(*lits).all())
     return Cat(*terms).any()
 
@@ -227,10 +229,13 @@ def threshold_stage(m: Module, acc, word: int, cfg: TileConfig, name: str = "q_g
     (bit `b` of the level is the XOR of the comparisons `k` with `2**b` dividing `k`), so the
     path is a few gate levels deep. Returns `y` (signed, `out_bits + 2` bits)."""
     lo, _ = output_range(cfg)
+    u = Signal(len(acc), name=f"{name}_u")  # offset-binary acc and its inverse, shared
+    nu = Signal(len(acc), name=f"{name}_nu")
+    m.d.comb += [u.eq(Cat(acc[:-1], ~acc[-1])), nu.eq(~u)]
     t = []
     for k, th in enumerate(thresholds(word, cfg), start=1):
         sig = Signal(name=f"{name}_{k}")
-        m.d.comb += sig.eq(ge_const(acc, th) if th is not None else 0)
+        m.d.comb += sig.eq(ge_const(acc, th, (u, nu)) if th is not None else 0)
         t.append(sig)
     n = cfg.out_bits
     bits = [Cat(*[t[k - 1] for k in range(2**b, 2**n, 2**b)]).xor() for b in range(n)]
@@ -662,6 +667,16 @@ class PIMTile(wiring.Component):
             return gates[on]
 
         slots: dict[tuple, Value] = {}
+        inverted: dict[tuple, Value] = {}
+
+        def slot_bit_inverted(sources):
+            """`~slot_bit(sources)` as one shared signal (a negative cell's bit enters its
+            tree inverted; many trees take the same bit)."""
+            if sources not in inverted:
+                sig = Signal(name=f"x_neg_{len(inverted)}")
+                m.d.comb += sig.eq(~slot_bit(sources))
+                inverted[sources] = sig
+            return inverted[sources]
 
         def slot_bit(sources):
             """The DAC slice bit `(row, dbit)` that a tree slot takes in each pass (None: 0),
@@ -718,11 +733,12 @@ class PIMTile(wiring.Component):
                 offset = 0
                 for (w, pol), per in sorted(lists.items()):
                     for k in range(max(len(bits) for bits in per)):
-                        bit = slot_bit(tuple(bits[k] if k < len(bits) else None
-                                             for bits in per))
+                        sources = tuple(bits[k] if k < len(bits) else None for bits in per)
                         if pol:
                             # -b = ~b - 1; an empty slot (0) adds ~0 - 1 = 0 as well
-                            bit, offset = ~bit, offset - (1 << w)
+                            bit, offset = slot_bit_inverted(sources), offset - (1 << w)
+                        else:
+                            bit = slot_bit(sources)
                         cols.setdefault(w, []).append(bit)
                 offset %= 2**cfg.acc_bits
                 for w in range(cfg.acc_bits):

@@ -94,14 +94,17 @@ def cmd_cost(args) -> int:
 
     net = _load_net(args.net)
     consts = cost.Constants.from_file(args.constants)
-    nc = cost.network_cost(net, consts=consts, reuse=not args.no_reuse,
-                           lanes=resolve_lanes(net, args.lanes))
-    print(f"{'layer':14} {'xbars':>6} {'dense8':>7} {'area mm2':>9} {'activ.':>8} "
-          f"{'no reuse':>9} {'latency':>8} {'cyc/img':>8} {'energy nJ':>10}")
+    lanes = resolve_lanes(net, args.lanes)
+    replicas = resolve_replicas(net, args.replicas, args.budget, lanes, not args.no_reuse)
+    nc = cost.network_cost(net, consts=consts, reuse=not args.no_reuse, lanes=lanes,
+                           replicas=replicas)
+    print(f"{'layer':14} {'copies':>6} {'xbars':>6} {'dense8':>7} {'area mm2':>9} "
+          f"{'activ.':>8} {'no reuse':>9} {'latency':>8} {'cyc/img':>8} {'energy nJ':>10}")
     for c in nc.layers:
-        print(f"{c.name:14} {c.crossbars:6d} {c.dense8_crossbars:7d} {c.cell_area_mm2:9.4f} "
-              f"{c.activations:8d} {c.activations_no_reuse:9d} {c.cycles_latency:8d} "
-              f"{c.cycles_per_image:8.0f} {c.energy_total_pj * 1e-3:10.1f}")
+        print(f"{c.name:14} {c.replicas:6d} {c.crossbars:6d} {c.dense8_crossbars:7d} "
+              f"{c.cell_area_mm2:9.4f} {c.activations:8d} {c.activations_no_reuse:9d} "
+              f"{c.cycles_latency:8d} {c.cycles_per_image:8.0f} "
+              f"{c.energy_total_pj * 1e-3:10.1f}")
     s = nc.summary()
     parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in s["energy_uj_by_part"].items())
     print(f"network: {s['crossbars']} crossbars ({s['compression_vs_dense8']:.2f}x fewer than "
@@ -153,6 +156,7 @@ def cmd_generate(args) -> int:
 
     net = _load_net(args.net)
     args.lanes = resolve_lanes(net, args.lanes)
+    replicas = resolve_replicas(net, args.replicas, args.budget, args.lanes, not args.no_reuse)
     if args.tile or args.blank:
         gen = generate(net, args.out, reuse=not args.no_reuse, blank=args.blank,
                        lanes=args.lanes)
@@ -160,12 +164,16 @@ def cmd_generate(args) -> int:
         print(f"wrote {gen.verilog.name}, manifest.json and memory images for layer "
               f"{p['name']!r} ({p['n_steps']} IFRT step(s) per pixel) into {gen.folder}")
         return 0
-    gen = generate_network(net, args.out, reuse=not args.no_reuse, lanes=args.lanes)
+    gen = generate_network(net, args.out, reuse=not args.no_reuse, lanes=args.lanes,
+                           replicas=replicas)
     units = gen.manifest["units"]
     tiles = sum("folder" in u for u in units)
     fifos = {u["name"]: u["fifo"] for u in units if u["op"] == "add"}
-    print(f"wrote {gen.verilog.name}, network.json and the images of {tiles} tile(s) into "
-          f"{gen.folder}" + (f"; skip FIFO depths {fifos}" if fifos else ""))
+    copies = {u["name"]: u["replicas"] for u in units if u.get("replicas", 1) > 1}
+    verb = "kept (unchanged)" if gen.cached else "wrote"
+    print(f"{verb} {gen.verilog.name}, network.json and the images of {tiles} tile(s) in "
+          f"{gen.folder}" + (f"; skip FIFO depths {fifos}" if fifos else "")
+          + (f"; tile copies {copies}" if copies else ""))
     return 0
 
 
@@ -254,9 +262,11 @@ def cmd_cosim(args) -> int:
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
     args.lanes = resolve_lanes(net, args.lanes)
+    replicas = resolve_replicas(net, args.replicas, args.budget, args.lanes, not args.no_reuse)
     if not args.program:
         y, rep = cosim_network(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
-                               reuse=not args.no_reuse, lanes=args.lanes)
+                               reuse=not args.no_reuse, lanes=args.lanes, replicas=replicas,
+                               log=lambda line: print(line, flush=True))
         save_npy(args.outputs, y)
         if args.report:
             write_json(args.report, rep)
@@ -348,6 +358,55 @@ def resolve_lanes(net, lanes):
     return netcycles.balanced_lanes(net)
 
 
+REPLICAS_HELP = ("copies of each layer's tile, each computing a share of the output pixels "
+                 "(more crossbars, fewer cycles per image): 'auto' gives the slowest tiles "
+                 "copies while --budget allows, 'none' (default), N for every tile, or "
+                 "LAYER=N,LAYER=N")
+BUDGET_HELP = ("crossbars that --replicas auto may use in all (default: the network's count "
+               "with dense 3-bit weights)")
+
+
+def replicas_arg(text: str) -> str | int | dict[str, int]:
+    """`--replicas`: auto, none, a number, or LAYER=N pairs separated by commas."""
+    if text in ("auto", "none"):
+        return text
+    try:
+        if "=" not in text:
+            n = int(text)
+            if n < 1:
+                raise ValueError
+            return n
+        out = {}
+        for part in text.split(","):
+            name, _, num = part.partition("=")
+            if not name or int(num) < 1:
+                raise ValueError
+            out[name.strip()] = int(num)
+        return out
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 'auto', 'none', a positive number or LAYER=N,LAYER=N") from None
+
+
+def resolve_replicas(net, replicas, budget=None, lanes=None, reuse: bool = True):
+    """`--replicas` as a dictionary by layer name (None for 'none')."""
+    from ..sw import replication
+
+    if replicas in (None, "none"):
+        return None
+    if replicas == "auto":
+        return replication.choose_replicas(net, budget, reuse=reuse, lanes=lanes)
+    if isinstance(replicas, int):
+        replicas = {la.name: replicas for la in replication.tiles(net)}
+    replication.check_replicas(net, replicas)
+    return replicas
+
+
+def add_replicas_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--replicas", type=replicas_arg, default="none", help=REPLICAS_HELP)
+    c.add_argument("--budget", type=int, help=BUDGET_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="epim", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -361,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("net")
     c.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
     c.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
+    add_replicas_args(c)
     c.add_argument("--constants", help="JSON object overriding cost constants (docs/cost.md)")
     c.add_argument("--json", help="also write the figures to this JSON file")
     c.set_defaults(func=cmd_cost)
@@ -399,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
     g.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
+    add_replicas_args(g)
     g.add_argument("--tile", action="store_true",
                    help="a single-layer network as one tile with its programming port "
                         "(top epim_tile) instead of the network accelerator (top epim_net)")
@@ -422,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "memories written through its programming port")
     s.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
     s.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
+    add_replicas_args(s)
     s.set_defaults(func=cmd_cosim)
 
     d = sub.add_parser("data", help="write a data set split as .npy (inputs and labels)")

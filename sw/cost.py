@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cyclemodel import TileTiming, row_chunks, schedule, tile_timing
+from .cyclemodel import TileTiming, replicas_for, row_chunks, schedule, tile_timing
 from .epitome import crossbar_count, n_slices, steps
 from .netfile import PIM, Epitome, Layer, Network, load
 
@@ -108,8 +108,9 @@ class LayerCost:
     activations_no_reuse: int
     cycles_latency: int  # one image through the tile alone
     cycles_per_image: float  # steady state, images streaming through the tile alone
-    ideal_cycles: int  # crossbar-busy cycles per image
+    ideal_cycles: int  # crossbar-busy cycles per image (of the busiest copy)
     energy_pj: dict = field(default_factory=dict)
+    replicas: int = 1  # copies of the tile (`epim.sw.replication`)
 
     @property
     def energy_total_pj(self) -> float:
@@ -124,8 +125,13 @@ def tile_cycles(t: TileTiming) -> tuple[int, float]:
 
 
 def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: bool = True,
-               lanes: int | dict | None = None) -> LayerCost:
-    """The cost of one conv or linear layer (spec sections 3 and 4, the tile's cycle model)."""
+               lanes: int | dict | None = None, replicas: int | dict | None = None) -> LayerCost:
+    """The cost of one conv or linear layer (spec sections 3 and 4, the tile's cycle model).
+
+    With `R` copies of the tile (`replicas`): `R` times the crossbars and cell area, and every
+    input image is loaded into each copy; the activations are the same, shared among the
+    copies, and the cycles are those of the busiest copy (at least one per output pixel, the
+    rate at which the copies' outputs merge)."""
     epi = layer.epitome
     k2 = layer.kernel * layer.kernel
     _, ho, wo = layer.out_shape
@@ -133,9 +139,12 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
     st = steps(epi, reuse)
     acts = pixels * len(st)
     acts_plain = pixels * layer.g_in * layer.g_out
-    t = tile_timing(layer, pim, reuse, lanes)
+    copies = replicas_for(layer, replicas)
+    t = tile_timing(layer, pim, reuse, lanes, (0, copies))
     latency, steady = tile_cycles(t)
-    xbars = crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols)
+    if copies > 1:
+        steady = max(steady, pixels)
+    xbars = crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols) * copies
     rows = epi.in_channels * k2
     cols = epi.out_channels * n_slices(layer, pim.cell_bits)
     chunks = row_chunks(layer, pim)
@@ -154,7 +163,7 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
         "cells": cells * consts.cell_read_pj,
         "adc": adc * consts.adc_energy_pj,
         "shift_add": adc * consts.shift_add_pj,
-        "buffers": ((in_bytes + out_bytes) * consts.buffer_write_pj_per_byte
+        "buffers": ((in_bytes * copies + out_bytes) * consts.buffer_write_pj_per_byte
                     + read_bytes * consts.buffer_read_pj_per_byte),
         "tables": table_entries * TABLE_ENTRY_BYTES * consts.table_read_pj_per_byte,
     }
@@ -162,7 +171,7 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
                      crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols,
                                     dense=True, weight_bits=8),
                      xbars * pim.xbar_rows * pim.xbar_cols * consts.cell_area_um2 * 1e-6,
-                     acts, acts_plain, latency, steady, t.ideal, energy)
+                     acts, acts_plain, latency, steady, t.ideal, energy, copies)
 
 
 @dataclass
@@ -214,13 +223,14 @@ class NetworkCost:
 
 def network_cost(net: Network | list[Layer], pim: PIM | None = None,
                  consts: Constants = CONSTANTS, reuse: bool = True,
-                 lanes: int | dict | None = None) -> NetworkCost:
+                 lanes: int | dict | None = None,
+                 replicas: int | dict | None = None) -> NetworkCost:
     """Costs of every conv and linear layer of a network (or a list of layers)."""
     if isinstance(net, Network):
         pim, layers = net.pim, net.layers
     else:
         layers = net
-    return NetworkCost([layer_cost(la, pim, consts, reuse, lanes) for la in layers
+    return NetworkCost([layer_cost(la, pim, consts, reuse, lanes, replicas) for la in layers
                         if la.op in ("conv", "linear")], consts, reuse)
 
 

@@ -97,3 +97,35 @@ def test_network_with_stalls_and_one_lane_loses_nothing(build_root):
     assert any(row.get("passes", 1) > 1 for row in rep["layers"].values())
     np.testing.assert_array_equal(y, reference.run_network(net, x))
     assert rep["cycles_match"]
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_replicated_network_with_stalls_on_verilator(build_root):
+    """A residual network whose tiles have copies (the replication search under a budget),
+    with random gaps and back-pressure: outputs bit-exact, every handshake as modelled."""
+    from epim.sw import replication
+
+    net = netfile.parse(examples.random_network_net(4))
+    reps = replication.choose_replicas(net, replication.crossbars(net) * 2)
+    assert max(reps.values()) > 1
+    x = np.random.default_rng(2).integers(0, 2**net.input_bits, (3, *net.input_shape))
+    y, rep = cosim.cosim_network(net, x, build_root / "replicas", stalls=True, seed=3,
+                                 replicas=reps)
+    np.testing.assert_array_equal(y, reference.run_network(net, x))
+    assert rep["cycles_match"] and rep["replicas"] == reps
+
+
+@given(st.integers(0, 10_000))
+@settings(max_examples=10)
+def test_replication_search_stays_within_budget_and_never_slows(seed):
+    """Copies chosen under twice the network's crossbars: within budget, and the network's
+    modelled rate is at least as fast as without copies."""
+    from epim.sw import replication
+
+    net = netfile.parse(examples.random_network_net(seed))
+    budget = 2 * replication.crossbars(net)
+    reps = replication.choose_replicas(net, budget)
+    assert replication.crossbars(net, reps) <= budget
+    plain = netcycles.predict(net, 4).steady
+    assert netcycles.predict(net, 4, replicas=reps).steady <= plain
