@@ -19,11 +19,13 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
+from ..sw.progress import bar as progress_bar
 from .verilator import setup_environment
 
 STAMP = "epim-build.json"
@@ -121,13 +123,41 @@ def verilator_build(sources: list[Path], top: str, cache_root: str | Path, waves
                 f"({sum(s.stat().st_size for s in sources) / 1e6:.1f} MB of Verilog)")
         t0 = time.time()
         runner = get_runner("verilator")
-        runner.build(sources=[str(s) for s in sources], hdl_toplevel=top,
-                     build_dir=str(build_dir), build_args=list(args), waves=waves,
-                     timescale=("1ns", "1ps"), log_file=str(build_dir / "build.log"))
+        run_with_progress(build_dir, lambda: runner.build(
+            sources=[str(s) for s in sources], hdl_toplevel=top, build_dir=str(build_dir),
+            build_args=list(args), waves=waves, timescale=("1ns", "1ps"),
+            log_file=str(build_dir / "build.log")))
         write_stamp(build_dir, {"key": key, "top": top, "sources": [str(s) for s in sources],
                                 "args": list(args), "waves": waves,
                                 "seconds": round(time.time() - t0, 1)})
     return build_dir, True
+
+
+def run_with_progress(build_dir: Path, build: Callable[[], None]) -> None:
+    """Run `build` in a thread while a progress bar follows the build folder: Verilator's
+    translation first, then the C++ files compiled out of those it wrote."""
+    failure: list[BaseException] = []
+
+    def target():
+        try:
+            build()
+        except BaseException as exc:  # noqa: B036 (raised again in the waiting thread)
+            failure.append(exc)
+
+    worker = threading.Thread(target=target)
+    with progress_bar(None, "verilating", "file") as bar:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+            if bar.total is None and (build_dir / "Vtop.mk").exists():
+                bar.total = len(list(build_dir.glob("Vtop*.cpp")))
+                bar.set_description("C++ compile")
+            if bar.total is not None:
+                bar.update(min(bar.total, len(list(build_dir.glob("Vtop*.o")))) - bar.n)
+            else:
+                bar.refresh()
+    if failure:
+        raise failure[0]
 
 
 def code_digest(package: Path) -> str:

@@ -50,6 +50,10 @@ def cmd_check(args) -> int:
 def cmd_search(args) -> int:
     from dataclasses import replace
 
+    from ..sw.reproducible import pin_cpu_kernels
+
+    pin_cpu_kernels()
+
     from ..sw import compress, models, search
     from ..sw.export import export
     from ..sw.train import fit, load_checkpoint
@@ -122,6 +126,7 @@ def cmd_cost(args) -> int:
 
 def cmd_reference(args) -> int:
     from ..sw import reference
+    from ..sw.progress import bar as progress_bar
     from .cosim import save_npy
 
     net = _load_net(args.net)
@@ -130,7 +135,9 @@ def cmd_reference(args) -> int:
     if labels is not None and labels.shape != (x.shape[0],):
         raise ValueError(f"{args.labels}: must have shape ({x.shape[0]},) to match the inputs, "
                          f"got {labels.shape}")
-    y = reference.run_network(net, x, reuse=not args.no_reuse)
+    x = reference.check_inputs(net, x)
+    with progress_bar(len(x), "reference", "img") as bar:
+        y = reference.run_network(net, x, reuse=not args.no_reuse, progress=bar.update)
     save_npy(args.outputs, y)
     print(f"wrote {args.outputs}: {y.dtype} {list(y.shape)}")
     if labels is not None:
@@ -298,10 +305,14 @@ def _bits(text: str) -> int | None:
 
 
 def cmd_train(args) -> int:
+    from ..sw.reproducible import pin_cpu_kernels
+
+    pin_cpu_kernels()
     from ..sw import compress, models
     from ..sw.train import Config, fit, load_checkpoint
 
-    cfg = Config(data=args.data, model=args.model, ratio=args.ratio, width=args.width,
+    cfg = Config(data=args.data, model=args.model, ratio=args.ratio, wrap=args.wrap,
+                 width=args.width,
                  weight_bits=args.weight_bits, act_bits=args.act_bits, epochs=args.epochs,
                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
                  test_limit=args.test_limit, device=args.device,
@@ -315,7 +326,8 @@ def cmd_train(args) -> int:
                              f"with {init_cfg.quant}, but this run trains a {cfg.model} of width "
                              f"{cfg.width} with {cfg.quant}")
         model = compress.epitomize(dense, models.nodes(cfg.model, cfg.ratio, cfg.width,
-                                                       quant=cfg.quant, pim=cfg.pim))
+                                                       quant=cfg.quant, pim=cfg.pim,
+                                                       wrap=cfg.wrap))
     if args.teacher:
         _, teacher = load_checkpoint(args.teacher)
     metrics = fit(cfg, args.out, model=model, teacher=teacher)
@@ -530,6 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="cnn", help="cnn, resnet or resnet20 (CIFAR ResNet-20)")
     t.add_argument("--ratio", type=_ratio, default=2.0,
                    help="epitome compression of the conv layers ('dense' for none)")
+    t.add_argument("--wrap", type=int, default=1,
+                   help="shrink the epitomes' output side this many times: output channels "
+                        "wrap around their columns through the OFAT, and output groups share "
+                        "activations (IFRT reuse); the rest of --ratio goes to the input side")
     t.add_argument("--width", type=int, default=16, help="channels of the first stage")
     t.add_argument("--weight-bits", type=_bits, default=3, help="bits, or 'float'")
     t.add_argument("--act-bits", type=_bits, default=4, help="bits, or 'float'")

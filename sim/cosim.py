@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..sw import cyclemodel, images, reference, replication
 from ..sw.netfile import Layer, Network
+from ..sw.progress import bar as progress_bar
 from . import buildcache
 
 VERILOG_NAME = "epim_tile.v"
@@ -122,8 +124,10 @@ def build_model(verilog: Path, build_root: Path, top: str = "epim_tile",
 
 def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = False,
                seed: int = 0, max_cycles: int | None = None, top: str = "epim_tile",
-               log: Callable[[str], None] | None = None) -> list[dict]:
-    """Run the testbench on the generated Verilog; returns per phase beats and cycles."""
+               log: Callable[[str], None] | None = None,
+               beats_per_image: int = 1) -> list[dict]:
+    """Run the testbench on the generated Verilog; returns per phase beats and cycles
+    (`beats_per_image` output beats make one image on the progress bar)."""
     build_root = Path(build_root).resolve()
     build_root.mkdir(parents=True, exist_ok=True)
     runner, build_dir = build_model(generated.verilog, build_root, top, log)
@@ -134,25 +138,43 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
             1, params["max_steps"] * params["n_t"] * params.get("passes", 1))
     job = {"phases": phases, "stalls": stalls, "seed": seed, "max_cycles": max_cycles,
            "prog_port": top == "epim_tile"}
-    results = run_job(runner, build_dir, build_root, "epim.sim.tb_tile", top,
-                      "EPIM_COSIM_JOB", job)["phases"]
+    n_out = sum(p["n_out"] for p in phases)
+    with progress_bar(n_out // max(1, beats_per_image), "cosim", "img") as bar:
+        def show(beats: int) -> None:
+            bar.update(beats // max(1, beats_per_image) - bar.n)
+        results = run_job(runner, build_dir, build_root, "epim.sim.tb_tile", top,
+                          "EPIM_COSIM_JOB", job, show)["phases"]
     for r in results:
         r["outputs"] = [int(b) for b in r["outputs"]]
     return results
 
 
 def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, env_var: str,
-            job: dict) -> dict:
+            job: dict, progress: Callable[[int], None] | None = None) -> dict:
     """Run the cocotb testbench `module` on a built model with `job` (a JSON file named by
-    `env_var`, plus `result_path`), in a scratch folder; returns the result it wrote."""
+    `env_var`, plus `result_path`), in a scratch folder; returns the result it wrote.
+    `progress`, if given, is called now and then with the output beats received so far."""
     work = Path(tempfile.mkdtemp(dir=build_root, prefix="job-"))
     try:
-        job = {**job, "result_path": str(work / "result.json")}
+        job = {**job, "result_path": str(work / "result.json"),
+               "progress_path": str(work / "progress")}
         (work / "job.json").write_text(json.dumps(job))
-        runner.test(test_module=module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
-                    build_dir=str(build_dir),
-                    test_dir=str(work), extra_env={env_var: str(work / "job.json")},
-                    log_file=str(work / "sim.log"))
+        sim = threading.Thread(target=runner.test, kwargs=dict(
+            test_module=module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
+            build_dir=str(build_dir), test_dir=str(work),
+            extra_env={env_var: str(work / "job.json")}, log_file=str(work / "sim.log")))
+        failure: list[BaseException] = []
+        sim.run = _capture(sim.run, failure)
+        sim.start()
+        while sim.is_alive():
+            sim.join(0.5)
+            if progress is not None:
+                try:
+                    progress(int((work / "progress").read_text() or 0))
+                except (OSError, ValueError):
+                    pass
+        if failure:
+            raise failure[0]
         result_path = work / "result.json"
         if not result_path.exists():
             log = (work / "sim.log").read_text()[-2000:] if (work / "sim.log").exists() else ""
@@ -160,6 +182,16 @@ def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, en
         return json.loads(result_path.read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _capture(run, failure: list):
+    """`run` of a thread, keeping the exception it raised for the thread that waits on it."""
+    def wrapped():
+        try:
+            run()
+        except BaseException as exc:  # noqa: B036 (handed to the waiting thread)
+            failure.append(exc)
+    return wrapped
 
 
 def measured_cycles(result: dict, timing: cyclemodel.TileTiming, n: int):
@@ -182,7 +214,8 @@ def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = Fa
     _, ho, wo = layer.out_shape
     phase = {"program": program_beats(gen.image) if program else [],
              "inputs": pack_beats(x, net.input_bits, layer), "n_out": x.shape[0] * ho * wo}
-    result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed)[0]
+    result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
+                        beats_per_image=ho * wo)[0]
     y = unpack_beats(result["outputs"], layer)
     ref = reference.run_network(net, x, reuse=reuse)
     return y, report(net, layer, x, y, ref, result, stalls, program, reuse, time.time() - t0,
@@ -366,7 +399,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     phase = {"program": [], "inputs": pack_beats(x, net.input_bits), "n_out": n * per}
     t1 = time.time()
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
-                        max_cycles=2 * pred.run.cycles + 10_000, top="epim_net", log=log)[0]
+                        max_cycles=2 * pred.run.cycles + 10_000, top="epim_net", log=log,
+                        beats_per_image=per)[0]
     y = unpack_beats(result["outputs"], net.output_layer)
     ref = reference.run_network(net, x, reuse=reuse)
     _, h, w = net.input_shape

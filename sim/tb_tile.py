@@ -70,8 +70,11 @@ class StreamMonitor:
             self.cycles.append(cycle)
 
 
+PROGRESS_EVERY = 4096  # cycles between writes of the progress file
+
+
 async def run_ports(dut, drivers, monitor, n_out: int, max_cycles: int,
-                    prog_port: bool = True) -> None:
+                    prog_port: bool = True, progress: Path | None = None) -> None:
     cycle = 0
     while not all(d.done for d in drivers) or (monitor and len(monitor.beats) < n_out):
         await FallingEdge(dut.clk)
@@ -85,6 +88,8 @@ async def run_ports(dut, drivers, monitor, n_out: int, max_cycles: int,
         if monitor:
             monitor.sample(cycle)
         cycle += 1
+        if progress is not None and monitor and cycle % PROGRESS_EVERY == 0:
+            progress.write_text(str(len(monitor.beats)))
         if cycle > max_cycles:
             got = len(monitor.beats) if monitor else 0
             raise AssertionError(f"no progress: {got}/{n_out} output beats after {cycle} cycles")
@@ -119,7 +124,9 @@ async def tile_job(dut):
         drv = StreamDriver(dut.i__valid, dut.i__ready, dut.i__payload,
                            [int(w) for w in phase["inputs"]], rng, 0.3)
         mon = StreamMonitor(dut.o__valid, dut.o__ready, dut.o__payload, rng, 0.4)
-        await run_ports(dut, [drv], mon, phase["n_out"], job["max_cycles"], prog_port)
+        progress = Path(job["progress_path"]) if job.get("progress_path") else None
+        await run_ports(dut, [drv], mon, phase["n_out"], job["max_cycles"], prog_port,
+                        progress)
         for _ in range(4):  # nothing extra may come out
             await FallingEdge(dut.clk)
             await ReadOnly()

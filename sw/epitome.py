@@ -112,14 +112,26 @@ class Fill:
 
 
 def epitome_shape(cin: int, cout: int, ratio: float | None, kernel: int = 3,
-         fill: Fill | None = None) -> tuple[int, int, int, int] | None:
+                  fill: Fill | None = None, wrap: int = 1) -> tuple[int, int, int, int] | None:
     """An epitome that shrinks a layer's weights by about `ratio`: the input side first (crossbar
     rows, `Ce_in * k * k`, set the row-chunk count), then the output side (columns, with output
     channel wrapping) for what is left; None (dense) for ratio <= 1. With `fill`, each side then
     grows to use the row chunks and column blocks it occupies anyway: the same crossbars, more
-    weights."""
+    weights.
+
+    `wrap > 1` takes the output side first instead: `Ce_out = p_out = ceil(Cout / wrap)`, so
+    the output channels wrap `wrap` times around the epitome's columns through the OFAT and
+    the output groups share each input group's activation (IFRT reuse, with the default
+    offsets); the rest of `ratio` goes to the input side, which `fill` grows as above."""
     if not ratio or ratio <= 1:
         return None
+    if wrap > 1 and cout > 1:
+        ce_out = max(1, -(-cout // wrap))
+        rest = ratio * ce_out / cout
+        ce_in = max(1, round(cin / rest)) if rest > 1 else cin
+        if fill:
+            ce_in = fill.grow_in(cin, ce_in, kernel)
+        return (ce_in, ce_out, ce_in, ce_out)
     ce_in = max(1, round(cin / ratio))
     rest = ratio / (cin / ce_in)
     ce_out = max(1, round(cout / rest)) if rest > 1 else cout

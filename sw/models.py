@@ -324,14 +324,14 @@ DEFAULT_PIM = {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2, "dac_bits": 1, 
 
 
 def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10,
-              fill: Fill | None = None) -> list[Node]:
+              fill: Fill | None = None, wrap: int = 1) -> list[Node]:
     """A small plain CNN: 4 conv layers (28 -> 14 -> 7), global average pooling, linear."""
     w = width
     spec = [("c1", 1, w, 1), ("c2", w, 2 * w, 2), ("c3", 2 * w, 2 * w, 1),
             ("c4", 2 * w, 4 * w, 2)]
     nodes, prev = [], INPUT
     for name, cin, cout, stride in spec:
-        epi = None if name == "c1" else _epi(cin, cout, ratio, 3, fill)
+        epi = None if name == "c1" else _epi(cin, cout, ratio, 3, fill, wrap)
         nodes.append(Node(name, "conv", [prev], cout, 3, stride, epi))
         prev = name
     nodes.append(Node("gap", "avgpool_global", [prev]))
@@ -340,25 +340,25 @@ def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10
 
 
 def small_resnet(ratio: float | None = None, width: int = 16, num_classes: int = 10,
-                 fill: Fill | None = None) -> list[Node]:
+                 fill: Fill | None = None, wrap: int = 1) -> list[Node]:
     """A small ResNet (the EPIM-ResNet analogue): stem, two stages of two basic blocks, global
     average pooling, linear. Blocks are conv-conv with ReLU on both (the spec's activations
     between layers are unsigned), summed with the skip (1x1 conv when the shape changes)."""
-    return resnet([(width, 1, 2), (2 * width, 2, 2)], ratio, width, num_classes, fill)
+    return resnet([(width, 1, 2), (2 * width, 2, 2)], ratio, width, num_classes, fill, wrap)
 
 
 def resnet20(ratio: float | None = None, width: int = 16, num_classes: int = 10,
-             fill: Fill | None = None) -> list[Node]:
+             fill: Fill | None = None, wrap: int = 1) -> list[Node]:
     """The CIFAR ResNet-20 of He et al. (2016): a 3x3 stem, three stages of three basic blocks
     at `width`, `2*width`, `4*width` channels (16/32/64), global average pooling, linear. As in
     :func:`small_resnet`, both convs of a block end in ReLU before the add, and the skip is a 1x1
     conv where the shape changes (He et al.'s option B)."""
     return resnet([(width, 1, 3), (2 * width, 2, 3), (4 * width, 2, 3)], ratio, width,
-                  num_classes, fill)
+                  num_classes, fill, wrap)
 
 
 def resnet(stages: list[tuple[int, int, int]], ratio: float | None, width: int,
-           num_classes: int, fill: Fill | None) -> list[Node]:
+           num_classes: int, fill: Fill | None, wrap: int = 1) -> list[Node]:
     """Stem conv (dense), then `(channels, stride, blocks)` per stage of basic blocks whose
     3x3 convs are epitomes at `ratio`; the 1x1 skip convs stay dense."""
     nodes = [Node("stem", "conv", [INPUT], width, 3, 1)]
@@ -368,9 +368,9 @@ def resnet(stages: list[tuple[int, int, int]], ratio: float | None, width: int,
             s = stride if block == 1 else 1
             tag = f"s{stage}b{block}"
             nodes.append(Node(f"{tag}c1", "conv", [prev], cout, 3, s,
-                              _epi(cin, cout, ratio, 3, fill)))
+                              _epi(cin, cout, ratio, 3, fill, wrap)))
             nodes.append(Node(f"{tag}c2", "conv", [f"{tag}c1"], cout, 3, 1,
-                              _epi(cout, cout, ratio, 3, fill)))
+                              _epi(cout, cout, ratio, 3, fill, wrap)))
             skip = prev
             if s != 1 or cin != cout:
                 skip = f"{tag}sc"
@@ -387,17 +387,19 @@ MODELS = {"cnn": plain_cnn, "resnet": small_resnet, "resnet20": resnet20}
 
 def build(model: str, ratio: float | None = None, quant: QuantConfig = QuantConfig(),
           width: int = 16, in_shape=(1, 28, 28), num_classes: int = 10,
-          pim: dict | None = None) -> EpimNet:
+          pim: dict | None = None, wrap: int = 1) -> EpimNet:
     """A model by name; epitomes (for `ratio > 1`) are fitted to the crossbars of `pim`
-    (default :data:`DEFAULT_PIM`) at the model's weight bits."""
-    return EpimNet(nodes(model, ratio, width, num_classes, quant, pim), in_shape, num_classes,
-                   quant)
+    (default :data:`DEFAULT_PIM`) at the model's weight bits; `wrap > 1` shrinks their output
+    side that many times (`epim.sw.epitome.epitome_shape`)."""
+    return EpimNet(nodes(model, ratio, width, num_classes, quant, pim, wrap), in_shape,
+                   num_classes, quant)
 
 
 def nodes(model: str, ratio: float | None = None, width: int = 16, num_classes: int = 10,
-          quant: QuantConfig = QuantConfig(), pim: dict | None = None) -> list[Node]:
+          quant: QuantConfig = QuantConfig(), pim: dict | None = None,
+          wrap: int = 1) -> list[Node]:
     """The graph of a model by name (see :func:`build`)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r} (expected one of {', '.join(MODELS)})")
     fill = Fill.of(pim or DEFAULT_PIM, quant.weight_bits or 8)
-    return MODELS[model](ratio, width, num_classes, fill)
+    return MODELS[model](ratio, width, num_classes, fill, wrap)

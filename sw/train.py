@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from . import data, models
 from .compress import model_crossbars
 from .export import export, quantize_inputs
+from .progress import bar as progress_bar
 
 DEFAULT_PIM = models.DEFAULT_PIM
 
@@ -33,6 +33,7 @@ class Config:
     data: str = "mnist"
     model: str = "cnn"
     ratio: float | None = None  # epitome compression of the conv layers (None: dense)
+    wrap: int = 1  # > 1: output channels wrap this many times around the epitomes' columns
     width: int = 16
     weight_bits: int | None = 3
     act_bits: int | None = 4
@@ -58,13 +59,21 @@ class Config:
         return models.QuantConfig(self.weight_bits, self.act_bits)
 
 
+# Threads of CPU training: fixed, because a sum split over another number of threads rounds
+# differently (EPIM_TRAIN_THREADS overrides it, at the price of other bits).
+TRAIN_THREADS = 2
+
+
 def seed_everything(seed: int, device: torch.device | None = None) -> None:
-    """Seed every generator; on the CPU also ask for deterministic kernels (on a GPU that
-    would slow training several-fold, so GPU runs are seeded but not bit-reproducible)."""
+    """Seed every generator; on the CPU also fix the thread count and ask for deterministic
+    kernels (see `epim.sw.reproducible`; on a GPU determinism would slow training several-fold,
+    so GPU runs are seeded but not bit-reproducible)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     cpu = device is None or device.type == "cpu"
+    if cpu:
+        torch.set_num_threads(int(os.environ.get("EPIM_TRAIN_THREADS", TRAIN_THREADS)))
     torch.use_deterministic_algorithms(cpu, warn_only=True)
     if not cpu:
         torch.backends.cudnn.benchmark = True
@@ -128,23 +137,20 @@ def evaluate(model: models.EpimNet, images: np.ndarray, labels: np.ndarray,
 
 
 class Progress:
-    """One line per epoch; a live batch counter when the output is a terminal."""
+    """A bar per epoch with the batch rate, time left and running loss, on a terminal only
+    (`epim.sw.progress`); the epoch's summary line is logged by `fit`."""
 
     def __init__(self, total: int, label: str):
-        self.total, self.label = total, label
-        self.live = sys.stderr.isatty()
+        self.bar = progress_bar(total, label, "batch")
         self.t0 = time.time()
 
     def step(self, i: int, loss_sum, count: int) -> None:
-        if self.live and (i % 10 == 0 or i == self.total):
-            bar = "#" * int(30 * i / self.total)
-            loss = float(loss_sum) / count
-            print(f"\r{self.label} [{bar:30}] {i}/{self.total} loss {loss:.3f}",
-                  end="", file=sys.stderr, flush=True)
+        if not self.bar.disable and (i % 10 == 0 or i == self.bar.total):
+            self.bar.set_postfix_str(f"loss {float(loss_sum) / count:.3f}", refresh=False)
+            self.bar.update(i - self.bar.n)
 
     def done(self) -> float:
-        if self.live:
-            print("\r" + " " * 79 + "\r", end="", file=sys.stderr, flush=True)
+        self.bar.close()
         return time.time() - self.t0
 
 
@@ -181,7 +187,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Config, mode
 def build_model(cfg: Config) -> models.EpimNet:
     """The untrained model a config describes (input shape from its data set)."""
     return models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width,
-                        in_shape=data.SHAPES[cfg.data], pim=cfg.pim)
+                        in_shape=data.SHAPES[cfg.data], pim=cfg.pim, wrap=cfg.wrap)
 
 
 def make_optimizer(cfg: Config, model: models.EpimNet) -> torch.optim.Optimizer:
