@@ -33,16 +33,21 @@ def emit_verilog(tile: PIMTile, name: str = TOP) -> str:
 NETWORK_TOP = "epim_net"
 
 
-def network_from_images(folder: str | Path):
-    """The accelerator of the network images in `folder` (`network.json` and `tiles/`)."""
+def network_from_images(folder: str | Path, shared: bool = True):
+    """The accelerator of the network images in `folder` (`network.json` and `tiles/`); the
+    copies of a replicated layer share one module unless `shared=False`."""
     from .network import NetworkAccelerator, load_network
 
-    return NetworkAccelerator(load_network(folder))
+    return NetworkAccelerator(load_network(folder), shared=shared)
 
 
 def emit_network_verilog(acc, name: str = NETWORK_TOP) -> str:
-    """The accelerator as Verilog; top `name` with `clk`, `rst`, `i__*`, `o__*`, `idle`."""
-    return verilog.convert(acc, name=name, emit_src=False)
+    """The accelerator as Verilog; top `name` with `clk`, `rst`, `i__*`, `o__*`, `idle`,
+    followed by the modules that copies of replicated layers instantiate."""
+    text = verilog.convert(acc, name=name, emit_src=False)
+    for module, tile in acc.shared_modules.items():
+        text += verilog.convert(tile, name=module, emit_src=False)
+    return text
 
 
 BOARD_TOP = "epim_board"

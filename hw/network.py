@@ -58,6 +58,9 @@ def load_network(folder: str | Path) -> dict:
 class NetworkAccelerator(wiring.Component):
     """The accelerator of one network.
 
+    With `shared=True` the copies of a replicated layer are instances of one module
+    (:attr:`shared_modules`), emitted once; otherwise each copy is elaborated in place.
+
     Members
     -------
     i : In(stream.Signature(C * bits))
@@ -71,7 +74,7 @@ class NetworkAccelerator(wiring.Component):
         Every unit is empty.
     """
 
-    def __init__(self, loaded: dict):
+    def __init__(self, loaded: dict, shared: bool = False):
         man = loaded["manifest"]
         self._man = man
         # never programmed: fixed tiles (constant cells, ROM tables, threshold output stages);
@@ -80,8 +83,13 @@ class NetworkAccelerator(wiring.Component):
         self._tiles = {}
         for name, img in loaded["tiles"].items():
             cfg = TileConfig.from_params(img.params)
-            self._tiles[name] = (ReplicatedTile(cfg, img.words, replicas[name])
-                                 if replicas[name] > 1 else PIMTile(cfg, img.words, fixed=True))
+            n = replicas[name]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ImageError(f"unit {name!r}: 'replicas' must be a positive integer, "
+                                 f"not {n!r}")
+            self._tiles[name] = (
+                ReplicatedTile(cfg, img.words, n, module=f"epim_{name}_copy" if shared else None)
+                if n > 1 else PIMTile(cfg, img.words, fixed=True))
         inp, out = man["input"], man["output"]
         super().__init__({"i": In(stream.Signature(inp["channels"] * inp["bits"])),
                           "o": Out(stream.Signature(out["channels"] * out["bits"])),
@@ -90,6 +98,13 @@ class NetworkAccelerator(wiring.Component):
     @property
     def tiles(self) -> dict[str, PIMTile | ReplicatedTile]:
         return dict(self._tiles)
+
+    @property
+    def shared_modules(self) -> dict[str, PIMTile]:
+        """Tiles that copies instantiate by module name (`shared=True`): the Verilog generator
+        emits each once beside the accelerator."""
+        return dict(t.shared for t in self._tiles.values()
+                    if isinstance(t, ReplicatedTile) and t.shared)
 
     def elaborate(self, platform):
         m = Module()

@@ -13,11 +13,22 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .tile import PIMTile, TileConfig
+from .tile import PIMTile, TileConfig, prog_layout, walk_layout, walk_values
+
+
+class _Ports:
+    """The stream and idle signals of one copy, however it is built."""
+
+    def __init__(self, cfg: TileConfig, name: str):
+        self.i_valid, self.i_ready = Signal(name=f"{name}_i_valid"), Signal(name=f"{name}_i_ready")
+        self.i_payload = Signal(cfg.cin * cfg.in_bits, name=f"{name}_i_payload")
+        self.o_valid, self.o_ready = Signal(name=f"{name}_o_valid"), Signal(name=f"{name}_o_ready")
+        self.o_payload = Signal(cfg.cout * cfg.out_bits, name=f"{name}_o_payload")
+        self.idle = Signal(name=f"{name}_idle")
 
 
 class ReplicatedTile(wiring.Component):
@@ -26,13 +37,18 @@ class ReplicatedTile(wiring.Component):
     Parameters
     ----------
     cfg : TileConfig
-        The layer's tile (every pixel); each copy gets `pix_first = r`, `pix_step = replicas`.
+        The layer's tile (every pixel); each copy walks `pix_first = r`, `pix_step = replicas`.
     init : dict of str to list of int
         Memory words, shared by every copy (`PIMTile`).
     replicas : int
         Copies, at least 2 and at most the layer's output pixels per image.
     fixed : bool
         Fixed tiles (`PIMTile`).
+    module : str or None
+        With a name, the copies are instances of one Verilog module of that name, a tile whose
+        pixel walk comes from its `walk` port (:attr:`shared`, which the Verilog generator
+        emits once), so the Verilog and its build grow with the layer, not with the copies.
+        Without, each copy is elaborated here (Amaranth's simulator needs that).
 
     Members
     -------
@@ -45,7 +61,7 @@ class ReplicatedTile(wiring.Component):
     """
 
     def __new__(cls, cfg: TileConfig, init: dict[str, list[int]], replicas: int,
-                fixed: bool = True, **kwargs):
+                fixed: bool = True, module: str | None = None, **kwargs):
         # (refused before the object exists: an elaboratable that was made is one to use)
         pixels = cfg.ho * cfg.wo
         if isinstance(replicas, bool) or not isinstance(replicas, int) \
@@ -55,43 +71,75 @@ class ReplicatedTile(wiring.Component):
         return super().__new__(cls, **kwargs)
 
     def __init__(self, cfg: TileConfig, init: dict[str, list[int]], replicas: int,
-                 fixed: bool = True):
-        self._cfg, self._replicas = cfg, replicas
-        self._copies = [PIMTile(replace(cfg, pix_first=r, pix_step=replicas), init, fixed)
-                        for r in range(replicas)]
+                 fixed: bool = True, module: str | None = None):
+        self._cfg, self._replicas, self._module = cfg, replicas, module
+        walks = [replace(cfg, pix_first=r, pix_step=replicas) for r in range(replicas)]
+        self._walks = walks
+        if module:
+            self._shared = PIMTile(walks[0], init, fixed, walk_port=True)
+            self._copies = []
+        else:
+            self._shared = None
+            self._copies = [PIMTile(w, init, fixed) for w in walks]
         super().__init__({"i": In(stream.Signature(cfg.cin * cfg.in_bits)),
                           "o": Out(stream.Signature(cfg.cout * cfg.out_bits)),
                           "idle": Out(1)})
 
     @property
     def copies(self) -> list[PIMTile]:
+        """The elaborated copies (none when they are instances of :attr:`shared`)."""
         return list(self._copies)
+
+    @property
+    def shared(self) -> tuple[str, PIMTile] | None:
+        """`(module name, tile)` of the module every copy instantiates, or None."""
+        return (self._module, self._shared) if self._module else None
+
+    def _copy(self, m: Module, r: int) -> _Ports:
+        ports = _Ports(self._cfg, f"copy{r}")
+        if self._module:
+            cfg = self._walks[r]
+            walk = walk_layout(cfg).const(walk_values(cfg)).as_value()
+            m.submodules[f"copy{r}"] = Instance(
+                self._module, i_clk=ClockSignal(), i_rst=ResetSignal(),
+                i_i__payload=ports.i_payload, i_i__valid=ports.i_valid,
+                o_i__ready=ports.i_ready, o_o__payload=ports.o_payload,
+                o_o__valid=ports.o_valid, i_o__ready=ports.o_ready,
+                i_prog__payload=Const(0, prog_layout(cfg).size), i_prog__valid=Const(0),
+                o_prog__ready=Signal(name=f"copy{r}_prog_ready"), o_idle=ports.idle,
+                i_walk=walk)
+            return ports
+        tile = self._copies[r]
+        m.submodules[f"copy{r}"] = tile
+        m.d.comb += [tile.prog.valid.eq(0),
+                     tile.i.payload.eq(ports.i_payload), tile.i.valid.eq(ports.i_valid),
+                     ports.i_ready.eq(tile.i.ready), ports.o_payload.eq(tile.o.payload),
+                     ports.o_valid.eq(tile.o.valid), tile.o.ready.eq(ports.o_ready),
+                     ports.idle.eq(tile.idle)]
+        return ports
 
     def elaborate(self, platform):
         m = Module()
         n, pixels = self._replicas, self._cfg.ho * self._cfg.wo
-        for r, tile in enumerate(self._copies):
-            m.submodules[f"copy{r}"] = tile
-            m.d.comb += tile.prog.valid.eq(0)
+        copies = [self._copy(m, r) for r in range(n)]
         # broadcast: a beat goes into every copy at once
-        ready = Cat(*[t.i.ready for t in self._copies]).all()
+        ready = Cat(*[c.i_ready for c in copies]).all()
         m.d.comb += self.i.ready.eq(ready)
-        for tile in self._copies:
-            m.d.comb += [tile.i.valid.eq(self.i.valid & ready),
-                         tile.i.payload.eq(self.i.payload)]
+        for c in copies:
+            m.d.comb += [c.i_valid.eq(self.i.valid & ready), c.i_payload.eq(self.i.payload)]
         # merge: pixel p of an image from copy p mod R
         m_sel = Signal(range(n))
         m_pix = Signal(range(pixels))
-        valids = Array(t.o.valid for t in self._copies)
-        payloads = Array(t.o.payload for t in self._copies)
+        valids = Array(c.o_valid for c in copies)
+        payloads = Array(c.o_payload for c in copies)
         m.d.comb += [self.o.valid.eq(valids[m_sel]), self.o.payload.eq(payloads[m_sel])]
-        for r, tile in enumerate(self._copies):
-            m.d.comb += tile.o.ready.eq(self.o.ready & (m_sel == r))
+        for r, c in enumerate(copies):
+            m.d.comb += c.o_ready.eq(self.o.ready & (m_sel == r))
         with m.If(self.o.valid & self.o.ready):
             with m.If(m_pix == pixels - 1):
                 m.d.sync += [m_pix.eq(0), m_sel.eq(0)]
             with m.Else():
                 m.d.sync += [m_pix.eq(m_pix + 1),
                              m_sel.eq(Mux(m_sel == n - 1, 0, m_sel + 1))]
-        m.d.comb += self.idle.eq(Cat(*[t.idle for t in self._copies]).all())
+        m.d.comb += self.idle.eq(Cat(*[c.idle for c in copies]).all())
         return m

@@ -116,6 +116,30 @@ class TileConfig:
                 "ofat": self.g_in, "ostage": self.cout}
 
 
+def walk_layout(cfg: TileConfig) -> data.StructLayout:
+    """The `walk` port of a tile whose pixel walk is set from outside (`walk_port=True`): the
+    first pixel (`first_oy`, `first_ox` and its window's base address `first_base`) and the last
+    one of each image. Copies of a replicated layer share one module and differ only here."""
+    return data.StructLayout({"first_oy": ubits(cfg.ho), "first_ox": ubits(cfg.wo),
+                              "first_base": signed(base_bits(cfg)),
+                              "last_oy": ubits(cfg.ho), "last_ox": ubits(cfg.wo)})
+
+
+def base_bits(cfg: TileConfig) -> int:
+    """Width of the gather's window base address `g_base` (signed)."""
+    return ubits(2 * cfg.h * cfg.w + cfg.kernel * cfg.w + cfg.kernel) + 2
+
+
+def walk_values(cfg: TileConfig) -> dict[str, int]:
+    """The `walk` of a tile that computes pixels `pix_first, pix_first + pix_step, ...`."""
+    oy0, ox0 = divmod(cfg.pix_first, cfg.wo)
+    oy1, ox1 = divmod(cfg.last_pixel, cfg.wo)
+    corner = -(cfg.padding * cfg.w + cfg.padding)
+    return {"first_oy": oy0, "first_ox": ox0,
+            "first_base": corner + (oy0 * cfg.w + ox0) * cfg.stride,
+            "last_oy": oy1, "last_ox": ox1}
+
+
 def prog_layout(cfg: TileConfig) -> data.StructLayout:
     """Payload of the programming port: target memory, word address, word."""
     return data.StructLayout({
@@ -369,19 +393,21 @@ class PIMTile(wiring.Component):
         No image is buffered, in flight or waiting in the output register.
     """
 
-    def __init__(self, cfg: TileConfig, init: dict[str, list[int]], fixed: bool = False):
+    def __init__(self, cfg: TileConfig, init: dict[str, list[int]], fixed: bool = False,
+                 walk_port: bool = False):
         try:
             check_init(cfg, init)
         except ValueError:
             self._MustUse__silence = True  # a refused tile is not an unused one
             raise
-        self._cfg, self._fixed = cfg, fixed
+        self._cfg, self._fixed, self._walk_port = cfg, fixed, walk_port
         self._init = {k: list(v) for k, v in init.items()}
         super().__init__({
             "i": In(stream.Signature(cfg.cin * cfg.in_bits)),
             "o": Out(stream.Signature(cfg.cout * cfg.out_bits)),
             "prog": In(stream.Signature(prog_layout(cfg))),
             "idle": Out(1),
+            **({"walk": In(walk_layout(cfg))} if walk_port else {}),
         })
 
     @property
@@ -459,9 +485,12 @@ class PIMTile(wiring.Component):
         s_x = Signal()  # this slot computes the pixel in x_window
         g_phase = Signal(range(k + 1))
         g_bank = Signal()
-        oy0, ox0 = divmod(cfg.pix_first, cfg.wo)
-        g_oy = Signal(range(cfg.ho), init=oy0)
-        g_ox = Signal(range(cfg.wo), init=ox0)
+        # the pixel walk: constants, or the `walk` port's values (loaded in the cycle after
+        # reset, long before the first gather, which waits for a whole image)
+        wv = walk_values(cfg)
+        walk = self.walk if self._walk_port else wv
+        g_oy = Signal(range(cfg.ho), init=0 if self._walk_port else wv["first_oy"])
+        g_ox = Signal(range(cfg.wo), init=0 if self._walk_port else wv["first_ox"])
         x_step = Signal(range(cfg.max_steps))
         x_t = Signal(range(cfg.n_t), init=cfg.n_t - 1)
         n_pass = cfg.passes
@@ -501,9 +530,13 @@ class PIMTile(wiring.Component):
         # Kernel row kh reads g_base + kh*W + g_phase, where the register g_base =
         # g_bank*H*W + (g_oy*s - p)*W + g_ox*s - p follows g_bank, g_oy and g_ox (updated
         # with them below): no multiplier between the counters and the read address.
-        corner = -(cfg.padding * cfg.w + cfg.padding)
-        first = corner + (oy0 * cfg.w + ox0) * cfg.stride  # g_base of the first pixel
-        g_base = Signal(signed(ubits(2 * hw + k * cfg.w + k) + 2), init=first)
+        g_base = Signal(signed(base_bits(cfg)),
+                        init=0 if self._walk_port else wv["first_base"])
+        if self._walk_port:
+            g_start = Signal(init=1)
+            with m.If(g_start):
+                m.d.sync += [g_start.eq(0), g_oy.eq(walk.first_oy), g_ox.eq(walk.first_ox),
+                             g_base.eq(walk.first_base)]
         for kh, rp in enumerate(g_rps):
             iy = Signal(signed(ubits(cfg.h * 2 + k * 2 + cfg.ho * cfg.stride) + 2),
                         name=f"g_iy_{kh}")
@@ -533,8 +566,7 @@ class PIMTile(wiring.Component):
                 with m.Else():
                     m.d.sync += [x_t.eq(x_t - 1), x_p.eq(0)]
 
-        oy_last, ox_last = divmod(cfg.last_pixel, cfg.wo)
-        g_last = (g_oy == oy_last) & (g_ox == ox_last)
+        g_last = (g_oy == walk["last_oy"]) & (g_ox == walk["last_ox"])
         # the next pixel is pix_step on in raster order: dy rows and dx columns on, or one row
         # more when the column wraps past the map's edge
         dy, dx = divmod(cfg.pix_step, cfg.wo)
@@ -550,8 +582,9 @@ class PIMTile(wiring.Component):
             with m.If(s_g):
                 with m.If(g_last):
                     m.d.comb += release.eq(Cat(~g_bank, g_bank))
-                    m.d.sync += [g_bank.eq(~g_bank), g_oy.eq(oy0), g_ox.eq(ox0),
-                                 g_base.eq(Mux(g_bank, 0, hw) + first)]
+                    m.d.sync += [g_bank.eq(~g_bank), g_oy.eq(walk["first_oy"]),
+                                 g_ox.eq(walk["first_ox"]),
+                                 g_base.eq(Mux(g_bank, 0, hw) + walk["first_base"])]
                 with m.Elif(g_wrap):
                     m.d.sync += [g_ox.eq(g_ox + dx - cfg.wo), g_oy.eq(g_oy + dy + 1),
                                  g_base.eq(g_base + ((dy + 1) * cfg.w + dx - cfg.wo)

@@ -3,11 +3,14 @@ for bit, and every handshake happens in the cycle the network cycle model predic
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from amaranth.hdl import Elaboratable, Module
 
 from epim.hw.replicas import ReplicatedTile
-from epim.hw.tile import TileConfig
+from epim.hw.tile import PIMTile, TileConfig, walk_layout, walk_values
 from epim.sw import examples, images, netcycles, netfile, reference
 from tests.hw.streams import beats_of, decode, simulate
 
@@ -68,3 +71,35 @@ def test_replica_counts_are_checked(rng):
     for bad in (1, 5):
         with pytest.raises(ValueError, match=r"replicas must be in 2\.\.4"):
             ReplicatedTile(cfg, img.words, bad)
+
+
+class WalkDriven(Elaboratable):
+    """A tile whose pixel walk comes from its `walk` port (a shared copy module), driven with
+    the constants of copy `r`; the bench reaches the tile's streams through it."""
+
+    def __init__(self, tile: PIMTile, cfg: TileConfig):
+        self.tile, self.cfg = tile, cfg
+        self.i, self.o = tile.i, tile.o
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.tile = self.tile
+        m.d.comb += self.tile.walk.eq(walk_layout(self.cfg).const(walk_values(self.cfg)))
+        return m
+
+
+def test_walk_port_copy_equals_the_constant_copy(rng):
+    """A copy module with its walk from the port computes what the copy with the walk baked
+    in computes, in the same cycles (the copies of a shared module differ only there)."""
+    net = netfile.parse(examples.conv_layer_net(rng, cin=3, cout=4, h=5, w=4, stride=1,
+                                                epitome=(2, 4, 2, 2), offsets="random"))
+    img = images.compile_layer(net, net.layers[0])
+    cfg = TileConfig.from_params(img.params)
+    x = rng.integers(0, 16, (2,) + net.input_shape)
+    for r in range(3):
+        copy = replace(cfg, pix_first=r, pix_step=3)
+        want = simulate(PIMTile(copy, img.words, fixed=True), beats_of(x, 4), 2 * copy.pixels)
+        got = simulate(WalkDriven(PIMTile(replace(cfg, pix_step=3), img.words, fixed=True,
+                                          walk_port=True), copy),
+                       beats_of(x, 4), 2 * copy.pixels)
+        assert got == want

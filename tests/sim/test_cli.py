@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from epim.sim.cli import main
-from epim.sw import netfile, reference
+from epim.sw import examples, netfile, reference
 
 
 def run_cli(*args):
@@ -84,9 +84,10 @@ def test_lanes_balanced_and_bad_lanes(tmp_path, capsys):
     """`--lanes balanced` gives each tile the lanes of `netcycles.balanced_lanes`."""
     from epim.sw import netcycles
 
-    path = "examples/mnist-epim-cnn-r4/net.json"
+    path = tmp_path / "res.json"  # a small residual network: generating it takes seconds
+    path.write_text(json.dumps(examples.random_network_net(4)))
     out = tmp_path / "g"
-    assert main(["generate", path, "--out", str(out), "--lanes", "balanced"]) == 0
+    assert main(["generate", str(path), "--out", str(out), "--lanes", "balanced"]) == 0
     want = netcycles.balanced_lanes(netfile.load(path))
     for name, lanes in want.items():
         params = json.loads((out / "tiles" / name / "manifest.json").read_text())["params"]
@@ -95,6 +96,36 @@ def test_lanes_balanced_and_bad_lanes(tmp_path, capsys):
     assert r.returncode == 2 and "lanes must be at least 1" in r.stderr
     r = run_cli("cost", path, "--lanes", "some")
     assert r.returncode == 2 and "a positive number or 'balanced'" in r.stderr
+
+
+def test_replicas_option(tmp_path, capsys):
+    """`--replicas auto` picks copies within the budget and writes them into the images; bad
+    values name what is wrong."""
+    from epim.sw import replication
+
+    path = tmp_path / "res.json"
+    path.write_text(json.dumps(examples.random_network_net(4)))
+    net = netfile.load(path)
+    budget = 2 * replication.crossbars(net)
+    out = tmp_path / "g"
+    assert main(["generate", str(path), "--out", str(out), "--replicas", "auto",
+                 "--budget", str(budget)]) == 0
+    units = json.loads((out / "network.json").read_text())["units"]
+    want = replication.choose_replicas(net, budget)
+    assert {u["name"]: u["replicas"] for u in units if "folder" in u} == want
+    assert max(want.values()) > 1 and "tile copies" in capsys.readouterr().out
+    # the same again: nothing is emitted anew
+    assert main(["generate", str(path), "--out", str(out), "--replicas", "auto",
+                 "--budget", str(budget)]) == 0
+    assert capsys.readouterr().out.startswith("kept (unchanged)")
+    r = run_cli("cost", str(path), "--replicas", "stem=0")
+    assert r.returncode == 2 and "'auto', 'none', a positive number" in r.stderr
+    r = run_cli("cost", str(path), "--replicas", "nosuch=2")
+    assert r.returncode == 2 and "'nosuch' is not a conv or linear layer" in r.stderr
+    r = run_cli("cost", "examples/mnist-epim-cnn-r4/net.json", "--replicas", "fc=2")
+    assert r.returncode == 2 and "layer 'fc' takes 1..1 copies" in r.stderr
+    r = run_cli("cost", "examples/mnist-epim-cnn-r4/net.json", "--replicas", "auto")
+    assert r.returncode == 0 and "copies" in r.stdout
 
 
 def test_single_tile_options_refuse_a_network(tmp_path, net_obj, capsys):
