@@ -28,9 +28,9 @@ from ..sw.progress import bar as progress_bar
 from .cli import replicas_arg, resolve_replicas
 from .cosim import cosim_network, save_npy, write_json
 
-# The showcase: epitomes at 8x whose output side wraps twice through the OFAT (IFRT reuse on),
+# The showcase: epitomes at 4x whose output side wraps twice through the OFAT (IFRT reuse on),
 # trained 3 epochs; `examples/mnist-epim-cnn-r4/` is this run's net.json.
-RATIO, WRAP, EPOCHS = 8.0, 2, 3
+RATIO, WRAP, EPOCHS = 4.0, 2, 3
 
 
 def layer_rows(net: netfile.Network, timing: dict, replicas: dict[str, int]) -> list[dict]:
