@@ -31,10 +31,11 @@ BASE = ("-Wno-fatal", "-Wno-lint")
 # name: (Verilator arguments, C++ optimisation of the per-cycle code, threads)
 SETS = {
     "before": (BASE + ("-O2",), "-O1", 1),  # cocotb's --public-flat-rw: every signal public
-    "after": (buildcache.VERILATOR_ARGS, "-O1", 1),
-    "public-only": (BASE + ("-O2", "--no-public-flat-rw", "--public-depth", "1"), "-O1", 1),
-    "after-O0": (buildcache.VERILATOR_ARGS, "-O0", 1),
-    "after-O2": (buildcache.VERILATOR_ARGS, "-O2", 1),
+    "after": (buildcache.VERILATOR_ARGS, "-O1", 1),  # top ports public only
+    "after-O3-xassign": (buildcache.VERILATOR_ARGS[:2] + ("-O3", "--x-assign", "fast")
+                         + buildcache.VERILATOR_ARGS[3:], "-O1", 1),
+    "after-cxx-O0": (buildcache.VERILATOR_ARGS, "-O0", 1),
+    "after-cxx-O2": (buildcache.VERILATOR_ARGS, "-O2", 1),
     "after-threads2": (buildcache.VERILATOR_ARGS, "-O1", 2),
 }
 
@@ -81,14 +82,14 @@ def main() -> None:
         gen = cosim.generate_network(net, work / "generated")
         mb = gen.verilog.stat().st_size / 1e6
         print(f"{args.net}: {mb:.1f} MB of Verilog, {len(x)} images")
-        print(f"{'set':16} {'verilate s':>10} {'C++ s':>8} {'build s':>8} {'sim s':>7} "
+        print(f"{'set':18} {'verilate s':>10} {'C++ s':>8} {'build s':>8} {'sim s':>7} "
               f"{'C++ MB':>7}  bit-exact")
         for name in args.sets:
             r = run_set(name, gen, x, per, pred.run.cycles, work / name)
             y = cosim.unpack_beats(r.pop("outputs"), net.output_layer)
             r["exact"] = bool((y == ref).all())
             rows.append(r)
-            print(f"{name:16} {r['verilate_s']:10.1f} {r['cxx_s']:8.1f} {r['build_s']:8.1f} "
+            print(f"{name:18} {r['verilate_s']:10.1f} {r['cxx_s']:8.1f} {r['build_s']:8.1f} "
                   f"{r['simulate_s']:7.1f} {r['cpp_mb']:7.1f}  {r['exact']}", flush=True)
             shutil.rmtree(work / name, ignore_errors=True)
     finally:

@@ -1,6 +1,7 @@
 """Whole-network and layer benches on Verilator with summary tables (what `nox -s cosim` runs).
 
-Network benches run the committed MNIST model on real test images and a random residual network
+Network benches run the committed MNIST model on real test images (also with the tile copies
+the replication search picks under the dense 3-bit budget) and a random residual network
 (also with random stalls) through `epim.sim.cosim.cosim_network`; layer benches run single tiles
 through `epim.sim.cosim.cosim`. Each checks outputs bit-exactly against the integer reference
 and cycles against the cycle model, and prints one row: match, measured and predicted cycles
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sw import data, examples, netfile
+from ..sw import data, examples, netfile, replication
 from .cosim import cosim, cosim_network, write_json
 
 
@@ -32,8 +33,10 @@ def committed_model() -> Path:
 def network_benches(n_mnist: int) -> list[dict]:
     rows = []
     x, labels = data.load("mnist", "test", n_mnist)
-    nets = [("MNIST model, real images", netfile.load(committed_model()), x.astype(np.int64),
-             {}),
+    mnist = netfile.load(committed_model())
+    nets = [("MNIST model, real images", mnist, x.astype(np.int64), {}),
+            ("MNIST model, tile copies", mnist, x.astype(np.int64),
+             {"replicas": replication.choose_replicas(mnist)}),
             ("random residual net", netfile.parse(examples.random_network_net(4),
                                                   source="random_network_net(4)"), None, {}),
             ("random residual, stalls", netfile.parse(examples.random_network_net(4),
