@@ -344,7 +344,7 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
     compiled = images.compile_network(net, reuse=reuse, lanes=lanes, replicas=replicas)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with buildcache.locked(out_dir / ".epim-generate.lock"), \
+    with buildcache.locked(out_dir), \
             tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
         images.write_network(compiled, tmp)
         manifest_text = (Path(tmp) / "network.json").read_text()

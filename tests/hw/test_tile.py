@@ -50,9 +50,16 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("fixed", [False, True, "no-tables"],
-                         ids=["programmable", "fixed", "fixed-no-tables"])
-@pytest.mark.parametrize("name", CASES)
+# the slowest cases in Amaranth's simulator (8-22 s each): in the full suite only
+SLOW_CASES = {("default", "no-tables"), ("lanes-1-linear", "no-tables"),
+              ("lanes-3-epitome", False)}
+FIXED = {False: "programmable", True: "fixed", "no-tables": "fixed-no-tables"}
+TILE_CASES = [pytest.param(name, fixed, id=f"{name}-{ident}",
+                           marks=[pytest.mark.slow] if (name, fixed) in SLOW_CASES else [])
+              for fixed, ident in FIXED.items() for name in CASES]
+
+
+@pytest.mark.parametrize(("name", "fixed"), TILE_CASES)
 def test_tile_matches_reference_and_cycle_model(name, fixed, rng, monkeypatch):
     """Every datapath: programmable cells, and a network's fixed tile (constant cells, one
     signed carry-save tree per column where no ADC can saturate, output stages from block-RAM

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from epim.sw import accuracy
 
 
+@pytest.mark.slow  # trains five models
 def test_benchmark_writes_table_json_and_plot(tmp_path):
     assert accuracy.main(["--data", "mnist-5k", "--seeds", "0", "--epochs", "1", "--ratios",
                           "4", "--width", "8", "--limit", "256", "--out", str(tmp_path)]) == 0
