@@ -82,7 +82,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def markdown(s: dict, rows: list[dict]) -> str:
     c = s["cosim"]
     lines = [
-        f"# EPIM flow: {s['data']} {s['model']} (epitome ratio {s['ratio']})", "",
+        f"# EPIM flow: {s['data']} {s['model']} (epitome ratio {s['ratio']:g}, wrap {s['wrap']})",
+        "",
         f"Trained {s['epochs']} epoch(s), 3-bit weights / {s['act_bits']}-bit activations; "
         f"exported to `net.json`.", "",
         "| figure | value |", "|---|---|",

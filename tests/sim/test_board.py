@@ -13,7 +13,9 @@ from epim.sw import data, examples, netcycles, netfile, reference
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
 
-COMMITTED = Path(__file__).resolve().parents[2] / "examples" / "mnist-epim-cnn-r4" / "net.json"
+# the ULX3S build's model (sim/fpga.py)
+COMMITTED = (Path(__file__).resolve().parents[2] / "examples" / "mnist-epim-cnn-r4-nowrap"
+             / "net.json")
 
 
 @pytest.fixture(scope="module")

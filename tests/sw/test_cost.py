@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epim.sim.cli import main as cli
-from epim.sw import cost, examples, export, models, netcycles, study
+from epim.sw import cost, examples, export, models, netcycles, netfile, study
 from epim.sw.netfile import PIM, parse
 
 
@@ -153,8 +153,13 @@ def test_cost_command(tmp_path, capsys):
     out = tmp_path / "c.json"
     assert cli(["cost", "examples/mnist-epim-cnn-r4/net.json", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "network: 28 crossbars (9.57x fewer than dense 8-bit: 268)" in text
+    assert "network: 32 crossbars (8.38x fewer than dense 8-bit: 268)" in text
     obj = json.loads(out.read_text())
-    assert obj["summary"]["crossbars"] == 28 and len(obj["layers"]) == 5
+    assert obj["summary"]["crossbars"] == 32 and len(obj["layers"]) == 5
+    # the showcase is EPIM: IFRT reuse saves activations, and output channels wrap
+    assert obj["summary"]["activations"] < obj["summary"]["activations_no_reuse"]
+    net = netfile.load("examples/mnist-epim-cnn-r4/net.json")
+    assert any(la.epitome is not None and la.epitome.out_channels < la.out_channels
+               for la in net.layers)
     assert cli(["cost", "examples/mnist-epim-cnn-r4/net.json", "--constants",
                 str(tmp_path / "missing.json")]) == 2

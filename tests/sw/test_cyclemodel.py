@@ -53,7 +53,7 @@ def test_reuse_off_costs_steps():
     assert cyclemodel.closed_form(off)[1] == 2 * cyclemodel.closed_form(on)[1]
 
 
-@pytest.mark.parametrize("path", ["examples/mnist-epim-cnn-r4/net.json", None])
+@pytest.mark.parametrize("path", ["examples/mnist-epim-cnn-r4-nowrap/net.json", None])
 def test_balanced_lanes_keep_the_throughput_with_fewer_adder_trees(path):
     from pathlib import Path
 
@@ -68,5 +68,5 @@ def test_balanced_lanes_keep_the_throughput_with_fewer_adder_trees(path):
     for la in net.layers:
         if la.op in ("conv", "linear"):
             assert 1 <= lanes[la.name] <= cyclemodel.row_chunks(la, net.pim)
-    if path:  # the MNIST model: c2 and c4 have cycles to spare
+    if path:  # the FPGA build's MNIST model: c2 and c4 have cycles to spare
         assert lanes == {"c1": 1, "c2": 1, "c3": 3, "c4": 1, "fc": 1}
