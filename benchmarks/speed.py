@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                      # every part (about 20-30 minutes)
     python benchmarks/speed.py --only reference     # one part: cosim, reference, replication
+    python benchmarks/speed.py --only reference --before f7dd7a5   # and the replaced reference
 
 - **cosim**: `epim cosim` of the committed model on 20 test images twice in one fresh build
   folder: the first run generates and builds, the second finds both in the content-keyed
@@ -108,11 +109,34 @@ def torch_forward(net: netfile.Network, x: np.ndarray) -> np.ndarray:
     return out.reshape(out.shape[0], -1) if net.output_layer.op == "linear" else out
 
 
-def part_reference(net: netfile.Network, limit: int | None) -> dict:
+def reference_at(rev: str):
+    """`epim.sw.reference` as it was at git revision `rev` (to time the code it replaced)."""
+    import importlib.util
+
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:sw/reference.py"],
+                            capture_output=True, text=True, check=True).stdout
+    spec = importlib.util.spec_from_loader("epim.sw._reference_before", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "epim.sw"
+    exec(compile(source, f"{rev}:sw/reference.py", "exec"), module.__dict__)
+    return module
+
+
+def part_reference(net: netfile.Network, limit: int | None, before: str | None) -> dict:
     import torch
 
     x, labels = data.load("mnist", "test", limit)
     x = x.astype(np.int64)
+    out = {}
+    if before:
+        old = reference_at(before)
+        t0 = time.perf_counter()
+        y_old = old.run_network(net, x)
+        out["before_rev_s"] = time.perf_counter() - t0
+        out["equal_to_before_rev"] = bool((y_old == reference.run_network(net, x)).all())
+        print(f"  reference at {before}   {out['before_rev_s']:7.2f} s  "
+              f"{len(x) / out['before_rev_s']:8.0f} images/s  (outputs equal to today's: "
+              f"{out['equal_to_before_rev']})", flush=True)
     saturable = any(reference.saturable(la, net.pim).any() for la in net.layers
                     if la.op in ("conv", "linear"))
     print(f"  {len(x)} test images; an ADC can saturate: {saturable} (the PyTorch forward "
@@ -139,9 +163,12 @@ def part_reference(net: netfile.Network, limit: int | None) -> dict:
           f"reference / PyTorch time {t_fast / t_torch:.2f}; outputs equal: {same_torch}")
     print(f"  accuracy {acc:.4f}")
     assert same, "the convolution path differs from the step-by-step path"
-    return {"images": n, "step_by_step_s": t_slow, "convolution_s": t_fast, "torch_s": t_torch,
-            "speedup": t_slow / t_fast, "vs_torch": t_fast / t_torch, "equal": same,
-            "equal_torch": same_torch, "accuracy": acc}
+    if before:
+        print(f"  convolution path {out['before_rev_s'] / t_fast:.1f}x faster than the reference "
+              f"at {before}")
+    return {**out, "images": n, "step_by_step_s": t_slow, "convolution_s": t_fast,
+            "torch_s": t_torch, "speedup": t_slow / t_fast, "vs_torch": t_fast / t_torch,
+            "equal": same, "equal_torch": same_torch, "accuracy": acc}
 
 
 def part_replication(net: netfile.Network, net_path: Path, work: Path, cosim: bool,
@@ -170,6 +197,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=20, help="cosim images")
     ap.add_argument("--limit", type=int, help="reference: the first N test images (all)")
     ap.add_argument("--cosim-replicated", action="store_true")
+    ap.add_argument("--before", metavar="REV",
+                    help="reference: also time sw/reference.py as it was at this git revision "
+                         "(f7dd7a5: before the convolution path)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     parts = args.only or ["reference", "replication", "cosim"]
@@ -182,7 +212,7 @@ def main() -> None:
             if part == "cosim":
                 figures[part] = part_cosim(args.net, work, args.images, [])
             elif part == "reference":
-                figures[part] = part_reference(net, args.limit)
+                figures[part] = part_reference(net, args.limit, args.before)
             else:
                 figures[part] = part_replication(net, args.net, work / "repl",
                                                  args.cosim_replicated, args.images)
