@@ -177,7 +177,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Config, mode
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint (train with --out first)")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = torch.load(path, map_location=device, weights_only=True)  # no unpickling
     cfg = Config(**ckpt["config"])
     model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
@@ -230,7 +230,7 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
     out = Path(out_dir) if out_dir else None
     start = 0
     if out and (out / "checkpoint.pt").exists():
-        ckpt = torch.load(out / "checkpoint.pt", map_location=device, weights_only=False)
+        ckpt = torch.load(out / "checkpoint.pt", map_location=device, weights_only=True)
         if ckpt["config"] == asdict(cfg):
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
