@@ -14,7 +14,7 @@ Independent runs go to `--jobs` worker processes at once (one GPU serves them al
 step is too small to fill it). With `--budget-s`, a short probe times training steps with all
 workers busy and sets the epochs to fit that many seconds (the report says what was run).
 
-    python -m epim.sw.cifar --data-path ../shared/data/cifar10/cifar10-jpeg.npz --epochs 30
+    python -m epim.sw.cifar --data-path cifar10-jpeg.npz --epochs 30
 """
 
 from __future__ import annotations
