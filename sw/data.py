@@ -282,6 +282,21 @@ def cifar_source(path: str | Path | None) -> Path:
         f"of JPEG files, with --data-path or ${CIFAR_ENV}")
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Reads a CIFAR-10 python batch without running code from it: a batch is a dict of
+    bytes, lists and one NumPy array, so only NumPy's array reconstruction may be looked up;
+    any other global a file names is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} may not appear in a CIFAR-10 batch")
+
+
 def read_cifar10(split: str, path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     src = cifar_source(path)
     if src.is_dir():
@@ -289,7 +304,10 @@ def read_cifar10(split: str, path: str | Path | None = None) -> tuple[np.ndarray
         images, labels = [], []
         for f in files:
             with open(src / f, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+                try:
+                    batch = CifarUnpickler(fh, encoding="bytes").load()
+                except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+                    raise ValueError(f"{src / f}: not a CIFAR-10 python batch: {exc}") from None
             images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch[b"labels"], np.int64))
         return np.concatenate(images), np.concatenate(labels)

@@ -47,6 +47,25 @@ def small_sizes(monkeypatch):
     monkeypatch.setitem(data.SIZES, "cifar10", {"train": 60, "test": 30})
 
 
+class Payload:
+    """A pickle that would run a command when unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ("echo unpickled > pwned",))
+
+
+def test_a_batch_that_would_run_code_is_refused(tmp_path, small_sizes, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_batches(folder)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": Payload(), b"labels": []}, f)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="test_batch: not a CIFAR-10 python batch: "
+                                         "posix.system may not appear"):
+        data.read_cifar10("test", folder)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_python_batches_load_from_the_folder_or_its_parent(tmp_path, small_sizes):
     (xs, ys), (xt, yt) = write_batches(tmp_path / "cifar-10-batches-py")
     for path in (tmp_path, tmp_path / "cifar-10-batches-py"):
