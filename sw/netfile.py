@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,16 @@ MAX_BITS = 32
 BIAS_LIMIT = 2**31  # |bias| < 2**31: a signed 32-bit register per output channel.
 MULT_LIMIT = 2**31  # spec: 1 <= mult < 2**31
 MAX_SHIFT = 62
+
+# Bounds that keep a hostile file from costing unbounded memory or time (docs/spec-notes.md).
+# Names become file and Verilog names: identifiers only.
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+NAME_RULE = "an identifier: a letter or _, then letters, digits or _, at most 64 characters"
+MAX_FILE_BYTES = 256 * 2**20  # a dense ResNet-50 file is about 100 MB
+MAX_MAP = 4096  # height and width of any feature map
+MAX_CHANNELS = 16384  # channels, out_channels, out_features, epitome channels
+MAX_TENSOR = 2**26  # elements of one feature map, C*H*W (a linear layer's in_features too)
+MAX_TABLE = 2**20  # entries of an offset table, G_in*G_out
 
 
 class NetFileError(ValueError):
@@ -165,6 +176,18 @@ class _Ctx:
             raise self.fail(key, f"must be a non-empty string, got {json.dumps(val)[:40]}")
         return val
 
+    def name(self, obj: dict, key: str) -> str:
+        val = self.str(obj, key)
+        if not NAME_RE.match(val):
+            raise self.fail(key, f"must be {NAME_RULE}, got {json.dumps(val)[:40]}")
+        return val
+
+    def tensor(self, fld: str, shape: tuple[int, ...]) -> None:
+        """Refuse a feature map past `MAX_TENSOR` elements."""
+        if math.prod(shape) > MAX_TENSOR:
+            raise self.fail(fld, f"a {'x'.join(map(str, shape))} feature map has "
+                            f"{math.prod(shape)} values, more than the limit {MAX_TENSOR}")
+
     def array(self, obj: dict, key: str, shape: tuple[int, ...], lo: int, hi: int,
               prefix: str = "", shape_doc: str = "") -> np.ndarray:
         fld = prefix + key
@@ -226,17 +249,29 @@ _EPITOME_KEYS = {"in_channels", "out_channels", "patch_in", "patch_out", "row_of
 
 
 def load(path: str | Path) -> Network:
-    """Read and validate a network file."""
+    """Read and validate a network file (at most `MAX_FILE_BYTES`, UTF-8 JSON)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise NetFileError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise NetFileError(f"{path}: larger than the limit of {MAX_FILE_BYTES // 2**20} MiB "
+                           "for a network file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NetFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise NetFileError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} "
                            f"column {exc.colno}") from None
+    except RecursionError:
+        raise NetFileError(f"{path}: not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise NetFileError(f"{path}: not valid JSON: {exc}") from None
     return parse(obj, source=str(path))
 
 
@@ -263,9 +298,10 @@ def parse(obj, source: str = "<net>") -> Network:
     ictx = _Ctx(source, "input")
     inp = top.obj(obj, "input")
     ictx.keys(inp, {"name", "channels", "height", "width", "bits"})
-    input_name = ictx.str(inp, "name")
-    input_shape = (ictx.int(inp, "channels", 1), ictx.int(inp, "height", 1),
-                   ictx.int(inp, "width", 1))
+    input_name = ictx.name(inp, "name")
+    input_shape = (ictx.int(inp, "channels", 1, MAX_CHANNELS),
+                   ictx.int(inp, "height", 1, MAX_MAP), ictx.int(inp, "width", 1, MAX_MAP))
+    ictx.tensor("height", input_shape)
     input_bits = ictx.int(inp, "bits", 1, 16)
 
     raw_layers = top.get(obj, "layers")
@@ -280,7 +316,7 @@ def parse(obj, source: str = "<net>") -> Network:
         ctx = _Ctx(source, f"layer #{idx}")
         if not isinstance(lay, dict):
             raise ctx.fail("name", "each layer must be a JSON object")
-        name = ctx.str(lay, "name")
+        name = ctx.name(lay, "name")
         ctx = _Ctx(source, f"layer '{name}'")
         if name in by_name or name == input_name:
             raise ctx.fail("name", "duplicate name")
@@ -362,7 +398,7 @@ def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:
     # conv / linear
     if op == "conv":
         cin, h, w = shape
-        cout = ctx.int(lay, "out_channels", 1)
+        cout = ctx.int(lay, "out_channels", 1, MAX_CHANNELS)
         k = ctx.int(lay, "kernel", 1, 15)
         s = ctx.int(lay, "stride", 1, 15)
         p = ctx.int(lay, "padding", 0, k - 1)
@@ -371,9 +407,10 @@ def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:
             raise ctx.fail("kernel", f"kernel {k} with padding {p} does not fit the "
                            f"{h}x{w} input map")
         out_shape = (cout, ho, wo)
+        ctx.tensor("out_channels", out_shape)
     else:
         cin, k, s, p = int(np.prod(shape)), 1, 1, 0
-        cout = ctx.int(lay, "out_features", 1)
+        cout = ctx.int(lay, "out_features", 1, MAX_CHANNELS)
         out_shape = (cout, 1, 1)
     wb = ctx.int(lay, "weight_bits", 2, 16)
     wmax = 2 ** (wb - 1) - 1
@@ -399,11 +436,14 @@ def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:
 def _parse_epitome(ctx: _Ctx, e: dict, cin: int, cout: int, k: int, wmax: int) -> Epitome:
     pre = "epitome."
     ctx.keys(e, _EPITOME_KEYS, pre)
-    ce_in = ctx.int(e, "in_channels", 1, None, pre)
-    ce_out = ctx.int(e, "out_channels", 1, None, pre)
+    ce_in = ctx.int(e, "in_channels", 1, max(cin, MAX_CHANNELS), pre)
+    ce_out = ctx.int(e, "out_channels", 1, MAX_CHANNELS, pre)
     p_in = ctx.int(e, "patch_in", 1, ce_in, pre)
     p_out = ctx.int(e, "patch_out", 1, ce_out, pre)
     g_in, g_out = math.ceil(cin / p_in), math.ceil(cout / p_out)
+    if g_in * g_out > MAX_TABLE:
+        raise ctx.fail(pre + "patch_in", f"the offset tables would have {g_in}x{g_out} "
+                       f"entries, more than the limit {MAX_TABLE}: larger patches")
     row = ctx.array(e, "row_offset", (g_in, g_out), 0, ce_in - 1, pre, "(G_in, G_out)")
     col = ctx.array(e, "col_offset", (g_in, g_out), 0, ce_out - 1, pre, "(G_in, G_out)")
     weights = ctx.array(e, "weights", (ce_out, ce_in, k, k), -wmax, wmax, pre,

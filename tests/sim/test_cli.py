@@ -156,3 +156,92 @@ def test_cosim_command(tmp_path, net_path):
     assert rep["cycles"] == rep["predicted_cycles"] and rep["programmed_via_port"]
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
                                   reference.run_network(netfile.load(net_path), x))
+
+
+def _one_line(proc, code=2) -> str:
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_hostile_network_files_get_one_line_and_exit_2(tmp_path, net_obj):
+    """Names that would escape --out, sizes past the limits, nesting, bytes that are not text:
+    each refused by validation with the file and field named, nothing written."""
+    cases = {}
+    o = json.loads(json.dumps(net_obj))
+    o["layers"][0]["name"] = "../../../../elsewhere/x"
+    o["output"] = o["layers"][0]["name"]
+    cases["escape"] = (o, "field 'name': must be an identifier")
+    o = json.loads(json.dumps(net_obj))
+    o["layers"][0]["name"] = "has space"
+    o["output"] = "has space"
+    cases["space"] = (o, "field 'name': must be an identifier")
+    o = json.loads(json.dumps(net_obj))
+    o["input"]["height"] = 10**9
+    cases["height"] = (o, "input, field 'height': must be in 1..4096, got 1000000000")
+    o = json.loads(json.dumps(net_obj))
+    o["input"].update(channels=4096, height=4096, width=4096)
+    cases["tensor"] = (o, "more than the limit 67108864")
+    for name, (obj, want) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(obj))
+        out = tmp_path / f"gen-{name}"
+        line = _one_line(run_cli("generate", path, "--out", out))
+        assert str(path) in line and want in line, line
+        assert not out.exists()
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert "nested too deeply" in _one_line(run_cli("check", deep))
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b'{"format": "\xff\xfe"}')
+    assert f"{binary}: not UTF-8 text" in _one_line(run_cli("check", binary))
+    digits = tmp_path / "digits.json"
+    digits.write_text('{"format": ' + "9" * 5000 + "}")
+    assert f"{digits}: not valid JSON" in _one_line(run_cli("check", digits))
+
+
+def test_hostile_input_arrays_get_one_line_and_exit_2(tmp_path, net_path):
+    x = np.random.default_rng(0).integers(0, 16, (1, 8, 16, 16))
+    good = tmp_path / "x.npy"
+    np.save(good, x)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.savez(tmp_path / "arrays.npz", x=x)
+    np.save(tmp_path / "floats.npy", np.zeros(1))
+    with open(tmp_path / "huge.npy", "wb") as f:  # a header that claims 2**40 values
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<i8", "fortran_order": False, "shape": (2**40,)})
+    out = tmp_path / "y.npy"
+    for bad, want in [("empty.npy", "must be a .npy array file"),
+                      ("arrays.npz", "must be a .npy array file"),
+                      ("huge.npy", "more than the limit of 4 GiB")]:
+        line = _one_line(run_cli("reference", net_path, "--inputs", tmp_path / bad,
+                                 "--outputs", out))
+        assert bad in line and want in line, line
+    line = _one_line(run_cli("reference", net_path, "--inputs", good, "--outputs", out,
+                             "--labels", tmp_path / "floats.npy"))
+    assert "labels must be integers" in line
+    assert not out.exists()
+
+
+def test_internal_errors_say_so_and_keep_the_traceback_for_debug(monkeypatch, capsys,
+                                                                 net_path):
+    from epim.sim import cli
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_check", broken)
+    parser = cli.build_parser
+
+    def patched():
+        p = parser()
+        p._subparsers._group_actions[0].choices["check"].set_defaults(func=broken)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", patched)
+    assert cli.main(["check", str(net_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error: KeyError" in err[0] and "--debug" in err[0]
+    with pytest.raises(KeyError):
+        cli.main(["--debug", "check", str(net_path)])
