@@ -119,14 +119,17 @@ def test_replicas_option(tmp_path, capsys):
     assert main(["generate", str(path), "--out", str(out), "--replicas", "auto",
                  "--budget", str(budget)]) == 0
     assert capsys.readouterr().out.startswith("kept (unchanged)")
-    r = run_cli("cost", str(path), "--replicas", "stem=0")
-    assert r.returncode == 2 and "'auto', 'none', a positive number" in r.stderr
-    r = run_cli("cost", str(path), "--replicas", "nosuch=2")
-    assert r.returncode == 2 and "'nosuch' is not a conv or linear layer" in r.stderr
-    r = run_cli("cost", "examples/mnist-epim-cnn-r4/net.json", "--replicas", "fc=2")
-    assert r.returncode == 2 and "layer 'fc' takes 1..1 copies" in r.stderr
-    r = run_cli("cost", "examples/mnist-epim-cnn-r4/net.json", "--replicas", "auto")
-    assert r.returncode == 0 and "copies" in r.stdout
+    with pytest.raises(SystemExit) as exc:  # argparse's own error: exit 2
+        main(["cost", str(path), "--replicas", "stem=0"])
+    assert exc.value.code == 2
+    assert "'auto', 'none', a positive number" in capsys.readouterr().err
+    assert "'nosuch' is not a conv or linear layer" in _one_line(
+        capsys, "cost", path, "--replicas", "nosuch=2")
+    mnist = "examples/mnist-epim-cnn-r4/net.json"
+    assert "layer 'fc' takes 1..1 copies" in _one_line(capsys, "cost", mnist, "--replicas",
+                                                       "fc=2")
+    assert main(["cost", mnist, "--replicas", "auto"]) == 0
+    assert "copies" in capsys.readouterr().out
 
 
 def test_single_tile_options_refuse_a_network(tmp_path, net_obj, capsys):
@@ -158,14 +161,15 @@ def test_cosim_command(tmp_path, net_path):
                                   reference.run_network(netfile.load(net_path), x))
 
 
-def _one_line(proc, code=2) -> str:
-    assert proc.returncode == code, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
+def _one_line(capsys, *args, code=2) -> str:
+    """Run `epim ARGS` in this process: the exit code, and the one line it printed."""
+    assert main([str(a) for a in args]) == code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
     return lines[0]
 
 
-def test_hostile_network_files_get_one_line_and_exit_2(tmp_path, net_obj):
+def test_hostile_network_files_get_one_line_and_exit_2(tmp_path, net_obj, capsys):
     """Names that would escape --out, sizes past the limits, nesting, bytes that are not text:
     each refused by validation with the file and field named, nothing written."""
     cases = {}
@@ -187,21 +191,21 @@ def test_hostile_network_files_get_one_line_and_exit_2(tmp_path, net_obj):
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(obj))
         out = tmp_path / f"gen-{name}"
-        line = _one_line(run_cli("generate", path, "--out", out))
+        line = _one_line(capsys, "generate", path, "--out", out)
         assert str(path) in line and want in line, line
         assert not out.exists()
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
-    assert "nested too deeply" in _one_line(run_cli("check", deep))
+    assert "nested too deeply" in _one_line(capsys, "check", deep)
     binary = tmp_path / "binary.json"
     binary.write_bytes(b'{"format": "\xff\xfe"}')
-    assert f"{binary}: not UTF-8 text" in _one_line(run_cli("check", binary))
+    assert f"{binary}: not UTF-8 text" in _one_line(capsys, "check", binary)
     digits = tmp_path / "digits.json"
     digits.write_text('{"format": ' + "9" * 5000 + "}")
-    assert f"{digits}: not valid JSON" in _one_line(run_cli("check", digits))
+    assert f"{digits}: not valid JSON" in _one_line(capsys, "check", digits)
 
 
-def test_hostile_input_arrays_get_one_line_and_exit_2(tmp_path, net_path):
+def test_hostile_input_arrays_get_one_line_and_exit_2(tmp_path, net_path, capsys):
     x = np.random.default_rng(0).integers(0, 16, (1, 8, 16, 16))
     good = tmp_path / "x.npy"
     np.save(good, x)
@@ -215,11 +219,11 @@ def test_hostile_input_arrays_get_one_line_and_exit_2(tmp_path, net_path):
     for bad, want in [("empty.npy", "must be a .npy array file"),
                       ("arrays.npz", "must be a .npy array file"),
                       ("huge.npy", "more than the limit of 4 GiB")]:
-        line = _one_line(run_cli("reference", net_path, "--inputs", tmp_path / bad,
-                                 "--outputs", out))
+        line = _one_line(capsys, "reference", net_path, "--inputs", tmp_path / bad,
+                         "--outputs", out)
         assert bad in line and want in line, line
-    line = _one_line(run_cli("reference", net_path, "--inputs", good, "--outputs", out,
-                             "--labels", tmp_path / "floats.npy"))
+    line = _one_line(capsys, "reference", net_path, "--inputs", good, "--outputs", out,
+                     "--labels", tmp_path / "floats.npy")
     assert "labels must be integers" in line
     assert not out.exists()
 
