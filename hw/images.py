@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,19 @@ MEMORIES = ("xbar", "ifrt", "ifat", "ofat", "ostage")
 
 class ImageError(ValueError):
     """A memory image or manifest is missing, corrupted or does not fit the hardware."""
+
+
+HEX_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\.hex\Z")
+HEX_WORD = re.compile(r"[0-9a-fA-F]+\Z")
+
+
+def inside(folder: Path, name, mpath: Path, what: str) -> Path:
+    """`folder / name` for a plain file name from a manifest: no folders, no `..`, no
+    absolute path (a manifest is data a user may have edited)."""
+    if not isinstance(name, str) or not HEX_FILE.match(name):
+        raise ImageError(f"{mpath}: {what}: {json.dumps(name)[:60]} is not a hex file name "
+                         "in the manifest's folder")
+    return folder / name
 
 
 @dataclass(frozen=True)
@@ -62,8 +76,8 @@ def load(folder: str | Path) -> Images:
             if entry["width"] != want:
                 raise ImageError(f"{mpath}: memory {name!r} width {entry['width']} does not "
                                  f"match the tile's {want}")
-            words[name] = read_hex(folder / entry["file"], entry["width"], entry["depth"],
-                                   entry["sha256"])
+            words[name] = read_hex(inside(folder, entry["file"], mpath, f"memory {name!r}"),
+                                   entry["width"], entry["depth"], entry["sha256"])
         except (KeyError, TypeError) as exc:
             raise ImageError(f"{mpath}: memory {name!r}: entry {exc} missing or "
                              "malformed") from None
@@ -84,10 +98,9 @@ def read_hex(path: Path, width: int, depth: int, sha256: str | None = None) -> l
         line = line.split("//")[0].strip()
         if not line:
             continue
-        try:
-            v = int(line, 16)
-        except ValueError:
-            raise ImageError(f"{path}:{n}: not a hex word: {line[:20]!r}") from None
+        if not HEX_WORD.match(line):
+            raise ImageError(f"{path}:{n}: not a hex word: {line[:20]!r}")
+        v = int(line, 16)
         if v >= 2**width:
             raise ImageError(f"{path}:{n}: word wider than {width} bits")
         words.append(v)

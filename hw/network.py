@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from amaranth.hdl import Cat, Module
@@ -24,6 +25,7 @@ from .tile import PIMTile, TileConfig
 from .units import AddUnit, Flatten, Fork, PoolUnit, StreamFIFO
 
 NETWORK_FORMAT = "epim-network-images-v1"
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")  # a unit's name: as a layer's name
 
 
 def load_network(folder: str | Path) -> dict:
@@ -39,9 +41,16 @@ def load_network(folder: str | Path) -> dict:
         raise ImageError(f"{mpath}: 'units' do not match 'units_sha256': the manifest was "
                          "edited or corrupted after it was packed (re-run 'epim generate')")
     tiles = {}
-    for unit in units:
+    for k, unit in enumerate(units):
+        if not isinstance(unit, dict) or not isinstance(unit.get("name"), str) \
+                or not NAME_RE.match(unit["name"]):
+            raise ImageError(f"{mpath}: unit #{k} must be an object whose 'name' is an "
+                             "identifier")
         if "folder" not in unit:
             continue
+        if unit["folder"] != f"tiles/{unit['name']}":
+            raise ImageError(f"{mpath}: unit {unit['name']!r}: 'folder' must be "
+                             f"'tiles/{unit['name']}'")
         tpath = folder / unit["folder"] / "manifest.json"
         try:
             raw = tpath.read_bytes()

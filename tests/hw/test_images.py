@@ -54,3 +54,41 @@ def test_mismatched_width_is_refused(image_dir):
     mpath.write_text(json.dumps(manifest))
     with pytest.raises(hw_images.ImageError, match=r"memory 'ifat' width"):
         hw_images.load(image_dir)
+
+
+@pytest.mark.parametrize("name", ["../xbar.hex", "/etc/passwd", "sub/xbar.hex", 7, "xbar.txt"])
+def test_manifest_file_names_stay_in_the_folder(image_dir, name):
+    """A manifest is data a user may have edited: its file names never leave its folder."""
+    mpath = image_dir / "manifest.json"
+    man = json.loads(mpath.read_text())
+    man["memories"]["xbar"]["file"] = name
+    mpath.write_text(json.dumps(man))
+    with pytest.raises(hw_images.ImageError, match="is not a hex file name in the manifest"):
+        hw_images.load(image_dir)
+
+
+def test_a_negative_hex_word_is_refused(tmp_path):
+    path = tmp_path / "w.hex"
+    path.write_text("1\n-1\n")
+    with pytest.raises(hw_images.ImageError, match=r"w.hex:2: not a hex word: '-1'"):
+        hw_images.read_hex(path, 4, 2)
+
+
+def test_network_units_are_checked_before_use(tmp_path):
+    from epim.hw.network import load_network
+    from epim.sw import examples
+
+    net = netfile.parse(examples.random_network_net(0))
+    images.write_network(images.compile_network(net), tmp_path)
+    mpath = tmp_path / "network.json"
+    good = json.loads(mpath.read_text())
+    for units, want in [(["x"], "unit #0 must be an object"),
+                        ([{"folder": "tiles/stem"}], "unit #0 must be an object"),
+                        ([{**good["units"][0], "folder": "../../elsewhere"}],
+                         "'folder' must be 'tiles/")]:
+        man = dict(good, units=units)
+        man["units_sha256"] = images._sha256(json.dumps(units, sort_keys=True,
+                                                         separators=(",", ":")))
+        mpath.write_text(json.dumps(man))
+        with pytest.raises(hw_images.ImageError, match=want):
+            load_network(tmp_path)
