@@ -40,6 +40,11 @@ def load_network(folder: str | Path) -> dict:
     if hashlib.sha256(canonical).hexdigest() != manifest.get("units_sha256"):
         raise ImageError(f"{mpath}: 'units' do not match 'units_sha256': the manifest was "
                          "edited or corrupted after it was packed (re-run 'epim generate')")
+    rest = {k: v for k, v in manifest.items() if k != "sha256"}
+    whole = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
+    if hashlib.sha256(whole).hexdigest() != manifest.get("sha256"):
+        raise ImageError(f"{mpath}: the manifest does not match its 'sha256': it was edited "
+                         "or corrupted after it was packed (re-run 'epim generate')")
     tiles = {}
     for k, unit in enumerate(units):
         if not isinstance(unit, dict) or not isinstance(unit.get("name"), str) \

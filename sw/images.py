@@ -255,6 +255,12 @@ def compile_network(net: Network, reuse: bool = True,
     return {"manifest": manifest, "tiles": tiles}
 
 
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of a network manifest in canonical JSON, without its own `sha256` field."""
+    rest = {k: v for k, v in manifest.items() if k != "sha256"}
+    return _sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")))
+
+
 def write_network(compiled: dict, out_dir: str | Path) -> Path:
     """Write the tile images (`tiles/<layer>/`) and `network.json`, whose entries carry each
     tile manifest's SHA-256, so a tile folder from another compile is refused."""
@@ -266,5 +272,8 @@ def write_network(compiled: dict, out_dir: str | Path) -> Path:
             unit["manifest_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest["units_sha256"] = _sha256(json.dumps(manifest["units"], sort_keys=True,
                                                   separators=(",", ":")))
+    # ... and one over everything else too (input, output, reuse, lanes): nothing in the
+    # manifest can be edited unnoticed
+    manifest["sha256"] = manifest_digest(manifest)
     write_files_atomically(out_dir, {"network.json": json.dumps(manifest, indent=1) + "\n"})
     return out_dir / "network.json"

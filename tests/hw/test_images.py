@@ -89,6 +89,27 @@ def test_network_units_are_checked_before_use(tmp_path):
         man = dict(good, units=units)
         man["units_sha256"] = images._sha256(json.dumps(units, sort_keys=True,
                                                          separators=(",", ":")))
+        man["sha256"] = images.manifest_digest(man)
         mpath.write_text(json.dumps(man))
         with pytest.raises(hw_images.ImageError, match=want):
             load_network(tmp_path)
+
+
+@pytest.mark.parametrize("edit", [("input", "bits", 7), ("output", "bits", 9),
+                                  ("reuse", None, False), ("lanes", None, 3)])
+def test_every_field_of_the_network_manifest_is_checksummed(tmp_path, edit):
+    from epim.hw.network import load_network
+    from epim.sw import examples
+
+    net = netfile.parse(examples.random_network_net(0))
+    images.write_network(images.compile_network(net), tmp_path)
+    mpath = tmp_path / "network.json"
+    man = json.loads(mpath.read_text())
+    key, sub, value = edit
+    if sub:
+        man[key][sub] = value
+    else:
+        man[key] = value
+    mpath.write_text(json.dumps(man))
+    with pytest.raises(hw_images.ImageError, match="does not match its 'sha256'"):
+        load_network(tmp_path)
