@@ -14,6 +14,7 @@ then finds its stamp.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -168,3 +169,47 @@ def code_digest(package: Path) -> str:
     """SHA-256 of a package's Python sources: the generator's own version, so a changed
     generator never reuses Verilog emitted by the old one."""
     return file_digest(sorted(package.glob("*.py")))
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux `renameat2` with `RENAME_EXCHANGE`); False
+    where the system has no such call, so the caller falls back to two renames."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Put the folder `staging` in the place of `target` at once: a reader (or a run killed at
+    any point) sees the old `target` or the new one, never a mix. The old folder is removed."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    if exchange(staging, target):
+        shutil.rmtree(staging)  # (now the old folder)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.rename(target, old)  # (a kill here leaves no target: the next run finds none)
+    os.rename(staging, target)
+    shutil.rmtree(old)
+
+
+def remove_leftovers(target: Path) -> None:
+    """Staging and old folders that killed runs left beside `target`."""
+    for p in target.parent.glob(f".{target.name}.staging-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in target.parent.glob(f".{target.name}.old-*"):
+        shutil.rmtree(p, ignore_errors=True)

@@ -342,37 +342,45 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
     from ..hw.generate import emit_network_verilog, network_from_images
 
     compiled = images.compile_network(net, reuse=reuse, lanes=lanes, replicas=replicas)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with buildcache.locked(out_dir), \
-            tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
-        images.write_network(compiled, tmp)
-        manifest_text = (Path(tmp) / "network.json").read_text()
-        manifest = json.loads(manifest_text)
-        key = generation_key(manifest_text, "network")
-        if network_is_current(out_dir, key, manifest_text):
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with buildcache.locked(out_dir.parent):
+        buildcache.remove_leftovers(out_dir)
+        refuse_foreign(out_dir)
+        staging = out_dir.with_name(f".{out_dir.name}.staging-{os.getpid()}")
+        staging.mkdir()
+        try:
+            images.write_network(compiled, staging)
+            manifest_text = (staging / "network.json").read_text()
+            manifest = json.loads(manifest_text)
+            key = generation_key(manifest_text, "network")
+            if network_is_current(out_dir, key, manifest_text):
+                if log:
+                    log(f"{out_dir / NETWORK_VERILOG}: unchanged, reused")
+                return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest,
+                                        cached=True)
             if log:
-                log(f"{out_dir / NETWORK_VERILOG}: unchanged, reused")
-            return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest, cached=True)
-        if log:
-            log(f"emitting the accelerator's Verilog into {out_dir}")
-        text = emit_network_verilog(network_from_images(tmp))
-        (Path(tmp) / NETWORK_VERILOG).write_text(text)
-        # no stamp while the folder changes: an interrupted write is never taken as current
-        (out_dir / GENERATE_STAMP).unlink(missing_ok=True)
-        # move tile folders first and network.json + Verilog last, so a reader never sees a
-        # manifest that names tiles which are not there yet
-        for unit in manifest["units"]:
-            if "folder" in unit:
-                src = Path(tmp) / unit["folder"]
-                files = {f.name: f.read_text() for f in src.iterdir()}
-                (out_dir / unit["folder"]).mkdir(parents=True, exist_ok=True)
-                images.write_files_atomically(out_dir / unit["folder"], files)
-        images.write_files_atomically(out_dir, {NETWORK_VERILOG: text,
-                                                "network.json": manifest_text})
-        stamp = {"key": key, "verilog_digest": _sha256_file(out_dir / NETWORK_VERILOG)}
-        images.write_files_atomically(out_dir, {GENERATE_STAMP: json.dumps(stamp) + "\n"})
+                log(f"emitting the accelerator's Verilog into {out_dir}")
+            text = emit_network_verilog(network_from_images(staging))
+            images.write_files_atomically(staging, {NETWORK_VERILOG: text})
+            stamp = {"key": key, "verilog_digest": _sha256_file(staging / NETWORK_VERILOG)}
+            images.write_files_atomically(staging, {GENERATE_STAMP: json.dumps(stamp) + "\n"})
+            # the whole folder at once: a run killed at any point leaves the old output or
+            # the new one, and no file of an earlier generation survives in the new one
+            buildcache.publish(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest)
+
+
+def refuse_foreign(out_dir: Path) -> None:
+    """Generation replaces its output folder whole: refuse a folder that holds files but no
+    earlier EPIM output (`network.json`), so that `--out` never deletes a user's files."""
+    if out_dir.exists() and (not out_dir.is_dir() or (
+            any(out_dir.iterdir()) and not (out_dir / "network.json").is_file())):
+        raise ValueError(f"{out_dir}: exists and is not an EPIM output folder (no "
+                                 "network.json); generation replaces the folder whole, so "
+                                 "give a new or empty folder")
 
 
 def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,

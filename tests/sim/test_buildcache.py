@@ -105,3 +105,68 @@ def test_second_cosim_neither_generates_nor_builds(tmp_path, small_net, monkeypa
     assert rep2["generate_cached"] and rep2["match"] and rep2["cycles_match"]
     np.testing.assert_array_equal(y2, reference.run_network(small_net, x))
     np.testing.assert_array_equal(y1, y2)
+
+
+def test_generation_replaces_the_folder_whole(tmp_path, one_layer, capsys):
+    """No file of an earlier generation survives; a folder of someone else's files is never
+    replaced."""
+    from epim.sim.cli import main
+
+    out = tmp_path / "g"
+    other = netfile.parse(examples.random_layer_net(2))  # another layer name
+    cosim.generate_network(other, out)
+    old_tiles = {p.name for p in (out / "tiles").iterdir()}
+    cosim.generate_network(one_layer, out)
+    assert {p.name for p in (out / "tiles").iterdir()} == {one_layer.layers[0].name}
+    assert old_tiles - {one_layer.layers[0].name}
+    assert not list(tmp_path.glob(".g.*"))  # no staging or old folder left beside it
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    net_path = tmp_path / "n.json"
+    net_path.write_text(json.dumps(examples.random_layer_net(1)))
+    assert main(["generate", str(net_path), "--out", str(mine)]) == 2
+    assert "is not an EPIM output folder" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_generate_killed_anywhere_leaves_the_old_or_the_new_output(tmp_path):
+    """`epim generate` killed (SIGKILL) at 20 random points: the output folder always holds
+    one complete generation, the old one or the new one, and the next run cleans up."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    nets = {}
+    for seed in (0, 1):
+        path = tmp_path / f"net{seed}.json"
+        path.write_text(json.dumps(examples.random_layer_net(seed)))
+        nets[seed] = netfile.load(path)
+    out = tmp_path / "out"
+    want = {}
+    for seed, net in nets.items():  # each network's manifest and key, generated once
+        gen = cosim.generate_network(net, tmp_path / f"ref{seed}")
+        text = (gen.folder / "network.json").read_text()
+        want[seed] = (cosim.generation_key(text, "network"), text)
+    cosim.generate_network(nets[0], out)
+    rng = random.Random(7)
+    seen = set()
+    for trial in range(20):
+        seed = trial % 2
+        proc = subprocess.Popen([sys.executable, "-m", "epim.sim.cli", "generate",
+                                 str(tmp_path / f"net{seed}.json"), "--out", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 4.0))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        complete = [s for s, (key, text) in want.items()
+                    if cosim.network_is_current(out, key, text)]
+        assert len(complete) == 1, f"trial {trial}: the output folder is not one generation"
+        seen.add((proc.returncode == 0, complete[0]))
+    cosim.generate_network(nets[1], out)
+    assert not list(tmp_path.glob(".out.*"))
+    assert any(not ok for ok, _ in seen)  # some runs were killed part way
