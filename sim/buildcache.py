@@ -138,22 +138,31 @@ def verilator_build(sources: list[Path], top: str, cache_root: str | Path, waves
     return build_dir, True
 
 
-def run_with_progress(build_dir: Path, build: Callable[[], None]) -> None:
-    """Run `build` in a thread while a progress bar follows the build folder: Verilator's
-    translation first, then the C++ files compiled out of those it wrote."""
+def run_polling(work: Callable[[], None], poll: Callable[[], None], every: float = 0.5) -> None:
+    """Run `work` in a thread and call `poll` every `every` seconds until it ends; an
+    exception `work` raised is raised again here."""
     failure: list[BaseException] = []
 
     def target():
         try:
-            build()
+            work()
         except BaseException as exc:  # noqa: B036 (raised again in the waiting thread)
             failure.append(exc)
 
     worker = threading.Thread(target=target)
+    worker.start()
+    while worker.is_alive():
+        worker.join(every)
+        poll()
+    if failure:
+        raise failure[0]
+
+
+def run_with_progress(build_dir: Path, build: Callable[[], None]) -> None:
+    """Run `build` while a progress bar follows the build folder: Verilator's translation
+    first, then the C++ files compiled out of those it wrote."""
     with progress_bar(None, "verilating", "file") as bar:
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.5)
+        def poll() -> None:
             if bar.total is None and (build_dir / "Vtop.mk").exists():
                 bar.total = len(list(build_dir.glob("Vtop*.cpp")))
                 bar.set_description("C++ compile")
@@ -161,8 +170,7 @@ def run_with_progress(build_dir: Path, build: Callable[[], None]) -> None:
                 bar.update(min(bar.total, len(list(build_dir.glob("Vtop*.o")))) - bar.n)
             else:
                 bar.refresh()
-    if failure:
-        raise failure[0]
+        run_polling(build, poll)
 
 
 def code_digest(package: Path) -> str:

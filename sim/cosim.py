@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,22 +158,17 @@ def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, en
         job = {**job, "result_path": str(work / "result.json"),
                "progress_path": str(work / "progress")}
         (work / "job.json").write_text(json.dumps(job))
-        sim = threading.Thread(target=runner.test, kwargs=dict(
-            test_module=module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
-            build_dir=str(build_dir), test_dir=str(work),
-            extra_env={env_var: str(work / "job.json")}, log_file=str(work / "sim.log")))
-        failure: list[BaseException] = []
-        sim.run = _capture(sim.run, failure)
-        sim.start()
-        while sim.is_alive():
-            sim.join(0.5)
+        def poll() -> None:
             if progress is not None:
                 try:
                     progress(int((work / "progress").read_text() or 0))
                 except (OSError, ValueError):
                     pass
-        if failure:
-            raise failure[0]
+
+        buildcache.run_polling(lambda: runner.test(
+            test_module=module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
+            build_dir=str(build_dir), test_dir=str(work),
+            extra_env={env_var: str(work / "job.json")}, log_file=str(work / "sim.log")), poll)
         result_path = work / "result.json"
         if not result_path.exists():
             log = (work / "sim.log").read_text()[-2000:] if (work / "sim.log").exists() else ""
@@ -182,16 +176,6 @@ def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, en
         return json.loads(result_path.read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _capture(run, failure: list):
-    """`run` of a thread, keeping the exception it raised for the thread that waits on it."""
-    def wrapped():
-        try:
-            run()
-        except BaseException as exc:  # noqa: B036 (handed to the waiting thread)
-            failure.append(exc)
-    return wrapped
 
 
 def measured_cycles(result: dict, timing: cyclemodel.TileTiming, n: int):

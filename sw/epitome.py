@@ -10,15 +10,21 @@ import numpy as np
 from .netfile import Epitome, Layer
 
 
-def sample_weight(epi: Epitome, cin: int, cout: int) -> np.ndarray:
-    """The full weight `W (Cout, Cin, k, k)` sampled from the epitome, wrapping channel axes."""
+def sample_indices(epi: Epitome, cin: int, cout: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(e_out, e_in)`, each `(Cout, Cin)`: the epitome channels weight `W[o, c]` is sampled
+    from (spec section 2)."""
     o = np.arange(cout)
     c = np.arange(cin)
     go, j = o // epi.patch_out, o % epi.patch_out
     gi, i = c // epi.patch_in, c % epi.patch_in
     e_out = (epi.col_offset[gi[None, :], go[:, None]] + j[:, None]) % epi.out_channels
     e_in = (epi.row_offset[gi[None, :], go[:, None]] + i[None, :]) % epi.in_channels
-    return epi.weights[e_out, e_in]
+    return e_out, e_in
+
+
+def sample_weight(epi: Epitome, cin: int, cout: int) -> np.ndarray:
+    """The full weight `W (Cout, Cin, k, k)` sampled from the epitome, wrapping channel axes."""
+    return epi.weights[sample_indices(epi, cin, cout)]
 
 
 def strided_offsets(cin: int, cout: int, ce_in: int, ce_out: int, p_in: int, p_out: int,

@@ -5,11 +5,11 @@ bit slices, bit-sliced differential cells, per-row-chunk ADC saturation, shift-a
 routing with output channel wrapping. Where no ADC can saturate - a column of a row chunk whose
 largest possible sum, every input slice at its maximum, fits the ADC - that column's share of
 every activation is exactly its part of `conv2d(X, W)` with `W` sampled from the epitome, so
-the reference computes it as one convolution per layer (an im2col matrix product in float64,
-exact while the sums stay below 2**53, else in int64). Only the (row chunk, column) pairs that
-can saturate take the slice-by-slice path (:func:`crossbar_activation`), per IFRT step. The
-result equals the literal path bit for bit (`literal=True` runs that path alone; the tests
-compare them).
+the reference computes it as one convolution per layer (an im2col matrix product in float32
+or float64, exact while every partial sum stays below 2**24 or 2**53, else in int64). Only the
+(row chunk, column) pairs that can saturate take the slice-by-slice path
+(:func:`crossbar_activation`), per IFRT step. The result equals the literal path bit for bit
+(`literal=True` runs that path alone; the tests compare them).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .epitome import ifat_sources, n_slices, steps
+from .epitome import ifat_sources, n_slices, sample_indices, steps
 from .netfile import PIM, Layer, Network
 
 
@@ -101,22 +101,10 @@ def saturable(layer: Layer, pim: PIM) -> np.ndarray:
     return top > 2**pim.adc_bits - 1
 
 
-def block_indices(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-    """`(e_out, e_in)`, each `(Cout, Cin)`: the epitome channels that weight `W[o, c]` is
-    sampled from (spec section 2)."""
-    epi = layer.epitome
-    o, c = np.arange(layer.out_channels), np.arange(layer.in_channels)
-    go, j = o // epi.patch_out, o % epi.patch_out
-    gi, i = c // epi.patch_in, c % epi.patch_in
-    e_out = (epi.col_offset[gi[None, :], go[:, None]] + j[:, None]) % epi.out_channels
-    e_in = (epi.row_offset[gi[None, :], go[:, None]] + i[None, :]) % epi.in_channels
-    return e_out, e_in
-
-
 def lossless_weight(layer: Layer, pim: PIM, sat: np.ndarray) -> np.ndarray:
     """The sampled weight `W (Cout, Cin, k, k)` with the entries whose (row chunk, column) can
     saturate set to 0: the part of the layer that is exactly a convolution."""
-    e_out, e_in = block_indices(layer)
+    e_out, e_in = sample_indices(layer.epitome, layer.in_channels, layer.out_channels)
     k2 = layer.kernel**2
     rho = e_in[:, :, None] * k2 + np.arange(k2)  # (Cout, Cin, k*k)
     keep = ~sat[rho // pim.xbar_rows, e_out[:, :, None]]
@@ -156,7 +144,9 @@ def layer_acc(layer: Layer, pim: PIM, x: np.ndarray, reuse: bool = True,
         x = x.reshape(n, -1, 1, 1)
     cout = layer.out_channels
     _, ho, wo = layer.out_shape
-    sat = np.ones_like(saturable(layer, pim)) if literal else saturable(layer, pim)
+    sat = saturable(layer, pim)
+    if literal:
+        sat[:] = True
     if sat.all():
         acc = np.zeros((n * ho * wo, cout), dtype=np.int64)
     else:
