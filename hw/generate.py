@@ -7,7 +7,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from .images import Images, load
-from .tile import PIMTile, TileConfig
+from .tile import PIMTile
 
 TOP = "epim_tile"
 
@@ -17,7 +17,7 @@ def tile_from_images(images: Images | str | Path, blank: bool = False) -> PIMTil
     unprogrammed chip does, to be written through the programming port."""
     if not isinstance(images, Images):
         images = load(images)
-    cfg = TileConfig.from_params(images.params)
+    cfg = images.params
     words = images.words
     if blank:
         words = {name: [0] * len(ws) for name, ws in words.items()}

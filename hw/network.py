@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 from amaranth.hdl import Cat, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .images import ImageError, load, read_manifest
+from ..contract.images import NAME_RE, NETWORK_FORMAT, ImageError, read_manifest
+from .images import load
 from .replicas import ReplicatedTile
-from .tile import PIMTile, TileConfig
+from .tile import PIMTile
 from .units import AddUnit, Flatten, Fork, PoolUnit, StreamFIFO
-
-NETWORK_FORMAT = "epim-network-images-v1"
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")  # a unit's name: as a layer's name
 
 
 def load_network(folder: str | Path) -> dict:
@@ -96,7 +93,7 @@ class NetworkAccelerator(wiring.Component):
         replicas = {u["name"]: u.get("replicas", 1) for u in man["units"] if "folder" in u}
         self._tiles = {}
         for name, img in loaded["tiles"].items():
-            cfg = TileConfig.from_params(img.params)
+            cfg = img.params
             n = replicas[name]
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ImageError(f"unit {name!r}: 'replicas' must be a positive integer, "

@@ -17,13 +17,14 @@ from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, 
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .tile import PIMTile, TileConfig, prog_layout, walk_layout, walk_values
+from ..contract.params import TileParams
+from .tile import PIMTile, prog_layout, walk_layout, walk_values
 
 
 class _Ports:
     """The stream and idle signals of one copy, however it is built."""
 
-    def __init__(self, cfg: TileConfig, name: str):
+    def __init__(self, cfg: TileParams, name: str):
         self.i_valid, self.i_ready = Signal(name=f"{name}_i_valid"), Signal(name=f"{name}_i_ready")
         self.i_payload = Signal(cfg.cin * cfg.in_bits, name=f"{name}_i_payload")
         self.o_valid, self.o_ready = Signal(name=f"{name}_o_valid"), Signal(name=f"{name}_o_ready")
@@ -36,7 +37,7 @@ class ReplicatedTile(wiring.Component):
 
     Parameters
     ----------
-    cfg : TileConfig
+    cfg : TileParams
         The layer's tile (every pixel); each copy walks `pix_first = r`, `pix_step = replicas`.
     init : dict of str to list of int
         Memory words, shared by every copy (`PIMTile`).
@@ -60,7 +61,7 @@ class ReplicatedTile(wiring.Component):
         Every copy is idle.
     """
 
-    def __new__(cls, cfg: TileConfig, init: dict[str, list[int]], replicas: int,
+    def __new__(cls, cfg: TileParams, init: dict[str, list[int]], replicas: int,
                 fixed: bool = True, module: str | None = None, **kwargs):
         # (refused before the object exists: an elaboratable that was made is one to use)
         pixels = cfg.ho * cfg.wo
@@ -70,7 +71,7 @@ class ReplicatedTile(wiring.Component):
                              f"image), not {replicas!r}")
         return super().__new__(cls, **kwargs)
 
-    def __init__(self, cfg: TileConfig, init: dict[str, list[int]], replicas: int,
+    def __init__(self, cfg: TileParams, init: dict[str, list[int]], replicas: int,
                  fixed: bool = True, module: str | None = None):
         self._cfg, self._replicas, self._module = cfg, replicas, module
         walks = [replace(cfg, pix_first=r, pix_step=replicas) for r in range(replicas)]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract.images import write_files_atomically
 from ..hw import protocol
 from ..sw import images, reference
 from ..sw.netfile import Network
@@ -39,7 +40,7 @@ def generate_board(net: Network, out_dir: str | Path, divisor: int,
 
     gen = generate_network(net, out_dir, lanes=lanes)
     text = emit_board_verilog(board_from_images(gen.folder, divisor))
-    images.write_files_atomically(Path(out_dir), {BOARD_VERILOG: text})
+    write_files_atomically(Path(out_dir), {BOARD_VERILOG: text})
     return Path(out_dir) / BOARD_VERILOG
 
 

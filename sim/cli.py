@@ -193,7 +193,7 @@ def cmd_generate(args) -> int:
                        lanes=args.lanes)
         p = gen.image.params
         print(f"wrote {gen.verilog.name}, manifest.json and memory images for layer "
-              f"{p['name']!r} ({p['n_steps']} IFRT step(s) per pixel) into {gen.folder}")
+              f"{p.name!r} ({p.n_steps} IFRT step(s) per pixel) into {gen.folder}")
         return 0
     gen = generate_network(net, args.out, reuse=not args.no_reuse, lanes=args.lanes,
                            replicas=replicas)
@@ -596,8 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..contract.images import ImageError
     from ..sw.data import DataMissing
-    from ..sw.images import ImageError
     from ..sw.netfile import NetFileError
     from ..sw.reference import InputError
     from .cosim import UnsupportedNetwork

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract.images import ProgTarget, make_readable, pack, prog_fields, write_files_atomically
 from ..sw import cyclemodel, images, reference, replication
 from ..sw.netfile import Layer, Network
 from ..sw.progress import bar as progress_bar
@@ -67,7 +68,7 @@ def generate(net: Network, out_dir: str | Path, reuse: bool = True,
         text = emit_verilog(tile_from_images(tmp, blank=blank))
         files = {p.name: p.read_text() for p in Path(tmp).iterdir()}
     files[VERILOG_NAME] = text
-    images.write_files_atomically(out_dir, files)
+    write_files_atomically(out_dir, files)
     return Generated(out_dir, out_dir / VERILOG_NAME, image)
 
 
@@ -100,15 +101,11 @@ def unpack_beats(beats: list[int], layer: Layer) -> np.ndarray:
 
 
 def program_beats(image: images.LayerImage) -> list[int]:
-    """Programming-port beats writing every word of every memory (layout: `hw.tile.prog_layout`)."""
-    from ..hw.tile import PROG_TARGETS, TileConfig, prog_layout
-
-    abits = prog_layout(TileConfig.from_params(image.params)).members["addr"]
-    beats = []
-    for name, code in PROG_TARGETS.items():
-        for addr, word in enumerate(image.words[name]):
-            beats.append(code | (addr << 3) | (word << (3 + abits)))
-    return beats
+    """Programming-port beats writing every word of every memory (the contract's
+    `prog_fields` layout)."""
+    layout = prog_fields(image.params)
+    return [pack(layout, {"mem": target, "addr": addr, "data": word})
+            for target in ProgTarget for addr, word in enumerate(image.words[target.name.lower()])]
 
 
 def build_model(verilog: Path, build_root: Path, top: str = "epim_tile",
@@ -132,9 +129,8 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
     runner, build_dir = build_model(generated.verilog, build_root, top, log)
     total = sum(len(p["inputs"]) + len(p["program"]) for p in phases)
     if max_cycles is None:
-        params = generated.image.params
-        max_cycles = 100_000 + 200 * total * max(
-            1, params["max_steps"] * params["n_t"] * params.get("passes", 1))
+        p = generated.image.params
+        max_cycles = 100_000 + 200 * total * max(1, p.max_steps * p.n_t * p.passes)
     job = {"phases": phases, "stalls": stalls, "seed": seed, "max_cycles": max_cycles,
            "prog_port": top == "epim_tile"}
     n_out = sum(p["n_out"] for p in phases)
@@ -233,7 +229,7 @@ def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds, lanes
 def write_json(path: str | Path, obj: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images.write_files_atomically(path.parent, {path.name: json.dumps(obj, indent=1) + "\n"})
+    write_files_atomically(path.parent, {path.name: json.dumps(obj, indent=1) + "\n"})
 
 
 def save_npy(path: str | Path, arr: np.ndarray) -> None:
@@ -244,7 +240,7 @@ def save_npy(path: str | Path, arr: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr)
-        images.make_readable(tmp)
+        make_readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -346,9 +342,9 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
             if log:
                 log(f"emitting the accelerator's Verilog into {out_dir}")
             text = emit_network_verilog(network_from_images(staging))
-            images.write_files_atomically(staging, {NETWORK_VERILOG: text})
+            write_files_atomically(staging, {NETWORK_VERILOG: text})
             stamp = {"key": key, "verilog_digest": _sha256_file(staging / NETWORK_VERILOG)}
-            images.write_files_atomically(staging, {GENERATE_STAMP: json.dumps(stamp) + "\n"})
+            write_files_atomically(staging, {GENERATE_STAMP: json.dumps(stamp) + "\n"})
             # the whole folder at once: a run killed at any point leaves the old output or
             # the new one, and no file of an earlier generation survives in the new one
             buildcache.publish(staging, out_dir)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import make_readable
+from ..contract.images import make_readable
 
 NAMES = ("mnist", "fashion-mnist", "mnist-5k", "cifar10")
 SPLITS = ("train", "test")

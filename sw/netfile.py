@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-FORMAT = "epim-net-v1"
+from ..contract.images import NAME_RE
+from ..contract.images import NET_FORMAT as FORMAT
+
 OPS = ("conv", "linear", "add", "avgpool_global")
 
 # Ranges the spec leaves open; chosen for hardware and written in docs/spec-notes.md.
@@ -26,7 +27,7 @@ MAX_SHIFT = 62
 
 # Bounds that keep a hostile file from costing unbounded memory or time (docs/spec-notes.md).
 # Names become file and Verilog names: identifiers only.
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+
 NAME_RULE = "an identifier: a letter or _, then letters, digits or _, at most 64 characters"
 MAX_FILE_BYTES = 256 * 2**20  # a dense ResNet-50 file is about 100 MB
 MAX_MAP = 4096  # height and width of any feature map

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from epim.contract.images import canonical, sha256_text
 from epim.hw import images as hw_images
 from epim.sw import images, netfile
 
@@ -87,8 +88,7 @@ def test_network_units_are_checked_before_use(tmp_path):
                         ([{**good["units"][0], "folder": "../../elsewhere"}],
                          "'folder' must be 'tiles/")]:
         man = dict(good, units=units)
-        man["units_sha256"] = images._sha256(json.dumps(units, sort_keys=True,
-                                                         separators=(",", ":")))
+        man["units_sha256"] = sha256_text(canonical(units))
         man["sha256"] = images.manifest_digest(man)
         mpath.write_text(json.dumps(man))
         with pytest.raises(hw_images.ImageError, match=want):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module
 
+from epim.contract.params import TileParams
 from epim.hw.replicas import ReplicatedTile
-from epim.hw.tile import PIMTile, TileConfig, walk_layout, walk_values
+from epim.hw.tile import PIMTile, walk_layout, walk_values
 from epim.sw import examples, images, netcycles, netfile, reference
 from tests.hw.streams import beats_of, decode, simulate
 
@@ -37,7 +38,7 @@ def test_replicated_tile_matches_reference_and_network_model(name, rng):
     net = netfile.parse(examples.conv_layer_net(rng, **kw))
     layer = net.layers[0]
     img = images.compile_layer(net, layer)
-    cfg = TileConfig.from_params(img.params)
+    cfg = img.params
     tile = ReplicatedTile(cfg, img.words, copies)
     n = 3
     x = rng.integers(0, 2**cfg.in_bits, (n,) + net.input_shape)
@@ -56,7 +57,7 @@ def test_replicated_tile_survives_back_pressure(rng):
     net = netfile.parse(examples.conv_layer_net(rng, cin=3, cout=4, h=4, w=4,
                                                 epitome=(2, 4, 2, 2), offsets="random"))
     img = images.compile_layer(net, net.layers[0])
-    cfg = TileConfig.from_params(img.params)
+    cfg = img.params
     x = rng.integers(0, 16, (2,) + net.input_shape)
     pattern = np.random.default_rng(1).random(5000) > 0.6
     got, _, _ = simulate(ReplicatedTile(cfg, img.words, 3), beats_of(x, 4), 2 * 16,
@@ -67,7 +68,7 @@ def test_replicated_tile_survives_back_pressure(rng):
 def test_replica_counts_are_checked(rng):
     net = netfile.parse(examples.conv_layer_net(rng, cin=2, cout=2, h=2, w=2, epitome=None))
     img = images.compile_layer(net, net.layers[0])
-    cfg = TileConfig.from_params(img.params)
+    cfg = img.params
     for bad in (1, 5):
         with pytest.raises(ValueError, match=r"replicas must be in 2\.\.4"):
             ReplicatedTile(cfg, img.words, bad)
@@ -77,7 +78,7 @@ class WalkDriven(Elaboratable):
     """A tile whose pixel walk comes from its `walk` port (a shared copy module), driven with
     the constants of copy `r`; the bench reaches the tile's streams through it."""
 
-    def __init__(self, tile: PIMTile, cfg: TileConfig):
+    def __init__(self, tile: PIMTile, cfg: TileParams):
         self.tile, self.cfg = tile, cfg
         self.i, self.o = tile.i, tile.o
 
@@ -94,7 +95,7 @@ def test_walk_port_copy_equals_the_constant_copy(rng):
     net = netfile.parse(examples.conv_layer_net(rng, cin=3, cout=4, h=5, w=4, stride=1,
                                                 epitome=(2, 4, 2, 2), offsets="random"))
     img = images.compile_layer(net, net.layers[0])
-    cfg = TileConfig.from_params(img.params)
+    cfg = img.params
     x = rng.integers(0, 16, (2,) + net.input_shape)
     for r in range(3):
         copy = replace(cfg, pix_first=r, pix_step=3)

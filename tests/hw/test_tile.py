@@ -7,8 +7,9 @@ import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
-from epim.hw import tile as tile_module
-from epim.hw.tile import PROG_TARGETS, PIMTile, TileConfig, prog_layout
+from epim.contract.images import ProgTarget, pack, prog_fields
+from epim.hw import ostage as ostage_module
+from epim.hw.tile import PIMTile
 from epim.sw import cyclemodel, examples, images, netfile, reference
 from tests.hw.streams import beats_of, decode, simulate
 
@@ -20,7 +21,7 @@ def compile_net(obj, lanes=None):
 
 def make(obj, lanes=None, fixed=False):
     net, img = compile_net(obj, lanes)
-    return net, img, PIMTile(TileConfig.from_params(img.params), img.words, fixed=fixed)
+    return net, img, PIMTile(img.params, img.words, fixed=fixed)
 
 
 CASES = {
@@ -65,7 +66,7 @@ def test_tile_matches_reference_and_cycle_model(name, fixed, rng, monkeypatch):
     signed carry-save tree per column where no ADC can saturate, output stages from block-RAM
     tables, or by thresholds in logic where a table would be too deep)."""
     if fixed == "no-tables":
-        monkeypatch.setattr(tile_module, "TABLE_DEPTH_MAX", 0)
+        monkeypatch.setattr(ostage_module, "TABLE_DEPTH_MAX", 0)
         fixed = True
     kw = dict(CASES[name])
     lanes = kw.pop("_lanes", None)
@@ -107,10 +108,9 @@ def test_programming_port_replaces_every_memory(rng):
 
 
 def prog_words(tile, img):
-    abits = prog_layout(tile.cfg).members["addr"]
-    return [code | (addr << 3) | (word << (3 + abits))
-            for name, code in PROG_TARGETS.items()
-            for addr, word in enumerate(img.words[name])]
+    layout = prog_fields(tile.cfg)
+    return [pack(layout, {"mem": target, "addr": addr, "data": word})
+            for target in ProgTarget for addr, word in enumerate(img.words[target.name.lower()])]
 
 
 def test_programming_survives_reset(rng):
@@ -160,7 +160,7 @@ def test_programming_survives_reset(rng):
 def test_rejects_images_of_the_wrong_size(net_obj):
     net = netfile.parse(net_obj)
     img = images.compile_layer(net, net.layers[0])
-    cfg = TileConfig.from_params(img.params)
+    cfg = img.params
     words = dict(img.words, ofat=img.words["ofat"][:-1])
     with pytest.raises(ValueError, match="memory 'ofat' needs 2 words, got 1"):
         PIMTile(cfg, words)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from epim.contract.images import ubits
 from epim.sw import epitome, examples, images, netfile
 
 
@@ -19,7 +20,7 @@ def test_crossbar_words_hold_the_epitome_matrix(rng):
     layer = net.layers[0]
     img = images.compile_layer(net, layer)
     p = img.params
-    ns, cb, ce_out = p["n_slices"], p["cell_bits"], p["ce_out"]
+    ns, cb, ce_out = p.n_slices, p.cell_bits, p.ce_out
     assert ns == 2
     e = layer.epitome.weights
     for rho, word in enumerate(img.words["xbar"]):
@@ -38,21 +39,21 @@ def test_tables_follow_the_steps(rng):
     img = images.compile_layer(net, layer)
     p = img.params
     steps = epitome.steps(layer.epitome)
-    assert p["n_steps"] == len(steps) and p["max_steps"] == p["g_in"] * p["g_out"]
+    assert p.n_steps == len(steps) and p.max_steps == p.g_in * p.g_out
     for n, st in enumerate(steps):
         word = img.words["ifrt"][n]
         assert word & 1 == (n == len(steps) - 1)
-        assert field(word >> 1, 0, p["g_out"]) == sum(1 << go for go in st.reuse)
-        assert word >> (1 + p["g_out"]) == st.gi
+        assert field(word >> 1, 0, p.g_out) == sum(1 << go for go in st.reuse)
+        assert word >> (1 + p.g_out) == st.gi
         src = epitome.ifat_sources(layer.epitome, 7, st)
-        fw = 1 + p["src_bits"]
+        fw = 1 + p.src_bits
         for e_in, s in enumerate(src):
             f = field(img.words["ifat"][n], e_in, fw)
             assert f == (0 if s < 0 else (s << 1) | 1)
     assert all(w == 0 for w in img.words["ifrt"][len(steps):])
-    cw = images.ubits(p["ce_out"])
+    cw = ubits(p.ce_out)
     for gi, word in enumerate(img.words["ofat"]):
-        assert [field(word, go, cw) for go in range(p["g_out"])] == \
+        assert [field(word, go, cw) for go in range(p.g_out)] == \
             layer.epitome.col_offset[gi].tolist()
 
 

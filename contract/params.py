@@ -1,0 +1,193 @@
+"""Typed tile parameters: the `params` of a tile's image manifest.
+
+`TileParams` is frozen and validated: `from_dict` refuses a missing, unknown or ill-typed key
+and any derived value (`passes`, `widths`) that does not match the others, so a manifest cannot
+describe a tile the generator would build differently. `to_dict` gives the manifest's `params`
+back, key for key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .images import FIELDS, MEMORIES, NAME_RE, ImageError, ubits
+
+# bounds on any size in a manifest (far above a ResNet-50's, far below what exhausts memory)
+MAX_DIM = 2**16
+MAX_BITS = 64
+
+
+@dataclass(frozen=True)
+class TileParams:
+    """Shape and PIM parameters of one conv/linear layer's tile."""
+
+    name: str
+    op: str  # "conv" or "linear"
+    cin: int
+    cout: int
+    h: int  # input feature map
+    w: int
+    ho: int  # output feature map
+    wo: int
+    kernel: int
+    stride: int
+    padding: int
+    in_bits: int
+    out_bits: int
+    relu: bool
+    weight_bits: int
+    ce_in: int  # epitome channels
+    ce_out: int
+    patch_in: int
+    patch_out: int
+    g_in: int  # input and output channel groups
+    g_out: int
+    n_slices: int  # cell slices per weight
+    n_t: int  # DAC cycles per input value
+    max_steps: int  # IFRT/IFAT depth
+    acc_bits: int
+    src_bits: int  # IFAT source field
+    xbar_rows: int
+    xbar_cols: int
+    cell_bits: int
+    dac_bits: int
+    adc_bits: int
+    lanes: int  # row chunks computed at once
+    n_steps: int  # IFRT steps in use
+    reuse: bool  # IFRT reuse on (spec section 4)
+    # Not in the manifest: a copy of a replicated layer computes the output pixels
+    # `pix_first, pix_first + pix_step, ...` of each image (raster order); a lone tile all.
+    pix_first: int = 0
+    pix_step: int = 1
+
+    # --- derived ----------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        """Epitome matrix rows `Ce_in * k * k`."""
+        return self.ce_in * self.kernel * self.kernel
+
+    @property
+    def chunks(self) -> int:
+        """Row chunks of `xbar_rows` (one ADC set each)."""
+        return -(-self.rows // self.xbar_rows)
+
+    @property
+    def passes(self) -> int:
+        """Cycles per DAC slice: the row chunks go through `lanes` adder trees and ADC sets."""
+        return -(-self.chunks // self.lanes)
+
+    @property
+    def pixels(self) -> int:
+        """Output pixels this tile computes per image."""
+        return -(-(self.ho * self.wo - self.pix_first) // self.pix_step)
+
+    @property
+    def last_pixel(self) -> int:
+        return self.pix_first + (self.pixels - 1) * self.pix_step
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """Word width of every memory (the sum of its field table)."""
+        return {m: sum(b for _, b in FIELDS[m](self)) for m in MEMORIES}
+
+    @property
+    def depths(self) -> dict[str, int]:
+        return {"xbar": self.rows, "ifrt": self.max_steps, "ifat": self.max_steps,
+                "ofat": self.g_in, "ostage": self.cout}
+
+    # --- manifest ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The manifest's `params` (derived `passes` and `widths` included, for readers)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in _LOCAL:
+                continue
+            if f.name == "n_steps":
+                out["passes"] = self.passes
+                out["widths"] = self.widths
+            out[f.name] = getattr(self, f.name)
+        return out
+
+    @classmethod
+    def from_dict(cls, d, where: str = "params") -> TileParams:
+        """Parameters from a manifest's `params`, checked; ImageError names `where`."""
+        if not isinstance(d, dict):
+            raise ImageError(f"{where}: must be an object")
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in _LOCAL]
+        unknown = sorted(set(d) - set(names) - {"passes", "widths"})
+        if unknown:
+            raise ImageError(f"{where}: unknown key {unknown[0]!r}")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in _LOCAL:
+                continue
+            if f.name not in d:
+                raise ImageError(f"{where}: {f.name!r} is missing")
+            v = d[f.name]
+            if f.type == "bool":
+                if not isinstance(v, bool):
+                    raise ImageError(f"{where}: {f.name!r} must be true or false")
+            elif f.type == "str":
+                if not isinstance(v, str):
+                    raise ImageError(f"{where}: {f.name!r} must be a string")
+            elif isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_DIM:
+                raise ImageError(f"{where}: {f.name!r} must be an integer in 0..{MAX_DIM}, "
+                                 f"not {str(v)[:40]}")
+            values[f.name] = v
+        try:
+            p = cls(**values)
+        except ValueError as exc:
+            raise ImageError(f"{where}: {exc}") from None
+        for key in ("passes", "widths"):
+            if key in d and d[key] != getattr(p, key):
+                raise ImageError(f"{where}: {key!r} is {d[key]!r}, the other parameters give "
+                                 f"{getattr(p, key)!r}")
+        return p
+
+    def __post_init__(self):
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"name {self.name!r} is not an identifier")
+        if self.op not in ("conv", "linear"):
+            raise ValueError(f"op {self.op!r} has no crossbar tile")
+        positive = ("cin", "cout", "h", "w", "ho", "wo", "kernel", "stride", "in_bits",
+                    "out_bits", "weight_bits", "ce_in", "ce_out", "patch_in", "patch_out",
+                    "g_in", "g_out", "n_slices", "n_t", "max_steps", "acc_bits", "src_bits",
+                    "xbar_rows", "xbar_cols", "cell_bits", "dac_bits", "adc_bits", "lanes",
+                    "pix_step")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key!r} must be at least 1")
+        for key in ("in_bits", "out_bits", "weight_bits", "cell_bits", "dac_bits", "adc_bits",
+                    "acc_bits"):
+            if getattr(self, key) > MAX_BITS:
+                raise ValueError(f"{key!r} must be at most {MAX_BITS}")
+        if self.src_bits < ubits(self.cin):
+            raise ValueError(f"'src_bits' {self.src_bits} cannot name {self.cin} channels")
+        if self.lanes > self.chunks:
+            raise ValueError(f"'lanes' {self.lanes} exceeds the {self.chunks} row chunks")
+        if self.n_steps > self.max_steps:
+            raise ValueError(f"'n_steps' {self.n_steps} exceeds 'max_steps' {self.max_steps}")
+        if self.n_t * self.dac_bits < self.in_bits:
+            raise ValueError(f"'n_t' {self.n_t} DAC slices of {self.dac_bits} bits cannot "
+                             f"carry {self.in_bits}-bit inputs")
+        if self.pix_first >= self.ho * self.wo:
+            raise ValueError("'pix_first' is past the last output pixel")
+
+    def check_words(self, words: dict[str, list[int]]) -> None:
+        """Refuse memory contents that do not fit the tile's memories (ValueError)."""
+        for name, depth in self.depths.items():
+            if name not in words:
+                raise ValueError(f"memory {name!r} has no initial contents")
+            if len(words[name]) != depth:
+                raise ValueError(f"memory {name!r} needs {depth} words, got {len(words[name])}")
+            if any(not 0 <= v < 2 ** self.widths[name] for v in words[name]):
+                raise ValueError(f"memory {name!r} has a word wider than "
+                                 f"{self.widths[name]} bits")
+
+    def replica(self, first: int, step: int) -> TileParams:
+        """The parameters of the copy that computes pixels `first, first + step, ...`."""
+        return dataclasses.replace(self, pix_first=first, pix_step=step)
+
+
+_LOCAL = ("pix_first", "pix_step")
