@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 
-from ..contract.images import ifrt_fields, offsets
+from ..contract.images import ifat_fields, ifrt_fields, offsets, unpack
 from ..contract.params import TileParams
 
 
@@ -133,15 +133,17 @@ def ifat_rows(m: Module, cfg: TileParams, ifat, x_window, x_step, init: dict,
     """The input value of every crossbar row (epitome input channel, kernel row, kernel
     column) in this step: the input channel the IFAT names, or 0 for an inactive row."""
     k = cfg.kernel
-    fw = 1 + cfg.src_bits
+    layout = ifat_fields(cfg)
+    f = offsets(layout)
+    words = [unpack(layout, w) for w in init["ifat"]]
     x_rows = []
     for e_in in range(cfg.ce_in):
-        active = ifat.data[e_in * fw]
-        src = ifat.data[e_in * fw + 1:(e_in + 1) * fw]
+        (a_at, _), (s_at, s_bits) = f[f"active{e_in}"], f[f"src{e_in}"]
+        active = ifat.data[a_at]
+        src = ifat.data[s_at:s_at + s_bits]
         # a fixed tile's IFAT is a ROM: each row picks among the (few) sources its steps
         # name, by step, instead of among every input channel
-        per_step = [((w >> (e_in * fw)) & 1, (w >> (e_in * fw + 1)) & (2**cfg.src_bits - 1))
-                    for w in init["ifat"]]
+        per_step = [(w[f"active{e_in}"], w[f"src{e_in}"]) for w in words]
         for kh in range(k):
             for kw in range(k):
                 row = Signal(cfg.in_bits, name=f"x_row_{e_in}_{kh}_{kw}")
