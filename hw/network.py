@@ -18,6 +18,7 @@ from amaranth.hdl import Cat, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..contract import graph as unit_graph
 from ..contract.images import NAME_RE, NETWORK_FORMAT, ImageError, read_manifest
 from .images import load
 from .replicas import ReplicatedTile
@@ -120,74 +121,50 @@ class NetworkAccelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         man = self._man
-        input_name = man["input"]["name"]
-        # readers of every tensor, in the order the cycle model uses
-        readers: dict[str, list[tuple[str, int]]] = {input_name: []}
-        for u in man["units"]:
-            readers[u["name"]] = []
-        for u in man["units"]:
-            for k, src in enumerate(u["inputs"]):
-                readers[src].append((u["name"], k))
-        readers[man["output"]["name"]].append(("<output>", 0))
-        feeds: dict[tuple[str, int], object] = {}  # reader -> the stream interface it reads
+        units = {u["name"]: u for u in man["units"]}
+        nodes = unit_graph.plan(
+            man["input"]["name"], [(u["name"], u["op"], u["inputs"]) for u in man["units"]],
+            man["output"]["name"], {u["name"] for u in man["units"] if u.get("flatten")},
+            {u["name"]: u["fifo"] for u in man["units"] if u["op"] == "add"})
+        outs: dict[str, list] = {}  # each node's output streams, by port
         idles = []
-
-        def publish(tensor: str, port) -> None:
-            rs = readers[tensor]
-            if len(rs) == 1:
-                feeds[rs[0]] = port
-                return
-            fork = Fork(len(port.payload), len(rs))
-            m.submodules[f"{tensor}_fork"] = fork
-            wiring.connect(m, port, fork.i)
-            idles.append(fork.idle)
-            for r, o in zip(rs, fork.outs(), strict=True):
-                feeds[r] = o
-
-        publish(input_name, wiring.flipped(self.i))
-        for u in man["units"]:
-            name = u["name"]
-            if "folder" in u:
-                src = feeds[(name, 0)]
-                if u["flatten"]:
-                    f = u["flatten"]
-                    flat = Flatten(f["channels"], f["pixels"], f["bits"])
-                    m.submodules[f"{name}_flatten"] = flat
-                    wiring.connect(m, src, flat.i)
-                    idles.append(flat.idle)
-                    src = flat.o
-                tile = self._tiles[name]
-                m.submodules[f"{name}_tile"] = tile
-                wiring.connect(m, src, tile.i)
-                if isinstance(tile, PIMTile):
-                    m.d.comb += tile.prog.valid.eq(0)
-                idles.append(tile.idle)
-                publish(name, tile.o)
-            elif u["op"] == "add":
+        for node in nodes:
+            srcs = [outs[name][port] for name, port in node.inputs]
+            u = units.get(node.layer)
+            if node.kind == "source":
+                outs[node.name] = [wiring.flipped(self.i)]
+                continue
+            if node.kind == "sink":
+                wiring.connect(m, srcs[0], wiring.flipped(self.o))
+                continue
+            if node.kind == "fork":
+                unit = Fork(len(srcs[0].payload), node.ways)
+                sub, ins, out = f"{node.layer}_fork", [unit.i], unit.outs()
+            elif node.kind == "flatten":
+                f = u["flatten"]
+                unit = Flatten(f["channels"], f["pixels"], f["bits"])
+                sub, ins, out = f"{u['name']}_flatten", [unit.i], [unit.o]
+            elif node.kind == "tile":
+                unit = self._tiles[u["name"]]
+                sub, ins, out = f"{u['name']}_tile", [unit.i], [unit.o]
+                if isinstance(unit, PIMTile):
+                    m.d.comb += unit.prog.valid.eq(0)
+            elif node.kind == "fifo":
+                width = u["a_bits" if node.port == 0 else "b_bits"] * u["channels"]
+                unit = StreamFIFO(width, u["fifo"][node.port])
+                sub, ins, out = f"{u['name']}_fifo{'ab'[node.port]}", [unit.i], [unit.o]
+            elif node.kind == "add":
                 unit = AddUnit(u["channels"], u["a_bits"], u["b_bits"], u["out_bits"], u["ma"],
                                u["mb"], u["shift"])
-                m.submodules[f"{name}_add"] = unit
-                for k, port in enumerate((unit.a, unit.b)):
-                    src = feeds[(name, k)]
-                    depth = u["fifo"][k]
-                    if depth:
-                        fifo = StreamFIFO(len(port.payload), depth)
-                        m.submodules[f"{name}_fifo{'ab'[k]}"] = fifo
-                        wiring.connect(m, src, fifo.i)
-                        idles.append(fifo.idle)
-                        src = fifo.o
-                    wiring.connect(m, src, port)
-                idles.append(unit.idle)
-                publish(name, unit.o)
-            elif u["op"] == "avgpool_global":
+                sub, ins, out = f"{u['name']}_add", [unit.a, unit.b], [unit.o]
+            else:
                 unit = PoolUnit(u["channels"], u["pixels"], u["in_bits"], u["out_bits"],
                                 u["mult"], u["shift"])
-                m.submodules[f"{name}_pool"] = unit
-                wiring.connect(m, feeds[(name, 0)], unit.i)
-                idles.append(unit.idle)
-                publish(name, unit.o)
-            else:
-                raise ImageError(f"unit {name!r}: unknown op {u['op']!r}")
-        wiring.connect(m, feeds[("<output>", 0)], wiring.flipped(self.o))
+                sub, ins, out = f"{u['name']}_pool", [unit.i], [unit.o]
+            m.submodules[sub] = unit
+            for src, port in zip(srcs, ins, strict=True):
+                wiring.connect(m, src, port)
+            idles.append(unit.idle)
+            outs[node.name] = out
         m.d.comb += self.idle.eq(Cat(*idles).all())
         return m

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..contract import graph as unit_graph
 from . import cyclemodel
 from .cyclemodel import TileTiming, tile_timing
 from .netfile import Layer, Network
@@ -329,22 +330,17 @@ def shape_of(net: Network, name: str) -> tuple[int, int, int]:
     return net.layer(name).out_shape
 
 
-def consumers(net: Network) -> dict[str, list[tuple[str, int]]]:
-    """For each tensor: the (layer, input index) that read it; the network output reads the
-    output layer's tensor as `("<output>", 0)`."""
-    out: dict[str, list[tuple[str, int]]] = {net.input_name: []}
-    for layer in net.layers:
-        out[layer.name] = []
-    for layer in net.layers:
-        for i, src in enumerate(layer.inputs):
-            out[src].append((layer.name, i))
-    out[net.output].append(("<output>", 0))
-    return out
-
-
 def needs_flatten(net: Network, layer: Layer) -> bool:
     """A linear layer reading a map larger than 1x1 takes its input through a Flatten unit."""
-    return layer.op == "linear" and _beats(shape_of(net, layer.inputs[0])) > 1
+    return unit_graph.needs_flatten(layer.op, shape_of(net, layer.inputs[0]))
+
+
+def unit_plan(net: Network, fifo_depths: dict[str, list[int | None]] | None
+              ) -> list[unit_graph.Node]:
+    """The accelerator's units (`epim.contract.graph.plan`) for a network."""
+    layers = [(lay.name, lay.op, lay.inputs) for lay in net.layers]
+    flatten = {lay.name for lay in net.layers if needs_flatten(net, lay)}
+    return unit_graph.plan(net.input_name, layers, net.output, flatten, fifo_depths or {})
 
 
 def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | None]] | None,
@@ -354,55 +350,25 @@ def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | N
     (0: no FIFO on that input; None: unbounded); default: unbounded on both inputs. `lanes`:
     row-chunk lanes of the tiles (`epim.sw.cyclemodel.lanes_for`); `replicas`: copies of each
     tile (`epim.sw.cyclemodel.replicas_for`)."""
-    nodes: list[Node] = []
-    cons = consumers(net)
     _, h, w = net.input_shape
-    nodes.append(Node("input", "source", Source(n_images * h * w, rng)))
-    # where each tensor's stream comes from, per consumer
-    feeds: dict[tuple[str, int], tuple[str, int]] = {}
-
-    def publish(tensor: str, unit: str) -> None:
-        readers = cons[tensor]
-        if len(readers) == 1:
-            feeds[readers[0]] = (unit, 0)
+    nodes: list[Node] = []
+    for plan in unit_plan(net, fifo_depths):
+        layer = net.layer(plan.layer) if plan.kind not in ("source", "fork", "sink") else None
+        if plan.kind == "source":
+            unit = Source(n_images * h * w, rng)
+        elif plan.kind == "sink":
+            unit = Sink(rng)
+        elif plan.kind == "fork":
+            unit = ForkModel(plan.ways)
+        elif plan.kind in ("flatten", "pool"):
+            unit = CollectModel(_beats(shape_of(net, layer.inputs[0])))
+        elif plan.kind == "tile":
+            unit = tile_model(layer, net.pim, reuse, lanes, replicas)
+        elif plan.kind == "fifo":
+            unit = FifoModel((fifo_depths or {}).get(layer.name, [None, None])[plan.port])
         else:
-            fork = f"{tensor}.fork"
-            nodes.append(Node(fork, "fork", ForkModel(len(readers)), [(unit, 0)], tensor))
-            for j, r in enumerate(readers):
-                feeds[r] = (fork, j)
-
-    publish(net.input_name, "input")
-    for layer in net.layers:
-        if layer.op in ("conv", "linear"):
-            src = feeds[(layer.name, 0)]
-            if needs_flatten(net, layer):
-                flat = f"{layer.name}.flatten"
-                nodes.append(Node(flat, "flatten",
-                                  CollectModel(_beats(shape_of(net, layer.inputs[0]))), [src],
-                                  layer.name))
-                src = (flat, 0)
-            nodes.append(Node(layer.name, "tile",
-                              tile_model(layer, net.pim, reuse, lanes, replicas), [src],
-                              layer.name))
-        elif layer.op == "add":
-            srcs = []
-            depths = (fifo_depths or {}).get(layer.name, [None, None])
-            for i in range(2):
-                src = feeds[(layer.name, i)]
-                if depths[i] != 0:
-                    fifo = f"{layer.name}.fifo{'ab'[i]}"
-                    nodes.append(Node(fifo, "fifo", FifoModel(depths[i]), [src], layer.name))
-                    src = (fifo, 0)
-                srcs.append(src)
-            nodes.append(Node(layer.name, "add", AddModel(), srcs, layer.name))
-        elif layer.op == "avgpool_global":
-            nodes.append(Node(layer.name, "pool",
-                              CollectModel(_beats(shape_of(net, layer.inputs[0]))),
-                              [feeds[(layer.name, 0)]], layer.name))
-        else:
-            raise ValueError(f"layer {layer.name!r}: no hardware for op {layer.op!r}")
-        publish(layer.name, layer.name)
-    nodes.append(Node("output", "sink", Sink(rng), [feeds[("<output>", 0)]]))
+            unit = AddModel()
+        nodes.append(Node(plan.name, plan.kind, unit, list(plan.inputs), plan.layer))
     return Graph(nodes)
 
 

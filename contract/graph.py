@@ -1,0 +1,104 @@
+"""The rules that turn a layer graph into the accelerator's units, written once.
+
+The network cycle model (`epim.sw.netcycles`), the image compiler (`epim.sw.images`) and the
+accelerator (`epim.hw.network`) all build the same unit graph from these rules:
+
+- every conv/linear layer is a `tile`, every `add` an `add`, every `avgpool_global` a `pool`;
+- a linear layer that reads a map of more than one pixel reads it through a `flatten` unit
+  (it collects the map's beats into one);
+- a tensor with more than one reader (the network output counts as one) goes through a
+  `fork` with one output per reader, in the order the readers appear;
+- an input of an `add` goes through a skip `fifo` unless its depth is 0 (a depth of None is
+  an unbounded FIFO, which only the cycle model uses, to measure the depths).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+OUTPUT = "<output>"  # the reader that stands for the network output
+
+
+@dataclass(frozen=True)
+class Node:
+    """One unit of the accelerator. `inputs` are `(producer node, its output port)`;
+    `layer` is the layer (for a fork: the tensor) the unit belongs to."""
+
+    name: str
+    kind: str  # source | fork | flatten | tile | fifo | add | pool | sink
+    inputs: tuple[tuple[str, int], ...]
+    layer: str | None = None
+    ways: int = 1  # a fork's outputs
+    port: int = 0  # a fifo's add input (0: a, 1: b)
+
+
+KINDS = {"conv": "tile", "linear": "tile", "add": "add", "avgpool_global": "pool"}
+
+
+def needs_flatten(op: str, in_shape: Sequence[int]) -> bool:
+    """A linear layer reading a map of more than one pixel `(C, H, W)` needs a flatten unit."""
+    return op == "linear" and in_shape[1] * in_shape[2] > 1
+
+
+def readers(input_name: str, layers: Sequence[tuple[str, str, Sequence[str]]],
+            output: str) -> dict[str, list[tuple[str, int]]]:
+    """For each tensor: the (layer, input index) that read it, in layer order; the network
+    output reads the output tensor as `(OUTPUT, 0)`."""
+    out: dict[str, list[tuple[str, int]]] = {input_name: []}
+    for name, _, _ in layers:
+        out[name] = []
+    for name, _, inputs in layers:
+        for i, src in enumerate(inputs):
+            out[src].append((name, i))
+    out[output].append((OUTPUT, 0))
+    return out
+
+
+def plan(input_name: str, layers: Sequence[tuple[str, str, Sequence[str]]], output: str,
+         flatten: set[str], fifos: dict[str, Sequence[int | None]]) -> list[Node]:
+    """The units of a network in dataflow order, from `source` (named "input") to `sink`
+    (named "output"). `layers` are `(name, op, inputs)` in the network's order; `flatten` the
+    linear layers that need a flatten unit (`needs_flatten`); `fifos[add] = [depth_a,
+    depth_b]` (missing: unbounded)."""
+    cons = readers(input_name, layers, output)
+    nodes = [Node("input", "source", ())]
+    feeds: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def publish(tensor: str, unit: str) -> None:
+        rs = cons[tensor]
+        if len(rs) == 1:
+            feeds[rs[0]] = (unit, 0)
+            return
+        fork = f"{tensor}.fork"
+        nodes.append(Node(fork, "fork", ((unit, 0),), tensor, ways=len(rs)))
+        for j, r in enumerate(rs):
+            feeds[r] = (fork, j)
+
+    publish(input_name, "input")
+    for name, op, _ in layers:
+        kind = KINDS.get(op)
+        if kind is None:
+            raise ValueError(f"layer {name!r}: no hardware unit for op {op!r}")
+        if kind == "tile":
+            src = feeds[(name, 0)]
+            if name in flatten:
+                nodes.append(Node(f"{name}.flatten", "flatten", (src,), name))
+                src = (f"{name}.flatten", 0)
+            nodes.append(Node(name, "tile", (src,), name))
+        elif kind == "add":
+            srcs = []
+            depths = fifos.get(name, [None, None])
+            for i in range(2):
+                src = feeds[(name, i)]
+                if depths[i] != 0:
+                    fifo = f"{name}.fifo{'ab'[i]}"
+                    nodes.append(Node(fifo, "fifo", (src,), name, port=i))
+                    src = (fifo, 0)
+                srcs.append(src)
+            nodes.append(Node(name, "add", tuple(srcs), name))
+        else:
+            nodes.append(Node(name, "pool", (feeds[(name, 0)],), name))
+        publish(name, name)
+    nodes.append(Node("output", "sink", (feeds[(OUTPUT, 0)],)))
+    return nodes
