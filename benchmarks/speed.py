@@ -41,7 +41,7 @@ MODEL = ROOT / "examples" / "mnist-epim-cnn-r4" / "net.json"
 def epim(*args: str) -> tuple[float, str]:
     """Run the `epim` command; (seconds, output). Fails loudly on a non-zero exit."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "epim.sim.cli", *args], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "epim.app.cli", *args], capture_output=True,
                          text=True)
     if out.returncode:
         raise SystemExit(f"epim {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from epim.app import generate
 from epim.sim import buildcache, cosim
 from epim.sw import data, netcycles, netfile, reference
 
@@ -79,7 +80,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="epim-vopts-"))
     rows = []
     try:
-        gen = cosim.generate_network(net, work / "generated")
+        gen = generate.generate_network(net, work / "generated")
         mb = gen.verilog.stat().st_size / 1e6
         print(f"{args.net}: {mb:.1f} MB of Verilog, {len(x)} images")
         print(f"{'set':18} {'verilate s':>10} {'C++ s':>8} {'build s':>8} {'sim s':>7} "

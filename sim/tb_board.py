@@ -1,5 +1,5 @@
 """cocotb testbench of the board top (`epim.hw.board.BoardLink`): it drives the UART pins only,
-bit by bit, as the board's USB-serial chip would. Run through `epim.sim.board`, not by pytest.
+bit by bit, as the board's USB-serial chip would. Run through `epim.app.board`, not by pytest.
 
 The job file lists byte strings to send; the bench sends each in turn, then waits until the
 expected number of bytes came back on `tx` (or a cycle limit passes), and writes every byte it

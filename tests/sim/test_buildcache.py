@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from epim.sim import buildcache, cosim
+from epim.app import generate, verify
+from epim.sim import buildcache
 from epim.sw import examples, netfile, reference
 
 
@@ -28,22 +29,22 @@ def one_layer():
 def test_generation_is_reused_only_when_unchanged(tmp_path, one_layer):
     small_net = one_layer
     out = tmp_path / "g"
-    first = cosim.generate_network(small_net, out)
+    first = generate.generate_network(small_net, out)
     assert not first.cached
-    stamp = out / cosim.GENERATE_STAMP
+    stamp = out / generate.GENERATE_STAMP
     times = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    again = cosim.generate_network(small_net, out)
+    again = generate.generate_network(small_net, out)
     assert again.cached and again.manifest == first.manifest
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == times
     # a changed tile image, or a Verilog file edited by hand, is never taken as current
     hexfile = next((out / "tiles").rglob("xbar.hex"))
     hexfile.write_text(hexfile.read_text().replace("0", "1", 1))
-    assert not cosim.generate_network(small_net, out).cached
-    assert cosim.generate_network(small_net, out).cached
-    (out / cosim.NETWORK_VERILOG).write_text("module x; endmodule\n")
-    assert not cosim.generate_network(small_net, out).cached
+    assert not generate.generate_network(small_net, out).cached
+    assert generate.generate_network(small_net, out).cached
+    (out / generate.NETWORK_VERILOG).write_text("module x; endmodule\n")
+    assert not generate.generate_network(small_net, out).cached
     # other options are another design
-    assert not cosim.generate_network(small_net, out,
+    assert not generate.generate_network(small_net, out,
                                       replicas={small_net.layers[0].name: 2}).cached
     assert json.loads(stamp.read_text())["key"] != ""
 
@@ -94,14 +95,14 @@ def test_one_build_per_key_also_when_runs_race(tmp_path, monkeypatch):
 def test_second_cosim_neither_generates_nor_builds(tmp_path, small_net, monkeypatch):
     x = np.random.default_rng(0).integers(0, 2**small_net.input_bits,
                                           (2, *small_net.input_shape))
-    y1, rep1 = cosim.cosim_network(small_net, x, tmp_path / "b")
+    y1, rep1 = verify.cosim_network(small_net, x, tmp_path / "b")
     assert not rep1["generate_cached"]
 
     def refuse(*args, **kwargs):
         raise AssertionError("rebuilt although nothing changed")
 
     monkeypatch.setattr(buildcache, "run_with_progress", refuse)
-    y2, rep2 = cosim.cosim_network(small_net, x, tmp_path / "b")
+    y2, rep2 = verify.cosim_network(small_net, x, tmp_path / "b")
     assert rep2["generate_cached"] and rep2["match"] and rep2["cycles_match"]
     np.testing.assert_array_equal(y2, reference.run_network(small_net, x))
     np.testing.assert_array_equal(y1, y2)
@@ -110,13 +111,13 @@ def test_second_cosim_neither_generates_nor_builds(tmp_path, small_net, monkeypa
 def test_generation_replaces_the_folder_whole(tmp_path, one_layer, capsys):
     """No file of an earlier generation survives; a folder of someone else's files is never
     replaced."""
-    from epim.sim.cli import main
+    from epim.app.cli import main
 
     out = tmp_path / "g"
     other = netfile.parse(examples.random_layer_net(2))  # another layer name
-    cosim.generate_network(other, out)
+    generate.generate_network(other, out)
     old_tiles = {p.name for p in (out / "tiles").iterdir()}
-    cosim.generate_network(one_layer, out)
+    generate.generate_network(one_layer, out)
     assert {p.name for p in (out / "tiles").iterdir()} == {one_layer.layers[0].name}
     assert old_tiles - {one_layer.layers[0].name}
     assert not list(tmp_path.glob(".g.*"))  # no staging or old folder left beside it
@@ -148,15 +149,15 @@ def test_generate_killed_anywhere_leaves_the_old_or_the_new_output(tmp_path):
     out = tmp_path / "out"
     want = {}
     for seed, net in nets.items():  # each network's manifest and key, generated once
-        gen = cosim.generate_network(net, tmp_path / f"ref{seed}")
+        gen = generate.generate_network(net, tmp_path / f"ref{seed}")
         text = (gen.folder / "network.json").read_text()
-        want[seed] = (cosim.generation_key(text, "network"), text)
-    cosim.generate_network(nets[0], out)
+        want[seed] = (generate.generation_key(text, "network"), text)
+    generate.generate_network(nets[0], out)
     rng = random.Random(7)
     seen = set()
     for trial in range(20):
         seed = trial % 2
-        proc = subprocess.Popen([sys.executable, "-m", "epim.sim.cli", "generate",
+        proc = subprocess.Popen([sys.executable, "-m", "epim.app.cli", "generate",
                                  str(tmp_path / f"net{seed}.json"), "--out", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.3, 4.0))
@@ -164,9 +165,9 @@ def test_generate_killed_anywhere_leaves_the_old_or_the_new_output(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         complete = [s for s, (key, text) in want.items()
-                    if cosim.network_is_current(out, key, text)]
+                    if generate.network_is_current(out, key, text)]
         assert len(complete) == 1, f"trial {trial}: the output folder is not one generation"
         seen.add((proc.returncode == 0, complete[0]))
-    cosim.generate_network(nets[1], out)
+    generate.generate_network(nets[1], out)
     assert not list(tmp_path.glob(".out.*"))
     assert any(not ok for ok, _ in seen)  # some runs were killed part way

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from epim.app import generate, verify
 from epim.sim import cosim
 from epim.sim.verilator import ToolMissing, verilator_root
 from epim.sw import epitome, examples, netfile, reference
@@ -22,7 +23,7 @@ def build_root(tmp_path_factory):
 def test_random_layers_bit_exact_and_cycle_exact(seed, build_root):
     net = netfile.parse(examples.random_layer_net(seed))
     x = np.random.default_rng(seed).integers(0, 2**net.input_bits, (3,) + net.input_shape)
-    y, rep = cosim.cosim(net, x, build_root)
+    y, rep = verify.cosim(net, x, build_root)
     np.testing.assert_array_equal(y, reference.run_network(net, x))
     assert rep["match"] and rep["mismatches"] == 0
     assert rep["cycles"] == rep["predicted_cycles"]
@@ -39,7 +40,7 @@ def test_lossless_layer_equals_pytorch(build_root):
     layer.update(mult=[1] * 7, shift=[0] * 7, bias=[0] * 7)  # output = accumulator
     net = netfile.parse(obj)
     x = rng.integers(0, 16, (2,) + net.input_shape)
-    y, rep = cosim.cosim(net, x, build_root)
+    y, rep = verify.cosim(net, x, build_root)
     lay = net.layers[0]
     weight = epitome.sample_weight(lay.epitome, 5, 7)
     ref = torch.nn.functional.conv2d(torch.tensor(x, dtype=torch.float64),
@@ -52,11 +53,11 @@ def test_lossless_layer_equals_pytorch(build_root):
 def test_default_layer_utilisation_and_stalls(build_root):
     net = netfile.parse(examples.default_layer_net())
     x = np.random.default_rng(1).integers(0, 16, (3,) + net.input_shape)
-    y, rep = cosim.cosim(net, x, build_root)
+    y, rep = verify.cosim(net, x, build_root)
     assert rep["cycles_match"] and rep["match"]
     assert rep["ideal_cycles_per_image"] / rep["steady_cycles_per_image"] >= 0.9
     # Random input gaps and output back-pressure: slower, nothing lost or reordered.
-    y2, rep2 = cosim.cosim(net, x, build_root, stalls=True, seed=3)
+    y2, rep2 = verify.cosim(net, x, build_root, stalls=True, seed=3)
     np.testing.assert_array_equal(y2, y)
     assert rep2["match"] and rep2["cycles"][0] > rep["cycles"][0]
 
@@ -64,7 +65,7 @@ def test_default_layer_utilisation_and_stalls(build_root):
 def test_blank_tile_programmed_through_the_port(build_root):
     net = netfile.parse(examples.random_layer_net(4))
     x = np.random.default_rng(4).integers(0, 2**net.input_bits, (2,) + net.input_shape)
-    y, rep = cosim.cosim(net, x, build_root, program=True, stalls=True, seed=5)
+    y, rep = verify.cosim(net, x, build_root, program=True, stalls=True, seed=5)
     np.testing.assert_array_equal(y, reference.run_network(net, x))
     assert rep["programmed_via_port"] and rep["prog_beats"] > 0
 
@@ -74,8 +75,8 @@ def test_reprogramming_between_batches(build_root, tmp_path):
     kw = dict(cin=4, cout=6, h=5, w=5, epitome=(3, 4, 2, 3), offsets="random")
     net_a = netfile.parse(examples.conv_layer_net(np.random.default_rng(10), **kw))
     net_b = netfile.parse(examples.conv_layer_net(np.random.default_rng(11), **kw))
-    gen = cosim.generate(net_a, tmp_path / "a")
-    img_b = cosim.generate(net_b, tmp_path / "b").image
+    gen = generate.generate(net_a, tmp_path / "a")
+    img_b = generate.generate(net_b, tmp_path / "b").image
     rng = np.random.default_rng(12)
     xa, xb = (rng.integers(0, 16, (2,) + net_a.input_shape) for _ in range(2))
     phases = [{"program": [], "inputs": cosim.pack_beats(xa, 4), "n_out": 50},
@@ -120,7 +121,7 @@ def test_linear_layer_on_a_feature_map(build_root):
     net = netfile.parse(obj)
     assert net.layers[0].in_channels == 8
     x = rng.integers(0, 16, (3, 2, 2, 2))
-    y, rep = cosim.cosim(net, x, build_root)
+    y, rep = verify.cosim(net, x, build_root)
     assert y.shape == (3, 5)
     np.testing.assert_array_equal(y, reference.run_network(net, x))
     assert rep["cycles_match"]
@@ -133,6 +134,6 @@ def test_compute_shorter_than_gather(build_root):
         rng, cin=3, cout=4, h=5, w=5, epitome=None, in_bits=2,
         pim=dict(examples.DEFAULT_PIM, dac_bits=2)))
     x = rng.integers(0, 4, (3,) + net.input_shape)
-    y, rep = cosim.cosim(net, x, build_root)
+    y, rep = verify.cosim(net, x, build_root)
     np.testing.assert_array_equal(y, reference.run_network(net, x))
     assert rep["cycles_match"] and rep["slot_cycles"] == 4

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from epim.app import verify
 from epim.hw.images import ImageError
 from epim.hw.network import load_network
-from epim.sim import cosim
 from epim.sw import cyclemodel, examples, images, netcycles, netfile, reference
 
 
@@ -78,7 +78,7 @@ def test_random_networks_in_cosim(seed, build_root):
     outputs bit-exact, and every handshake in the cycle the network model predicts."""
     net = netfile.parse(examples.random_network_net(seed))
     x = np.random.default_rng(seed).integers(0, 2**net.input_bits, (3, *net.input_shape))
-    y, rep = cosim.cosim_network(net, x, build_root / f"n{seed}")
+    y, rep = verify.cosim_network(net, x, build_root / f"n{seed}")
     np.testing.assert_array_equal(y, reference.run_network(net, x))
     assert rep["match"] and rep["matching_images"] == 3
     assert rep["cycles"] == rep["predicted_cycles"] and rep["cycles_match"]
@@ -93,7 +93,7 @@ def test_network_with_stalls_and_one_lane_loses_nothing(build_root):
     net = netfile.parse(examples.random_network_net(4))  # two residual blocks
     assert sum(la.op == "add" for la in net.layers) == 2
     x = np.random.default_rng(1).integers(0, 2**net.input_bits, (4, *net.input_shape))
-    y, rep = cosim.cosim_network(net, x, build_root / "stalls", stalls=True, seed=5, lanes=1)
+    y, rep = verify.cosim_network(net, x, build_root / "stalls", stalls=True, seed=5, lanes=1)
     assert any(row.get("passes", 1) > 1 for row in rep["layers"].values())
     np.testing.assert_array_equal(y, reference.run_network(net, x))
     assert rep["cycles_match"]
@@ -110,7 +110,7 @@ def test_replicated_network_with_stalls_on_verilator(build_root):
     reps = replication.choose_replicas(net, replication.crossbars(net) * 2)
     assert max(reps.values()) > 1
     x = np.random.default_rng(2).integers(0, 2**net.input_bits, (3, *net.input_shape))
-    y, rep = cosim.cosim_network(net, x, build_root / "replicas", stalls=True, seed=3,
+    y, rep = verify.cosim_network(net, x, build_root / "replicas", stalls=True, seed=3,
                                  replicas=reps)
     np.testing.assert_array_equal(y, reference.run_network(net, x))
     assert rep["cycles_match"] and rep["replicas"] == reps

@@ -205,7 +205,7 @@ def test_torchrun_two_cpu_processes_train_one_model(tmp_path):
     """DistributedDataParallel with the Gloo backend: two processes, one model."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", "2", "-m", "epim.sim.cli", "train", "--data", "mnist-5k",
+           "--nproc-per-node", "2", "-m", "epim.app.cli", "train", "--data", "mnist-5k",
            "--limit", "2048", "--test-limit", "500", "--epochs", "3", "--batch-size", "64",
            "--ratio", "2", "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

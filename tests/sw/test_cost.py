@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epim.sim.cli import main as cli
+from epim.app.cli import main as cli
 from epim.sw import cost, examples, export, models, netcycles, netfile, study
 from epim.sw.netfile import PIM, parse
 

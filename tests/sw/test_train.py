@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from epim.sim.cli import main
+from epim.app.cli import main
 from epim.sw import data, netfile, reference, train
 
 SMALL = dict(data="mnist-5k", model="cnn", ratio=2.0, width=8, epochs=2, limit=2048,

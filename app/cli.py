@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import reports
+
 EXIT_BAD_INPUT = 2
 EXIT_MISMATCH = 1
 
@@ -70,48 +72,16 @@ def cmd_check(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from dataclasses import replace
-
     from ..sw.reproducible import pin_cpu_kernels
 
     pin_cpu_kernels()
 
-    from ..sw import compress, models, search
-    from ..sw.export import export
-    from ..sw.train import fit, load_checkpoint
+    from ..sw.search import search_checkpoint
 
-    cfg, dense = load_checkpoint(args.init)
-    if not dense.quantized:
-        raise ValueError(f"--init {args.init}: search from a trained quantized dense model "
-                         "(the float model has no integer form)")
-    pim = cfg.pim
-    budget = args.budget
-    if budget is None:
-        uni = compress.epitomize(dense, models.nodes(cfg.model, args.ratio, cfg.width,
-                                                     quant=cfg.quant, pim=pim))
-        budget = compress.model_crossbars(uni, pim)
-    srch = search.Search(dense, pim, budget, bits_choices=tuple(args.bits),
-                         weights=tuple(args.weights))
-    seeds = [srch.uniform(args.ratio)] if args.ratio else []
-    res = srch.run(args.population, args.generations, mutation=args.mutation, seed=args.seed,
-                   seeds=seeds, log=print)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    obj = {"budget": budget, "evaluated": res.evaluated,
-           "best": search.describe(res.best, srch.slots),
-           "front": [search.describe(c, srch.slots) for c in res.front]}
-    print(f"best: {res.best.crossbars} crossbars (budget {budget}), proxy "
-          f"{res.best.proxy:.4f}, {res.best.cycles:.0f} cycles/image, "
-          f"{res.best.energy_uj:.2f} uJ/image; Pareto front of {len(res.front)} in "
-          f"{out / 'search.json'}")
-    if args.finetune:
-        model = compress.epitomize(dense, srch.nodes(res.best.genes))
-        m = fit(replace(cfg, epochs=args.finetune), out, model=model)
-        (out / "net.json").write_text(json.dumps(export(m["model"].cpu(), pim)) + "\n")
-        obj["finetuned_test_accuracy"] = m["test_accuracy"]
-        print(f"fine-tuned {args.finetune} epochs: test accuracy {m['test_accuracy']:.4f}; "
-              f"wrote {out / 'net.json'}")
-    (out / "search.json").write_text(json.dumps(obj, indent=1) + "\n")
+    search_checkpoint(args.init, args.out, ratio=args.ratio, budget=args.budget,
+                      bits=tuple(args.bits), weights=tuple(args.weights),
+                      population=args.population, generations=args.generations,
+                      mutation=args.mutation, seed=args.seed, finetune=args.finetune, log=print)
     return 0
 
 
@@ -124,23 +94,9 @@ def cmd_cost(args) -> int:
     replicas = resolve_replicas(net, args.replicas, args.budget, lanes, not args.no_reuse)
     nc = cost.network_cost(net, consts=consts, reuse=not args.no_reuse, lanes=lanes,
                            replicas=replicas)
-    print(f"{'layer':14} {'copies':>6} {'xbars':>6} {'dense8':>7} {'area mm2':>9} "
-          f"{'activ.':>8} {'no reuse':>9} {'latency':>8} {'cyc/img':>8} {'energy nJ':>10}")
-    for c in nc.layers:
-        print(f"{c.name:14} {c.replicas:6d} {c.crossbars:6d} {c.dense8_crossbars:7d} "
-              f"{c.cell_area_mm2:9.4f} {c.activations:8d} {c.activations_no_reuse:9d} "
-              f"{c.cycles_latency:8d} {c.cycles_per_image:8.0f} "
-              f"{c.energy_total_pj * 1e-3:10.1f}")
-    s = nc.summary()
-    parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in s["energy_uj_by_part"].items())
-    print(f"network: {s['crossbars']} crossbars ({s['compression_vs_dense8']:.2f}x fewer than "
-          f"dense 8-bit: {s['dense8_crossbars']}), {s['cell_area_mm2']:.4f} mm2 of cells, "
-          f"{s['activations']} activations per image ({s['activations_no_reuse']} without "
-          f"reuse), {s['cycles_per_image']:.0f} cycles per image = {s['ns_per_image']:.0f} ns "
-          f"at {consts.clock_mhz:g} MHz, energy {s['energy_uj'] * 1e3:.1f} nJ per image "
-          f"({parts})")
+    print(reports.cost_table(nc, consts))
     if args.json:
-        obj = {"summary": s, "layers": [{**vars(c), "energy_total_pj": c.energy_total_pj}
+        obj = {"summary": nc.summary(), "layers": [{**vars(c), "energy_total_pj": c.energy_total_pj}
                                         for c in nc.layers], "constants": vars(consts)}
         Path(args.json).write_text(json.dumps(obj, indent=1) + "\n")
     return 0
@@ -149,7 +105,7 @@ def cmd_cost(args) -> int:
 def cmd_reference(args) -> int:
     from ..sw import reference
     from ..sw.progress import bar as progress_bar
-    from .cosim import save_npy
+    from .generate import save_npy
 
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
@@ -172,7 +128,7 @@ def cmd_reference(args) -> int:
 
 def cmd_data(args) -> int:
     from ..sw import data
-    from .cosim import save_npy
+    from .generate import save_npy
 
     images, labels = data.load(args.name, args.split, args.limit, path=args.data_path)
     save_npy(args.images, images.astype(np.int64))
@@ -183,7 +139,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .cosim import generate, generate_network
+    from .generate import generate, generate_network
 
     net = _load_net(args.net)
     args.lanes = resolve_lanes(net, args.lanes)
@@ -217,7 +173,7 @@ def cmd_bitstream(args) -> int:
         rep = build_board(args.net, args.board, out, clock_mhz=args.clock_mhz, baud=args.baud,
                           seed=args.seed)
     except bitstream.ToolMissing as exc:
-        from .verilator import ToolMissing
+        from ..sim.verilator import ToolMissing
 
         raise ToolMissing(str(exc)) from None
     print((out / "report.md").read_text())
@@ -232,8 +188,8 @@ def cmd_board_run(args) -> int:
     import time
 
     from ..hw.protocol import ProtocolError
+    from ..sim.verilator import ToolMissing
     from .board import Board
-    from .verilator import ToolMissing
 
     try:
         import serial
@@ -267,28 +223,9 @@ def cmd_board_run(args) -> int:
     return 0
 
 
-def print_network_report(rep: dict) -> None:
-    n = rep["images"]
-    steady = rep["steady_cycles_per_image"]
-    print(f"{rep['network']}: {n} image(s), {rep['matching_images']}/{n} bit-exact against the "
-          f"reference; latency {rep['cycles'][0]} cycles (model {rep['predicted_cycles'][0]})"
-          + (f"; steady {steady:g} cycles/image (model "
-             f"{rep['predicted_steady_cycles_per_image']:g})" if steady else "")
-          + f"; every handshake cycle {'equals' if rep['cycles_match'] else 'DIFFERS FROM'} "
-            "the model")
-    print(f"  {'layer':12} {'op':15} {'cycles/image':>12} {'busy/image':>10} "
-          f"{'alone':>8} {'utilisation':>11}")
-    for name, row in rep["layers"].items():
-        sc = row["steady_cycles_per_image"]
-        util = row.get("utilisation")
-        print(f"  {name:12} {row['op']:15} {(f'{sc:g}' if sc else '-'):>12} "
-              f"{row.get('ideal_cycles_per_image', '-')!s:>10} "
-              f"{row.get('alone_cycles_per_image', '-')!s:>8} "
-              + (f"{util:11.3f}" if util is not None else f"{'-':>11}"))
-
-
 def cmd_cosim(args) -> int:
-    from .cosim import cosim, cosim_network, save_npy, write_json
+    from .generate import save_npy, write_json
+    from .verify import cosim, cosim_network
 
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
@@ -301,21 +238,14 @@ def cmd_cosim(args) -> int:
         save_npy(args.outputs, y)
         if args.report:
             write_json(args.report, rep)
-        print_network_report(rep)
+        print(reports.network_report(rep))
         return 0 if rep["match"] and rep["cycles_match"] else EXIT_MISMATCH
     y, report = cosim(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
                       program=args.program, reuse=not args.no_reuse, lanes=args.lanes)
     save_npy(args.outputs, y)
     if args.report:
         write_json(args.report, report)
-    steady = report["steady_cycles_per_image"]
-    print(f"{report['layer']}: {report['images']} image(s), "
-          f"{'bit-exact' if report['match'] else 'MISMATCH'} against the reference; "
-          f"latency {report['cycles'][0]} cycles (model {report['predicted_cycles'][0]})"
-          + (f"; steady {steady:g} cycles/image (model "
-             f"{report['predicted_steady_cycles_per_image']:g})" if steady else "")
-          + (f", crossbar utilisation {report['utilisation']:.3f}"
-             if report["utilisation"] is not None else ""))
+    print(reports.tile_report(report))
     ok = report["match"] and report["cycles_match"] in (True, None)
     return 0 if ok else EXIT_MISMATCH
 
@@ -597,11 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ..contract.images import ImageError
+    from ..sim.cosim import UnsupportedNetwork
+    from ..sim.verilator import ToolMissing
     from ..sw.data import DataMissing
     from ..sw.netfile import NetFileError
     from ..sw.reference import InputError
-    from .cosim import UnsupportedNetwork
-    from .verilator import ToolMissing
 
     args = build_parser().parse_args(argv)
     try:

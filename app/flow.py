@@ -10,7 +10,7 @@
 
 Everything lands under one folder (`build/flow` by default):
 
-    python -m epim.sim.flow --data mnist --epochs 3 --images 20
+    python -m epim.app.flow --data mnist --epochs 3 --images 20
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from ..sw import cost, data, netcycles, netfile, reference, replication
 from ..sw.epitome import crossbar_count
 from ..sw.progress import bar as progress_bar
 from .cli import replicas_arg, resolve_replicas
-from .cosim import cosim_network, save_npy, write_json
+from .generate import save_npy, write_json
+from .verify import cosim_network
 
 # The showcase: epitomes at 4x whose output side wraps twice through the OFAT (IFRT reuse on),
 # trained 3 epochs; `examples/mnist-epim-cnn-r4/` is this run's net.json.
@@ -133,9 +134,9 @@ def markdown(s: dict, rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..sim.verilator import ToolMissing
     from ..sw.data import DataMissing
     from ..sw.reproducible import pin_cpu_kernels
-    from .verilator import ToolMissing
 
     pin_cpu_kernels()  # before torch is imported: the same bits on any x86-64 machine
     try:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from epim.hw import bitstream
-from epim.sim import fpga
+from epim.app import fpga
 from epim.sw import examples
 
 pytestmark = [pytest.mark.slow]

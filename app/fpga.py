@@ -1,9 +1,9 @@
 """`nox -s bitstream`: the board tops' bitstreams with the YoWASP tools, each board with its
 default network, and one summary of the reports.
 
-    python -m epim.sim.fpga                        # ULX3S-85F and iCEBreaker
-    python -m epim.sim.fpga --board icebreaker     # one board
-    python -m epim.sim.fpga --board ulx3s-85f --net my/net.json --clock-mhz 40
+    python -m epim.app.fpga                        # ULX3S-85F and iCEBreaker
+    python -m epim.app.fpga --board icebreaker     # one board
+    python -m epim.app.fpga --board ulx3s-85f --net my/net.json --clock-mhz 40
 """
 
 from __future__ import annotations

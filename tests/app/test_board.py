@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from epim.sim.board import Board, board_cosim, network_digest
+from epim.app.board import Board
+from epim.app.generate import network_digest
+from epim.app.verify import board_cosim
 from epim.sw import data, examples, netcycles, netfile, reference
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
 
-# the ULX3S build's model (sim/fpga.py)
+# the ULX3S build's model (app/fpga.py)
 COMMITTED = (Path(__file__).resolve().parents[2] / "examples" / "mnist-epim-cnn-r4-nowrap"
              / "net.json")
 

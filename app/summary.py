@@ -2,8 +2,8 @@
 
 Network benches run the committed MNIST model on real test images (also with the tile copies
 the replication search picks under the dense 3-bit budget) and a random residual network
-(also with random stalls) through `epim.sim.cosim.cosim_network`; layer benches run single tiles
-through `epim.sim.cosim.cosim`. Each checks outputs bit-exactly against the integer reference
+(also with random stalls) through `epim.app.verify.cosim_network`; layer benches run single tiles
+through `epim.app.verify.cosim`. Each checks outputs bit-exactly against the integer reference
 and cycles against the cycle model, and prints one row: match, measured and predicted cycles
 (latency and steady state) and, for layers, the crossbar utilisation
 `Ho*Wo*steps*n_t / steady cycles per image`.
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..sw import data, examples, netfile, replication
-from .cosim import cosim, cosim_network, write_json
+from .generate import write_json
+from .verify import cosim, cosim_network
 
 
 def committed_model() -> Path:

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from epim.sim.cli import main
+from epim.app.cli import main
 from epim.sw import examples, netfile, reference
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "epim.sim.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "epim.app.cli", *map(str, args)],
                           capture_output=True, text=True)
 
 
@@ -230,7 +230,7 @@ def test_hostile_input_arrays_get_one_line_and_exit_2(tmp_path, net_path, capsys
 
 def test_internal_errors_say_so_and_keep_the_traceback_for_debug(monkeypatch, capsys,
                                                                  net_path):
-    from epim.sim import cli
+    from epim.app import cli
 
     def broken(args):
         raise KeyError("a bug")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from epim.sim import flow
+from epim.app import flow
 from epim.sw import data, netfile, reference
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]

@@ -1,0 +1,60 @@
+"""The host side of the board's serial protocol (`epim board run`): identify the board, send
+images, decode the answers into the integer reference's layout. `epim.app.verify.board_cosim`
+decodes the Verilator-run board top's answers with the same code."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..hw import protocol
+from ..sw import reference
+from ..sw.netfile import Network
+from .generate import network_digest
+
+BOARD_VERILOG = "epim_board.v"
+BAD_COMMAND = b"Z"
+
+
+def to_array(answers: list[list[list[int]]], net: Network) -> np.ndarray:
+    """Decoded answers in the integer reference's layout (N, C, H, W) or (N, F)."""
+    out = net.output_layer
+    arr = np.array(answers, dtype=np.int64)  # (N, beats, C)
+    if out.op in ("linear", "avgpool_global"):
+        return arr[:, 0, :].reshape(len(answers), *reference_shape(net))
+    c, h, w = out.out_shape
+    return arr.reshape(len(answers), h, w, c).transpose(0, 3, 1, 2)
+
+
+def reference_shape(net: Network) -> tuple[int, ...]:
+    out = net.output_layer
+    c, h, w = out.out_shape
+    return (c,) if out.op == "linear" else (c, h, w)
+
+
+class Board:
+    """The host end of the serial link: `port` is anything with `write(bytes)` and
+    `read(n) -> bytes` (a `serial.Serial`, or a test double)."""
+
+    def __init__(self, port, net: Network):
+        self.port, self.net = port, net
+        self.manifest, self.digest = network_digest(net)
+
+    def _read(self, n: int) -> bytes:
+        data = self.port.read(n)
+        if len(data) != n:
+            raise protocol.ProtocolError(f"the board sent {len(data)} of {n} bytes before the "
+                                         "timeout: is it programmed, and at this baud rate?")
+        return data
+
+    def identify(self) -> None:
+        self.port.write(protocol.IDENTIFY)
+        protocol.check_ident(self._read(protocol.IDENT_BYTES), self.digest)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        x = reference.check_inputs(self.net, x)
+        answers = []
+        size = 1 + protocol.output_bytes(self.manifest)
+        for img in x:
+            self.port.write(protocol.encode_image(img, self.manifest))
+            answers += protocol.parse_answers(self._read(size), self.manifest, 1)
+        return to_array(answers, self.net)

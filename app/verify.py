@@ -1,0 +1,191 @@
+"""Verification jobs: generate, run on Verilator through `epim.sim.cosim`, and compare.
+
+`cosim` runs a single tile, `cosim_network` the whole-network accelerator and `board_cosim`
+the board top through its UART pins: an identify command, one byte that is no command (the
+board must answer ``!``), then the images, decoded as `epim board run` decodes them. Each
+compares outputs bit-exactly with the integer reference and cycles exactly with the cycle
+model, and returns the outputs and a report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..hw import protocol
+from ..sim.cosim import (
+    build_model,
+    measured_cycles,
+    pack_beats,
+    program_beats,
+    run_job,
+    run_phases,
+    tile_layer,
+    unpack_beats,
+)
+from ..sw import cyclemodel, reference, replication
+from ..sw.netfile import Network
+from .board import to_array
+from .generate import generate, generate_board, generate_network
+
+BAD_COMMAND = b"Z"  # no command: the board must answer "!"
+
+
+def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
+          seed: int = 0, program: bool = False, reuse: bool = True,
+          lanes: int | None = None) -> tuple[np.ndarray, dict]:
+    """Run a batch through the tile's Verilog; returns outputs and the report."""
+    x = reference.check_inputs(net, x)
+    layer = tile_layer(net)
+    build_root = Path(build_root).resolve()
+    t0 = time.time()
+    gen = generate(net, build_root / "generated", reuse=reuse, blank=program, lanes=lanes)
+    _, ho, wo = layer.out_shape
+    phase = {"program": program_beats(gen.image) if program else [],
+             "inputs": pack_beats(x, net.input_bits, layer), "n_out": x.shape[0] * ho * wo}
+    result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
+                        beats_per_image=ho * wo)[0]
+    y = unpack_beats(result["outputs"], layer)
+    ref = reference.run_network(net, x, reuse=reuse)
+    return y, report(net, layer, x, y, ref, result, stalls, program, reuse, time.time() - t0,
+                     lanes)
+
+
+def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds, lanes=None) -> dict:
+    n = x.shape[0]
+    timing = cyclemodel.tile_timing(layer, net.pim, reuse, lanes)
+    sched = cyclemodel.schedule(timing, n)
+    latency, steady = measured_cycles(result, timing, n)
+    pred_steady = sched.steady if n > 1 else None
+    util = timing.ideal / steady if steady and not stalls else None
+    match = bool(y.shape == ref.shape and (y == ref).all())
+    return {
+        "layer": layer.name, "images": n, "match": match,
+        "mismatches": int((y != ref).sum()) if y.shape == ref.shape else None,
+        "cycles": latency, "predicted_cycles": sched.latency,
+        "steady_cycles_per_image": steady, "predicted_steady_cycles_per_image": pred_steady,
+        "ideal_cycles_per_image": timing.ideal,
+        "utilisation": util,
+        "cycles_match": (latency == sched.latency and steady == pred_steady) if not stalls
+        else None,
+        "steps_per_pixel": timing.n_steps, "n_t": timing.n_t, "passes": timing.passes,
+        "slot_cycles": timing.slot,
+        "stalls": stalls, "programmed_via_port": program, "prog_beats": result["prog_beats"],
+        "ifrt_reuse": reuse, "seconds": round(seconds, 2),
+    }
+
+
+def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
+                  seed: int = 0, reuse: bool = True, lanes: int | dict | None = None,
+                  replicas: int | dict | None = None,
+                  log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict]:
+    """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
+
+    The report compares outputs with the integer reference and the cycles of every handshake
+    with the network cycle model (`epim.sw.netcycles`), which replays the testbench's random
+    gaps and back-pressure too when `stalls` is set."""
+    from ..sw import netcycles
+
+    x = reference.check_inputs(net, x)
+    build_root = Path(build_root).resolve()
+    t0 = time.time()
+    gen = generate_network(net, build_root / "generated", reuse=reuse, lanes=lanes,
+                           replicas=replicas, log=log)
+    n = x.shape[0]
+    per = netcycles.out_beats_per_image(net)
+    depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
+    pred = netcycles.predict(net, n, depths, reuse, stalls_seed=seed if stalls else None,
+                             lanes=lanes, replicas=replicas)
+    phase = {"program": [], "inputs": pack_beats(x, net.input_bits), "n_out": n * per}
+    t1 = time.time()
+    result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
+                        max_cycles=2 * pred.run.cycles + 10_000, top="epim_net", log=log,
+                        beats_per_image=per)[0]
+    y = unpack_beats(result["outputs"], net.output_layer)
+    ref = reference.run_network(net, x, reuse=reuse)
+    _, h, w = net.input_shape
+    first_in = result["in_cycles"][::h * w][:n]
+    last_out = result["out_cycles"][per - 1::per][:n]
+    latency = [o - i for i, o in zip(first_in, last_out, strict=True)]
+    steady = (last_out[-1] - last_out[0]) / (n - 1) if n > 1 else None
+    match = bool(y.shape == ref.shape and (y == ref).all())
+    # each tile alone, fed back to back (8 images, past the start-up): the best rate frame
+    # pipelining can reach
+    alone = {la.name: replication.alone_cycles(la, net, cyclemodel.replicas_for(la, replicas),
+                                               reuse, lanes)
+             for la in net.layers if la.op in ("conv", "linear")}
+    for name, cyc in alone.items():
+        pred.layers[name]["alone_cycles_per_image"] = cyc
+    slowest = max(alone, key=alone.get)
+    rep = {
+        "network": net.source, "images": n, "match": match,
+        "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n)))
+        if y.shape == ref.shape else 0,
+        "cycles": latency, "predicted_cycles": pred.latency,
+        "steady_cycles_per_image": steady, "predicted_steady_cycles_per_image": pred.steady,
+        "cycles_match": (result["in_cycles"] == pred.run.in_cycles
+                         and result["out_cycles"] == pred.run.out_cycles),
+        "layers": pred.layers, "slowest_tile": slowest,
+        "slowest_tile_cycles_per_image": alone[slowest],
+        "throughput_ratio": (steady / alone[slowest]) if steady else None,
+        "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse, "lanes": lanes,
+        "replicas": {la.name: cyclemodel.replicas_for(la, replicas)
+                     for la in net.layers if la.op in ("conv", "linear")},
+        "generate_cached": gen.cached,
+        "seconds_generate": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2),
+    }
+    return y, rep
+
+
+def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: int = 8,
+                lanes: int | dict | None = None) -> tuple[np.ndarray, dict]:
+    """Run images through the board top's UART pins on Verilator; returns outputs and report.
+    `lanes` as the FPGA build uses them (`epim.app.fpga.fit_lanes`)."""
+    x = reference.check_inputs(net, x)
+    build_root = Path(build_root).resolve()
+    t0 = time.time()
+    verilog = generate_board(net, build_root / "generated-board", divisor, lanes)
+    manifest = json.loads((build_root / "generated-board" / "network.json").read_text())
+    n = x.shape[0]
+    sends = [protocol.IDENTIFY, BAD_COMMAND] + [protocol.encode_image(img, manifest)
+                                                 for img in x]
+    expect = protocol.IDENT_BYTES + 1 + n * (1 + protocol.output_bytes(manifest))
+    bits_per_image = 10 * len(sends[-1])
+    runner, build_dir = build_model(verilog, build_root, top="epim_board")
+    t1 = time.time()
+    job = {"divisor": divisor, "send": [s.hex() for s in sends], "expect_bytes": expect,
+           "max_cycles": (n + 4) * (bits_per_image * divisor + 200_000)}
+    result = run_job(runner, build_dir, build_root, "epim.sim.tb_board", "epim_board",
+                     "EPIM_BOARD_JOB", job)
+    data = bytes(b for b, _ in result["received"])
+    if result["errors"]:
+        raise protocol.ProtocolError("; ".join(result["errors"]))
+    if len(data) != expect:
+        raise protocol.ProtocolError(f"the board sent {len(data)} bytes, expected {expect} "
+                                     f"(got {data[:40].hex()}...)")
+    protocol.check_ident(data[:protocol.IDENT_BYTES], manifest["units_sha256"])
+    bad = data[protocol.IDENT_BYTES:protocol.IDENT_BYTES + 1]
+    if bad != protocol.ERROR:
+        raise protocol.ProtocolError(f"the board answered {bad!r} to a byte that is no "
+                                     f"command, not {protocol.ERROR!r}")
+    answers = protocol.parse_answers(data[protocol.IDENT_BYTES + 1:], manifest, n)
+    y = to_array(answers, net)
+    ref = reference.run_network(net, x)
+    match = bool(y.shape == ref.shape and (y == ref).all())
+    # cycles from the last image byte sent to the last answer byte: the answer's latency
+    ends = [c for _, c in result["received"]]
+    size = 1 + protocol.output_bytes(manifest)
+    last_bytes = [ends[protocol.IDENT_BYTES + 1 + (k + 1) * size - 1] for k in range(n)]
+    rep = {"network": net.source, "images": n, "match": match,
+           "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n))),
+           "identify": "ok", "bad_command": "answered '!'",
+           "error_led": bool(result["leds"] >> 3 & 1), "divisor": divisor, "lanes": lanes,
+           "bytes_sent": sum(len(s) for s in sends), "bytes_received": len(data),
+           "cycles_sent_to_answered": [e - s for s, e in zip(result["sent_at"][2:], last_bytes,
+                                                             strict=True)],
+           "seconds_build": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2)}
+    return y, rep
