@@ -14,21 +14,36 @@ import math
 
 from amaranth.build import ResourceError
 from amaranth.hdl import Array, Cat, ClockDomain, Const, Elaboratable, Instance, Module, Mux, Signal
-from amaranth.lib import io, stream, wiring
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib import enum, io, stream, wiring
+from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from . import protocol
+
+
+class Sending(enum.Enum, shape=2):
+    """What the board is sending to the host."""
+
+    IDLE = 0
+    IDENTITY = 1  # the identity reply
+    OUTPUT = 2  # an output beat ('O' first when it starts an image's answer)
+    ERROR = 3  # the error mark
+
+
+def check_divisor(divisor: int) -> None:
+    if divisor < 4:
+        raise ValueError(f"UART divisor {divisor}: at least 4 clock cycles per bit")
 
 
 class UARTRx(wiring.Component):
     """8N1 receiver. `rx` is synchronised, each bit sampled in its middle; `valid` pulses for
     one cycle with `data` per byte received with a good stop bit, `frame_error` otherwise."""
 
+    def __new__(cls, divisor: int, **kwargs):
+        check_divisor(divisor)  # refused before the object exists: not an unused component
+        return super().__new__(cls, **kwargs)
+
     def __init__(self, divisor: int):
-        if divisor < 4:
-            self._MustUse__silence = True  # a refused component is not an unused one
-            raise ValueError(f"UART divisor {divisor}: at least 4 clock cycles per bit")
         self._div = divisor
         super().__init__({"rx": In(1, init=1), "data": Out(8), "valid": Out(1),
                           "frame_error": Out(1)})
@@ -36,9 +51,8 @@ class UARTRx(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         div = self._div
-        sync = Signal(2, init=0b11)
-        m.d.sync += sync.eq(Cat(self.rx, sync[0]))
-        line = sync[1]
+        line = Signal(init=1)  # the line, synchronised to the clock (two flip-flops)
+        m.submodules.rx_sync = FFSynchronizer(self.rx, line, init=1)
         busy = Signal()
         cnt = Signal(range(div))
         bit = Signal(range(10))
@@ -65,10 +79,11 @@ class UARTRx(wiring.Component):
 class UARTTx(wiring.Component):
     """8N1 transmitter: takes a byte from `i` when idle."""
 
+    def __new__(cls, divisor: int, **kwargs):
+        check_divisor(divisor)
+        return super().__new__(cls, **kwargs)
+
     def __init__(self, divisor: int):
-        if divisor < 4:
-            self._MustUse__silence = True  # a refused component is not an unused one
-            raise ValueError(f"UART divisor {divisor}: at least 4 clock cycles per bit")
         self._div = divisor
         super().__init__({"i": In(stream.Signature(8)), "tx": Out(1, init=1)})
 
@@ -165,7 +180,7 @@ class BoardLink(wiring.Component):
                        else Const(0, nb * 8 - out["bits"]))
             out_bytes += [word[8 * b:8 * b + 8] for b in range(nb)]
         n_send = max(len(ident), 1 + len(out_bytes))
-        sending = Signal(2)  # 0 idle, 1 identity, 2 an output beat, 3 the error mark
+        sending = Signal(Sending)
         idx = Signal(range(n_send + 1))
         head = Signal()  # this beat starts an image's answer: send 'O' first
         beat_no = Signal(range(per))
@@ -174,30 +189,30 @@ class BoardLink(wiring.Component):
         byte = Signal(8)
         last = Signal()
         with m.Switch(sending):
-            with m.Case(1):
+            with m.Case(Sending.IDENTITY):
                 m.d.comb += [byte.eq(ident_arr[idx]), last.eq(idx == len(ident) - 1)]
-            with m.Case(2):
+            with m.Case(Sending.OUTPUT):
                 with m.If(head & (idx == 0)):
                     m.d.comb += byte.eq(protocol.OUTPUT[0])
                 with m.Else():
                     m.d.comb += byte.eq(out_arr[idx - head])
                 m.d.comb += last.eq(idx == len(out_bytes) - 1 + head)
-            with m.Case(3):
+            with m.Case(Sending.ERROR):
                 m.d.comb += [byte.eq(protocol.ERROR[0]), last.eq(1)]
-        m.d.comb += [tx.i.payload.eq(byte), tx.i.valid.eq(sending != 0)]
+        m.d.comb += [tx.i.payload.eq(byte), tx.i.valid.eq(sending != Sending.IDLE)]
         with m.If(tx.i.valid & tx.i.ready):
             with m.If(last):
-                m.d.sync += [sending.eq(0), idx.eq(0)]
+                m.d.sync += [sending.eq(Sending.IDLE), idx.eq(0)]
             with m.Else():
                 m.d.sync += idx.eq(idx + 1)
-        with m.If(sending == 0):
+        with m.If(sending == Sending.IDLE):
             with m.If(bad_req):
-                m.d.sync += [sending.eq(3), bad_req.eq(0)]
+                m.d.sync += [sending.eq(Sending.ERROR), bad_req.eq(0)]
             with m.Elif(ident_req):
-                m.d.sync += [sending.eq(1), ident_req.eq(0), idx.eq(0)]
+                m.d.sync += [sending.eq(Sending.IDENTITY), ident_req.eq(0), idx.eq(0)]
             with m.Elif(acc.o.valid):
                 m.d.comb += acc.o.ready.eq(1)
-                m.d.sync += [sending.eq(2), idx.eq(0), beat.eq(acc.o.payload),
+                m.d.sync += [sending.eq(Sending.OUTPUT), idx.eq(0), beat.eq(acc.o.payload),
                              head.eq(beat_no == 0),
                              beat_no.eq(0 if per == 1 else Mux(beat_no == per - 1, 0,
                                                                 beat_no + 1))]

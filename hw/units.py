@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 
@@ -50,10 +50,13 @@ class Fork(wiring.Component):
 
 
 class StreamFIFO(wiring.Component):
-    """First-in first-out buffer of `depth` beats (the skip buffer of a residual `add`).
+    """First-in first-out buffer of `depth` beats (the skip buffer of a residual `add`):
+    Amaranth's `SyncFIFO` behind stream ports, with an `idle` output.
 
     `i.ready` is high while fewer than `depth` beats are held; `o.valid` while any is held. A beat
-    written in one cycle can leave in the next (the count is a register; reads are asynchronous).
+    written in one cycle can leave in the next (the level is a register; reads are asynchronous,
+    so the memory maps to distributed RAM: `SyncFIFOBuffered` would map to block RAM at the cost
+    of a cycle of latency, which the cycle model would have to follow).
     """
 
     def __init__(self, width: int, depth: int):
@@ -65,27 +68,10 @@ class StreamFIFO(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = self._depth
-        mem = Memory(shape=len(self.i.payload), depth=d, init=[])
-        m.submodules.mem = mem
-        wp, rp = mem.write_port(), mem.read_port(domain="comb")
-        w_ptr = Signal(range(d))
-        r_ptr = Signal(range(d))
-        count = Signal(range(d + 1))
-        m.d.comb += [self.i.ready.eq(count != d), self.o.valid.eq(count != 0),
-                     wp.addr.eq(w_ptr), wp.data.eq(self.i.payload), rp.addr.eq(r_ptr),
-                     self.o.payload.eq(rp.data), self.idle.eq(count == 0)]
-        put = self.i.valid & self.i.ready
-        get = self.o.valid & self.o.ready
-        m.d.comb += wp.en.eq(put)
-        with m.If(put):
-            m.d.sync += w_ptr.eq(Const(0) if d == 1 else (w_ptr + 1) % d)
-        with m.If(get):
-            m.d.sync += r_ptr.eq(Const(0) if d == 1 else (r_ptr + 1) % d)
-        with m.If(put & ~get):
-            m.d.sync += count.eq(count + 1)
-        with m.Elif(get & ~put):
-            m.d.sync += count.eq(count - 1)
+        m.submodules.fifo = fifo = SyncFIFO(width=len(self.i.payload), depth=self._depth)
+        wiring.connect(m, wiring.flipped(self.i), fifo.w_stream)
+        wiring.connect(m, fifo.r_stream, wiring.flipped(self.o))
+        m.d.comb += self.idle.eq(fifo.level == 0)
         return m
 
 
