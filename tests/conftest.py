@@ -29,3 +29,19 @@ def net_path(tmp_path, net_obj):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+MISSING = {"torch": "PyTorch is not installed: these tests need the ML side; install it with "
+                    "pip install -e '.[ml]' (or '.[test]' for everything the tests use)"}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A test module that cannot import an optional stack fails with the command that
+    installs it, the same way for every module (not with a bare ModuleNotFoundError)."""
+    report = yield
+    if report.failed:
+        for module, message in MISSING.items():
+            if f"No module named '{module}'" in str(report.longrepr):
+                report.longrepr = f"{collector.nodeid}: {message}"
+    return report

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
+
 from epim.contract.params import TileParams
 
 
@@ -15,3 +19,25 @@ def tile_params(**over) -> TileParams:
              adc_bits=8, lanes=1, n_steps=1, reuse=True)
     p.update(over)
     return TileParams(**p)
+
+
+def residual_net(net_obj) -> dict:
+    """conv -> conv -> add(conv1, conv2) -> avgpool -> linear: every op of the spec."""
+    c1 = net_obj["layers"][0]
+    c1["relu"] = True
+    c2 = copy.deepcopy(c1)
+    c2.update(name="c2", inputs=[c1["name"]])
+    c2["epitome"]["in_channels"] = 4
+    c2["epitome"]["patch_in"] = 4
+    c2["epitome"]["row_offset"] = [[0, 0], [0, 0], [0, 0], [0, 0]]
+    c2["epitome"]["col_offset"] = [[0, 0], [0, 0], [0, 0], [0, 0]]
+    return {**net_obj, "layers": [
+        c1, c2,
+        {"name": "r1", "op": "add", "inputs": ["c2", c1["name"]], "ma": 3, "mb": 5,
+         "shift": 3, "out_bits": 4},
+        {"name": "gap", "op": "avgpool_global", "inputs": ["r1"], "mult": 41, "shift": 12,
+         "out_bits": 8},
+        {"name": "fc", "op": "linear", "inputs": ["gap"], "out_features": 10, "weight_bits": 3,
+         "weights": np.ones((10, 16, 1, 1), int).tolist(), "bias": [0] * 10,
+         "mult": [1] * 10, "shift": [0] * 10, "relu": False, "out_bits": 16}],
+        "output": "fc"}

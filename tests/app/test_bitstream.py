@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from epim.hw import bitstream
 from epim.app import fpga
+from epim.hw import bitstream
 from epim.sw import examples
 
 pytestmark = [pytest.mark.slow]

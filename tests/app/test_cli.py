@@ -11,6 +11,7 @@ import pytest
 
 from epim.app.cli import main
 from epim.sw import examples, netfile, reference
+from tests.helpers import residual_net
 
 
 def run_cli(*args):
@@ -66,10 +67,10 @@ def test_generate_writes_verilog_images_and_manifest(tmp_path, net_path):
     assert "module epim_tile" in (out / "epim_tile.v").read_text()
 
 
+@pytest.mark.slow  # over 5 s
 def test_generate_network_accelerator(tmp_path, net_obj, capsys):
-    from tests.sw.test_netfile import _residual_net
     path = tmp_path / "res.json"
-    path.write_text(json.dumps(_residual_net(net_obj)))
+    path.write_text(json.dumps(residual_net(net_obj)))
     out = tmp_path / "g"
     assert main(["generate", str(path), "--out", str(out)]) == 0
     assert "skip FIFO depths" in capsys.readouterr().out
@@ -77,10 +78,11 @@ def test_generate_network_accelerator(tmp_path, net_obj, capsys):
                                                      "network.json", "tiles"]
     manifest = json.loads((out / "network.json").read_text())
     assert [u["op"] for u in manifest["units"]] == [la["op"] for la in
-                                                   _residual_net(net_obj)["layers"]]
+                                                   residual_net(net_obj)["layers"]]
     assert "module epim_net" in (out / "epim_net.v").read_text()
 
 
+@pytest.mark.slow  # over 5 s
 def test_lanes_balanced_and_bad_lanes(tmp_path, capsys):
     """`--lanes balanced` gives each tile the lanes of `netcycles.balanced_lanes`."""
     from epim.sw import netcycles
@@ -99,6 +101,7 @@ def test_lanes_balanced_and_bad_lanes(tmp_path, capsys):
     assert r.returncode == 2 and "a positive number or 'balanced'" in r.stderr
 
 
+@pytest.mark.slow  # over 5 s
 def test_replicas_option(tmp_path, capsys):
     """`--replicas auto` picks copies within the budget and writes them into the images; bad
     values name what is wrong."""
@@ -133,9 +136,8 @@ def test_replicas_option(tmp_path, capsys):
 
 
 def test_single_tile_options_refuse_a_network(tmp_path, net_obj, capsys):
-    from tests.sw.test_netfile import _residual_net
     path = tmp_path / "res.json"
-    path.write_text(json.dumps(_residual_net(net_obj)))
+    path.write_text(json.dumps(residual_net(net_obj)))
     assert main(["generate", str(path), "--out", str(tmp_path / "g"), "--tile"]) == 2
     assert "a single tile (--tile, --program) holds one conv or linear layer" in \
         capsys.readouterr().err

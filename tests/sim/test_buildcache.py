@@ -26,6 +26,7 @@ def one_layer():
     return netfile.parse(examples.random_layer_net(1))
 
 
+@pytest.mark.slow  # over 5 s
 def test_generation_is_reused_only_when_unchanged(tmp_path, one_layer):
     small_net = one_layer
     out = tmp_path / "g"

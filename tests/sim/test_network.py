@@ -27,6 +27,7 @@ def test_tile_model_equals_the_tile_schedule(seed, lanes):
     assert got.latency == want.latency and got.steady == want.steady
 
 
+@pytest.mark.slow  # over 5 s
 @given(st.integers(0, 10_000), st.booleans())
 @settings(max_examples=25)
 def test_random_networks_never_deadlock(seed, stalls):

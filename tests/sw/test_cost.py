@@ -131,6 +131,7 @@ def test_plain_torch_modules_are_costed():
         cost.torch_layers(torch.nn.Conv2d(4, 4, 3, groups=2), (4, 8, 8))
 
 
+@pytest.mark.slow  # over 5 s
 def test_study_reaches_30x_and_writes_its_report(tmp_path):
     assert study.main(["--out", str(tmp_path), "--ratios", "8", "16", "--generations", "20"]) == 0
     result = json.loads((tmp_path / "study.json").read_text())

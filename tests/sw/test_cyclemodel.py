@@ -53,6 +53,7 @@ def test_reuse_off_costs_steps():
     assert cyclemodel.closed_form(off)[1] == 2 * cyclemodel.closed_form(on)[1]
 
 
+@pytest.mark.slow  # over 5 s
 @pytest.mark.parametrize("path", ["examples/mnist-epim-cnn-r4-nowrap/net.json", None])
 def test_balanced_lanes_keep_the_throughput_with_fewer_adder_trees(path):
     from pathlib import Path

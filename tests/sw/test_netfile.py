@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import json
 
-import numpy as np
 import pytest
 
 from epim.sw import netfile
 from epim.sw.netfile import NetFileError
+from tests.helpers import residual_net
 
 
 def test_default_parses(net_obj):
@@ -73,30 +73,8 @@ def test_broken_files_are_refused(net_obj, mutate, message):
     assert "\n" not in text
 
 
-def _residual_net(net_obj) -> dict:
-    """conv -> conv -> add(conv1, conv2) -> avgpool -> linear: every op of the spec."""
-    c1 = _conv(net_obj)
-    c1["relu"] = True
-    c2 = copy.deepcopy(c1)
-    c2.update(name="c2", inputs=[c1["name"]])
-    c2["epitome"]["in_channels"] = 4
-    c2["epitome"]["patch_in"] = 4
-    c2["epitome"]["row_offset"] = [[0, 0], [0, 0], [0, 0], [0, 0]]
-    c2["epitome"]["col_offset"] = [[0, 0], [0, 0], [0, 0], [0, 0]]
-    return {**net_obj, "layers": [
-        c1, c2,
-        {"name": "r1", "op": "add", "inputs": ["c2", c1["name"]], "ma": 3, "mb": 5,
-         "shift": 3, "out_bits": 4},
-        {"name": "gap", "op": "avgpool_global", "inputs": ["r1"], "mult": 41, "shift": 12,
-         "out_bits": 8},
-        {"name": "fc", "op": "linear", "inputs": ["gap"], "out_features": 10, "weight_bits": 3,
-         "weights": np.ones((10, 16, 1, 1), int).tolist(), "bias": [0] * 10,
-         "mult": [1] * 10, "shift": [0] * 10, "relu": False, "out_bits": 16}],
-        "output": "fc"}
-
-
 def test_residual_network_shapes(net_obj):
-    net = netfile.parse(_residual_net(net_obj))
+    net = netfile.parse(residual_net(net_obj))
     assert [la.name for la in net.layers] == ["epim_conv3x3", "c2", "r1", "gap", "fc"]
     assert net.layer("gap").out_shape == (16, 1, 1)
     assert net.layer("fc").in_channels == 16
@@ -104,13 +82,13 @@ def test_residual_network_shapes(net_obj):
 
 
 def test_layers_may_come_in_any_order(net_obj):
-    obj = _residual_net(net_obj)
+    obj = residual_net(net_obj)
     obj["layers"].reverse()
     assert [la.name for la in netfile.parse(obj).layers][-1] == "fc"
 
 
 def test_cycle_is_refused(net_obj):
-    obj = _residual_net(net_obj)
+    obj = residual_net(net_obj)
     obj["layers"][0]["inputs"] = ["r1"]
     obj["layers"][0]["epitome"]["in_channels"] = 4
     with pytest.raises(NetFileError, match="form a cycle"):
@@ -118,14 +96,14 @@ def test_cycle_is_refused(net_obj):
 
 
 def test_add_shapes_must_match(net_obj):
-    obj = _residual_net(net_obj)
+    obj = residual_net(net_obj)
     obj["layers"][2]["inputs"] = ["c2", "input"]
     with pytest.raises(NetFileError, match=r"layer 'r1', field 'inputs': inputs differ in shape"):
         netfile.parse(obj)
 
 
 def test_signed_layer_only_at_the_output(net_obj):
-    obj = _residual_net(net_obj)
+    obj = residual_net(net_obj)
     obj["layers"][1]["relu"] = False
     with pytest.raises(NetFileError, match=r"layer 'c2', field 'relu'"):
         netfile.parse(obj)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from epim.sw import epitome, examples, netfile, reference
+from tests.helpers import residual_net
 
 
 @st.composite
@@ -256,14 +257,18 @@ def test_add_does_not_overflow():
 
 
 def test_examples_reach_wide_outputs(rng):
+    """The wide-output examples really use their width: the reference's outputs reach the
+    top bit of `out_bits` (and stay within it)."""
     for bits in (16, 24, 32):
         net = netfile.parse(examples.conv_layer_net(rng, out_bits=bits))
         assert net.layers[0].out_bits == bits
+        x = rng.integers(0, 2**net.input_bits, (2,) + net.input_shape)
+        y = reference.run_network(net, x)
+        assert 0 <= y.min() and int(y.max()).bit_length() == bits
 
 
 def test_network_ops(net_obj):
-    from tests.sw.test_netfile import _residual_net
-    net = netfile.parse(_residual_net(net_obj))
+    net = netfile.parse(residual_net(net_obj))
     x = np.random.default_rng(0).integers(0, 16, (3, 8, 16, 16))
     t = reference.run_network(net, x, keep=True)
     r1 = np.clip((t["c2"] * 3 + t["epim_conv3x3"] * 5 + 4) >> 3, 0, 15)

@@ -14,6 +14,7 @@ SMALL = dict(data="mnist-5k", model="cnn", ratio=2.0, width=8, epochs=2, limit=2
              test_limit=200, batch_size=64)
 
 
+@pytest.mark.slow  # over 5 s
 def test_trained_model_exports_and_integer_reference_agrees(tmp_path):
     metrics = train.fit(train.Config(**SMALL), tmp_path, log=lambda *_: None)
     net = netfile.load(tmp_path / "net.json")
@@ -30,6 +31,7 @@ def test_trained_model_exports_and_integer_reference_agrees(tmp_path):
     assert saved["crossbars"] == metrics["crossbars"]
 
 
+@pytest.mark.slow  # over 5 s
 def test_same_seed_same_network_and_resume(tmp_path):
     cfg = train.Config(**SMALL)
     train.fit(cfg, tmp_path / "a", log=lambda *_: None)

@@ -1,0 +1,90 @@
+"""The repository's layout rules, checked: one definition of each contract name, hardware
+files and `elaborate` methods of a readable size, the layers' imports, no reference outside the
+repository, and a clear failure when the optional ML stack is missing."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [p for d in ("contract", "sw", "hw", "sim", "app") for p in (ROOT / d).glob("*.py")]
+
+
+def definitions(name: str) -> list[str]:
+    """Modules that bind `name` at top level (an assignment, function or class)."""
+    found = []
+    for path in SOURCES:
+        for node in ast.parse(path.read_text()).body:
+            targets = []
+            if isinstance(node, ast.Assign):
+                for t in node.targets:
+                    targets += [e.id for e in ast.walk(t) if isinstance(e, ast.Name)]
+            elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+                targets = [node.name]
+            if name in targets:
+                found.append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_each_contract_name_is_defined_once():
+    for name in ("MEMORIES", "ubits", "BIAS_BITS", "MANIFEST_FORMAT", "NETWORK_FORMAT",
+                 "NET_FORMAT", "NAME_RE", "ImageError", "TileParams", "needs_flatten"):
+        where = [p for p in definitions(name) if not (name == "needs_flatten"
+                                                      and p == "sw/netcycles.py")]
+        assert where == [definitions(name)[0]] and where[0].startswith("contract/"), \
+            (name, definitions(name))
+    assert definitions("TileConfig") == []
+
+
+def test_hardware_files_and_elaborates_stay_small():
+    for path in (ROOT / "hw").glob("*.py"):
+        lines = len(path.read_text().splitlines())
+        assert lines <= 350, f"{path.name}: {lines} lines"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "elaborate":
+                n = node.end_lineno - node.lineno + 1
+                assert n <= 120, f"{path.name}: an elaborate of {n} lines"
+
+
+def test_layers_import_only_downwards():
+    """contract <- sw, hw <- sim <- app: sw never imports Amaranth, hw never torch, and no
+    library imports the application layer."""
+    rules = {"contract": r"amaranth|torch|numpy|\.\.(sw|hw|sim|app)\b",
+             "sw": r"amaranth|\.\.(hw|sim|app)\b", "hw": r"torch|\.\.(sw|sim|app)\b",
+             "sim": r"\.\.app\b"}
+    for path in SOURCES:
+        layer = path.parent.name
+        if layer not in rules:
+            continue
+        for line in path.read_text().splitlines():
+            if re.match(r"\s*(from|import) ", line):
+                assert not re.search(rf"(from|import) ({rules[layer]})", line), \
+                    f"{path.relative_to(ROOT)}: {line.strip()}"
+
+
+def test_nothing_points_outside_the_repository():
+    out = subprocess.run(["git", "grep", "-l", "../shared", "--", ".", ":!tests/test_layout.py"],
+                         cwd=ROOT, capture_output=True, text=True)
+    # the benchmark that reads the shared CIFAR-10 copy takes a path; its default lives here
+    assert out.stdout.split() in ([], ["noxfile.py"]), out.stdout
+
+
+def test_missing_torch_fails_with_the_install_command():
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import pytest\n"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--co',"
+        " 'tests/sw/test_layers.py']))\n")
+    out = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode != 0
+    assert "PyTorch is not installed" in out.stdout and "pip install -e '.[ml]'" in out.stdout
