@@ -191,3 +191,135 @@ class TileParams:
 
 
 _LOCAL = ("pix_first", "pix_step")
+
+
+# --- Network units (the `units` of network.json) -----------------------------------------------
+
+@dataclass(frozen=True)
+class FlattenParams:
+    """A flatten unit in front of a linear tile: collects `pixels` beats of `channels` values
+    of `bits` bits into one beat."""
+
+    channels: int
+    pixels: int
+    bits: int
+
+
+@dataclass(frozen=True)
+class TileUnit:
+    """A conv/linear layer's tile: its images in `folder` (`tiles/<name>`), checked against
+    `manifest_sha256`; `replicas` copies (`epim.sw.replication`)."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    folder: str
+    flatten: FlattenParams | None
+    replicas: int
+    manifest_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class AddParams:
+    """A residual adder: `clamp((a * ma + b * mb + rnd) >> shift)`; `fifo` the skip FIFO depths
+    in front of inputs a and b (0: none)."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    channels: int
+    a_bits: int
+    b_bits: int
+    out_bits: int
+    ma: int
+    mb: int
+    shift: int
+    fifo: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PoolParams:
+    """Global average pooling: `clamp((sum * mult + rnd) >> shift)` over `pixels` beats."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    channels: int
+    pixels: int
+    in_bits: int
+    out_bits: int
+    mult: int
+    shift: int
+
+
+UNIT_TYPES = {"conv": TileUnit, "linear": TileUnit, "add": AddParams, "avgpool_global": PoolParams}
+Unit = TileUnit | AddParams | PoolParams
+MAX_INT = 2**62  # multipliers and shifts of the network file are far below
+
+
+def unit_to_dict(unit: Unit) -> dict:
+    """A unit as the manifest writes it (tuples as lists; no empty checksum)."""
+    out = {}
+    for f in dataclasses.fields(unit):
+        v = getattr(unit, f.name)
+        if f.name == "manifest_sha256" and not v:
+            continue
+        if isinstance(v, FlattenParams):
+            v = dataclasses.asdict(v)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def unit_from_dict(d, where: str) -> Unit:
+    """A unit of `network.json`, checked: every key present and nothing else, names are
+    identifiers, integers in range; ImageError names `where`."""
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str) \
+            or not NAME_RE.match(d["name"]):
+        raise ImageError(f"{where} must be an object whose 'name' is an identifier")
+    where = f"{where} ({d['name']!r})"
+    cls = UNIT_TYPES.get(d.get("op"))
+    if cls is None:
+        raise ImageError(f"{where}: unknown op {str(d.get('op'))[:40]!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ImageError(f"{where}: unknown key {unknown[0]!r}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            if f.default is not dataclasses.MISSING:
+                continue
+            raise ImageError(f"{where}: {f.name!r} is missing")
+        v = d[f.name]
+        if f.name == "inputs":
+            if not isinstance(v, list) or not all(isinstance(s, str) and NAME_RE.match(s)
+                                                  for s in v):
+                raise ImageError(f"{where}: 'inputs' must be a list of names")
+            v = tuple(v)
+        elif f.name == "fifo":
+            if not isinstance(v, list) or len(v) != 2 or not all(_count(x, MAX_DIM * MAX_DIM)
+                                                                 for x in v):
+                raise ImageError(f"{where}: 'fifo' must be two depths")
+            v = tuple(v)
+        elif f.name == "flatten":
+            if v is not None:
+                if not isinstance(v, dict) or set(v) != {"channels", "pixels", "bits"} \
+                        or not all(_count(x, MAX_DIM * MAX_DIM) for x in v.values()):
+                    raise ImageError(f"{where}: 'flatten' must be null or channels, pixels "
+                                     "and bits")
+                v = FlattenParams(**v)
+        elif f.type == "str":
+            if not isinstance(v, str):
+                raise ImageError(f"{where}: {f.name!r} must be a string")
+        elif not _count(v, MAX_INT):
+            raise ImageError(f"{where}: {f.name!r} must be a non-negative integer")
+        values[f.name] = v
+    if cls is TileUnit and values["folder"] != f"tiles/{values['name']}":
+        raise ImageError(f"{where}: 'folder' must be 'tiles/{values['name']}'")
+    if cls is TileUnit and values["replicas"] < 1:
+        raise ImageError(f"{where}: 'replicas' must be a positive integer")
+    return cls(**values)
+
+
+def _count(v, top: int) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= top

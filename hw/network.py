@@ -19,7 +19,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..contract import graph as unit_graph
-from ..contract.images import NAME_RE, NETWORK_FORMAT, ImageError, read_manifest
+from ..contract.images import NETWORK_FORMAT, ImageError, read_manifest
+from ..contract.params import AddParams, TileUnit, unit_from_dict
 from .images import load
 from .replicas import ReplicatedTile
 from .tile import PIMTile
@@ -43,28 +44,23 @@ def load_network(folder: str | Path) -> dict:
     if hashlib.sha256(whole).hexdigest() != manifest.get("sha256"):
         raise ImageError(f"{mpath}: the manifest does not match its 'sha256': it was edited "
                          "or corrupted after it was packed (re-run 'epim generate')")
-    tiles = {}
-    for k, unit in enumerate(units):
-        if not isinstance(unit, dict) or not isinstance(unit.get("name"), str) \
-                or not NAME_RE.match(unit["name"]):
-            raise ImageError(f"{mpath}: unit #{k} must be an object whose 'name' is an "
-                             "identifier")
-        if "folder" not in unit:
+    tiles, typed = {}, []
+    for k, raw in enumerate(units):
+        unit = unit_from_dict(raw, f"{mpath}: unit #{k}")
+        typed.append(unit)
+        if not isinstance(unit, TileUnit):
             continue
-        if unit["folder"] != f"tiles/{unit['name']}":
-            raise ImageError(f"{mpath}: unit {unit['name']!r}: 'folder' must be "
-                             f"'tiles/{unit['name']}'")
-        tpath = folder / unit["folder"] / "manifest.json"
+        tpath = folder / unit.folder / "manifest.json"
         try:
-            raw = tpath.read_bytes()
+            raw_manifest = tpath.read_bytes()
         except OSError as exc:
             raise ImageError(f"{tpath}: cannot read: {exc.strerror}") from None
-        if hashlib.sha256(raw).hexdigest() != unit.get("manifest_sha256"):
+        if hashlib.sha256(raw_manifest).hexdigest() != unit.manifest_sha256:
             raise ImageError(f"{tpath}: does not match the checksum in {mpath}: the tile "
-                             f"images of layer {unit['name']!r} come from another compile or "
+                             f"images of layer {unit.name!r} come from another compile or "
                              "were changed (re-run 'epim generate')")
-        tiles[unit["name"]] = load(folder / unit["folder"])
-    return {"manifest": manifest, "tiles": tiles, "folder": folder}
+        tiles[unit.name] = load(folder / unit.folder)
+    return {"manifest": manifest, "units": typed, "tiles": tiles, "folder": folder}
 
 
 class NetworkAccelerator(wiring.Component):
@@ -91,14 +87,12 @@ class NetworkAccelerator(wiring.Component):
         self._man = man
         # never programmed: fixed tiles (constant cells, ROM tables, threshold output stages);
         # a layer with `replicas` > 1 gets that many copies of its tile (`ReplicatedTile`)
-        replicas = {u["name"]: u.get("replicas", 1) for u in man["units"] if "folder" in u}
+        self._units = loaded["units"]
+        replicas = {u.name: u.replicas for u in self._units if isinstance(u, TileUnit)}
         self._tiles = {}
         for name, img in loaded["tiles"].items():
             cfg = img.params
             n = replicas[name]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ImageError(f"unit {name!r}: 'replicas' must be a positive integer, "
-                                 f"not {n!r}")
             self._tiles[name] = (
                 ReplicatedTile(cfg, img.words, n, module=f"epim_{name}_copy" if shared else None)
                 if n > 1 else PIMTile(cfg, img.words, fixed=True))
@@ -121,11 +115,12 @@ class NetworkAccelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         man = self._man
-        units = {u["name"]: u for u in man["units"]}
+        units = {u.name: u for u in self._units}
         nodes = unit_graph.plan(
-            man["input"]["name"], [(u["name"], u["op"], u["inputs"]) for u in man["units"]],
-            man["output"]["name"], {u["name"] for u in man["units"] if u.get("flatten")},
-            {u["name"]: u["fifo"] for u in man["units"] if u["op"] == "add"})
+            man["input"]["name"], [(u.name, u.op, u.inputs) for u in self._units],
+            man["output"]["name"], {u.name for u in self._units
+                                    if isinstance(u, TileUnit) and u.flatten},
+            {u.name: u.fifo for u in self._units if isinstance(u, AddParams)})
         outs: dict[str, list] = {}  # each node's output streams, by port
         idles = []
         for node in nodes:
@@ -141,26 +136,24 @@ class NetworkAccelerator(wiring.Component):
                 unit = Fork(len(srcs[0].payload), node.ways)
                 sub, ins, out = f"{node.layer}_fork", [unit.i], unit.outs()
             elif node.kind == "flatten":
-                f = u["flatten"]
-                unit = Flatten(f["channels"], f["pixels"], f["bits"])
-                sub, ins, out = f"{u['name']}_flatten", [unit.i], [unit.o]
+                f = u.flatten
+                unit = Flatten(f.channels, f.pixels, f.bits)
+                sub, ins, out = f"{u.name}_flatten", [unit.i], [unit.o]
             elif node.kind == "tile":
-                unit = self._tiles[u["name"]]
-                sub, ins, out = f"{u['name']}_tile", [unit.i], [unit.o]
+                unit = self._tiles[u.name]
+                sub, ins, out = f"{u.name}_tile", [unit.i], [unit.o]
                 if isinstance(unit, PIMTile):
                     m.d.comb += unit.prog.valid.eq(0)
             elif node.kind == "fifo":
-                width = u["a_bits" if node.port == 0 else "b_bits"] * u["channels"]
-                unit = StreamFIFO(width, u["fifo"][node.port])
-                sub, ins, out = f"{u['name']}_fifo{'ab'[node.port]}", [unit.i], [unit.o]
+                width = (u.a_bits if node.port == 0 else u.b_bits) * u.channels
+                unit = StreamFIFO(width, u.fifo[node.port])
+                sub, ins, out = f"{u.name}_fifo{'ab'[node.port]}", [unit.i], [unit.o]
             elif node.kind == "add":
-                unit = AddUnit(u["channels"], u["a_bits"], u["b_bits"], u["out_bits"], u["ma"],
-                               u["mb"], u["shift"])
-                sub, ins, out = f"{u['name']}_add", [unit.a, unit.b], [unit.o]
+                unit = AddUnit(u.channels, u.a_bits, u.b_bits, u.out_bits, u.ma, u.mb, u.shift)
+                sub, ins, out = f"{u.name}_add", [unit.a, unit.b], [unit.o]
             else:
-                unit = PoolUnit(u["channels"], u["pixels"], u["in_bits"], u["out_bits"],
-                                u["mult"], u["shift"])
-                sub, ins, out = f"{u['name']}_pool", [unit.i], [unit.o]
+                unit = PoolUnit(u.channels, u.pixels, u.in_bits, u.out_bits, u.mult, u.shift)
+                sub, ins, out = f"{u.name}_pool", [unit.i], [unit.o]
             m.submodules[sub] = unit
             for src, port in zip(srcs, ins, strict=True):
                 wiring.connect(m, src, port)

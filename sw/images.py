@@ -33,7 +33,14 @@ from ..contract.images import (
     write_files_atomically,
     xbar_field,
 )
-from ..contract.params import TileParams
+from ..contract.params import (
+    AddParams,
+    FlattenParams,
+    PoolParams,
+    TileParams,
+    TileUnit,
+    unit_to_dict,
+)
 from .cyclemodel import lanes_for, replicas_for
 from .epitome import ifat_sources, n_slices, steps
 from .netfile import Layer, Network
@@ -172,27 +179,26 @@ def compile_network(net: Network, reuse: bool = True,
     tiles: dict[str, LayerImage] = {}
     units = []
     for layer in net.layers:
-        head = {"name": layer.name, "op": layer.op, "inputs": list(layer.inputs)}
+        head = {"name": layer.name, "op": layer.op, "inputs": tuple(layer.inputs)}
         if layer.op in ("conv", "linear"):
             tiles[layer.name] = compile_layer(net, layer, reuse=reuse, lanes=lanes)
             src = shape_of(net, layer.inputs[0])
-            flat = ({"channels": src[0], "pixels": src[1] * src[2],
-                     "bits": stream_bits(net, layer.inputs[0])}
+            flat = (FlattenParams(src[0], src[1] * src[2], stream_bits(net, layer.inputs[0]))
                     if needs_flatten(net, layer) else None)
-            units.append({**head, "folder": f"tiles/{layer.name}", "flatten": flat,
-                          "replicas": replicas_for(layer, replicas)})
+            units.append(TileUnit(**head, folder=f"tiles/{layer.name}", flatten=flat,
+                                  replicas=replicas_for(layer, replicas)))
         elif layer.op == "add":
-            c = layer.out_shape[0]
-            units.append({**head, "channels": c, "a_bits": stream_bits(net, layer.inputs[0]),
-                          "b_bits": stream_bits(net, layer.inputs[1]),
-                          "out_bits": layer.out_bits, "ma": int(layer.ma), "mb": int(layer.mb),
-                          "shift": int(layer.add_shift), "fifo": list(fifo_depths[layer.name])})
+            units.append(AddParams(
+                **head, channels=layer.out_shape[0], a_bits=stream_bits(net, layer.inputs[0]),
+                b_bits=stream_bits(net, layer.inputs[1]), out_bits=layer.out_bits,
+                ma=int(layer.ma), mb=int(layer.mb), shift=int(layer.add_shift),
+                fifo=tuple(fifo_depths[layer.name])))
         elif layer.op == "avgpool_global":
             c, h, w = shape_of(net, layer.inputs[0])
-            units.append({**head, "channels": c, "pixels": h * w,
-                          "in_bits": stream_bits(net, layer.inputs[0]),
-                          "out_bits": layer.out_bits, "mult": int(layer.pool_mult),
-                          "shift": int(layer.pool_shift)})
+            units.append(PoolParams(**head, channels=c, pixels=h * w,
+                                    in_bits=stream_bits(net, layer.inputs[0]),
+                                    out_bits=layer.out_bits, mult=int(layer.pool_mult),
+                                    shift=int(layer.pool_shift)))
         else:
             raise ImageError(f"layer {layer.name!r}: no hardware unit for op {layer.op!r}")
     out = net.output_layer
@@ -205,7 +211,7 @@ def compile_network(net: Network, reuse: bool = True,
         "output": {"name": net.output, "channels": c, "bits": out.out_bits,
                    "signed": not out.relu,
                    "beats_per_image": 1 if out.op in ("linear", "avgpool_global") else h * w},
-        "units": units, "reuse": reuse, "lanes": lanes,
+        "units": [unit_to_dict(u) for u in units], "reuse": reuse, "lanes": lanes,
     }
     return {"manifest": manifest, "tiles": tiles}
 
