@@ -4,6 +4,8 @@ decodes the Verilator-run board top's answers with the same code."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..hw import protocol
@@ -33,28 +35,40 @@ def reference_shape(net: Network) -> tuple[int, ...]:
 
 class Board:
     """The host end of the serial link: `port` is anything with `write(bytes)` and
-    `read(n) -> bytes` (a `serial.Serial`, or a test double)."""
+    `read(n) -> bytes` (a `serial.Serial`, or a test double). Every read waits at most
+    `timeout` seconds in all, whatever the port's own timeout."""
 
-    def __init__(self, port, net: Network):
-        self.port, self.net = port, net
+    def __init__(self, port, net: Network, timeout: float = 10.0):
+        self.port, self.net, self.timeout = port, net, timeout
         self.manifest, self.digest = network_digest(net)
+        protocol.check_board(self.manifest)
+        self.seq = 0  # the sequence number of the next answer
 
     def _read(self, n: int) -> bytes:
-        data = self.port.read(n)
+        deadline = time.monotonic() + self.timeout
+        data = b""
+        while len(data) < n and time.monotonic() < deadline:
+            data += self.port.read(n - len(data))
         if len(data) != n:
-            raise protocol.ProtocolError(f"the board sent {len(data)} of {n} bytes before the "
-                                         "timeout: is it programmed, and at this baud rate?")
+            raise protocol.ProtocolError(f"the board sent {len(data)} of {n} bytes in "
+                                         f"{self.timeout:g} s: is it programmed, and at this "
+                                         "baud rate?")
         return data
 
     def identify(self) -> None:
+        """Check that the board holds this network; restarts the answers' numbering."""
+        if hasattr(self.port, "reset_input_buffer"):
+            self.port.reset_input_buffer()  # bytes left from an earlier session
         self.port.write(protocol.IDENTIFY)
         protocol.check_ident(self._read(protocol.IDENT_BYTES), self.digest)
+        self.seq = 0
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = reference.check_inputs(self.net, x)
         answers = []
-        size = 1 + protocol.output_bytes(self.manifest)
+        size = protocol.answer_bytes(self.manifest)
         for img in x:
             self.port.write(protocol.encode_image(img, self.manifest))
-            answers += protocol.parse_answers(self._read(size), self.manifest, 1)
+            answers += protocol.parse_answers(self._read(size), self.manifest, 1, self.seq)
+            self.seq = (self.seq + 1) % 256
         return to_array(answers, self.net)

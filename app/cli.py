@@ -200,7 +200,7 @@ def cmd_board_run(args) -> int:
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
     with serial.Serial(args.port, args.baud, timeout=args.timeout) as port:
-        board = Board(port, net)
+        board = Board(port, net, timeout=args.timeout)
         try:
             board.identify()
             t0 = time.time()

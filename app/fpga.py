@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..hw import bitstream
+from ..hw import bitstream, protocol
 from ..sw import images, netcycles, netfile
 
 # relative to the repository's root, where nox runs
@@ -57,7 +57,12 @@ def build_board(net_path: str | Path, board: str, out: str | Path,
     out = Path(out)
     folder = out / "images"
     lanes = fit_lanes(net, lanes)
-    images.write_network(images.compile_network(net, lanes=lanes), folder)
+    compiled = images.compile_network(net, lanes=lanes)
+    try:
+        protocol.check_board(compiled["manifest"])  # before any build work
+    except ValueError as exc:
+        raise ValueError(f"{net_path}: {exc}") from None
+    images.write_network(compiled, folder)
     steady = netcycles.predict(net, 4, lanes=lanes).steady
     return bitstream.build(folder, board, out, clock_mhz=clock_mhz, baud=baud, seed=seed,
                            cycles_per_image=steady, network=str(net_path), overrides=extra)

@@ -153,7 +153,7 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
     n = x.shape[0]
     sends = [protocol.IDENTIFY, BAD_COMMAND] + [protocol.encode_image(img, manifest)
                                                  for img in x]
-    expect = protocol.IDENT_BYTES + 1 + n * (1 + protocol.output_bytes(manifest))
+    expect = protocol.IDENT_BYTES + 1 + n * protocol.answer_bytes(manifest)
     bits_per_image = 10 * len(sends[-1])
     runner, build_dir = build_model(verilog, build_root, top="epim_board")
     t1 = time.time()
@@ -178,7 +178,7 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
     match = bool(y.shape == ref.shape and (y == ref).all())
     # cycles from the last image byte sent to the last answer byte: the answer's latency
     ends = [c for _, c in result["received"]]
-    size = 1 + protocol.output_bytes(manifest)
+    size = protocol.answer_bytes(manifest)
     last_bytes = [ends[protocol.IDENT_BYTES + 1 + (k + 1) * size - 1] for k in range(n)]
     rep = {"network": net.source, "images": n, "match": match,
            "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n))),

@@ -114,7 +114,13 @@ class BoardLink(wiring.Component):
     `epim.hw.protocol`, on UART pins at `divisor` clock cycles per bit.
 
     `manifest` is the network images' `network.json` (shapes, output format, `units_sha256`).
+    A network the protocol cannot carry (`protocol.check_board`) is refused.
     """
+
+    def __new__(cls, acc, manifest: dict, divisor: int, **kwargs):
+        protocol.check_board(manifest)
+        check_divisor(divisor)
+        return super().__new__(cls)
 
     def __init__(self, acc, manifest: dict, divisor: int, heartbeat_bits: int = 24):
         self._acc, self._man, self._div = acc, manifest, divisor
@@ -123,16 +129,23 @@ class BoardLink(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        man = self._man
-        inp, out = man["input"], man["output"]
         m.submodules.acc = acc = self._acc
         m.submodules.rx = rx = UARTRx(self._div)
         m.submodules.tx = tx = UARTTx(self._div)
         m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx)]
         error = Signal()
         received = Signal()
+        ident_req, bad_req = self.receive(m, rx, acc, error, received)
+        self.send(m, tx, acc, ident_req, bad_req)
+        hb = Signal(self._hb)
+        m.d.sync += hb.eq(hb + 1)
+        m.d.comb += self.leds.eq(Cat(hb[-1], ~acc.idle, received, error))
+        return m
 
-        # --- host to board: commands, image bytes into pixel beats -------------------------
+    def receive(self, m: Module, rx, acc, error, received):
+        """Host to board: commands, and image bytes into pixel beats. Returns the pending
+        identify and bad-command requests."""
+        inp = self._man["input"]
         c, pixels, bits = inp["channels"], inp["height"] * inp["width"], inp["bits"]
         in_image = Signal()
         ch = Signal(range(c))
@@ -167,8 +180,13 @@ class BoardLink(wiring.Component):
                 m.d.sync += ident_req.eq(1)
             with m.Else():
                 m.d.sync += [bad_req.eq(1), error.eq(1)]
+        return ident_req, bad_req
 
-        # --- board to host: identity, errors, outputs ----------------------------------------
+    def send(self, m: Module, tx, acc, ident_req, bad_req):
+        """Board to host: the identity, the error mark, and each image's answer frame (header
+        with the first beat, CRC after the last; the CRC register follows every byte sent
+        between them)."""
+        man, out = self._man, self._man["output"]
         ident = protocol.ident_reply(man["units_sha256"])
         nb = protocol.value_bytes(out["bits"])
         f, per = out["channels"], out["beats_per_image"]
@@ -179,24 +197,38 @@ class BoardLink(wiring.Component):
             word = Cat(word, word[-1].replicate(nb * 8 - out["bits"]) if out["signed"]
                        else Const(0, nb * 8 - out["bits"]))
             out_bytes += [word[8 * b:8 * b + 8] for b in range(nb)]
-        n_send = max(len(ident), 1 + len(out_bytes))
+        pre, n_out, n_crc = protocol.HEADER_BYTES, len(out_bytes), protocol.CRC_BYTES
+        n_send = max(len(ident), pre + n_out + n_crc)
         sending = Signal(Sending)
         idx = Signal(range(n_send + 1))
-        head = Signal()  # this beat starts an image's answer: send 'O' first
+        head = Signal()  # this beat starts an image's answer: the header first
+        tail = Signal()  # ... and this one ends it: the CRC last
         beat_no = Signal(range(per))
+        seq = Signal(8)
+        crc = Signal(16, init=protocol.CRC_INIT)
+        length = protocol.output_bytes(man)
+        header = Array([Const(protocol.OUTPUT[0], 8), seq, Const(length & 0xFF, 8),
+                        Const(length >> 8, 8)])
         ident_arr = Array(Const(b, 8) for b in ident)
         out_arr = Array(out_bytes)
         byte = Signal(8)
         last = Signal()
+        at = Signal(range(n_send + 1))  # index into the beat's payload bytes
+        in_head = Signal()
+        in_crc = Signal()
+        m.d.comb += [at.eq(idx - Mux(head, pre, 0)), in_head.eq(head & (idx < pre)),
+                     in_crc.eq(tail & ~in_head & (at >= n_out))]
         with m.Switch(sending):
             with m.Case(Sending.IDENTITY):
                 m.d.comb += [byte.eq(ident_arr[idx]), last.eq(idx == len(ident) - 1)]
             with m.Case(Sending.OUTPUT):
-                with m.If(head & (idx == 0)):
-                    m.d.comb += byte.eq(protocol.OUTPUT[0])
+                with m.If(in_head):
+                    m.d.comb += byte.eq(header[idx])
+                with m.Elif(in_crc):
+                    m.d.comb += byte.eq(Mux(at == n_out, crc[:8], crc[8:]))
                 with m.Else():
-                    m.d.comb += byte.eq(out_arr[idx - head])
-                m.d.comb += last.eq(idx == len(out_bytes) - 1 + head)
+                    m.d.comb += byte.eq(out_arr[at])
+                m.d.comb += last.eq(at == n_out - 1 + Mux(tail, n_crc, 0))
             with m.Case(Sending.ERROR):
                 m.d.comb += [byte.eq(protocol.ERROR[0]), last.eq(1)]
         m.d.comb += [tx.i.payload.eq(byte), tx.i.valid.eq(sending != Sending.IDLE)]
@@ -205,23 +237,34 @@ class BoardLink(wiring.Component):
                 m.d.sync += [sending.eq(Sending.IDLE), idx.eq(0)]
             with m.Else():
                 m.d.sync += idx.eq(idx + 1)
+            with m.If(sending == Sending.OUTPUT):
+                with m.If(head & (idx == 0)):
+                    m.d.sync += crc.eq(protocol.CRC_INIT)
+                with m.Elif(~in_crc):
+                    m.d.sync += crc.eq(crc16_step(crc, byte))
+                with m.If(tail & last):
+                    m.d.sync += seq.eq(seq + 1)
         with m.If(sending == Sending.IDLE):
             with m.If(bad_req):
                 m.d.sync += [sending.eq(Sending.ERROR), bad_req.eq(0)]
             with m.Elif(ident_req):
-                m.d.sync += [sending.eq(Sending.IDENTITY), ident_req.eq(0), idx.eq(0)]
+                m.d.sync += [sending.eq(Sending.IDENTITY), ident_req.eq(0), idx.eq(0),
+                             seq.eq(0)]
             with m.Elif(acc.o.valid):
                 m.d.comb += acc.o.ready.eq(1)
                 m.d.sync += [sending.eq(Sending.OUTPUT), idx.eq(0), beat.eq(acc.o.payload),
-                             head.eq(beat_no == 0),
+                             head.eq(beat_no == 0), tail.eq(beat_no == per - 1),
                              beat_no.eq(0 if per == 1 else Mux(beat_no == per - 1, 0,
                                                                 beat_no + 1))]
 
-        # --- LEDs ------------------------------------------------------------------------------
-        hb = Signal(self._hb)
-        m.d.sync += hb.eq(hb + 1)
-        m.d.comb += self.leds.eq(Cat(hb[-1], ~acc.idle, received, error))
-        return m
+
+def crc16_step(crc, byte):
+    """`protocol.crc16_step` in logic: the CRC after one more byte."""
+    c = crc ^ Cat(Const(0, 8), byte)
+    for _ in range(8):
+        shifted = Cat(Const(0, 1), c[:15])
+        c = Mux(c[15], shifted ^ protocol.CRC_POLY, shifted)
+    return c
 
 
 def pll_settings(f_in_mhz: float, f_out_mhz: float) -> tuple[int, int, int]:

@@ -3,17 +3,29 @@
 
 Host to board, one command byte each:
 
-- ``?`` (0x3F) identify. The board answers ``EPIM``, the protocol version (1) and the first
+- ``?`` (0x3F) identify. The board answers ``EPIM``, the protocol version (2) and the first
   8 bytes of the `units_sha256` of the network images it was built from (13 bytes), so the host
-  can refuse to talk to a board that holds another network.
+  can refuse to talk to a board that holds another network. It also restarts the answers'
+  sequence numbers at 0: identify before sending images.
 - ``I`` (0x49) image. Exactly `height * width * channels` bytes follow, pixels in raster order
   (y, then x) and channels within a pixel, one byte per value (the low `bits` bits; the host
   refuses larger values). Several images may follow each other without waiting.
 - anything else: the board answers ``!`` and lights its error LED.
 
-Board to host, per image, in the order the images came: ``O`` (0x4F), then the output layer's
-`beats_per_image` beats, each `channels` values of `ceil(bits / 8)` bytes, least significant
-byte first, two's complement when the output is signed.
+Board to host, per image, in the order the images came, one frame:
+
+- ``O`` (0x4F);
+- the sequence number, one byte: 0 for the first answer after an identify, then counting up
+  (modulo 256), so a lost or repeated answer is caught;
+- the payload's length in bytes, two bytes, least significant first;
+- the payload: the output layer's `beats_per_image` beats, each `channels` values of
+  `ceil(bits / 8)` bytes, least significant byte first, two's complement when the output is
+  signed;
+- a CRC-16 (CCITT: polynomial 0x1021, initial value 0xFFFF, no reflection, no final XOR) over
+  the sequence number, the length and the payload, two bytes, least significant first.
+
+An image value is one byte, so the board takes networks of at most 8 input bits; a payload is
+at most 65 535 bytes. `check_board` refuses a network that does not fit.
 """
 
 from __future__ import annotations
@@ -22,9 +34,14 @@ import math
 
 IDENTIFY, IMAGE, OUTPUT, ERROR = b"?", b"I", b"O", b"!"
 MAGIC = b"EPIM"
-VERSION = 1
+VERSION = 2
 DIGEST_BYTES = 8
 IDENT_BYTES = len(MAGIC) + 1 + DIGEST_BYTES
+HEADER_BYTES = 4  # "O", sequence number, length (2)
+CRC_BYTES = 2
+CRC_POLY, CRC_INIT = 0x1021, 0xFFFF
+MAX_INPUT_BITS = 8
+MAX_PAYLOAD = 2**16 - 1
 
 
 class ProtocolError(RuntimeError):
@@ -43,6 +60,44 @@ def output_bytes(manifest: dict) -> int:
     """Bytes after the ``O`` of one image's answer."""
     out = manifest["output"]
     return out["beats_per_image"] * out["channels"] * value_bytes(out["bits"])
+
+
+def answer_bytes(manifest: dict) -> int:
+    """Bytes of one image's whole answer frame."""
+    return HEADER_BYTES + output_bytes(manifest) + CRC_BYTES
+
+
+def crc16_step(crc: int, byte: int) -> int:
+    """The CRC after one more byte (most significant bit first)."""
+    crc ^= byte << 8
+    for _ in range(8):
+        crc = ((crc << 1) ^ CRC_POLY) if crc & 0x8000 else crc << 1
+        crc &= 0xFFFF
+    return crc
+
+
+def crc16(data: bytes) -> int:
+    crc = CRC_INIT
+    for b in data:
+        crc = crc16_step(crc, b)
+    return crc
+
+
+def frame(seq: int, payload: bytes) -> bytes:
+    """One answer frame (what the board sends for one image)."""
+    body = bytes([seq % 256]) + len(payload).to_bytes(2, "little") + payload
+    return OUTPUT + body + crc16(body).to_bytes(2, "little")
+
+
+def check_board(manifest: dict) -> None:
+    """Refuse a network the board's protocol cannot carry (ValueError)."""
+    bits = manifest["input"]["bits"]
+    if bits > MAX_INPUT_BITS:
+        raise ValueError(f"the network takes {bits}-bit inputs; the board's protocol carries "
+                         f"one byte per input value (at most {MAX_INPUT_BITS} bits)")
+    if output_bytes(manifest) > MAX_PAYLOAD:
+        raise ValueError(f"an answer of {output_bytes(manifest)} bytes; the board's frames "
+                         f"carry at most {MAX_PAYLOAD}")
 
 
 def encode_image(x, manifest: dict) -> bytes:
@@ -81,18 +136,33 @@ def decode_output(payload: bytes, manifest: dict) -> list[list[int]]:
     return [values[b * c:(b + 1) * c] for b in range(out["beats_per_image"])]
 
 
-def parse_answers(data: bytes, manifest: dict, images: int) -> list[list[list[int]]]:
-    """Split the board's answers to `images` images (each ``O`` + payload) and decode them."""
-    size = 1 + output_bytes(manifest)
+def parse_answers(data: bytes, manifest: dict, images: int,
+                  first_seq: int = 0) -> list[list[list[int]]]:
+    """Check and decode the board's answer frames to `images` images, the first carrying
+    sequence number `first_seq`: a wrong start byte, a sequence number out of order (a lost or
+    repeated answer), a wrong length or a CRC mismatch is a ProtocolError."""
+    size = answer_bytes(manifest)
     if len(data) != images * size:
         raise ProtocolError(f"{len(data)} bytes for {images} image(s), expected "
-                            f"{images * size}")
+                            f"{images * size} ({size} per answer)")
     out = []
     for k in range(images):
         chunk = data[k * size:(k + 1) * size]
+        seq, want = chunk[1], (first_seq + k) % 256
+        length = int.from_bytes(chunk[2:4], "little")
         if chunk[:1] != OUTPUT:
             raise ProtocolError(f"answer {k} starts with {chunk[:1]!r}, not {OUTPUT!r}")
-        out.append(decode_output(chunk[1:], manifest))
+        if seq != want:
+            raise ProtocolError(f"answer {k} carries sequence number {seq}, expected {want}: "
+                                "an answer was lost or repeated")
+        if length != output_bytes(manifest):
+            raise ProtocolError(f"answer {k} says {length} payload bytes, the network's "
+                                f"output is {output_bytes(manifest)}")
+        body, crc = chunk[1:-CRC_BYTES], int.from_bytes(chunk[-CRC_BYTES:], "little")
+        if crc16(body) != crc:
+            raise ProtocolError(f"answer {k}: CRC mismatch (sent {crc:#06x}, computed "
+                                f"{crc16(body):#06x}): the bytes were corrupted on the line")
+        out.append(decode_output(chunk[HEADER_BYTES:-CRC_BYTES], manifest))
     return out
 
 
@@ -100,8 +170,9 @@ def check_ident(reply: bytes, units_sha256: str) -> None:
     """Refuse an identity reply that is not this protocol's or names other network images."""
     want = ident_reply(units_sha256)
     if reply[:len(MAGIC)] != MAGIC:
-        raise ProtocolError(f"the board answered {reply!r} to '?': not an EPIM board (or the "
-                            "wrong serial port or baud rate)")
+        raise ProtocolError(f"the board answered {reply!r} to '?': not an EPIM board, or the "
+                            "wrong serial port or baud rate, or bytes left from an earlier "
+                            "session (the host discards what is waiting before it asks)")
     if reply[len(MAGIC)] != VERSION:
         raise ProtocolError(f"the board speaks protocol version {reply[len(MAGIC)]}, this "
                             f"host {VERSION}")

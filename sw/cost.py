@@ -80,15 +80,23 @@ class Constants:
         """Defaults, overridden by the numbers of a JSON object in `path` (names as fields)."""
         if not path:
             return cls()
-        obj = json.loads(Path(path).read_text())
+        try:
+            obj = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+            raise ValueError(f"{path}: not a JSON object of constants: "
+                             f"{getattr(exc, 'msg', type(exc).__name__)}") from None
         known = {f.name for f in fields(cls)}
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: must be a JSON object of constants by name "
+                             f"(known: {', '.join(sorted(known))}), not a {type(obj).__name__}")
         bad = sorted(set(obj) - known)
-        if not isinstance(obj, dict) or bad:
+        if bad:
             raise ValueError(f"{path}: unknown constant(s) {', '.join(bad)}; known: "
                              f"{', '.join(sorted(known))}")
         for k, v in obj.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{path}: constant {k!r} must be a positive number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf:
+                raise ValueError(f"{path}: constant {k!r} must be a positive finite number, "
+                                 f"got {v!r}")
         return replace(cls(), **obj)
 
 

@@ -11,6 +11,7 @@ import pytest
 from epim.app.board import Board
 from epim.app.generate import network_digest
 from epim.app.verify import board_cosim
+from epim.hw import protocol
 from epim.sw import data, examples, netcycles, netfile, reference
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
@@ -46,29 +47,41 @@ def test_board_top_on_the_committed_mnist_model_with_real_test_images(build_root
 
 
 class FakeBoard:
-    """A serial port with the board's behaviour, computed by the integer reference."""
+    """A serial port with the board's behaviour, computed by the integer reference; `fault`
+    makes it misbehave: "short" (an answer one byte short), "repeat" (the second answer sent
+    again in place of the third), "flip" (a bit flipped in the second answer's payload),
+    "stale" (bytes from an earlier session waiting in the port)."""
 
-    def __init__(self, net, digest: str, short: bool = False):
-        from epim.hw import protocol
+    def __init__(self, net, digest: str, fault: str | None = None):
+        self.net, self.digest, self.fault = net, digest, fault
+        self.pending = b"O\x07junk" if fault == "stale" else b""
+        self.seq, self.answers = 0, []
 
-        self.net, self.p, self.digest, self.short = net, protocol, digest, short
+    def reset_input_buffer(self) -> None:
         self.pending = b""
 
     def write(self, data: bytes) -> None:
-        p = self.p
-        if data == p.IDENTIFY:
-            self.pending += p.ident_reply(self.digest)
+        if data == protocol.IDENTIFY:
+            self.pending += protocol.ident_reply(self.digest)
+            self.seq = 0
             return
         c, h, w = self.net.input_shape
         flat = np.frombuffer(data[1:], dtype=np.uint8).astype(np.int64)
         x = flat.reshape(1, h, w, c).transpose(0, 3, 1, 2)
         y = reference.run_network(self.net, x)[0]
-        bits = self.net.output_layer.out_bits
-        nb = p.value_bytes(bits)
-        self.pending += p.OUTPUT + b"".join(
-            (int(v) & (2 ** (8 * nb) - 1)).to_bytes(nb, "little") for v in y.reshape(-1))
-        if self.short:
-            self.pending = self.pending[:-1]
+        nb = protocol.value_bytes(self.net.output_layer.out_bits)
+        payload = b"".join((int(v) & (2 ** (8 * nb) - 1)).to_bytes(nb, "little")
+                           for v in y.reshape(-1))
+        answer = protocol.frame(self.seq, payload)
+        self.seq += 1
+        if self.fault == "flip" and len(self.answers) == 1:
+            answer = answer[:6] + bytes([answer[6] ^ 4]) + answer[7:]
+        if self.fault == "repeat" and len(self.answers) == 2:
+            answer = self.answers[1]
+        if self.fault == "short":
+            answer = answer[:-1]
+        self.answers.append(answer)
+        self.pending += answer
 
     def read(self, n: int) -> bytes:
         out, self.pending = self.pending[:n], self.pending[n:]
@@ -76,17 +89,21 @@ class FakeBoard:
 
 
 def test_host_side_talks_the_protocol_and_refuses_a_wrong_board():
-    from epim.hw.protocol import ProtocolError
-
     net = netfile.parse(examples.random_network_net(0))
     c, h, w = net.input_shape
     x = np.random.default_rng(2).integers(0, 2**net.input_bits, (3, c, h, w))
-    board = Board(FakeBoard(net, network_digest(net)[1]), net)
-    board.identify()
+    digest = network_digest(net)[1]
+    board = Board(FakeBoard(net, digest, "stale"), net)
+    board.identify()  # (the stale bytes are discarded first)
     assert (board.infer(x) == reference.run_network(net, x)).all()
     other = Board(FakeBoard(net, "00" * 32), net)
-    with pytest.raises(ProtocolError, match="rebuild the bitstream"):
+    with pytest.raises(protocol.ProtocolError, match="rebuild the bitstream"):
         other.identify()
-    short = Board(FakeBoard(net, network_digest(net)[1], short=True), net)
-    with pytest.raises(ProtocolError, match="before the timeout"):
-        short.infer(x)
+    for fault, message in [("short", "sent 9 of 10 bytes in 0.2 s"),
+                           ("repeat", "sequence number 1, expected 2: an answer was lost or "
+                                      "repeated"),
+                           ("flip", "answer 0: CRC mismatch")]:
+        bad = Board(FakeBoard(net, digest, fault), net, timeout=0.2)
+        bad.identify()
+        with pytest.raises(protocol.ProtocolError, match=message):
+            bad.infer(x)

@@ -251,3 +251,28 @@ def test_internal_errors_say_so_and_keep_the_traceback_for_debug(monkeypatch, ca
     assert len(err) == 1 and "internal error: KeyError" in err[0] and "--debug" in err[0]
     with pytest.raises(KeyError):
         cli.main(["--debug", "check", str(net_path)])
+
+
+def test_bitstream_refuses_what_the_board_cannot_carry(tmp_path, rng):
+    """More than 8 input bits do not fit the board's one byte per value: refused in one line,
+    exit 2, before any build work."""
+    net = tmp_path / "wide.json"
+    net.write_text(json.dumps(examples.conv_layer_net(rng, cin=2, cout=2, h=4, w=4,
+                                                      in_bits=9)))
+    out = run_cli("bitstream", net, "--board", "icebreaker", "--out", tmp_path / "b")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "9-bit inputs" in lines[0] and str(net) in lines[0]
+    assert not (tmp_path / "b" / "images").exists()
+
+
+def test_cost_constants_must_be_an_object_of_finite_numbers(tmp_path, net_path):
+    for text, want in [("[1, 2]", "must be a JSON object of constants"),
+                       ('{"clock_mhz": NaN}', "'clock_mhz' must be a positive finite number"),
+                       ('{"clock_mhz": 1e999}', "must be a positive finite number"),
+                       ("{", "not a JSON object of constants")]:
+        path = tmp_path / "c.json"
+        path.write_text(text)
+        out = run_cli("cost", net_path, "--constants", path)
+        assert out.returncode == 2, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and want in out.stderr

@@ -8,13 +8,15 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment, Module, Signal
+from amaranth.hdl import Cat, Fragment, Module, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epim.hw import protocol
-from epim.hw.board import UARTRx, UARTTx, pll_ecp5, pll_settings
+from epim.hw.board import BoardLink, UARTRx, UARTTx, pll_ecp5, pll_settings
 from epim.hw.units import exact_scale, scale_clamped
 
 
@@ -141,3 +143,102 @@ def test_protocol_round_trip_and_refusals():
         protocol.check_ident(protocol.ident_reply("cd" * 32), MANIFEST["units_sha256"])
     with pytest.raises(protocol.ProtocolError, match="not an EPIM board"):
         protocol.check_ident(b"hello world!!", MANIFEST["units_sha256"])
+
+
+class _EchoAccelerator(wiring.Component):
+    """A stand-in accelerator: each input beat (pixel) comes out as one output beat, its
+    channels' values widened and negated into `f` signed `bits`-bit values."""
+
+    def __init__(self, c: int, bits_in: int, f: int, bits: int):
+        self._p = (c, bits_in, f, bits)
+        super().__init__({"i": In(stream.Signature(c * bits_in)),
+                          "o": Out(stream.Signature(f * bits)), "idle": Out(1)})
+
+    def elaborate(self, platform):
+        c, bits_in, f, bits = self._p
+        m = Module()
+        full = Signal()
+        vals = [Signal(signed(bits), name=f"v{k}") for k in range(f)]
+        m.d.comb += [self.i.ready.eq(~full | self.o.ready), self.o.valid.eq(full),
+                     self.o.payload.eq(Cat(*vals)), self.idle.eq(~full)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += full.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += full.eq(1)
+            for k in range(f):
+                m.d.sync += vals[k].eq(-self.i.payload.word_select(k % c, bits_in) * (k + 1))
+        return m
+
+
+def test_board_link_frames_answers_the_host_checks():
+    """The board top's answers, in Amaranth's simulator at 4 cycles per bit: identify, then
+    two images; the frames (header, sequence numbers, CRC) parse with the host's code and carry
+    the accelerator's values; after another identify the numbers restart at 0."""
+    c, h, w, f, bits = 2, 1, 2, 3, 12
+    manifest = {"input": {"channels": c, "height": h, "width": w, "bits": 4},
+                "output": {"channels": f, "bits": bits, "signed": True, "beats_per_image": 2},
+                "units_sha256": "ab" * 32}
+    acc = _EchoAccelerator(c, 4, f, bits)
+    link = BoardLink(acc, manifest, divisor=4, heartbeat_bits=4)
+    images = [np.array([[[3, 9]], [[15, 0]]]), np.array([[[1, 2]], [[7, 4]]])]
+    sends = ([protocol.IDENTIFY] + [protocol.encode_image(x, manifest) for x in images]
+             + [protocol.IDENTIFY, protocol.encode_image(images[1], manifest)])
+    got = []
+
+    async def bench(ctx):
+        for data in sends:
+            for byte in data:
+                for level in [0, *((byte >> b) & 1 for b in range(8)), 1]:
+                    ctx.set(link.rx, level)
+                    await ctx.tick().repeat(4)
+            await ctx.tick().repeat(1000)  # the answer goes out before the next command
+
+    async def receiver(ctx):
+        while True:
+            await ctx.negedge(link.tx)
+            await ctx.tick().repeat(2)
+            value = 0
+            for b in range(8):
+                await ctx.tick().repeat(4)
+                value |= ctx.get(link.tx) << b
+            await ctx.tick().repeat(4)
+            got.append(value)
+
+    sim = Simulator(link)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.add_testbench(receiver, background=True)
+    sim.run()
+    data = bytes(got)
+    size = protocol.answer_bytes(manifest)
+    ident = protocol.IDENT_BYTES
+    assert len(data) == 2 * ident + 3 * size
+    protocol.check_ident(data[:ident], manifest["units_sha256"])
+    answers = protocol.parse_answers(data[ident:ident + 2 * size], manifest, 2)
+    for x, ans in zip(images, answers, strict=True):
+        want = [[-int(x[k % c, 0, px]) * (k + 1) for k in range(f)] for px in range(w)]
+        assert ans == want
+    rest = data[ident + 2 * size:]
+    protocol.check_ident(rest[:ident], manifest["units_sha256"])
+    assert protocol.parse_answers(rest[ident:], manifest, 1, first_seq=0)
+    with pytest.raises(protocol.ProtocolError, match="sequence number 0, expected 1"):
+        protocol.parse_answers(rest[ident:], manifest, 1, first_seq=1)
+
+
+def test_host_refuses_repeated_and_corrupted_answers():
+    manifest = {"input": {"channels": 1, "height": 1, "width": 1, "bits": 8},
+                "output": {"channels": 2, "bits": 8, "signed": False, "beats_per_image": 1},
+                "units_sha256": "cd" * 32}
+    a0, a1 = protocol.frame(0, bytes([5, 6])), protocol.frame(1, bytes([7, 8]))
+    assert protocol.parse_answers(a0 + a1, manifest, 2) == [[[5, 6]], [[7, 8]]]
+    with pytest.raises(protocol.ProtocolError, match="sequence number 0, expected 1"):
+        protocol.parse_answers(a0 + a0, manifest, 2)  # a duplicated answer
+    flipped = bytearray(a1)
+    flipped[5] ^= 0x10
+    with pytest.raises(protocol.ProtocolError, match="answer 1: CRC mismatch"):
+        protocol.parse_answers(a0 + bytes(flipped), manifest, 2)
+    with pytest.raises(protocol.ProtocolError, match="says 3 payload bytes"):
+        protocol.parse_answers(protocol.frame(0, bytes(3))[:-1], manifest, 1)
+    assert protocol.crc16(b"123456789") == 0x29B1  # the CRC-16/CCITT-FALSE check value
+    with pytest.raises(ValueError, match="9-bit inputs"):
+        protocol.check_board({**manifest, "input": {**manifest["input"], "bits": 9}})
