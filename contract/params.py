@@ -255,6 +255,8 @@ class PoolParams:
 UNIT_TYPES = {"conv": TileUnit, "linear": TileUnit, "add": AddParams, "avgpool_global": PoolParams}
 Unit = TileUnit | AddParams | PoolParams
 MAX_INT = 2**62  # multipliers and shifts of the network file are far below
+MAX_MULT = 2**31
+SIGNED = ("ma", "mb")  # an adder's input multipliers may be negative
 
 
 def unit_to_dict(unit: Unit) -> dict:
@@ -277,7 +279,7 @@ def unit_from_dict(d, where: str) -> Unit:
             or not NAME_RE.match(d["name"]):
         raise ImageError(f"{where} must be an object whose 'name' is an identifier")
     where = f"{where} ({d['name']!r})"
-    cls = UNIT_TYPES.get(d.get("op"))
+    cls = UNIT_TYPES.get(d["op"]) if isinstance(d.get("op"), str) else None
     if cls is None:
         raise ImageError(f"{where}: unknown op {str(d.get('op'))[:40]!r}")
     names = [f.name for f in dataclasses.fields(cls)]
@@ -311,6 +313,10 @@ def unit_from_dict(d, where: str) -> Unit:
         elif f.type == "str":
             if not isinstance(v, str):
                 raise ImageError(f"{where}: {f.name!r} must be a string")
+        elif f.name in SIGNED:
+            if isinstance(v, bool) or not isinstance(v, int) or not abs(v) < MAX_MULT:
+                raise ImageError(f"{where}: {f.name!r} must be an integer of magnitude below "
+                                 f"2**31")
         elif not _count(v, MAX_INT):
             raise ImageError(f"{where}: {f.name!r} must be a non-negative integer")
         values[f.name] = v
@@ -323,3 +329,34 @@ def unit_from_dict(d, where: str) -> Unit:
 
 def _count(v, top: int) -> bool:
     return not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= top
+
+
+IO_KEYS = {"input": {"name": str, "channels": int, "height": int, "width": int, "bits": int},
+           "output": {"name": str, "channels": int, "bits": int, "signed": bool,
+                      "beats_per_image": int}}
+
+
+def check_network_io(manifest: dict, where: str) -> None:
+    """Refuse a network manifest whose `input`, `output`, `reuse` or `lanes` is malformed
+    (ImageError naming `where` and the field): the accelerator's ports are built from them."""
+    for part, keys in IO_KEYS.items():
+        d = manifest.get(part)
+        if not isinstance(d, dict) or set(d) != set(keys):
+            raise ImageError(f"{where}: {part!r} must be an object with {', '.join(keys)}")
+        for key, typ in keys.items():
+            v = d[key]
+            if typ is str:
+                ok = isinstance(v, str) and NAME_RE.match(v)
+            elif typ is bool:
+                ok = isinstance(v, bool)
+            else:
+                ok = _count(v, MAX_DIM * MAX_DIM) and v >= 1
+            if not ok:
+                raise ImageError(f"{where}: '{part}.{key}' is {str(v)[:40]!r}, not a valid "
+                                 f"{'name' if typ is str else typ.__name__}")
+    if not isinstance(manifest.get("reuse"), bool):
+        raise ImageError(f"{where}: 'reuse' must be true or false")
+    lanes = manifest.get("lanes")
+    if not (lanes is None or _count(lanes, MAX_DIM) or (
+            isinstance(lanes, dict) and all(_count(v, MAX_DIM) for v in lanes.values()))):
+        raise ImageError(f"{where}: 'lanes' must be null, a count or counts by layer")

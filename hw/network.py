@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..contract import graph as unit_graph
 from ..contract.images import NETWORK_FORMAT, ImageError, read_manifest
-from ..contract.params import AddParams, TileUnit, unit_from_dict
+from ..contract.params import AddParams, TileUnit, check_network_io, unit_from_dict
 from .images import load
 from .replicas import ReplicatedTile
 from .tile import PIMTile
@@ -44,6 +44,7 @@ def load_network(folder: str | Path) -> dict:
     if hashlib.sha256(whole).hexdigest() != manifest.get("sha256"):
         raise ImageError(f"{mpath}: the manifest does not match its 'sha256': it was edited "
                          "or corrupted after it was packed (re-run 'epim generate')")
+    check_network_io(manifest, str(mpath))
     tiles, typed = {}, []
     for k, raw in enumerate(units):
         unit = unit_from_dict(raw, f"{mpath}: unit #{k}")

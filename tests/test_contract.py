@@ -71,7 +71,8 @@ def test_network_units_are_checked(rng):
     assert any(isinstance(u, TileUnit) for u in typed)
     add = next(u for u in units if u["op"] == "add")
     for change, message in [({"fifo": [1]}, "'fifo' must be two depths"),
-                            ({"ma": -1}, "'ma' must be a non-negative integer"),
+                            ({"ma": 2**31}, "'ma' must be an integer of magnitude below"),
+                            ({"shift": -1}, "'shift' must be a non-negative integer"),
                             ({"op": "maxpool"}, "unknown op"),
                             ({"inputs": ["../x"]}, "'inputs' must be a list of names"),
                             ({"size": 3}, "unknown key 'size'")]:

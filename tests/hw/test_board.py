@@ -131,12 +131,12 @@ def test_protocol_round_trip_and_refusals():
         protocol.encode_image(x[:1], MANIFEST)
     values = [-2048, 2047, -1, 0, 5, -300]
     payload = b"".join((v & 0xFFFF).to_bytes(2, "little") for v in values)
-    assert protocol.parse_answers(protocol.OUTPUT + payload, MANIFEST, 1) == [
+    assert protocol.parse_answers(protocol.frame(0, payload), MANIFEST, 1) == [
         [values[:3], values[3:]]]
     with pytest.raises(protocol.ProtocolError, match="starts with"):
-        protocol.parse_answers(b"X" + payload, MANIFEST, 1)
+        protocol.parse_answers(b"X" + protocol.frame(0, payload)[1:], MANIFEST, 1)
     with pytest.raises(protocol.ProtocolError, match="expected"):
-        protocol.parse_answers(protocol.OUTPUT + payload[:-1], MANIFEST, 1)
+        protocol.parse_answers(protocol.frame(0, payload)[:-1], MANIFEST, 1)
     protocol.check_ident(protocol.ident_reply(MANIFEST["units_sha256"]),
                          MANIFEST["units_sha256"])
     with pytest.raises(protocol.ProtocolError, match="rebuild the bitstream"):
