@@ -102,3 +102,52 @@ def plan(input_name: str, layers: Sequence[tuple[str, str, Sequence[str]]], outp
         publish(name, name)
     nodes.append(Node("output", "sink", (feeds[(OUTPUT, 0)],)))
     return nodes
+
+
+def check_units(manifest: dict, units: list, tiles: dict, where: str) -> None:
+    """Refuse a network manifest whose units do not fit together (ValueError naming `where`
+    and the unit): every input names an earlier unit or the network input, and each stream's
+    width (bits per beat) and beats per image are what its reader takes. `units` are typed
+    (`epim.contract.params`), `tiles` the tiles' `TileParams` by name."""
+    inp, out = manifest["input"], manifest["output"]
+    width = {inp["name"]: inp["channels"] * inp["bits"]}
+    beats = {inp["name"]: inp["height"] * inp["width"]}
+
+    def need(name: str, src: str, w: int, b: int, what: str) -> None:
+        if src not in width:
+            raise ValueError(f"{where}: unit {name!r} reads {src!r}, which no earlier unit "
+                             "makes")
+        if (width[src], beats[src]) != (w, b):
+            raise ValueError(f"{where}: unit {name!r} takes {w}-bit beats, {b} per image, "
+                             f"{what}; {src!r} makes {width[src]}-bit beats, {beats[src]}")
+
+    for u in units:
+        if u.name in width:
+            raise ValueError(f"{where}: unit {u.name!r} appears twice")
+        kind = KINDS[u.op]
+        if kind == "tile":
+            p = tiles[u.name]
+            if u.flatten is not None:
+                f = u.flatten
+                need(u.name, u.inputs[0], f.channels * f.bits, f.pixels, "through its flatten")
+                if f.channels * f.pixels * f.bits != p.cin * p.in_bits or p.h * p.w != 1:
+                    raise ValueError(f"{where}: unit {u.name!r}: its flatten unit does not "
+                                     "make the tile's input beat")
+            else:
+                need(u.name, u.inputs[0], p.cin * p.in_bits, p.h * p.w, "as input")
+            width[u.name], beats[u.name] = p.cout * p.out_bits, p.ho * p.wo
+        elif kind == "add":
+            if len(u.inputs) != 2:
+                raise ValueError(f"{where}: unit {u.name!r}: an add has two inputs")
+            b = beats.get(u.inputs[0], 0)
+            need(u.name, u.inputs[0], u.channels * u.a_bits, b, "on input a")
+            need(u.name, u.inputs[1], u.channels * u.b_bits, b, "on input b")
+            width[u.name], beats[u.name] = u.channels * u.out_bits, b
+        else:
+            need(u.name, u.inputs[0], u.channels * u.in_bits, u.pixels, "as input")
+            width[u.name], beats[u.name] = u.channels * u.out_bits, 1
+        if kind != "add" and len(u.inputs) != 1:
+            raise ValueError(f"{where}: unit {u.name!r} has one input")
+    if out["name"] not in width or width[out["name"]] != out["channels"] * out["bits"] \
+            or beats[out["name"]] != out["beats_per_image"]:
+        raise ValueError(f"{where}: 'output' does not describe unit {out['name']!r}'s stream")

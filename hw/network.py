@@ -61,6 +61,11 @@ def load_network(folder: str | Path) -> dict:
                              f"images of layer {unit.name!r} come from another compile or "
                              "were changed (re-run 'epim generate')")
         tiles[unit.name] = load(folder / unit.folder)
+    try:
+        unit_graph.check_units(manifest, typed, {n: t.params for n, t in tiles.items()},
+                               str(mpath))
+    except ValueError as exc:
+        raise ImageError(str(exc)) from None
     return {"manifest": manifest, "units": typed, "tiles": tiles, "folder": folder}
 
 

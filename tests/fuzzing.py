@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from amaranth.hdl import Fragment
 
 from epim.app.cli import main as cli
 from epim.contract.images import ImageError, canonical, manifest_digest, sha256_text
@@ -228,7 +229,7 @@ def tamper(folder: Path, rng: random.Random) -> str:
 
 def fuzz_image_folders(n: int, work: Path, seed: int = 0) -> Counter:
     """`n` tampered network folders through the hardware side's loader, and an accepted one
-    through building the accelerator (its units checked). Counts the outcomes."""
+    through building and elaborating the accelerator. Counts the outcomes."""
     rng = random.Random(seed)
     net = netfile.parse(examples.random_network_net(0))
     pristine = work / "pristine"
@@ -247,7 +248,8 @@ def fuzz_image_folders(n: int, work: Path, seed: int = 0) -> Counter:
             counts["traceback"] += 1
         else:
             try:
-                NetworkAccelerator(loaded)
+                # built and elaborated whole: every unit of an accepted folder must build
+                Fragment.get(NetworkAccelerator(loaded), None)
                 counts["accepted"] += 1
             except ImageError:
                 counts["refused"] += 1

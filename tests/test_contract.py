@@ -98,3 +98,22 @@ def test_plan_follows_the_rules():
                                                                                 (8, 1, 1))
     with pytest.raises(ValueError, match="no hardware unit for op 'maxpool'"):
         graph.plan("x", [("m", "maxpool", ["x"])], "m", set(), {})
+
+
+def test_units_that_do_not_fit_together_are_refused():
+    net = netfile.parse(examples.random_network_net(0))
+    compiled = images.compile_network(net)
+    man = compiled["manifest"]
+    tiles = {n: img.params for n, img in compiled["tiles"].items()}
+    typed = [unit_from_dict(u, "u") for u in man["units"]]
+    graph.check_units(man, typed, tiles, "network.json")
+    add = next(k for k, u in enumerate(typed) if isinstance(u, AddParams))
+    wide = AddParams(**{**unit_to_dict(typed[add]), "inputs": tuple(typed[add].inputs),
+                        "fifo": tuple(typed[add].fifo), "a_bits": typed[add].a_bits + 1})
+    with pytest.raises(ValueError, match=f"unit {wide.name!r} takes .* on input a"):
+        graph.check_units(man, typed[:add] + [wide] + typed[add + 1:], tiles, "network.json")
+    with pytest.raises(ValueError, match="which no earlier unit makes"):
+        graph.check_units(man, typed[::-1], tiles, "network.json")
+    with pytest.raises(ValueError, match="'output' does not describe"):
+        graph.check_units({**man, "output": {**man["output"], "bits": 3}}, typed, tiles,
+                          "network.json")

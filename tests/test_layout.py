@@ -14,11 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("contract", "sw", "hw", "sim", "app") for p in (ROOT / d).glob("*.py")]
 
 
+TREES = {path: ast.parse(path.read_text()) for path in SOURCES}
+
+
 def definitions(name: str) -> list[str]:
     """Modules that bind `name` at top level (an assignment, function or class)."""
     found = []
-    for path in SOURCES:
-        for node in ast.parse(path.read_text()).body:
+    for path, tree in TREES.items():
+        for node in tree.body:
             targets = []
             if isinstance(node, ast.Assign):
                 for t in node.targets:

@@ -1,6 +1,6 @@
 """The board top's parts in Amaranth's simulator: the UART pair, the threshold output stage of
 fixed tiles, and the protocol helpers (the whole board top runs on Verilator in
-tests/sim/test_board.py)."""
+tests/app/test_board.py)."""
 
 from __future__ import annotations
 
