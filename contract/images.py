@@ -42,7 +42,6 @@ class ProgTarget(enum.IntEnum):
     OSTAGE = 4
 
 
-PROG_TARGETS = {t.name.lower(): int(t) for t in ProgTarget}
 PROG_MEM_BITS = 3
 
 
@@ -144,9 +143,15 @@ def unpack(layout: list[tuple[str, int]], word: int) -> dict[str, int]:
 
 
 def pack_fields(values, width: int) -> int:
-    """Equal-width non-negative values, the first at the least significant end."""
-    return pack([(str(i), width) for i in range(len(values))],
-                {str(i): v for i, v in enumerate(values)})
+    """Equal-width non-negative values, the first at the least significant end (a layout of
+    `len(values)` fields of `width` bits, packed without building it)."""
+    word = 0
+    for i, v in enumerate(values):
+        v = int(v)
+        if not 0 <= v < 2**width:
+            raise ValueError(f"field value {v} does not fit {width} bits")
+        word |= v << (i * width)
+    return word
 
 
 # --- Files -------------------------------------------------------------------------------------

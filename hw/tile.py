@@ -27,7 +27,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..contract.images import PROG_TARGETS, prog_fields, ubits
+from ..contract.images import ProgTarget, prog_fields, ubits
 from ..contract.params import TileParams
 from . import crossbar, gather, ofat, ostage, sequencer
 from .gather import base_bits
@@ -71,7 +71,7 @@ class PIMTile(wiring.Component):
         Output pixels in raster order; channel `o` at bits `[o*out_bits, (o+1)*out_bits)`,
         two's complement when the layer has no ReLU.
     prog : In(stream.Signature(prog_layout(cfg)))
-        Programming port: writes word `data` at `addr` of memory `mem` (see `PROG_TARGETS`).
+        Programming port: writes word `data` at `addr` of memory `mem` (see `ProgTarget`).
         Ready only while the tile is idle, never for a fixed tile.
 
     A *fixed* tile (``fixed=True``, the network accelerator's tiles, which are never
@@ -116,10 +116,12 @@ class PIMTile(wiring.Component):
         stage words as registers (every row is read at once, as an analog crossbar does), the
         IFRT, IFAT and OFAT as tables. A fixed tile's are constants and ROMs."""
         cfg, widths, init, fixed = self._cfg, self._cfg.widths, self._init, self._fixed
-        prog_we = {name: Signal(name=f"prog_we_{name}") for name in PROG_TARGETS}
+        prog_we = {}
         prog_fire = self.prog.valid & self.prog.ready
-        for name, code in PROG_TARGETS.items():
-            m.d.comb += prog_we[name].eq(prog_fire & (self.prog.payload.mem == code))
+        for target in ProgTarget:
+            name = target.name.lower()
+            prog_we[name] = Signal(name=f"prog_we_{name}")
+            m.d.comb += prog_we[name].eq(prog_fire & (self.prog.payload.mem == target))
         prog_addr, prog_data = self.prog.payload.addr, self.prog.payload.data
 
         def table(name):

@@ -27,11 +27,11 @@ from ..contract.images import (
     ofat_fields,
     ostage_fields,
     pack,
+    pack_fields,
     params_digest,
     sha256_text,
     ubits,
     write_files_atomically,
-    xbar_field,
 )
 from ..contract.params import (
     AddParams,
@@ -104,20 +104,15 @@ def compile_layer(net: Network, layer: Layer, reuse: bool = True,
     computes at once (`epim.sw.cyclemodel.lanes_for`; default all)."""
     epi = layer.epitome
     step_list = steps(epi, reuse)
-    p = layer_params(net, layer, max_steps, lanes, n_steps=0, reuse=reuse)
-    if len(step_list) > p.max_steps:
+    limit = max_steps or layer.g_in * layer.g_out
+    if len(step_list) > limit:
         raise ImageError(f"layer {layer.name!r}: {len(step_list)} IFRT steps exceed the "
-                         f"tile's max_steps={p.max_steps}")
+                         f"tile's max_steps={limit}")
     p = layer_params(net, layer, max_steps, lanes, n_steps=len(step_list), reuse=reuse)
     cells = crossbar_slices(layer, p.cell_bits)  # (2, n_s, R, Ce_out)
-    xbar = []
-    for r in range(cells.shape[2]):
-        word = 0
-        for pol in range(2):
-            for q in range(p.n_slices):
-                for e in range(p.ce_out):
-                    word |= int(cells[pol, q, r, e]) << xbar_field(p, pol, e, q)
-        xbar.append(word)
+    # a row's cells in the order of `xbar_fields`: polarity, then column, then slice
+    per_row = cells.transpose(2, 0, 3, 1).reshape(cells.shape[2], -1).tolist()
+    xbar = [pack_fields(row, p.cell_bits) for row in per_row]
     ifrt_l, ifat_l = ifrt_fields(p), ifat_fields(p)
     ifrt, ifat = [], []
     for n, st in enumerate(step_list):
