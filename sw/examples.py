@@ -138,11 +138,17 @@ def _conv(r: np.random.Generator, name: str, src: str, shape, cout: int, kernel:
     return lay, (cout, ho, wo)
 
 
-def random_network_net(seed: int) -> dict:
+def random_network_net(seed: int, v11: bool = False) -> dict:
     """A small random network over what the accelerator covers: a stem conv, one or two
     residual blocks (identity skip, or a 1x1 conv skip when the shape changes), then global
     pooling and a linear classifier, a linear layer on the flattened map, or the last map
-    itself. Random shapes, epitomes (with wrapping and random offsets), bits, and lossy ADCs."""
+    itself. Random shapes, epitomes (with wrapping and random offsets), bits, and lossy ADCs.
+
+    `v11=True` uses what version 1.1 of the contract adds: a max pool after the stem (random
+    kernel, stride and padding) and standard residual blocks, whose second conv and 1x1
+    shortcut have `relu: false` and feed the adder signed values."""
+    if v11:
+        return _random_v11_net(seed)
     r = np.random.default_rng(seed)
     pim = {"xbar_rows": int(r.integers(4, 24)), "xbar_cols": 16,
            "cell_bits": int(r.integers(1, 4)), "dac_bits": int(r.integers(1, 4)),
@@ -188,6 +194,61 @@ def random_network_net(seed: int) -> dict:
     elif end == 1:  # a linear layer on the flattened map
         lay, _ = _conv(r, "fc", prev, shape, int(r.integers(2, 8)), 1, 1, 0, bits, 12, pim,
                        relu=False, op="linear")
+        layers.append(lay)
+    net = {"format": "epim-net-v1", "pim": pim, "input": net_in, "layers": layers,
+           "output": layers[-1]["name"]}
+    parse(net)
+    return net
+
+
+def _random_v11_net(seed: int) -> dict:
+    r = np.random.default_rng(seed)
+    pim = {"xbar_rows": int(r.integers(4, 24)), "xbar_cols": 16,
+           "cell_bits": int(r.integers(1, 4)), "dac_bits": int(r.integers(1, 4)),
+           "adc_bits": int(r.integers(3, 8))}
+    in_bits = int(r.integers(2, 7))
+    shape = (int(r.integers(1, 4)), int(r.integers(5, 10)), int(r.integers(5, 10)))
+    net_in = {"name": "input", "channels": shape[0], "height": shape[1], "width": shape[2],
+              "bits": in_bits}
+    bits = int(r.integers(2, 6))
+    k = int(r.choice([1, 3]))
+    lay, shape = _conv(r, "stem", "input", shape, int(r.integers(2, 6)), k, 1, k // 2, in_bits,
+                       bits, pim)
+    layers = [lay]
+    pk = int(r.integers(2, 4))
+    ps = int(r.integers(1, 3))
+    pp = int(r.integers(0, pk // 2 + 1))
+    layers.append({"name": "pool", "op": "maxpool", "inputs": ["stem"], "kernel": pk,
+                   "stride": ps, "padding": pp})
+    shape = (shape[0], (shape[1] + 2 * pp - pk) // ps + 1, (shape[2] + 2 * pp - pk) // ps + 1)
+    prev = "pool"
+    for b in range(int(r.integers(1, 3))):
+        cout = int(r.integers(2, 6))
+        stride = int(r.integers(1, 3)) if shape[1] >= 4 and shape[2] >= 4 else 1
+        k = int(r.choice([1, 3]))
+        c1, s1 = _conv(r, f"b{b}c1", prev, shape, cout, k, stride, k // 2, bits, bits, pim)
+        sbits = int(r.integers(3, 8))
+        c2, s2 = _conv(r, f"b{b}c2", f"b{b}c1", s1, cout, 3, 1, 1, bits, sbits, pim,
+                       relu=False)
+        layers += [c1, c2]
+        skip = prev
+        if s2 != shape:
+            sc, _ = _conv(r, f"b{b}sc", prev, shape, cout, 1, stride, 0, bits,
+                          int(r.integers(3, 8)), pim, relu=bool(r.random() < 0.3))
+            layers.append(sc)
+            skip = f"b{b}sc"
+        out_bits = int(r.integers(2, 6))
+        layers.append({"name": f"b{b}add", "op": "add", "inputs": [f"b{b}c2", skip],
+                       "ma": int(r.integers(1, 8)), "mb": int(r.integers(-2, 8)),
+                       "shift": int(r.integers(1, 4)), "out_bits": out_bits})
+        prev, shape, bits = f"b{b}add", s2, out_bits
+    if seed % 2 == 0:
+        pool_bits = int(r.integers(3, 9))
+        layers.append({"name": "gap", "op": "avgpool_global", "inputs": [prev],
+                       "mult": max(1, round(2**12 / (shape[1] * shape[2]))), "shift": 12,
+                       "out_bits": pool_bits})
+        lay, _ = _conv(r, "fc", "gap", (shape[0], 1, 1), int(r.integers(2, 11)), 1, 1, 0,
+                       pool_bits, 16, pim, relu=False, op="linear")
         layers.append(lay)
     net = {"format": "epim-net-v1", "pim": pim, "input": net_in, "layers": layers,
            "output": layers[-1]["name"]}

@@ -17,7 +17,7 @@ import numpy as np
 from ..contract.images import NAME_RE
 from ..contract.images import NET_FORMAT as FORMAT
 
-OPS = ("conv", "linear", "add", "avgpool_global")
+OPS = ("conv", "linear", "add", "avgpool_global", "maxpool")
 
 # Ranges the spec leaves open; chosen for hardware and written in docs/spec-notes.md.
 MAX_BITS = 32
@@ -120,6 +120,10 @@ class Network:
     layers: tuple[Layer, ...]  # in a valid execution order
     output: str
     source: str = "<net>"
+
+    def signed(self, name: str) -> bool:
+        """True when tensor `name` holds signed values (a conv/linear with `relu: false`)."""
+        return name != self.input_name and not self.layer(name).relu
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
@@ -244,6 +248,7 @@ _ALLOWED = {
                          "shift", "relu", "out_bits"},
     "add": _COMMON | {"ma", "mb", "shift", "out_bits"},
     "avgpool_global": _COMMON | {"mult", "shift", "out_bits"},
+    "maxpool": _COMMON | {"kernel", "stride", "padding"},
 }
 _EPITOME_KEYS = {"in_channels", "out_channels", "patch_in", "patch_out", "row_offset",
                  "col_offset", "weights"}
@@ -336,7 +341,6 @@ def parse(obj, source: str = "<net>") -> Network:
         raise top.fail("output", f"names no layer: {output!r}")
 
     order = _topo_order(by_name, input_name, source)
-    consumers = {n: [m for m in by_name if n in by_name[m]["inputs"]] for n in by_name}
     shapes: dict[str, tuple[tuple[int, int, int], int, bool]] = {
         input_name: (input_shape, input_bits, True)}
     layers = []
@@ -345,12 +349,11 @@ def parse(obj, source: str = "<net>") -> Network:
         ctx = _Ctx(source, f"layer '{name}'")
         srcs = [shapes[i] for i in lay["inputs"]]
         for i, (_, _, unsigned) in zip(lay["inputs"], srcs, strict=True):
-            if not unsigned:
-                raise ctx.fail("inputs", f"input {i!r} is signed (relu: false); only the "
-                               "network output may be signed")
+            if not unsigned and lay["op"] != "add":
+                raise ctx.fail("inputs", f"input {i!r} is signed (its producer has relu: "
+                               f"false); only add layers may read a signed tensor, a "
+                               f"{lay['op']} reads unsigned values")
         layer = _parse_layer(ctx, lay, srcs, pim)
-        if not layer.relu and (name != output or consumers[name]):
-            raise ctx.fail("relu", "false is allowed only on the network output layer")
         shapes[name] = (layer.out_shape, layer.out_bits, layer.relu)
         layers.append(layer)
     return Network(pim, input_name, input_shape, input_bits, tuple(layers), output, source)
@@ -381,7 +384,7 @@ def _topo_order(by_name: dict[str, dict], input_name: str, source: str) -> list[
 def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:
     op = lay["op"]
     (shape, in_bits, _) = srcs[0]
-    out_bits = ctx.int(lay, "out_bits", 1, MAX_BITS)
+    out_bits = in_bits if op == "maxpool" else ctx.int(lay, "out_bits", 1, MAX_BITS)
     common = dict(name=lay["name"], op=op, inputs=tuple(lay["inputs"]), in_shape=shape,
                   in_bits=in_bits, out_bits=out_bits)
     if op == "add":
@@ -392,6 +395,8 @@ def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:
                      ma=ctx.int(lay, "ma", -MULT_LIMIT + 1, MULT_LIMIT - 1),
                      mb=ctx.int(lay, "mb", -MULT_LIMIT + 1, MULT_LIMIT - 1),
                      add_shift=ctx.int(lay, "shift", 0, MAX_SHIFT))
+    if op == "maxpool":
+        return _parse_maxpool(ctx, lay, common)
     if op == "avgpool_global":
         return Layer(**common, out_shape=(shape[0], 1, 1),
                      pool_mult=ctx.int(lay, "mult", 1, MULT_LIMIT - 1),
@@ -450,3 +455,17 @@ def _parse_epitome(ctx: _Ctx, e: dict, cin: int, cout: int, k: int, wmax: int) -
     weights = ctx.array(e, "weights", (ce_out, ce_in, k, k), -wmax, wmax, pre,
                         "(Ce_out, Ce_in, k, k)")
     return Epitome(ce_in, ce_out, p_in, p_out, row, col, weights)
+
+
+def _parse_maxpool(ctx: _Ctx, lay: dict, common: dict) -> Layer:
+    """Max pooling (v1.1): PyTorch's `max_pool2d` in floor mode, padding outside the map never
+    wins; the output keeps the input's width."""
+    c, h, w = common["in_shape"]
+    k = ctx.int(lay, "kernel", 1, 15)
+    s = ctx.int(lay, "stride", 1, 15) if "stride" in lay else 1
+    p = ctx.int(lay, "padding", 0, k // 2) if "padding" in lay else 0
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    if ho < 1 or wo < 1:
+        raise ctx.fail("kernel", f"a {k}x{k} window with padding {p} is larger than the "
+                       f"padded {h}x{w} input map")
+    return Layer(**common, out_shape=(c, ho, wo), kernel=k, stride=s, padding=p)

@@ -225,7 +225,20 @@ def run_layer(layer: Layer, pim: PIM, *xs: np.ndarray, reuse: bool = True,
     if layer.op == "avgpool_global":
         s = xs[0].sum(axis=(2, 3), keepdims=True)  # (int64: requantize widens if needed)
         return requantize(s, layer.pool_mult, layer.pool_shift, 0, hi)
+    if layer.op == "maxpool":
+        return maxpool(xs[0], layer.kernel, layer.stride, layer.padding)
     raise ValueError(f"layer {layer.name!r}: unknown op {layer.op!r}")
+
+
+def maxpool(x: np.ndarray, k: int, stride: int, padding: int) -> np.ndarray:
+    """Spec section 6: the largest value of each window, over the positions inside the map
+    (padding never wins: the inputs are unsigned, the padding is -1)."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)),
+                constant_values=-1)
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    win = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride][:, :, :ho, :wo]
+    return win.max(axis=(4, 5))
 
 
 def cpu_count() -> int:

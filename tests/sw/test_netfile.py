@@ -102,11 +102,64 @@ def test_add_shapes_must_match(net_obj):
         netfile.parse(obj)
 
 
-def test_signed_layer_only_at_the_output(net_obj):
+def test_signed_tensor_may_feed_an_add(net_obj):
     obj = residual_net(net_obj)
-    obj["layers"][1]["relu"] = False
-    with pytest.raises(NetFileError, match=r"layer 'c2', field 'relu'"):
+    obj["layers"][1]["relu"] = False  # c2 -> r1: a standard residual branch (v1.1)
+    net = netfile.parse(obj)
+    assert net.signed("c2") and not net.signed("r1") and not net.signed("input")
+
+
+def _with_pool(obj, **pool):
+    """residual_net with a max pool between the add and the global pool."""
+    obj["layers"].insert(3, {"name": "mp", "op": "maxpool", "inputs": ["r1"], **pool})
+    obj["layers"][4]["inputs"] = ["mp"]
+    return obj
+
+
+def test_maxpool_shapes(net_obj):
+    net = netfile.parse(_with_pool(residual_net(net_obj), kernel=3, stride=2, padding=1))
+    mp = net.layer("mp")
+    assert (mp.in_shape, mp.out_shape) == ((16, 16, 16), (16, 8, 8))
+    assert mp.out_bits == mp.in_bits == 4
+    assert netfile.parse(_with_pool(residual_net(net_obj), kernel=2)).layer("mp").out_shape \
+        == (16, 15, 15)
+
+
+# v1.1: malformed max pools and signed tensors where the DAC needs unsigned ones.
+BROKEN_V11 = [
+    (dict(kernel=0), "layer 'mp', field 'kernel': must be in 1..15, got 0"),
+    (dict(kernel=3, padding=2), "layer 'mp', field 'padding': must be in 0..1, got 2"),
+    (dict(kernel=3, stride=0), "layer 'mp', field 'stride': must be in 1..15"),
+    (dict(stride=2), "layer 'mp', field 'kernel': missing"),
+    (dict(kernel=2, out_bits=4), "layer 'mp', field 'out_bits': unknown field"),
+    (dict(kernel=2, padding=True), "layer 'mp', field 'padding': must be an integer"),
+]
+
+
+@pytest.mark.parametrize("pool, message", BROKEN_V11)
+def test_broken_maxpool_is_refused(net_obj, pool, message):
+    with pytest.raises(NetFileError) as err:
+        netfile.parse(_with_pool(residual_net(net_obj), **pool), source="net.json")
+    assert message in str(err.value)
+
+
+def test_maxpool_window_larger_than_its_map_is_refused(net_obj):
+    obj = residual_net(net_obj)  # gap's output is a 16x1x1 map
+    obj["layers"].append({"name": "mp", "op": "maxpool", "inputs": ["gap"], "kernel": 2})
+    with pytest.raises(NetFileError, match=r"layer 'mp', field 'kernel': a 2x2 window with "
+                       r"padding 0 is larger than the padded 1x1 input map"):
         netfile.parse(obj)
+
+
+@pytest.mark.parametrize("reader", ["fc", "gap", "mp"])
+def test_signed_tensor_feeding_a_crossbar_or_pool_is_refused(net_obj, reader):
+    obj = _with_pool(residual_net(net_obj), kernel=2, stride=2)
+    obj["layers"][1]["relu"] = False  # c2's output is signed; r1 may read it, nothing else
+    next(la for la in obj["layers"] if la["name"] == reader)["inputs"] = ["c2"]
+    with pytest.raises(NetFileError) as err:
+        netfile.parse(obj, source="net.json")
+    assert f"layer '{reader}', field 'inputs': input 'c2' is signed" in str(err.value)
+    assert "only add layers may read a signed tensor" in str(err.value)
 
 
 def test_load_reports_bad_json(tmp_path):

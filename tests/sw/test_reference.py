@@ -279,3 +279,62 @@ def test_network_ops(net_obj):
     assert out.shape == (3, 10)
     np.testing.assert_array_equal(out, gap.reshape(3, 16).sum(axis=1, keepdims=True)
                                   .repeat(10, axis=1))
+
+
+def torch_network(net, x):
+    """A network of the contract in PyTorch ops (conv2d on the sampled weight, the output
+    stage in int64, max_pool2d, the residual add): the reference's arithmetic written apart."""
+    import torch.nn.functional as F
+
+    t = {net.input_name: torch.tensor(x, dtype=torch.int64)}
+    for la in net.layers:
+        xs = [t[i] for i in la.inputs]
+        if la.op in ("conv", "linear"):
+            w = torch.tensor(epitome.sample_weight(la.epitome, la.in_channels, la.out_channels),
+                             dtype=torch.float64)
+            xin = xs[0].flatten(1)[:, :, None, None] if la.op == "linear" else xs[0]
+            acc = F.conv2d(xin.double(), w, stride=la.stride, padding=la.padding)
+            acc = acc.round().long() + torch.tensor(la.bias)[:, None, None]
+            m, s = (torch.tensor(a)[:, None, None] for a in (la.mult, la.shift))
+            lo, hi = ((0, 2**la.out_bits - 1) if la.relu
+                      else (-(2 ** (la.out_bits - 1)), 2 ** (la.out_bits - 1) - 1))
+            rnd = torch.where(s > 0, 1 << (s - 1).clamp(min=0), 0)
+            t[la.name] = ((acc * m + rnd) >> s).clamp(lo, hi)
+        elif la.op == "maxpool":
+            t[la.name] = F.max_pool2d(xs[0].double(), la.kernel, la.stride,
+                                      la.padding).long()
+        elif la.op == "add":
+            rnd = 1 << (la.add_shift - 1) if la.add_shift else 0
+            v = xs[0] * la.ma + xs[1] * la.mb + rnd
+            t[la.name] = (v >> la.add_shift).clamp(0, 2**la.out_bits - 1)
+        else:
+            rnd = 1 << (la.pool_shift - 1) if la.pool_shift else 0
+            v = xs[0].sum(dim=(2, 3), keepdim=True) * la.pool_mult + rnd
+            t[la.name] = (v >> la.pool_shift).clamp(0, 2**la.out_bits - 1)
+    return {k: v.numpy() for k, v in t.items()}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_v11_networks_equal_pytorch(seed):
+    """Max pools and signed shortcuts (contract v1.1): every tensor of random networks equals
+    PyTorch's `max_pool2d`, conv and add (lossless ADCs, where the contract is conv2d)."""
+    obj = examples.random_network_net(seed, v11=True)
+    obj["pim"]["adc_bits"] = 30
+    net = netfile.parse(obj)
+    x = np.random.default_rng(seed).integers(0, 2**net.input_bits, (3,) + net.input_shape)
+    ours = reference.run_network(net, x, keep=True)
+    theirs = torch_network(net, x)
+    assert any(v.min() < 0 for v in ours.values())  # a signed branch reached an adder
+    for name, v in theirs.items():
+        np.testing.assert_array_equal(ours[name], v, err_msg=name)
+
+
+def test_maxpool_equals_pytorch():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        k = int(rng.integers(1, 5))
+        s, p = int(rng.integers(1, 4)), int(rng.integers(0, k // 2 + 1))
+        h, w = int(rng.integers(max(1, k - 2 * p), 9)), int(rng.integers(max(1, k - 2 * p), 9))
+        x = rng.integers(0, 16, (2, 3, h, w))
+        want = torch.nn.functional.max_pool2d(torch.tensor(x, dtype=torch.float64), k, s, p)
+        np.testing.assert_array_equal(reference.maxpool(x, k, s, p), want.long().numpy())
