@@ -58,7 +58,8 @@ def cmd_check(args) -> int:
     print(f"{args.net}: ok ({len(net.layers)} layer(s), input {list(net.input_shape)} "
           f"{net.input_bits}-bit, output {net.output!r})")
     for layer in net.layers:
-        line = f"  {layer.name}: {layer.op} -> {list(layer.out_shape)} {layer.out_bits}-bit"
+        line = (f"  {layer.name}: {layer.op} -> {list(layer.out_shape)} {layer.out_bits}-bit"
+                + ("" if layer.relu else " signed"))
         if layer.epitome is not None:
             epi = layer.epitome
             xb = crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols)
@@ -272,17 +273,23 @@ def cmd_train(args) -> int:
                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
                  test_limit=args.test_limit, device=args.device,
                  distill=args.distill if args.teacher else 0.0, data_path=args.data_path,
-                 optimizer=args.optimizer, weight_decay=args.weight_decay)
+                 optimizer=args.optimizer, weight_decay=args.weight_decay, block=args.block)
     model = teacher = None
     if args.init:
         init_cfg, dense = load_checkpoint(args.init)
+        if init_cfg.graph is not None:
+            raise ValueError(f"--init {args.init}: an imported model; fine-tune it with epim "
+                             "import --data --epochs")
+        if init_cfg.block != cfg.block:
+            raise ValueError(f"--init {args.init}: a model of {init_cfg.block!r} blocks, but "
+                             f"this run trains {cfg.block!r} blocks")
         if (init_cfg.model, init_cfg.width, init_cfg.quant) != (cfg.model, cfg.width, cfg.quant):
             raise ValueError(f"--init {args.init}: a {init_cfg.model} of width {init_cfg.width} "
                              f"with {init_cfg.quant}, but this run trains a {cfg.model} of width "
                              f"{cfg.width} with {cfg.quant}")
         model = compress.epitomize(dense, models.nodes(cfg.model, cfg.ratio, cfg.width,
                                                        quant=cfg.quant, pim=cfg.pim,
-                                                       wrap=cfg.wrap))
+                                                       wrap=cfg.wrap, block=cfg.block))
     if args.teacher:
         _, teacher = load_checkpoint(args.teacher)
     metrics = fit(cfg, args.out, model=model, teacher=teacher)
@@ -520,10 +527,96 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--teacher", help="distil from this trained checkpoint (e.g. dense float)")
     t.add_argument("--distill", type=float, default=0.5,
                    help="weight of the distillation loss with --teacher (default 0.5)")
+    t.add_argument("--block", default="relu", choices=["relu", "standard"],
+                   help="ResNet block: 'relu' (ReLU on both convs before the add) or "
+                        "'standard' (relu(bn(conv2) + shortcut): signed adder inputs)")
     t.add_argument("--out", default="build/train",
                    help="checkpoint, metrics and net.json (a rerun resumes)")
     t.set_defaults(func=cmd_train)
+
+    im = sub.add_parser("import", help="import a PyTorch model as an epitome network: trace, "
+                                       "project, calibrate, fine-tune, export")
+    im.add_argument("model", help="resnet18, resnet34, resnet50 (torchvision's structure) or "
+                                  "FILE.py:FUNCTION returning an nn.Module")
+    im.add_argument("--state-dict", help="weights to load first (a torch state_dict file)")
+    im.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                    help="input image shape (default: the --data set's, else 3 224 224)")
+    im.add_argument("--num-classes", type=int, help="classes of a built-in ResNet")
+    im.add_argument("--ratio", type=float, help="uniform epitome ratio (default: dense)")
+    im.add_argument("--split", default="epim", choices=["epim", "input", "balanced"],
+                    help="how --ratio shrinks a layer: 'epim' (input side first, the training "
+                         "rule), 'input' (input side only), 'balanced' (both by sqrt(ratio))")
+    im.add_argument("--wrap", type=int, default=1, help="as for epim train (split epim)")
+    im.add_argument("--epitomes", help="per-layer epitome shapes: the search.json of epim "
+                                       "search (layers it does not name stay dense)")
+    im.add_argument("--weight-bits", type=int, default=3)
+    im.add_argument("--act-bits", type=int, default=4)
+    im.add_argument("--pool-bits", type=int, default=8, help="global pooling's output bits")
+    im.add_argument("--calibration", help="uint8 calibration images (N, C, H, W) in .npy "
+                                          "(default: seeded synthetic images)")
+    im.add_argument("--calibration-count", type=int, default=64,
+                    help="synthetic calibration images (default 64)")
+    im.add_argument("--keep-batch-norm", action="store_true",
+                    help="keep the module's batch-norm statistics (default: re-estimate them "
+                         "on the calibration images after projection)")
+    im.add_argument("--data", help="fine-tune on this data set (mnist, fashion-mnist, ...)")
+    im.add_argument("--data-path", help=DATA_PATH_HELP)
+    im.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs (0: none)")
+    im.add_argument("--lr", type=float, default=2e-3)
+    im.add_argument("--batch-size", type=int, default=128)
+    im.add_argument("--limit", type=int, help="fine-tune on the first N training images")
+    im.add_argument("--seed", type=int, default=0)
+    im.add_argument("--out", default="build/import",
+                    help="net.json, checkpoint.pt and import.json")
+    im.set_defaults(func=cmd_import)
     return p
+
+
+def cmd_import(args) -> int:
+    from ..sw.reproducible import pin_cpu_kernels
+
+    pin_cpu_kernels()
+    import torch
+
+    from ..sw import data, importer
+    from ..sw.models import QuantConfig
+
+    torch.manual_seed(args.seed)
+    if args.ratio is not None and args.epitomes:
+        raise ValueError("give --ratio or --epitomes, not both")
+    if args.epochs and not args.data:
+        raise ValueError("--epochs needs --data (the set to fine-tune on)")
+    if args.data and args.data not in data.SHAPES:
+        raise ValueError(f"--data {args.data!r}: one of {', '.join(data.SHAPES)}")
+    shape = tuple(args.input_shape) if args.input_shape else (
+        tuple(data.SHAPES[args.data]) if args.data else (3, 224, 224))
+    module = importer.load_module(args.model, args.num_classes, shape[0])
+    if args.state_dict:
+        importer.load_state_dict(module, args.state_dict)
+    calib, source = None, ""
+    if args.calibration:
+        calib = _load_inputs(args.calibration, "calibration images")
+        if calib.ndim != 4 or tuple(calib.shape[1:]) != shape or not np.issubdtype(
+                calib.dtype, np.integer) or calib.min() < 0 or calib.max() > 255:
+            raise ValueError(f"{args.calibration}: calibration images must be 0..255 integers "
+                             f"of shape (N, {', '.join(map(str, shape))})")
+        calib, source = calib.astype(np.uint8), f"{len(calib)} images from {args.calibration}"
+    finetune = None
+    if args.epochs:
+        finetune = {"data": args.data, "epochs": args.epochs, "lr": args.lr,
+                    "batch_size": args.batch_size, "limit": args.limit, "seed": args.seed,
+                    "data_path": args.data_path, "device": "cpu"}
+    quant = QuantConfig(args.weight_bits, args.act_bits, pool_bits=args.pool_bits)
+    report = importer.import_to(
+        args.out, module, shape, quant=quant, finetune=finetune, ratio=args.ratio,
+        split=args.split, wrap=args.wrap, epitomes=args.epitomes, calibration=calib,
+        calibration_source=source, calib_count=args.calibration_count, seed=args.seed,
+        recalibrate_bn=not args.keep_batch_norm)
+    if "test_accuracy" in report:
+        print(f"test accuracy {report['test_accuracy']:.4f} (float model "
+              f"{report.get('float_test_accuracy', float('nan')):.4f}) on "
+              f"{report['test_images']} images")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

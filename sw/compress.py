@@ -43,12 +43,12 @@ def _copy_common(src: EpimNet, dst: EpimNet) -> None:
         a, b = src.units[nd.name], dst.units[nd.name]
         if isinstance(a, ConvUnit):
             b.bn.load_state_dict(a.bn.state_dict())
-            b.conv.wq.load_state_dict(a.conv.wq.state_dict())
+        if nd.op in ("conv", "linear"):
+            dst.layer(nd.name).wq.load_state_dict(src.layer(nd.name).wq.state_dict())
         if hasattr(a, "aq"):
             b.aq.load_state_dict(a.aq.state_dict())
         if nd.op == "linear":
-            b.wq.load_state_dict(a.wq.state_dict())
-            b.bias.data.copy_(a.bias.data)
+            dst.layer(nd.name).bias.data.copy_(src.layer(nd.name).bias.data)
 
 
 @torch.no_grad()

@@ -282,10 +282,13 @@ def shape_layer(name: str, cin: int, cout: int, kernel: int, stride: int, hw: tu
 
 
 def resnet50(epitome=None, weight_bits: int = 3, act_bits: int = 4, input_bits: int = 8,
-             wrap: bool = True) -> list[Layer]:
+             wrap: bool = True, pool_bits: int = 8) -> list[Layer]:
     """ResNet-50 (torchvision's shapes, 224x224 input): the 53 convs and the classifier, as
     weightless layers. `epitome(name, cin, cout, k)` gives each layer's
-    `(Ce_in, Ce_out, p_in, p_out)` or None (dense)."""
+    `(Ce_in, Ce_out, p_in, p_out)` or None (dense). As `epim import` writes it: the last conv
+    of each block and the downsample convs end in batch norm alone, so their outputs are
+    signed, `act_bits + 1` wide (the adder reads them); the classifier reads the pooled
+    features at `pool_bits`."""
     spec = []  # (name, cin, cout, k, stride, hw)
     spec.append(("conv1", 3, 64, 7, 2, (224, 224)))
     cin, hw = 64, (56, 56)  # after the 3x3 stride-2 max pool
@@ -305,9 +308,10 @@ def resnet50(epitome=None, weight_bits: int = 3, act_bits: int = 4, input_bits: 
     layers = []
     for name, ci, co, k, s, hwi in spec:
         epi = epitome(name, ci, co, k) if epitome else None
-        in_bits = input_bits if name == "conv1" else act_bits
+        in_bits = input_bits if name == "conv1" else pool_bits if name == "fc" else act_bits
         op = "linear" if name == "fc" else "conv"
-        out_bits = 32 if op == "linear" else act_bits
+        signed = name.endswith((".conv3", ".downsample"))
+        out_bits = 32 if op == "linear" else act_bits + 1 if signed else act_bits
         layers.append(shape_layer(name, ci, co, k, s, hwi, epi, in_bits, weight_bits, out_bits,
                                   op, wrap=wrap))
     return layers

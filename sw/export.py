@@ -39,8 +39,12 @@ def export(model: EpimNet, pim: dict, source: str = "<export>") -> dict:
                            "kernel": conv.kernel_size, "stride": conv.stride,
                            "padding": conv.padding, "weight_bits": conv.wq.bits,
                            **epitome_fields(conv, p["e_int"]), "bias": p["bias"].tolist(),
-                           "mult": p["mult"], "shift": p["shift"], "relu": True,
-                           "out_bits": q.act_bits})
+                           "mult": p["mult"], "shift": p["shift"], "relu": nd.relu,
+                           "out_bits": q.act_bits if nd.relu else q.signed_bits})
+        elif nd.op == "maxpool":
+            u = model.units[nd.name]
+            layers.append({**head, "kernel": u.kernel, "stride": u.stride,
+                           "padding": u.padding})
         elif nd.op == "add":
             layers.append({**head, "ma": p["ma"], "mb": p["mb"], "shift": p["shift"],
                            "out_bits": q.act_bits})
@@ -48,11 +52,12 @@ def export(model: EpimNet, pim: dict, source: str = "<export>") -> dict:
             layers.append({**head, "mult": p["mult"], "shift": p["shift"],
                            "out_bits": q.pool_bits})
         else:
-            unit = model.units[nd.name]
+            unit = model.layer(nd.name)
+            hidden = nd.name != model.output
             layers.append({**head, "out_features": unit.out_channels,
                            "weight_bits": unit.wq.bits, **epitome_fields(unit, p["e_int"]),
                            "bias": p["bias"].tolist(), "mult": p["mult"], "shift": p["shift"],
-                           "relu": False, "out_bits": LOGIT_BITS})
+                           "relu": hidden, "out_bits": q.act_bits if hidden else LOGIT_BITS})
     net = {"format": "epim-net-v1", "pim": dict(pim),
            "input": {"name": INPUT, "channels": c, "height": h, "width": w,
                      "bits": q.input_bits},

@@ -113,11 +113,20 @@ class WeightQuant(_LearnedStep):
 
 
 class ActQuant(_LearnedStep):
-    """Unsigned `bits`-bit activations after ReLU, one learned scale."""
+    """Unsigned `bits`-bit activations after ReLU, one learned scale; `signed=True`: two's
+    complement `bits`-bit values (a residual branch without ReLU before its add)."""
+
+    def __init__(self, bits: int | None, signed: bool = False):
+        super().__init__(bits)
+        self.signed = signed
+
+    @property
+    def lo(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
 
     @property
     def qmax(self) -> int:
-        return 2**self.bits - 1
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
 
     def elements(self, t: torch.Tensor) -> int:
         return t.numel() // t.shape[0]

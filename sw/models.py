@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,14 +26,46 @@ INPUT = "input"
 
 @dataclass
 class Node:
+    """One op of the graph. conv: `out_channels`, `kernel`, `stride`, `padding` (None:
+    `kernel // 2`), `epitome`; `relu=False` ends it in batch norm alone, a signed tensor that
+    only an `add` may read (contract v1.1). linear: `relu=True` for a hidden layer (the last
+    linear gives logits). maxpool: `kernel`, `stride`, `padding`."""
+
     name: str
-    op: str  # conv | add | avgpool_global | linear
+    op: str  # conv | add | avgpool_global | maxpool | linear
     inputs: list[str]
     out_channels: int = 0
     kernel: int = 3
     stride: int = 1
     epitome: tuple[int, int, int, int] | None = None
     extra: dict = field(default_factory=dict)
+    padding: int | None = None
+    relu: bool = True
+
+    @property
+    def pad(self) -> int:
+        return self.kernel // 2 if self.padding is None else self.padding
+
+    def to_dict(self) -> dict:
+        """JSON-able form (checkpoints of imported models keep their graph this way)."""
+        d = {"name": self.name, "op": self.op, "inputs": list(self.inputs),
+             "out_channels": self.out_channels, "kernel": self.kernel, "stride": self.stride,
+             "epitome": list(self.epitome) if self.epitome else None,
+             "padding": self.padding, "relu": self.relu}
+        if "weight_bits" in self.extra:
+            d["weight_bits"] = self.extra["weight_bits"]
+        if "offsets" in self.extra:
+            d["offsets"] = [np.asarray(t).tolist() for t in self.extra["offsets"]]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Node:
+        extra = {"weight_bits": d["weight_bits"]} if "weight_bits" in d else {}
+        if "offsets" in d:
+            extra["offsets"] = tuple(np.asarray(t, dtype=np.int64) for t in d["offsets"])
+        return cls(d["name"], d["op"], list(d["inputs"]), d["out_channels"], d["kernel"],
+                   d["stride"], tuple(d["epitome"]) if d["epitome"] else None, extra,
+                   d["padding"], d["relu"])
 
 
 @dataclass(frozen=True)
@@ -43,6 +76,12 @@ class QuantConfig:
     act_bits: int | None = 4
     input_bits: int = 8
     pool_bits: int = 8
+
+    @property
+    def signed_bits(self) -> int | None:
+        """Width of a signed branch (a conv without ReLU feeding an add): one bit more than
+        the activations, so its positive half keeps their resolution."""
+        return self.act_bits + 1 if self.act_bits else None
 
 
 def layer_bits(nd: Node, quant: QuantConfig) -> int | None:
@@ -55,14 +94,43 @@ def layer_bits(nd: Node, quant: QuantConfig) -> int | None:
 
 
 class ConvUnit(nn.Module):
-    def __init__(self, conv: EpitomeConv2d, act_bits):
+    """conv + batch norm + ReLU + unsigned quantizer; with `relu=False` conv + batch norm +
+    signed quantizer (the last conv of a standard residual branch)."""
+
+    def __init__(self, conv: EpitomeConv2d, act_bits, relu: bool = True):
         super().__init__()
         self.conv = conv
         self.bn = nn.BatchNorm2d(conv.out_channels)
+        self.relu = relu
+        self.aq = ActQuant(act_bits) if relu else ActQuant(act_bits and act_bits + 1,
+                                                            signed=True)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.aq(torch.relu(y) if self.relu else y)
+
+
+class LinearUnit(nn.Module):
+    """A hidden linear layer: linear (with bias) + ReLU + unsigned quantizer."""
+
+    def __init__(self, lin: EpitomeLinear, act_bits):
+        super().__init__()
+        self.lin = lin
         self.aq = ActQuant(act_bits)
 
     def forward(self, x):
-        return self.aq(torch.relu(self.bn(self.conv(x))))
+        return self.aq(torch.relu(self.lin(x)))
+
+
+class MaxPoolUnit(nn.Module):
+    """Max pooling: exact on quantized values (the scale passes through)."""
+
+    def __init__(self, kernel: int, stride: int, padding: int):
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel, self.stride, self.padding)
 
 
 class AddUnit(nn.Module):
@@ -99,13 +167,17 @@ class EpimNet(nn.Module):
         for nd in nodes:
             src = nd.inputs[0]
             cin, (h, w) = channels[src], spatial[src]
-            if nd.op == "conv":
-                pad = nd.kernel // 2
-                conv = EpitomeConv2d(cin, nd.out_channels, nd.kernel, nd.stride, pad,
-                                     nd.epitome, *nd.extra.get("offsets", (None, None)),
-                                     weight_bits=layer_bits(nd, quant))
-                self.units[nd.name] = ConvUnit(conv, quant.act_bits)
-                channels[nd.name] = nd.out_channels
+            if nd.op in ("conv", "maxpool"):
+                pad = nd.pad
+                if nd.op == "conv":
+                    conv = EpitomeConv2d(cin, nd.out_channels, nd.kernel, nd.stride, pad,
+                                         nd.epitome, *nd.extra.get("offsets", (None, None)),
+                                         weight_bits=layer_bits(nd, quant))
+                    self.units[nd.name] = ConvUnit(conv, quant.act_bits, nd.relu)
+                    channels[nd.name] = nd.out_channels
+                else:
+                    self.units[nd.name] = MaxPoolUnit(nd.kernel, nd.stride, pad)
+                    channels[nd.name] = cin
                 spatial[nd.name] = ((h + 2 * pad - nd.kernel) // nd.stride + 1,
                                     (w + 2 * pad - nd.kernel) // nd.stride + 1)
             elif nd.op == "add":
@@ -115,14 +187,22 @@ class EpimNet(nn.Module):
                 self.units[nd.name] = PoolUnit(quant.pool_bits if quant.act_bits else None)
                 channels[nd.name], spatial[nd.name] = cin, (1, 1)
             elif nd.op == "linear":
-                self.units[nd.name] = EpitomeLinear(cin * h * w, nd.out_channels, nd.epitome,
-                                                    *nd.extra.get("offsets", (None, None)),
-                                                    weight_bits=layer_bits(nd, quant))
+                lin = EpitomeLinear(cin * h * w, nd.out_channels, nd.epitome,
+                                    *nd.extra.get("offsets", (None, None)),
+                                    weight_bits=layer_bits(nd, quant))
+                hidden = nd is not nodes[-1] and nd.relu
+                self.units[nd.name] = LinearUnit(lin, quant.act_bits) if hidden else lin
                 channels[nd.name], spatial[nd.name] = nd.out_channels, (1, 1)
             else:
                 raise ValueError(f"node {nd.name!r}: unknown op {nd.op!r}")
         if nodes[-1].op != "linear" or nodes[-1].out_channels != num_classes:
             raise ValueError("the last node must be a linear classifier with num_classes outputs")
+        self.signed = {nd.name for nd in nodes if nd.op == "conv" and not nd.relu}
+        for nd in nodes:
+            for i in nd.inputs:
+                if i in self.signed and nd.op != "add":
+                    raise ValueError(f"node {nd.name!r} reads {i!r}, a conv without ReLU: only "
+                                     "an add may read a signed tensor")
         self.shapes = {n: (channels[n], *spatial[n]) for n in channels}
 
     @property
@@ -167,7 +247,13 @@ class EpimNet(nn.Module):
                 acc_unit = scales[nd.inputs[0]] * conv.wq.scale * g
                 bias = torch.round(b / acc_unit) * acc_unit
                 y = conv(xs[0]) * g[:, None, None] + bias[:, None, None]
-                t[nd.name] = unit.aq(torch.relu(y))
+                t[nd.name] = unit.aq(torch.relu(y) if nd.relu else y)
+            elif isinstance(unit, LinearUnit):
+                lin = unit.lin
+                acc_unit = scales[nd.inputs[0]] * lin.wq.scale
+                w = lin.sampled_weight(lin.wq(lin.E)).flatten(1)
+                bias = torch.round(lin.bias / acc_unit) * acc_unit
+                t[nd.name] = unit.aq(torch.relu(F.linear(xs[0].flatten(1), w) + bias))
             elif nd.op == "linear":
                 acc_unit = scales[nd.inputs[0]] * unit.wq.scale
                 w = unit.sampled_weight(unit.wq(unit.E)).flatten(1)
@@ -175,7 +261,9 @@ class EpimNet(nn.Module):
                 t[nd.name] = F.linear(xs[0].flatten(1), w) + bias
             else:
                 t[nd.name] = unit(*xs)
-            if nd.op != "linear":
+            if nd.op == "maxpool":
+                scales[nd.name] = scales[nd.inputs[0]]
+            elif hasattr(unit, "aq"):
                 scales[nd.name] = float(unit.aq.scale)
         return t[self.output]
 
@@ -190,8 +278,7 @@ class EpimNet(nn.Module):
         for nd in self.nodes:
             p, xs = params[nd.name], [t[i] for i in nd.inputs]
             if nd.op in ("conv", "linear"):
-                unit = self.units[nd.name]
-                conv = unit.conv if nd.op == "conv" else unit
+                conv = self.layer(nd.name)
                 w = conv.sampled_weight(p["e_int"])
                 xin = xs[0]
                 if nd.op == "linear":
@@ -207,6 +294,10 @@ class EpimNet(nn.Module):
             elif nd.op == "add":
                 t[nd.name] = requantize(xs[0] * p["ma"] + xs[1] * p["mb"], 1, p["shift"], 0,
                                         p["hi"])
+            elif nd.op == "maxpool":
+                u = self.units[nd.name]  # exact in float64: the values are small integers
+                t[nd.name] = F.max_pool2d(xs[0].double(), u.kernel, u.stride,
+                                          u.padding).to(torch.int64)
             else:
                 t[nd.name] = requantize(xs[0].sum(dim=(2, 3), keepdim=True), p["mult"],
                                         p["shift"], 0, p["hi"])
@@ -214,14 +305,18 @@ class EpimNet(nn.Module):
             return t
         return t[self.output].flatten(1).to(torch.float32) * params[self.output]["scale"]
 
+    def layer(self, name: str) -> EpitomeConv2d:
+        """The epitome conv or linear layer of a conv or linear node."""
+        unit = self.units[name]
+        if isinstance(unit, ConvUnit):
+            return unit.conv
+        return unit.lin if isinstance(unit, LinearUnit) else unit
+
     def epitome_layers(self):
         """(name, EpitomeConv2d) of every conv and linear node."""
         for nd in self.nodes:
-            unit = self.units[nd.name]
-            if isinstance(unit, ConvUnit):
-                yield nd.name, unit.conv
-            elif isinstance(unit, EpitomeLinear):
-                yield nd.name, unit
+            if nd.op in ("conv", "linear"):
+                yield nd.name, self.layer(nd.name)
 
     def constrain_(self) -> None:
         """Keep batch-norm and quantizer scales positive: the integer output stage needs
@@ -289,7 +384,23 @@ def fold(model: EpimNet) -> dict[str, dict]:
             m = s_x * s_w * gamma / (sigma * s_y)
             b = (beta - gamma * bn.running_mean.double() / sigma) / s_y
             ms = [mult_shift(float(mi), f"{where} channel {o}") for o, mi in enumerate(m)]
+            if nd.relu:
+                lo, hi = 0, 2**q.act_bits - 1
+            else:
+                lo, hi = -(2 ** (q.signed_bits - 1)), 2 ** (q.signed_bits - 1) - 1
             out[nd.name] = {"e_int": conv.wq.integers(conv.E), "bias": torch.round(b / m).long(),
+                            "mult": [a for a, _ in ms], "shift": [c for _, c in ms],
+                            "lo": lo, "hi": hi}
+            scales[nd.name] = s_y
+        elif nd.op == "maxpool":
+            out[nd.name] = {}
+            scales[nd.name] = s_x
+        elif isinstance(unit, LinearUnit):
+            lin = unit.lin
+            s_w, s_y = float(lin.wq.scale), float(unit.aq.scale)
+            ms = [mult_shift(s_x * s_w / s_y, where)] * lin.out_channels
+            out[nd.name] = {"e_int": lin.wq.integers(lin.E),
+                            "bias": torch.round(lin.bias.double() / (s_x * s_w)).long(),
                             "mult": [a for a, _ in ms], "shift": [c for _, c in ms],
                             "lo": 0, "hi": 2**q.act_bits - 1}
             scales[nd.name] = s_y
@@ -340,27 +451,38 @@ def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10
 
 
 def small_resnet(ratio: float | None = None, width: int = 16, num_classes: int = 10,
-                 fill: Fill | None = None, wrap: int = 1) -> list[Node]:
+                 fill: Fill | None = None, wrap: int = 1, block: str = "relu") -> list[Node]:
     """A small ResNet (the EPIM-ResNet analogue): stem, two stages of two basic blocks, global
     average pooling, linear. Blocks are conv-conv with ReLU on both (the spec's activations
     between layers are unsigned), summed with the skip (1x1 conv when the shape changes)."""
-    return resnet([(width, 1, 2), (2 * width, 2, 2)], ratio, width, num_classes, fill, wrap)
+    return resnet([(width, 1, 2), (2 * width, 2, 2)], ratio, width, num_classes, fill, wrap,
+                  block)
 
 
 def resnet20(ratio: float | None = None, width: int = 16, num_classes: int = 10,
-             fill: Fill | None = None, wrap: int = 1) -> list[Node]:
+             fill: Fill | None = None, wrap: int = 1, block: str = "relu") -> list[Node]:
     """The CIFAR ResNet-20 of He et al. (2016): a 3x3 stem, three stages of three basic blocks
     at `width`, `2*width`, `4*width` channels (16/32/64), global average pooling, linear. As in
     :func:`small_resnet`, both convs of a block end in ReLU before the add, and the skip is a 1x1
     conv where the shape changes (He et al.'s option B)."""
     return resnet([(width, 1, 3), (2 * width, 2, 3), (4 * width, 2, 3)], ratio, width,
-                  num_classes, fill, wrap)
+                  num_classes, fill, wrap, block)
+
+
+BLOCKS = ("relu", "standard")
 
 
 def resnet(stages: list[tuple[int, int, int]], ratio: float | None, width: int,
-           num_classes: int, fill: Fill | None, wrap: int = 1) -> list[Node]:
+           num_classes: int, fill: Fill | None, wrap: int = 1,
+           block: str = "relu") -> list[Node]:
     """Stem conv (dense), then `(channels, stride, blocks)` per stage of basic blocks whose
-    3x3 convs are epitomes at `ratio`; the 1x1 skip convs stay dense."""
+    3x3 convs are epitomes at `ratio`; the 1x1 skip convs stay dense. `block="relu"`: both
+    convs of a block end in ReLU before the add (contract v1); `"standard"`: He et al.'s block,
+    `relu(bn(conv2(.)) + shortcut)`, the second conv and the 1x1 shortcut without ReLU, so the
+    adder takes signed inputs (contract v1.1)."""
+    if block not in BLOCKS:
+        raise ValueError(f"unknown block {block!r} (expected one of {', '.join(BLOCKS)})")
+    relu = block == "relu"
     nodes = [Node("stem", "conv", [INPUT], width, 3, 1)]
     prev, cin = "stem", width
     for stage, (cout, stride, blocks) in enumerate(stages, 1):
@@ -370,11 +492,11 @@ def resnet(stages: list[tuple[int, int, int]], ratio: float | None, width: int,
             nodes.append(Node(f"{tag}c1", "conv", [prev], cout, 3, s,
                               _epi(cin, cout, ratio, 3, fill, wrap)))
             nodes.append(Node(f"{tag}c2", "conv", [f"{tag}c1"], cout, 3, 1,
-                              _epi(cout, cout, ratio, 3, fill, wrap)))
+                              _epi(cout, cout, ratio, 3, fill, wrap), relu=relu))
             skip = prev
             if s != 1 or cin != cout:
                 skip = f"{tag}sc"
-                nodes.append(Node(skip, "conv", [prev], cout, 1, s, None))
+                nodes.append(Node(skip, "conv", [prev], cout, 1, s, None, relu=relu))
             nodes.append(Node(f"{tag}add", "add", [f"{tag}c2", skip]))
             prev, cin = f"{tag}add", cout
     nodes.append(Node("gap", "avgpool_global", [prev]))
@@ -387,19 +509,24 @@ MODELS = {"cnn": plain_cnn, "resnet": small_resnet, "resnet20": resnet20}
 
 def build(model: str, ratio: float | None = None, quant: QuantConfig = QuantConfig(),
           width: int = 16, in_shape=(1, 28, 28), num_classes: int = 10,
-          pim: dict | None = None, wrap: int = 1) -> EpimNet:
+          pim: dict | None = None, wrap: int = 1, block: str = "relu") -> EpimNet:
     """A model by name; epitomes (for `ratio > 1`) are fitted to the crossbars of `pim`
     (default :data:`DEFAULT_PIM`) at the model's weight bits; `wrap > 1` shrinks their output
-    side that many times (`epim.sw.epitome.epitome_shape`)."""
-    return EpimNet(nodes(model, ratio, width, num_classes, quant, pim, wrap), in_shape,
+    side that many times (`epim.sw.epitome.epitome_shape`); `block` the residual block of the
+    ResNets (:func:`resnet`)."""
+    return EpimNet(nodes(model, ratio, width, num_classes, quant, pim, wrap, block), in_shape,
                    num_classes, quant)
 
 
 def nodes(model: str, ratio: float | None = None, width: int = 16, num_classes: int = 10,
           quant: QuantConfig = QuantConfig(), pim: dict | None = None,
-          wrap: int = 1) -> list[Node]:
+          wrap: int = 1, block: str = "relu") -> list[Node]:
     """The graph of a model by name (see :func:`build`)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r} (expected one of {', '.join(MODELS)})")
     fill = Fill.of(pim or DEFAULT_PIM, quant.weight_bits or 8)
-    return MODELS[model](ratio, width, num_classes, fill, wrap)
+    if model == "cnn":
+        if block != "relu":
+            raise ValueError("the plain cnn has no residual blocks (--block is for ResNets)")
+        return plain_cnn(ratio, width, num_classes, fill, wrap)
+    return MODELS[model](ratio, width, num_classes, fill, wrap, block)

@@ -53,10 +53,16 @@ class Config:
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
     data_path: str | None = None  # CIFAR-10's files (see epim.sw.data)
     pct_start: float = 0.15  # warm-up fraction of the one-cycle schedule
+    pool_bits: int = 8  # global average pooling's output
+    block: str = "relu"  # residual block of the ResNets: relu | standard (epim.sw.models)
+    # an imported model (`epim import`): its graph as node dicts, input shape and classes
+    graph: list | None = None
+    in_shape: list | None = None
+    num_classes: int = 10
 
     @property
     def quant(self) -> models.QuantConfig:
-        return models.QuantConfig(self.weight_bits, self.act_bits)
+        return models.QuantConfig(self.weight_bits, self.act_bits, pool_bits=self.pool_bits)
 
 
 # Threads of CPU training: fixed, because a sum split over another number of threads rounds
@@ -185,9 +191,15 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Config, mode
 
 
 def build_model(cfg: Config) -> models.EpimNet:
-    """The untrained model a config describes (input shape from its data set)."""
+    """The untrained model a config describes (input shape from its data set); an imported
+    model from the graph its config keeps."""
+    if cfg.graph is not None:
+        nodes = [models.Node.from_dict(d) for d in cfg.graph]
+        return models.EpimNet(nodes, tuple(cfg.in_shape or data.SHAPES[cfg.data]),
+                              cfg.num_classes, cfg.quant)
     return models.build(cfg.model, cfg.ratio, cfg.quant, cfg.width,
-                        in_shape=data.SHAPES[cfg.data], pim=cfg.pim, wrap=cfg.wrap)
+                        in_shape=data.SHAPES[cfg.data], pim=cfg.pim, wrap=cfg.wrap,
+                        block=cfg.block)
 
 
 def make_optimizer(cfg: Config, model: models.EpimNet) -> torch.optim.Optimizer:
