@@ -427,11 +427,13 @@ class _Reader:
                 if relu.op == "call_module" and "." in str(relu.target):
                     renames[nd.name] = _safe(str(relu.target).rsplit(".", 1)[0]) + "_add"
             if nd.op == "conv" and not nd.relu:
-                bad = [r.name for r in readers.get(nd.name, []) if r.op != "add"]
+                bad = [f"module {self.modules[r.name]!r}" if r.name in self.modules
+                       else f"{r.op} {r.name!r}"
+                       for r in readers.get(nd.name, []) if r.op != "add"]
                 if bad or not readers.get(nd.name):
                     raise ModelImportError(
                         f"module {self.params[nd.name].module!r} (Conv2d) has no ReLU and is "
-                        f"read by {bad[0] if bad else 'nothing'!r}: only a residual add may "
+                        f"read by {bad[0] if bad else 'nothing'}: only a residual add may "
                         "read a signed tensor")
         taken = {nd.name for nd in self.nodes}
         for old, new in renames.items():
