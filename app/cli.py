@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,14 +119,26 @@ def cmd_reference(args) -> int:
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{args.labels}: labels must be integers, got dtype {labels.dtype}")
     x = reference.check_inputs(net, x)
+    t0 = time.perf_counter()
     with progress_bar(len(x), "reference", "img") as bar:
         y = reference.run_network(net, x, reuse=not args.no_reuse, progress=bar.update)
+    seconds = time.perf_counter() - t0
     save_npy(args.outputs, y)
-    print(f"wrote {args.outputs}: {y.dtype} {list(y.shape)}")
+    print(f"wrote {args.outputs}: {y.dtype} {list(y.shape)}; {len(x)} image(s) in "
+          f"{seconds:.2f} s ({seconds / len(x):.3f} s per image), peak memory "
+          f"{peak_memory_mib():.0f} MiB")
     if labels is not None:
         pred = y.reshape(y.shape[0], -1).argmax(axis=1)
         print(f"accuracy {float((pred == labels).mean()):.4f} on {len(labels)} images")
     return 0
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def cmd_data(args) -> int:

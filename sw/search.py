@@ -70,6 +70,7 @@ class Slot:
     weight: object  # a torch.Tensor, or None: weightless (shapes only)
     ce_in: list[int]
     ce_out: list[int]
+    out_bits: int = 0  # 0: the search's activation bits (32 for a linear classifier)
 
 
 @dataclass
@@ -106,8 +107,7 @@ class Search:
         for nd in dense.nodes:
             if nd.op not in ("conv", "linear"):
                 continue
-            unit = dense.units[nd.name]
-            conv = unit.conv if nd.op == "conv" else unit
+            conv = dense.layer(nd.name)
             src_shape = dense.shapes[nd.inputs[0]]
             in_bits = self.input_bits if nd.inputs[0] == "input" else (
                 q.pool_bits if by_name[nd.inputs[0]].op == "avgpool_global"
@@ -115,8 +115,9 @@ class Search:
             hw = (1, 1) if nd.op == "linear" else src_shape[1:]
             k = conv.kernel_size
             w = conv.sampled_weight().detach().double()
+            out_bits = 0 if nd.relu or nd.op == "linear" else q.signed_bits
             slot = Slot(nd.name, nd.op, conv.in_channels, conv.out_channels, k, conv.stride,
-                        tuple(hw), in_bits, w, [], [])
+                        tuple(hw), in_bits, w, [], [], out_bits)
             searchable = not first and (nd.op == "conv" or include_linear)
             first = False
             if not searchable:
@@ -139,7 +140,7 @@ class Search:
         self.bits_choices, self.weights, self.consts = tuple(bits_choices), weights, consts
         self.act_bits = act_bits
         slots = [Slot(la.name, la.op, la.in_channels, la.out_channels, la.kernel, la.stride,
-                      la.in_hw, la.in_bits, None, [], []) for la in layers]
+                      la.in_hw, la.in_bits, None, [], [], la.out_bits) for la in layers]
         self.fixed, self.slots = slots[:1], slots[1:]
         self._setup()
         return self
@@ -161,7 +162,8 @@ class Search:
         offs = None if gene is None else gene.offsets(slot.cin, slot.cout)
         return cost.shape_layer(slot.name, slot.cin, slot.cout, slot.kernel, slot.stride,
                                 slot.hw, epi, slot.in_bits, bits,
-                                32 if slot.op == "linear" else self.act_bits, slot.op, offs)
+                                slot.out_bits or (32 if slot.op == "linear" else self.act_bits),
+                                slot.op, offs)
 
     def _cost(self, genes, dense_bits: int = 3) -> cost.NetworkCost:
         layers = [self._layer(s, None, dense_bits) for s in self.fixed[:1]]

@@ -241,6 +241,11 @@ def main(argv=None) -> int:
                "`pareto.png`. The proxy only counts distinct weights; whether they buy accuracy "
                "on ImageNet is not measured here.\n")
     (args.out / "study.md").write_text(md)
+    if srow:  # the pick in epim search's format: `epim import resnet50 --epitomes` reads it
+        (args.out / "search.json").write_text(json.dumps(
+            {"budget": int(rows[0]["dense8_crossbars"] / PAPER_COMPRESSION),
+             "best": {"crossbars": srow["crossbars"], "layers": srow["search"]["genes"]}},
+            indent=1) + "\n")
     plots(rows, costs[best["name"]], best["name"], args.out)
     print(md)
     return 0
