@@ -3,7 +3,8 @@
 The network cycle model (`epim.sw.netcycles`), the image compiler (`epim.sw.images`) and the
 accelerator (`epim.hw.network`) all build the same unit graph from these rules:
 
-- every conv/linear layer is a `tile`, every `add` an `add`, every `avgpool_global` a `pool`;
+- every conv/linear layer is a `tile`, every `add` an `add`, every `avgpool_global` a `pool`,
+  every `maxpool` a `maxpool` (a streaming unit with line buffers, `hw/maxpool.py`);
 - a linear layer that reads a map of more than one pixel reads it through a `flatten` unit
   (it collects the map's beats into one);
 - a tensor with more than one reader (the network output counts as one) goes through a
@@ -26,14 +27,15 @@ class Node:
     `layer` is the layer (for a fork: the tensor) the unit belongs to."""
 
     name: str
-    kind: str  # source | fork | flatten | tile | fifo | add | pool | sink
+    kind: str  # source | fork | flatten | tile | fifo | add | pool | maxpool | sink
     inputs: tuple[tuple[str, int], ...]
     layer: str | None = None
     ways: int = 1  # a fork's outputs
     port: int = 0  # a fifo's add input (0: a, 1: b)
 
 
-KINDS = {"conv": "tile", "linear": "tile", "add": "add", "avgpool_global": "pool"}
+KINDS = {"conv": "tile", "linear": "tile", "add": "add", "avgpool_global": "pool",
+         "maxpool": "maxpool"}
 
 
 def needs_flatten(op: str, in_shape: Sequence[int]) -> bool:
@@ -98,7 +100,7 @@ def plan(input_name: str, layers: Sequence[tuple[str, str, Sequence[str]]], outp
                 srcs.append(src)
             nodes.append(Node(name, "add", tuple(srcs), name))
         else:
-            nodes.append(Node(name, "pool", (feeds[(name, 0)],), name))
+            nodes.append(Node(name, kind, (feeds[(name, 0)],), name))
         publish(name, name)
     nodes.append(Node("output", "sink", (feeds[(OUTPUT, 0)],)))
     return nodes
@@ -143,6 +145,9 @@ def check_units(manifest: dict, units: list, tiles: dict, where: str) -> None:
             need(u.name, u.inputs[0], u.channels * u.a_bits, b, "on input a")
             need(u.name, u.inputs[1], u.channels * u.b_bits, b, "on input b")
             width[u.name], beats[u.name] = u.channels * u.out_bits, b
+        elif kind == "maxpool":
+            need(u.name, u.inputs[0], u.channels * u.bits, u.height * u.width, "as input")
+            width[u.name], beats[u.name] = u.channels * u.bits, u.out_height * u.out_width
         else:
             need(u.name, u.inputs[0], u.channels * u.in_bits, u.pixels, "as input")
             width[u.name], beats[u.name] = u.channels * u.out_bits, 1

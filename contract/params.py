@@ -235,6 +235,10 @@ class AddParams:
     mb: int
     shift: int
     fifo: tuple[int, int]
+    # contract v1.1: an input read as two's complement (its producer has no ReLU); written
+    # into network.json only when true, so a v1 network's manifest is unchanged
+    a_signed: bool = False
+    b_signed: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,19 +256,68 @@ class PoolParams:
     shift: int
 
 
-UNIT_TYPES = {"conv": TileUnit, "linear": TileUnit, "add": AddParams, "avgpool_global": PoolParams}
-Unit = TileUnit | AddParams | PoolParams
+MAX_POOL_WINDOW = 15  # largest max-pool kernel and stride (the network file's bound)
+
+
+@dataclass(frozen=True)
+class MaxPoolParams:
+    """Max pooling (contract v1.1): `kernel` x `kernel` windows every `stride` pixels over a
+    `channels` x `height` x `width` map of `bits`-bit unsigned values, `padding` pixels of
+    padding that never win (PyTorch's `max_pool2d`, floor mode)."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    channels: int
+    height: int
+    width: int
+    bits: int
+    kernel: int
+    stride: int
+    padding: int
+
+    @property
+    def out_height(self) -> int:
+        return (self.height + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def out_width(self) -> int:
+        return (self.width + 2 * self.padding - self.kernel) // self.stride + 1
+
+    def __post_init__(self):
+        for key in ("channels", "height", "width", "bits", "kernel", "stride"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key!r} must be at least 1")
+        if self.bits > MAX_BITS:
+            raise ValueError(f"'bits' must be at most {MAX_BITS}")
+        for key in ("channels", "height", "width"):
+            if getattr(self, key) > MAX_DIM:
+                raise ValueError(f"{key!r} must be at most {MAX_DIM}")
+        for key in ("kernel", "stride"):
+            if getattr(self, key) > MAX_POOL_WINDOW:
+                raise ValueError(f"{key!r} must be at most {MAX_POOL_WINDOW}")
+        if self.padding > self.kernel // 2:
+            raise ValueError(f"'padding' {self.padding} exceeds kernel // 2")
+        if self.out_height < 1 or self.out_width < 1:
+            raise ValueError("the window is larger than the padded map")
+
+
+UNIT_TYPES = {"conv": TileUnit, "linear": TileUnit, "add": AddParams, "avgpool_global": PoolParams,
+              "maxpool": MaxPoolParams}
+Unit = TileUnit | AddParams | PoolParams | MaxPoolParams
 MAX_INT = 2**62  # multipliers and shifts of the network file are far below
 MAX_MULT = 2**31
 SIGNED = ("ma", "mb")  # an adder's input multipliers may be negative
+OPTIONAL_FLAGS = ("a_signed", "b_signed")  # written only when true
 
 
 def unit_to_dict(unit: Unit) -> dict:
-    """A unit as the manifest writes it (tuples as lists; no empty checksum)."""
+    """A unit as the manifest writes it (tuples as lists; no empty checksum, no false
+    signedness flag)."""
     out = {}
     for f in dataclasses.fields(unit):
         v = getattr(unit, f.name)
-        if f.name == "manifest_sha256" and not v:
+        if f.name in ("manifest_sha256", *OPTIONAL_FLAGS) and not v:
             continue
         if isinstance(v, FlattenParams):
             v = dataclasses.asdict(v)
@@ -313,6 +366,9 @@ def unit_from_dict(d, where: str) -> Unit:
         elif f.type == "str":
             if not isinstance(v, str):
                 raise ImageError(f"{where}: {f.name!r} must be a string")
+        elif f.type == "bool":
+            if not isinstance(v, bool):
+                raise ImageError(f"{where}: {f.name!r} must be true or false")
         elif f.name in SIGNED:
             if isinstance(v, bool) or not isinstance(v, int) or not abs(v) < MAX_MULT:
                 raise ImageError(f"{where}: {f.name!r} must be an integer of magnitude below "
@@ -324,7 +380,10 @@ def unit_from_dict(d, where: str) -> Unit:
         raise ImageError(f"{where}: 'folder' must be 'tiles/{values['name']}'")
     if cls is TileUnit and values["replicas"] < 1:
         raise ImageError(f"{where}: 'replicas' must be a positive integer")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ImageError(f"{where}: {exc}") from None
 
 
 def _count(v, top: int) -> bool:

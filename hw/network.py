@@ -1,6 +1,6 @@
 """A whole-network accelerator from a folder of network images: one PIM tile per conv/linear
-layer, chained by streams, with residual adders (behind skip FIFOs), global pooling, flatten
-units and forks where a tensor has several consumers.
+layer, chained by streams, with residual adders (behind skip FIFOs), global pooling, max
+pooling (`hw/maxpool.py`), flatten units and forks where a tensor has several consumers.
 
 Every tile keeps its weights stationary in its own crossbars and double-buffers its input, so
 the tiles work on successive images at once (frame pipelining): throughput is set by the slowest
@@ -22,6 +22,7 @@ from ..contract import graph as unit_graph
 from ..contract.images import NETWORK_FORMAT, ImageError, read_manifest
 from ..contract.params import AddParams, TileUnit, check_network_io, unit_from_dict
 from .images import load
+from .maxpool import MaxPoolUnit
 from .replicas import ReplicatedTile
 from .tile import PIMTile
 from .units import AddUnit, Flatten, Fork, PoolUnit, StreamFIFO
@@ -155,8 +156,12 @@ class NetworkAccelerator(wiring.Component):
                 unit = StreamFIFO(width, u.fifo[node.port])
                 sub, ins, out = f"{u.name}_fifo{'ab'[node.port]}", [unit.i], [unit.o]
             elif node.kind == "add":
-                unit = AddUnit(u.channels, u.a_bits, u.b_bits, u.out_bits, u.ma, u.mb, u.shift)
+                unit = AddUnit(u.channels, u.a_bits, u.b_bits, u.out_bits, u.ma, u.mb, u.shift,
+                               u.a_signed, u.b_signed)
                 sub, ins, out = f"{u.name}_add", [unit.a, unit.b], [unit.o]
+            elif node.kind == "maxpool":
+                unit = MaxPoolUnit(u)
+                sub, ins, out = f"{u.name}_maxpool", [unit.i], [unit.o]
             else:
                 unit = PoolUnit(u.channels, u.pixels, u.in_bits, u.out_bits, u.mult, u.shift)
                 sub, ins, out = f"{u.name}_pool", [unit.i], [unit.o]

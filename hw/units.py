@@ -169,15 +169,17 @@ def _round_shift(v, shift: int):
 
 class AddUnit(wiring.Component):
     """Residual `add` (spec section 6), per channel:
-    `y = clamp((a*ma + b*mb + rnd) >> shift, 0, 2**out_bits - 1)`.
+    `y = clamp((a*ma + b*mb + rnd) >> shift, 0, 2**out_bits - 1)`; an input with `a_signed`
+    (`b_signed`) is read as two's complement (contract v1.1: its producer has no ReLU).
 
     Both inputs are taken in the same cycle, when both are valid and the output register is free
     or being emptied; the result leaves from the output register the next cycle.
     """
 
     def __init__(self, channels: int, a_bits: int, b_bits: int, out_bits: int, ma: int, mb: int,
-                 shift: int):
+                 shift: int, a_signed: bool = False, b_signed: bool = False):
         self._p = (channels, a_bits, b_bits, out_bits, ma, mb, shift)
+        self._signed = (a_signed, b_signed)
         super().__init__({"a": In(stream.Signature(channels * a_bits)),
                           "b": In(stream.Signature(channels * b_bits)),
                           "o": Out(stream.Signature(channels * out_bits)),
@@ -195,6 +197,8 @@ class AddUnit(wiring.Component):
         for ch in range(c):
             av = self.a.payload[ch * ab:(ch + 1) * ab]
             bv = self.b.payload[ch * bb:(ch + 1) * bb]
+            av = av.as_signed() if self._signed[0] else av
+            bv = bv.as_signed() if self._signed[1] else bv
             s = Signal(signed(width + 2), name=f"add_s_{ch}")
             m.d.comb += s.eq(const_mul(av, ma) + const_mul(bv, mb))
             y = Signal(signed(width + 3), name=f"add_y_{ch}")

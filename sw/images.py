@@ -36,6 +36,7 @@ from ..contract.images import (
 from ..contract.params import (
     AddParams,
     FlattenParams,
+    MaxPoolParams,
     PoolParams,
     TileParams,
     TileUnit,
@@ -162,9 +163,10 @@ def compile_network(net: Network, reuse: bool = True,
     """Memory images of a whole network: `{"manifest": ..., "tiles": {layer: LayerImage}}`.
 
     The network manifest lists every unit of the accelerator with its parameters (tiles by
-    folder and manifest checksum; `add` with its skip FIFO depths from the network cycle model;
-    `avgpool_global`), the input and the output beat. A tile's `replicas` is the number of
-    copies of it (`epim.sw.replication`). :func:`write_network` writes it.
+    folder and manifest checksum; `add` with its skip FIFO depths from the network cycle model
+    and which inputs are signed; `avgpool_global`; `maxpool`), the input and the output beat.
+    A tile's `replicas` is the number of copies of it (`epim.sw.replication`).
+    :func:`write_network` writes it.
     """
     from .netcycles import fifo_depths as measure_depths
     from .netcycles import needs_flatten, shape_of
@@ -187,7 +189,13 @@ def compile_network(net: Network, reuse: bool = True,
                 **head, channels=layer.out_shape[0], a_bits=stream_bits(net, layer.inputs[0]),
                 b_bits=stream_bits(net, layer.inputs[1]), out_bits=layer.out_bits,
                 ma=int(layer.ma), mb=int(layer.mb), shift=int(layer.add_shift),
-                fifo=tuple(fifo_depths[layer.name])))
+                fifo=tuple(fifo_depths[layer.name]), a_signed=net.signed(layer.inputs[0]),
+                b_signed=net.signed(layer.inputs[1])))
+        elif layer.op == "maxpool":
+            c, h, w = shape_of(net, layer.inputs[0])
+            units.append(MaxPoolParams(**head, channels=c, height=h, width=w,
+                                       bits=layer.out_bits, kernel=layer.kernel,
+                                       stride=layer.stride, padding=layer.padding))
         elif layer.op == "avgpool_global":
             c, h, w = shape_of(net, layer.inputs[0])
             units.append(PoolParams(**head, channels=c, pixels=h * w,

@@ -16,7 +16,14 @@ from epim.contract.images import (
     prog_fields,
     unpack,
 )
-from epim.contract.params import AddParams, TileParams, TileUnit, unit_from_dict, unit_to_dict
+from epim.contract.params import (
+    AddParams,
+    MaxPoolParams,
+    TileParams,
+    TileUnit,
+    unit_from_dict,
+    unit_to_dict,
+)
 from epim.sw import examples, images, netfile
 from tests.helpers import tile_params
 
@@ -73,7 +80,8 @@ def test_network_units_are_checked(rng):
     for change, message in [({"fifo": [1]}, "'fifo' must be two depths"),
                             ({"ma": 2**31}, "'ma' must be an integer of magnitude below"),
                             ({"shift": -1}, "'shift' must be a non-negative integer"),
-                            ({"op": "maxpool"}, "unknown op"),
+                            ({"op": "upsample"}, "unknown op"),
+                            ({"a_signed": 1}, "'a_signed' must be true or false"),
                             ({"inputs": ["../x"]}, "'inputs' must be a list of names"),
                             ({"size": 3}, "unknown key 'size'")]:
         with pytest.raises(ImageError, match=message):
@@ -96,8 +104,32 @@ def test_plan_follows_the_rules():
     assert by["s.fifob"].inputs == (("a.fork", 1),)
     assert graph.needs_flatten("linear", (8, 2, 2)) and not graph.needs_flatten("linear",
                                                                                 (8, 1, 1))
-    with pytest.raises(ValueError, match="no hardware unit for op 'maxpool'"):
-        graph.plan("x", [("m", "maxpool", ["x"])], "m", set(), {})
+    with pytest.raises(ValueError, match="no hardware unit for op 'upsample'"):
+        graph.plan("x", [("m", "upsample", ["x"])], "m", set(), {})
+    assert [n.kind for n in graph.plan("x", [("m", "maxpool", ["x"])], "m", set(), {})] == \
+        ["source", "maxpool", "sink"]
+
+
+def test_v11_units_round_trip_and_fit_together():
+    """Contract v1.1 in network.json: a `maxpool` unit, and adders that name their signed
+    inputs (the flags are written only when true, so a v1 manifest has none)."""
+    net = netfile.parse(examples.random_network_net(1, v11=True))
+    compiled = images.compile_network(net)
+    man, units = compiled["manifest"], compiled["manifest"]["units"]
+    typed = [unit_from_dict(u, f"unit #{k}") for k, u in enumerate(units)]
+    assert [unit_to_dict(u) for u in typed] == units
+    pool = next(u for u in typed if isinstance(u, MaxPoolParams))
+    add = next(u for u in typed if isinstance(u, AddParams))
+    assert add.a_signed and (pool.out_height, pool.out_width) == net.layer("pool").out_shape[1:]
+    tiles = {n: img.params for n, img in compiled["tiles"].items()}
+    graph.check_units(man, typed, tiles, "network.json")
+    k = typed.index(pool)
+    taller = MaxPoolParams(**{**unit_to_dict(pool), "inputs": pool.inputs,
+                              "height": pool.height + 1})
+    with pytest.raises(ValueError, match="unit 'pool' takes .* as input"):
+        graph.check_units(man, typed[:k] + [taller] + typed[k + 1:], tiles, "network.json")
+    v1 = images.compile_network(netfile.parse(examples.random_network_net(0)))["manifest"]
+    assert not any("a_signed" in u or "b_signed" in u for u in v1["units"])
 
 
 def test_units_that_do_not_fit_together_are_refused():

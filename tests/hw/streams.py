@@ -36,6 +36,7 @@ def simulate(tile, beats, n_out, program=(), ready=lambda cycle: True, max_cycle
                 got.append(op)
                 out_cycles.append(cycle)
             cycle += 1
+        ctx.set(tile.i.valid, 0)  # (no beat beyond the given ones)
         ctx.set(tile.o.ready, 1)
         for _ in range(64):
             _, _, ov = await ctx.tick().sample(tile.o.valid)

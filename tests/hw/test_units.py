@@ -306,3 +306,48 @@ def test_steps_of_the_images_are_the_spec_steps(rng):
     final one."""
     net, img = layer_image(rng)
     assert img.params.n_steps == len(epitome.steps(net.layers[0].epitome))
+
+
+@pytest.mark.parametrize("signs", [(False, False), (True, False), (True, True)])
+def test_add_unit_reads_signed_inputs_as_twos_complement(rng, signs):
+    """The residual adder (contract v1.1): an input whose producer has no ReLU is two's
+    complement; `clamp((a*ma + b*mb + rnd) >> shift)` per channel, negative sums included."""
+    from amaranth.sim import Simulator
+
+    from epim.hw.units import AddUnit, scale_clamped
+
+    c, ab, bb, ob, shift = 3, 4, 5, 3, 2
+    negative = False
+    for ma, mb in ((3, 1), (5, -2), (-1, 7)):
+        unit = AddUnit(c, ab, bb, ob, ma, mb, shift, *signs)
+        vals = []
+        for bits, signed_ in zip((ab, bb), signs, strict=True):
+            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed_ else (0, 2**bits)
+            vals.append(rng.integers(lo, hi, (40, c)))
+        a, b = vals
+        got = []
+
+        async def bench(ctx, a=a, b=b, got=got):
+            ctx.set(unit.o.ready, 1)
+            for n in range(len(a)):
+                ctx.set(unit.a.payload, sum((int(v) % 2**ab) << (i * ab)
+                                            for i, v in enumerate(a[n])))
+                ctx.set(unit.b.payload, sum((int(v) % 2**bb) << (i * bb)
+                                            for i, v in enumerate(b[n])))
+                ctx.set(unit.a.valid, 1)
+                ctx.set(unit.b.valid, 1)
+                await ctx.tick()
+                got.append(ctx.get(unit.o.payload))
+
+        sim = Simulator(unit)
+        sim.add_clock(1e-8)
+        sim.add_testbench(bench)
+        sim.run()
+        mask = 2**ob - 1
+        y = np.array([[(w >> (i * ob)) & mask for i in range(c)] for w in got])
+        # the formula of `scale_clamped` with multiplier 1: clamp((a*ma + b*mb + rnd) >> shift)
+        want = np.vectorize(lambda s: scale_clamped(int(s), 1, shift, mask))(a * ma + b * mb)
+        np.testing.assert_array_equal(y, want)
+        negative |= bool((a * ma + b * mb < 0).any())
+    if any(signs):
+        assert negative
