@@ -21,6 +21,15 @@ def cost_table(nc, consts) -> str:
           f"reuse), {s['cycles_per_image']:.0f} cycles per image = {s['ns_per_image']:.0f} ns "
           f"at {consts.clock_mhz:g} MHz, energy {s['energy_uj'] * 1e3:.1f} nJ per image "
           f"({parts})")
+    nw = s["network_model"]
+    if nw["status"] == "modelled":
+        out.append(f"network cycle model ({nw['images']} images back to back, the skip FIFOs "
+                   f"'epim generate' sizes): {nw['steady_cycles_per_image']:g} cycles per image "
+                   f"in steady state = {s['network_ns_per_image']:.0f} ns (slowest tile alone: "
+                   f"{s['cycles_per_image']:.0f}), first image's latency "
+                   f"{nw['latency_cycles']} cycles")
+    else:
+        out.append(f"network cycle model {nw['status']}")
     return "\n".join(out)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, fields, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -182,11 +182,21 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
                      acts, acts_plain, latency, steady, t.ideal, energy, copies)
 
 
+# The network cycle model (`epim.sw.netcycles`) steps every unit every cycle, a few
+# microseconds per unit and cycle in CPython: `epim cost` runs it only below this many
+# estimated unit-steps (about half a minute), else it shows the slowest tile's rate alone.
+NETWORK_MODEL_IMAGES = 6  # images streamed back to back, as the FIFO sizing does
+NETWORK_MODEL_LIMIT = 5_000_000
+
+
 @dataclass
 class NetworkCost:
     layers: list[LayerCost]
     consts: Constants
     reuse: bool
+    net: Network | None = None  # the network, when costed from one (for the network model)
+    lanes: int | dict | None = None
+    replicas: int | dict | None = None
 
     @property
     def crossbars(self) -> int:
@@ -214,8 +224,47 @@ class NetworkCost:
     def energy_pj(self) -> dict:
         return {p: sum(c.energy_pj[p] for c in self.layers) for p in ENERGY_PARTS}
 
+    def model_steps(self) -> int:
+        """Estimated unit-steps of the network model's runs: units x cycles of
+        `NETWORK_MODEL_IMAGES` images (the slowest tile's or the input's rate, plus the tiles'
+        latencies in sequence) x runs (with skip FIFOs: two more to size them)."""
+        from .netcycles import unit_plan
+
+        net = self.net
+        _, h, w = net.input_shape
+        per_image = max([h * w] + [c.cycles_per_image for c in self.layers])
+        cycles = NETWORK_MODEL_IMAGES * per_image + self.cycles_latency
+        runs = 3 if any(la.op == "add" for la in net.layers) else 1
+        return int(len(unit_plan(net, None)) * cycles * runs)
+
+    @cached_property
+    def network(self) -> dict:
+        """The whole accelerator's cycles from the network cycle model (`epim.sw.netcycles`:
+        every unit's handshakes, stalls included, with the skip FIFO depths `epim generate`
+        writes; what `epim cosim` measures on the RTL for as many images): steady cycles per
+        image (mean distance of successive images' last output beats) and the first image's
+        latency. Skipped, with the reason in `status`, without a network or when the estimated
+        work exceeds `NETWORK_MODEL_LIMIT`."""
+        out = {"images": NETWORK_MODEL_IMAGES, "steady_cycles_per_image": None,
+               "latency_cycles": None}
+        if self.net is None:
+            return {**out, "status": "skipped: no network file (layer shapes only)"}
+        steps_ = self.model_steps()
+        if steps_ > NETWORK_MODEL_LIMIT:
+            return {**out, "unit_steps": steps_,
+                    "status": f"skipped: too large (about {steps_:.2g} unit-steps, limit "
+                              f"{NETWORK_MODEL_LIMIT:.2g}); the slowest tile is shown"}
+        from .netcycles import predict
+
+        t = predict(self.net, NETWORK_MODEL_IMAGES, reuse=self.reuse, lanes=self.lanes,
+                    replicas=self.replicas)
+        return {**out, "unit_steps": steps_, "steady_cycles_per_image": t.steady,
+                "latency_cycles": t.latency[0], "status": "modelled"}
+
     def summary(self) -> dict:
         e = self.energy_pj
+        nw = self.network
+        steady = nw["steady_cycles_per_image"]
         return {"crossbars": self.crossbars, "dense8_crossbars": self.dense8_crossbars,
                 "compression_vs_dense8": self.dense8_crossbars / self.crossbars,
                 "cell_area_mm2": sum(c.cell_area_mm2 for c in self.layers),
@@ -224,6 +273,10 @@ class NetworkCost:
                 "cycles_per_image": self.cycles_per_image,
                 "ns_per_image": self.ns(self.cycles_per_image),
                 "latency_cycles_bound": self.cycles_latency,
+                "network_steady_cycles_per_image": steady,
+                "network_ns_per_image": self.ns(steady) if steady is not None else None,
+                "network_latency_cycles": nw["latency_cycles"],
+                "network_model": nw,
                 "energy_uj": sum(e.values()) * 1e-6,
                 "energy_uj_by_part": {k: v * 1e-6 for k, v in e.items()},
                 "reuse": self.reuse}
@@ -233,13 +286,16 @@ def network_cost(net: Network | list[Layer], pim: PIM | None = None,
                  consts: Constants = CONSTANTS, reuse: bool = True,
                  lanes: int | dict | None = None,
                  replicas: int | dict | None = None) -> NetworkCost:
-    """Costs of every conv and linear layer of a network (or a list of layers)."""
-    if isinstance(net, Network):
+    """Costs of every conv and linear layer of a network (or a list of layers); from a
+    network, `NetworkCost.network` adds the whole accelerator's cycles (computed when first
+    read)."""
+    whole = net if isinstance(net, Network) else None
+    if whole is not None:
         pim, layers = net.pim, net.layers
     else:
         layers = net
     return NetworkCost([layer_cost(la, pim, consts, reuse, lanes, replicas) for la in layers
-                        if la.op in ("conv", "linear")], consts, reuse)
+                        if la.op in ("conv", "linear")], consts, reuse, whole, lanes, replicas)
 
 
 def cost_file(path: str | Path, consts: Constants = CONSTANTS, reuse: bool = True,
@@ -302,7 +358,7 @@ def resnet50(epitome=None, weight_bits: int = 3, act_bits: int = 4, input_bits: 
             out_hw = (hw[0] // s, hw[1] // s)
             spec.append((f"{tag}.conv3", width, 4 * width, 1, 1, out_hw))
             if b == 0:
-                spec.append((f"{tag}.downsample", cin, 4 * width, 1, s, hw))
+                spec.append((f"{tag}.downsample.0", cin, 4 * width, 1, s, hw))
             cin, hw = 4 * width, out_hw
     spec.append(("fc", 2048, 1000, 1, 1, (1, 1)))
     layers = []
@@ -310,7 +366,7 @@ def resnet50(epitome=None, weight_bits: int = 3, act_bits: int = 4, input_bits: 
         epi = epitome(name, ci, co, k) if epitome else None
         in_bits = input_bits if name == "conv1" else pool_bits if name == "fc" else act_bits
         op = "linear" if name == "fc" else "conv"
-        signed = name.endswith((".conv3", ".downsample"))
+        signed = name.endswith((".conv3", ".downsample.0"))
         out_bits = 32 if op == "linear" else act_bits + 1 if signed else act_bits
         layers.append(shape_layer(name, ci, co, k, s, hwi, epi, in_bits, weight_bits, out_bits,
                                   op, wrap=wrap))

@@ -164,3 +164,33 @@ def test_cost_command(tmp_path, capsys):
                for la in net.layers)
     assert cli(["cost", "examples/mnist-epim-cnn-r4/net.json", "--constants",
                 str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.parametrize("seed", [1003, 1011])
+def test_network_cycles_are_the_network_models(seed, tmp_path, capsys):
+    """On a residual network the cost report gives the whole accelerator's steady cycles per
+    image from the network cycle model (what `epim cosim` measures on the RTL), beside the
+    slowest tile's alone; the command prints and writes it."""
+    obj = examples.random_network_net(seed)
+    net = parse(obj)
+    nc = cost.network_cost(net)
+    want = netcycles.predict(net, cost.NETWORK_MODEL_IMAGES)
+    assert nc.network["status"] == "modelled"
+    assert nc.summary()["network_steady_cycles_per_image"] == want.steady
+    assert nc.summary()["network_latency_cycles"] == want.latency[0]
+    assert nc.summary()["cycles_per_image"] == max(c.cycles_per_image for c in nc.layers)
+    (tmp_path / "n.json").write_text(json.dumps(obj))
+    assert cli(["cost", str(tmp_path / "n.json"), "--json", str(tmp_path / "c.json")]) == 0
+    assert f"{want.steady:g} cycles per image in steady state" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "c.json").read_text())["summary"]
+    assert saved["network_steady_cycles_per_image"] == want.steady
+
+
+def test_network_model_is_skipped_when_too_large(monkeypatch):
+    net = parse(examples.random_network_net(1003))
+    monkeypatch.setattr(cost, "NETWORK_MODEL_LIMIT", 1000)
+    s = cost.network_cost(net).summary()
+    assert s["network_steady_cycles_per_image"] is None
+    assert s["network_model"]["status"].startswith("skipped: too large")
+    assert cost.network_cost(list(net.layers), net.pim).network["status"].startswith(
+        "skipped: no network")
