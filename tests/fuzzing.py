@@ -41,7 +41,8 @@ def base_networks(rng: random.Random) -> list[dict]:
     nprng = np.random.default_rng(rng.randrange(2**32))
     return [examples.conv_layer_net(nprng, cin=3, cout=5, h=5, w=5, epitome=(2, 3, 2, 2),
                                     offsets="random"),
-            examples.random_network_net(rng.randrange(4))]
+            examples.random_network_net(rng.randrange(4)),
+            examples.random_network_net(rng.randrange(4), v11=True)]
 
 
 def paths(obj, prefix=()):
@@ -231,13 +232,15 @@ def fuzz_image_folders(n: int, work: Path, seed: int = 0) -> Counter:
     """`n` tampered network folders through the hardware side's loader, and an accepted one
     through building and elaborating the accelerator. Counts the outcomes."""
     rng = random.Random(seed)
-    net = netfile.parse(examples.random_network_net(0))
-    pristine = work / "pristine"
-    images.write_network(images.compile_network(net), pristine)
+    # a revision-1.0 network and a 1.1 one (a max-pool unit, adders with signed inputs)
+    pristine = [work / "pristine", work / "pristine-v11"]
+    for folder, obj in zip(pristine, (examples.random_network_net(0),
+                                      examples.random_network_net(1, v11=True)), strict=True):
+        images.write_network(images.compile_network(netfile.parse(obj)), folder)
     counts: Counter = Counter()
     for k in range(n):
         folder = work / f"t{k}"
-        shutil.copytree(pristine, folder, symlinks=True)
+        shutil.copytree(pristine[k % 2], folder, symlinks=True)
         tamper(folder, rng)
         counts["tried"] += 1
         try:

@@ -327,7 +327,7 @@ def test_add_unit_reads_signed_inputs_as_twos_complement(rng, signs):
         a, b = vals
         got = []
 
-        async def bench(ctx, a=a, b=b, got=got):
+        async def bench(ctx, a=a, b=b, got=got, unit=unit):
             ctx.set(unit.o.ready, 1)
             for n in range(len(a)):
                 ctx.set(unit.a.payload, sum((int(v) % 2**ab) << (i * ab)
@@ -346,7 +346,7 @@ def test_add_unit_reads_signed_inputs_as_twos_complement(rng, signs):
         mask = 2**ob - 1
         y = np.array([[(w >> (i * ob)) & mask for i in range(c)] for w in got])
         # the formula of `scale_clamped` with multiplier 1: clamp((a*ma + b*mb + rnd) >> shift)
-        want = np.vectorize(lambda s: scale_clamped(int(s), 1, shift, mask))(a * ma + b * mb)
+        want = np.vectorize(lambda s, hi=mask: scale_clamped(int(s), 1, shift, hi))(a * ma + b * mb)
         np.testing.assert_array_equal(y, want)
         negative |= bool((a * ma + b * mb < 0).any())
     if any(signs):

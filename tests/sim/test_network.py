@@ -43,6 +43,20 @@ def test_random_networks_never_deadlock(seed, stalls):
     assert pred.run.out_cycles[-1] - pred.run.in_cycles[0] >= 4 * busiest
 
 
+@given(st.integers(0, 10_000), st.booleans())
+@settings(max_examples=4, deadline=None)
+def test_v11_networks_flow_through_the_model(seed, stalls):
+    """Revision-1.1 networks (a max pool after the stem, signed residual branches): the plan has
+    a max-pool unit, the FIFO depths keep the network flowing with and without the testbench's
+    gaps and back-pressure, and the max pool's output beats are `Ho*Wo` per image."""
+    net = netfile.parse(examples.random_network_net(seed, v11=True))
+    assert [n.kind for n in netcycles.unit_plan(net, None)].count("maxpool") == 1
+    pred = netcycles.predict(net, 3, stalls_seed=seed if stalls else None)
+    assert len(pred.latency) == 3 and min(pred.latency) > 0
+    _, ho, wo = net.layer("pool").out_shape
+    assert len(pred.run.beats["pool"]) == 3 * ho * wo
+
+
 def test_network_images_are_checked(tmp_path):
     net = netfile.parse(examples.random_network_net(0))
     images.write_network(images.compile_network(net), tmp_path / "n")
@@ -83,6 +97,25 @@ def test_random_networks_in_cosim(seed, build_root):
     np.testing.assert_array_equal(y, reference.run_network(net, x))
     assert rep["match"] and rep["matching_images"] == 3
     assert rep["cycles"] == rep["predicted_cycles"] and rep["cycles_match"]
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+@given(seed=st.integers(0, 10_000), stalls=st.booleans())
+@settings(max_examples=3, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_v11_networks_in_cosim(seed, stalls, build_root):
+    """Revision-1.1 networks on Verilator: the streaming max pool (random window, stride and
+    padding) and adders reading signed conv outputs, bit-exact against the reference, every
+    handshake in the cycle the network model predicts, with and without random stalls."""
+    net = netfile.parse(examples.random_network_net(seed, v11=True))
+    x = np.random.default_rng(seed).integers(0, 2**net.input_bits, (3, *net.input_shape))
+    y, rep = verify.cosim_network(net, x, build_root / f"v11-{seed}", stalls=stalls, seed=seed)
+    np.testing.assert_array_equal(y, reference.run_network(net, x))
+    assert rep["match"] and rep["cycles_match"]
+    assert any(unit.get("a_signed") or unit.get("b_signed") for unit in
+               json.loads((build_root / f"v11-{seed}" / "generated" / "network.json")
+                          .read_text())["units"])
 
 
 @pytest.mark.verilator
