@@ -25,9 +25,10 @@ def cost_table(nc, consts) -> str:
     if nw["status"] == "modelled":
         out.append(f"network cycle model ({nw['images']} images back to back, the skip FIFOs "
                    f"'epim generate' sizes): {nw['steady_cycles_per_image']:g} cycles per image "
-                   f"in steady state = {s['network_ns_per_image']:.0f} ns (slowest tile alone: "
-                   f"{s['cycles_per_image']:.0f}), first image's latency "
-                   f"{nw['latency_cycles']} cycles")
+                   f"(mean distance of their last output beats, as 'epim cosim' measures) = "
+                   f"{s['network_ns_per_image']:.0f} ns (slowest tile alone: "
+                   f"{s['cycles_per_image']:.0f}), latency {nw['latency_cycles']} cycles for the "
+                   f"first image, {nw['last_latency_cycles']} for the last")
     else:
         out.append(f"network cycle model {nw['status']}")
     return "\n".join(out)

@@ -242,8 +242,10 @@ class NetworkCost:
         """The whole accelerator's cycles from the network cycle model (`epim.sw.netcycles`:
         every unit's handshakes, stalls included, with the skip FIFO depths `epim generate`
         writes; what `epim cosim` measures on the RTL for as many images): steady cycles per
-        image (mean distance of successive images' last output beats) and the first image's
-        latency. Skipped, with the reason in `status`, without a network or when the estimated
+        image (mean distance of successive images' last output beats) and the first and last
+        images' latencies (a latency that grows means the pipeline was still filling: images
+        entered faster than the slowest stage passes them, and the mean can then lie below that
+        stage's rate). Skipped, with the reason in `status`, without a network or when the estimated
         work exceeds `NETWORK_MODEL_LIMIT`."""
         out = {"images": NETWORK_MODEL_IMAGES, "steady_cycles_per_image": None,
                "latency_cycles": None}
@@ -259,7 +261,8 @@ class NetworkCost:
         t = predict(self.net, NETWORK_MODEL_IMAGES, reuse=self.reuse, lanes=self.lanes,
                     replicas=self.replicas)
         return {**out, "unit_steps": steps_, "steady_cycles_per_image": t.steady,
-                "latency_cycles": t.latency[0], "status": "modelled"}
+                "latency_cycles": t.latency[0], "last_latency_cycles": t.latency[-1],
+                "status": "modelled"}
 
     def summary(self) -> dict:
         e = self.energy_pj

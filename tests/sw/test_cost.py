@@ -181,7 +181,7 @@ def test_network_cycles_are_the_network_models(seed, tmp_path, capsys):
     assert nc.summary()["cycles_per_image"] == max(c.cycles_per_image for c in nc.layers)
     (tmp_path / "n.json").write_text(json.dumps(obj))
     assert cli(["cost", str(tmp_path / "n.json"), "--json", str(tmp_path / "c.json")]) == 0
-    assert f"{want.steady:g} cycles per image in steady state" in capsys.readouterr().out
+    assert f"{want.steady:g} cycles per image (mean distance" in capsys.readouterr().out
     saved = json.loads((tmp_path / "c.json").read_text())["summary"]
     assert saved["network_steady_cycles_per_image"] == want.steady
 
