@@ -42,8 +42,12 @@ def pool_shape(p: MaxPoolParams) -> dict[str, int]:
             "ylast": min((ho - 1) * p.stride - p.padding + p.kernel - 1, p.height - 1)}
 
 
-def _max(a, b):
-    return Mux(a > b, a, b)
+def _max(m: Module, a, b, name: str) -> Signal:
+    """`max(a, b)` as a signal of its own (each operand is used twice: as expressions, a chain
+    of maxima would grow its netlist exponentially)."""
+    v = Signal(len(a), name=name)
+    m.d.comb += v.eq(Mux(a > b, a, b))
+    return v
 
 
 class MaxPoolUnit(wiring.Component):
@@ -133,7 +137,9 @@ class MaxPoolUnit(wiring.Component):
                          wp.data.eq(self.i.payload)]
             rp = mem.read_port(domain="sync", transparent_for=())
             m.d.comb += [rp.en.eq(b_move), rp.addr.eq(addr)]
-            sel = b_in & (Mux(b_slot0 <= j, j - b_slot0, j + n_slots - b_slot0) < b_nrows)
+            sel = Signal(name=f"sel{j}")
+            m.d.comb += sel.eq(b_in & (Mux(b_slot0 <= j, j - b_slot0, j + n_slots - b_slot0)
+                                       < b_nrows))
             datas.append((sel, rp.data))
         self._stage_b(m, datas, b_valid, b_emit, b_move, o_valid)
         m.d.comb += self.idle.eq(~o_valid & ~b_valid & (held == 0) & (ix == 0) & (iy == 0)
@@ -146,17 +152,17 @@ class MaxPoolUnit(wiring.Component):
         cm = []
         for c in range(p.channels):
             v = None
-            for sel, data in datas:
+            for j, (sel, data) in enumerate(datas):
                 x = Mux(sel, self._channels(data)[c], 0)
-                v = x if v is None else _max(v, x)
+                v = x if v is None else _max(m, v, x, f"colmax{j}_{c}")
             cm.append(v)
         hist = [[Signal(p.bits, name=f"hist{i}_{c}") for c in range(p.channels)]
                 for i in range(p.kernel - 1)]
         win = []
         for c in range(p.channels):
             v = cm[c]
-            for row in hist:
-                v = _max(v, row[c])
+            for i, row in enumerate(hist):
+                v = _max(m, v, row[c], f"winmax{i}_{c}")
             win.append(v[:p.bits])
         with m.If(b_valid & b_move):
             for i, row in enumerate(hist):
