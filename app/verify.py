@@ -120,7 +120,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
              for la in net.layers if la.op in ("conv", "linear")}
     for name, cyc in alone.items():
         pred.layers[name]["alone_cycles_per_image"] = cyc
-    slowest = max(alone, key=alone.get)
+    slowest = max(alone, key=alone.get) if alone else None  # (a network of pools alone)
     rep = {
         "network": net.source, "images": n, "match": match,
         "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n)))
@@ -130,8 +130,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
         "cycles_match": (result["in_cycles"] == pred.run.in_cycles
                          and result["out_cycles"] == pred.run.out_cycles),
         "layers": pred.layers, "slowest_tile": slowest,
-        "slowest_tile_cycles_per_image": alone[slowest],
-        "throughput_ratio": (steady / alone[slowest]) if steady else None,
+        "slowest_tile_cycles_per_image": alone.get(slowest),
+        "throughput_ratio": (steady / alone[slowest]) if steady and alone else None,
         "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse, "lanes": lanes,
         "replicas": {la.name: cyclemodel.replicas_for(la, replicas)
                      for la in net.layers if la.op in ("conv", "linear")},

@@ -120,6 +120,25 @@ def test_random_v11_networks_in_cosim(seed, stalls, build_root):
 
 @pytest.mark.verilator
 @pytest.mark.slow
+def test_resnet50_stem_pool_streams_on_verilator(build_root):
+    """A ResNet-50 stem's max pool alone (112x112x64 at 4 bits, 3x3 windows, stride 2, padding
+    1): it keeps 5 rows, not the map, takes about one input beat per cycle, and is bit-exact
+    with every handshake as modelled. (A network without tiles: no slowest tile.)"""
+    obj = {"format": "epim-net-v1", "pim": examples.DEFAULT_PIM,
+           "input": {"name": "input", "channels": 64, "height": 112, "width": 112, "bits": 4},
+           "layers": [{"name": "pool", "op": "maxpool", "inputs": ["input"], "kernel": 3,
+                       "stride": 2, "padding": 1}],
+           "output": "pool"}
+    net = netfile.parse(obj)
+    x = np.random.default_rng(0).integers(0, 16, (2, 64, 112, 112))
+    y, rep = verify.cosim_network(net, x, build_root / "stem")
+    np.testing.assert_array_equal(y, reference.run_network(net, x))
+    assert rep["cycles_match"] and rep["slowest_tile"] is None
+    assert rep["steady_cycles_per_image"] < 112 * 112 * 1.01
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
 def test_network_with_stalls_and_one_lane_loses_nothing(build_root):
     """Random input gaps and output back-pressure, every tile with one chunk lane: nothing
     lost or repeated, and the model, replaying the testbench's random pattern, still predicts
