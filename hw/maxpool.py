@@ -8,11 +8,11 @@ a 3x3/2 window holds 5 rows of 112 words of 256 bits), never the whole map.
 Two sides share the row memories:
 
 - the **loader** writes pixel `(y, x)` of a used row into word `x` of the row slot after the
-  `held` complete rows (rows below the last window are taken and dropped); `i.ready` is high
+  `held` complete rows (rows after the last window's are taken and dropped); `i.ready` is high
   while `held < L` or the row is dropped;
 - the **scanner** makes output row `oy` once the input rows `r0..r1` of its windows are held
   (`r0 = max(oy*s - p, 0)`, `r1 = min(oy*s - p + k - 1, H - 1)`), first releasing the rows
-  above `r0`: it steps the padded columns `u = 0 .. (Wo-1)*s + k - 1` one per cycle, reading
+  before `r0`: it steps the padded columns `u = 0 .. (Wo-1)*s + k - 1` one per cycle, reading
   column `x = u - p` of every row slot (synchronous read ports); the next stage takes the
   channel-wise maximum over the window's rows (zero outside the map: the inputs are unsigned and
   every window holds a pixel of the map, so padding never wins), shifts it into the last `k-1`
