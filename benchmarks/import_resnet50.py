@@ -113,12 +113,18 @@ def main() -> int:
                 torch.as_tensor(x[i:i + 10], dtype=torch.float64) / 255)
                 for i in range(0, args.agree, 10)])
         t_fq = time.perf_counter() - t0
-        agree = float((fq.argmax(1).numpy() == ref.argmax(1)).mean())
+        fq = fq.numpy()
+        np.savez(args.out / "agreement.npz", reference=ref, fake_quant=fq)
+        agree = float((fq.argmax(1) == ref.argmax(1)).mean())
         distinct = len(set(ref.argmax(1).tolist()))
+        top5 = np.mean([len(set(np.argsort(-a)[:5]) & set(np.argsort(-b)[:5])) / 5
+                        for a, b in zip(ref, fq, strict=True)])
+        corr = np.median([np.corrcoef(a, b)[0, 1] for a, b in zip(ref, fq, strict=True)])
         print(f"\nagreement on {args.agree} seeded synthetic images: integer file (epim reference) "
-              f"vs fake-quantized PyTorch (folded, float64): {100 * agree:.1f}% "
-              f"({distinct} distinct classes predicted; reference {t_ref:.0f} s, "
-              f"PyTorch {t_fq:.0f} s)")
+              f"vs fake-quantized PyTorch (folded, float64): argmax {100 * agree:.1f}% "
+              f"({distinct} distinct classes predicted), top-5 overlap {100 * top5:.1f}%, "
+              f"median logit correlation {corr:.5f} (reference {t_ref:.0f} s, PyTorch "
+              f"{t_fq:.0f} s)")
         ok &= agree >= 0.99
     print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
     return 0 if ok else 1
