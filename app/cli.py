@@ -566,9 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--act-bits", type=int, default=4)
     im.add_argument("--pool-bits", type=int, default=8, help="global pooling's output bits")
     im.add_argument("--calibration", help="uint8 calibration images (N, C, H, W) in .npy "
-                                          "(default: seeded synthetic images)")
+                                          "(default: the first --data training images, else "
+                                          "seeded synthetic images)")
     im.add_argument("--calibration-count", type=int, default=64,
-                    help="synthetic calibration images (default 64)")
+                    help="calibration images taken (default 64)")
     im.add_argument("--keep-batch-norm", action="store_true",
                     help="keep the module's batch-norm statistics (default: re-estimate them "
                          "on the calibration images after projection)")

@@ -750,6 +750,11 @@ def import_to(out: str | Path, module: nn.Module, in_shape: tuple[int, int, int]
     if float_accuracy and finetune:
         x_test, y_test = data.load(finetune["data"], "test", finetune.get("test_limit"),
                                    path=finetune.get("data_path"))
+    if finetune and kw.get("calibration") is None:  # calibrate on the data set's images
+        count = kw.pop("calib_count", 64)
+        kw["calibration"], _ = data.load(finetune["data"], "train", count,
+                                         path=finetune.get("data_path"))
+        kw["calibration_source"] = f"the first {count} {finetune['data']} training images"
     model, report = import_module(module, in_shape, quant=quant, pim=pim, log=log, **kw)
     cfg = Config(**{"model": "import", "ratio": None, "weight_bits": quant.weight_bits,
                     "act_bits": quant.act_bits, "pool_bits": quant.pool_bits, "pim": pim,
