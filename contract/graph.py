@@ -138,6 +138,9 @@ def check_units(manifest: dict, units: list, tiles: dict, where: str) -> None:
             else:
                 need(u.name, u.inputs[0], p.cin * p.in_bits, p.h * p.w, "as input")
             width[u.name], beats[u.name] = p.cout * p.out_bits, p.ho * p.wo
+            if u.replicas > p.ho * p.wo:
+                raise ValueError(f"{where}: unit {u.name!r} has {u.replicas} copies for "
+                                 f"{p.ho * p.wo} output pixels per image")
         elif kind == "add":
             if len(u.inputs) != 2:
                 raise ValueError(f"{where}: unit {u.name!r}: an add has two inputs")

@@ -3,6 +3,8 @@ word layouts pack and unpack exactly, network units are checked field by field."
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -146,6 +148,10 @@ def test_units_that_do_not_fit_together_are_refused():
         graph.check_units(man, typed[:add] + [wide] + typed[add + 1:], tiles, "network.json")
     with pytest.raises(ValueError, match="which no earlier unit makes"):
         graph.check_units(man, typed[::-1], tiles, "network.json")
+    # (found by the fuzz run: more copies than output pixels reached the replicated tile)
+    many = dataclasses.replace(typed[0], replicas=10**6)
+    with pytest.raises(ValueError, match="has 1000000 copies for"):
+        graph.check_units(man, [many] + typed[1:], tiles, "network.json")
     with pytest.raises(ValueError, match="'output' does not describe"):
         graph.check_units({**man, "output": {**man["output"], "bits": 3}}, typed, tiles,
                           "network.json")
