@@ -549,8 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("import", help="import a PyTorch model as an epitome network: trace, "
                                        "project, calibrate, fine-tune, export")
-    im.add_argument("model", help="resnet18, resnet34, resnet50 (torchvision's structure) or "
-                                  "FILE.py:FUNCTION returning an nn.Module")
+    im.add_argument("model", help="resnet18, resnet34, resnet50 (torchvision's structure), "
+                                  "FILE.py:FUNCTION returning an nn.Module, or an epim train "
+                                  "checkpoint folder")
     im.add_argument("--state-dict", help="weights to load first (a torch state_dict file)")
     im.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
                     help="input image shape (default: the --data set's, else 3 224 224)")

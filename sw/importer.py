@@ -37,6 +37,7 @@ from torch import nn
 
 from . import compress
 from .epitome import Fill, strided_offsets
+from .layers import ActQuant, EpitomeConv2d, EpitomeLinear, WeightQuant
 from .models import INPUT, EpimNet, Node, QuantConfig
 
 
@@ -45,7 +46,9 @@ class ModelImportError(ValueError):
 
 
 SUPPORTED = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d,
-             nn.AvgPool2d, nn.Flatten, nn.Linear, nn.Dropout, nn.Identity)
+             nn.AvgPool2d, nn.Flatten, nn.Linear, nn.Dropout, nn.Identity,
+             # the project's own models (`epim.sw.models.EpimNet`, e.g. a float `epim train`)
+             EpitomeConv2d, ActQuant, WeightQuant)
 SUPPORTED_TEXT = ("Conv2d, BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d(1), AvgPool2d over "
                   "the whole map, Flatten, Linear, Dropout, Identity, residual add")
 
@@ -141,11 +144,17 @@ def trace(module: nn.Module, in_shape: tuple[int, int, int]) -> Imported:
     """Read `module` (eval mode, input `(C, H, W)`) into a graph of contract ops."""
     check_modules(module)
     module = module.eval()
+    cls = type(module)
+    if isinstance(module, EpimNet):  # trace its float forward, not the folded integer one
+        module.__class__ = type("TracedEpimNet", (cls,), {"forward": EpimNet.fake_quant_forward})
     try:
-        gm = torch.fx.symbolic_trace(module)
+        graph = _Tracer().trace(module)
+        gm = torch.fx.GraphModule(module, graph)
     except Exception as exc:  # fx raises many types; say what and where in one line
         raise ModelImportError(f"torch.fx cannot trace the module: {type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    finally:
+        module.__class__ = cls
     from torch.fx.passes.shape_prop import ShapeProp
 
     try:
@@ -155,6 +164,32 @@ def trace(module: nn.Module, in_shape: tuple[int, int, int]) -> Imported:
         raise ModelImportError(f"the module does not run on a 1x{'x'.join(map(str, in_shape))} "
                                f"input: {type(exc).__name__}: {exc}") from None
     return _Reader(gm, in_shape).read()
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, with the project's epitome layers and quantizers as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (EpitomeConv2d, ActQuant)) or super().is_leaf_module(m, qualname)
+
+
+def _node_name(target: str) -> str:
+    """A module path as a node name; an EpimNet's `units.c1.conv` is its node `c1`."""
+    m = re.fullmatch(r"units\.(\w+?)(\.(conv|lin))?", target)
+    return m.group(1) if m else _safe(target)
+
+
+def _unit_of(n: torch.fx.Node | None, depth: int = 3) -> str | None:
+    """The EpimNet node an op belongs to: the `units.X.aq` quantizer it feeds (through at
+    most `depth` ops), else None."""
+    for _ in range(depth):
+        if n is None or len(n.users) != 1:
+            return None
+        n = next(iter(n.users))
+        m = re.fullmatch(r"units\.(\w+)\.aq", str(n.target)) if n.op == "call_module" else None
+        if m:
+            return m.group(1)
+    return None
 
 
 def _shape(n: torch.fx.Node) -> tuple[int, ...] | None:
@@ -176,12 +211,13 @@ class _Reader:
         self.val: dict[torch.fx.Node, _Rec | None] = {}
         self.modules: dict[str, str] = {}
         self.adds: dict[str, torch.fx.Node] = {}
+        self.origin: dict[str, torch.fx.Node] = {}  # the fx node of a function-made op
 
     def fail(self, n: torch.fx.Node, msg: str) -> ModelImportError:
         what = n.target if n.op == "call_module" else getattr(n.target, "__name__", n.target)
         return ModelImportError(f"{n.op} {what!s} ({n.name}): {msg}")
 
-    def add_node(self, nd: Node, module: str = "") -> _Rec:
+    def add_node(self, nd: Node, module: str = "", fx: torch.fx.Node | None = None) -> _Rec:
         base, i = nd.name, 1
         while nd.name in self.by_name or nd.name == INPUT:
             i += 1
@@ -190,6 +226,8 @@ class _Reader:
         self.by_name[nd.name] = nd
         if module:
             self.modules[nd.name] = module
+        if fx is not None:
+            self.origin[nd.name] = fx
         return _Rec(nd.name)
 
     def src(self, n: torch.fx.Node, arg) -> _Rec:
@@ -229,7 +267,9 @@ class _Reader:
     # -- call_module ------------------------------------------------------------------------
     def module(self, n: torch.fx.Node, mod: nn.Module) -> None:
         where = f"module {n.target!r} ({type(mod).__name__})"
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, EpitomeLinear):
+            self.linear(n, mod, where)
+        elif isinstance(mod, (nn.Conv2d, EpitomeConv2d)):
             self.conv(n, mod, where)
         elif isinstance(mod, nn.BatchNorm2d):
             self.batchnorm(n, mod, where)
@@ -257,15 +297,23 @@ class _Reader:
             self.flatten(n, mod.start_dim, mod.end_dim)
         elif isinstance(mod, nn.Linear):
             self.linear(n, mod, where)
-        elif isinstance(mod, PASS_MODULES):
+        elif isinstance(mod, (*PASS_MODULES, ActQuant)):
             self.val[n] = self.src(n, n.args[0])
         else:  # check_modules refused it already, unless it is a container called directly
             raise ModelImportError(f"{where} is not supported; supported: {SUPPORTED_TEXT}")
 
-    def conv(self, n, mod: nn.Conv2d, where: str) -> None:
+    def conv(self, n, mod: nn.Conv2d | EpitomeConv2d, where: str) -> None:
         rec = self.src(n, n.args[0])
         if rec.flat:
             raise self.fail(n, "reads a flattened tensor")
+        if isinstance(mod, EpitomeConv2d):  # an EpimNet's layer: its sampled (float) weight
+            name = _node_name(str(n.target))
+            self.val[n] = self.add_node(Node(name, "conv", [rec.node], mod.out_channels,
+                                             mod.kernel_size, mod.stride, None,
+                                             padding=mod.padding, relu=False), str(n.target))
+            self.params[self.val[n].node] = _Layer(mod.sampled_weight().detach(), None, None,
+                                                   str(n.target))
+            return
         if mod.groups != 1 or mod.dilation != (1, 1) or mod.padding_mode != "zeros":
             raise ModelImportError(f"{where}: only groups 1, dilation 1 and zero padding map "
                                    "to crossbars")
@@ -318,14 +366,14 @@ class _Reader:
         if p > k // 2:
             raise self.fail(n, f"padding {p} larger than kernel // 2")
         self.val[n] = self.add_node(Node(_safe(name), "maxpool", [rec.node], 0, k, s,
-                                         padding=p))
+                                         padding=p), fx=n)
 
     def gap(self, n, name: str, keep: bool) -> None:
         rec = self.src(n, n.args[0])
         nd = self.by_name.get(rec.node)
         if rec.flat or (nd is not None and not nd.relu):
             raise self.fail(n, "global pooling reads an unsigned map (after a ReLU)")
-        self.val[n] = self.add_node(Node(_safe(name), "avgpool_global", [rec.node]))
+        self.val[n] = self.add_node(Node(_safe(name), "avgpool_global", [rec.node]), fx=n)
         self.val[n].flat = not keep
 
     def flatten(self, n, start: int, end: int) -> None:
@@ -335,20 +383,25 @@ class _Reader:
             raise self.fail(n, "only flatten(x, 1) to (N, features) is supported")
         self.val[n] = _Rec(rec.node, flat=True)
 
-    def linear(self, n, mod: nn.Linear, where: str) -> None:
+    def linear(self, n, mod: nn.Linear | EpitomeLinear, where: str) -> None:
         rec = self.src(n, n.args[0])
         shape = _shape(n.args[0])
-        if shape is None or len(shape) != 2:
+        epi = isinstance(mod, EpitomeLinear)  # flattens its input itself
+        if shape is None or (len(shape) != 2 and not epi):
             raise ModelImportError(f"{where}: reads a {shape} tensor; flatten it to "
                                    "(N, features) first")
         nd = self.by_name.get(rec.node)
         if nd is not None and nd.op in ("conv", "linear") and not nd.relu:
             raise ModelImportError(f"{where}: reads {nd.name!r}, which has no ReLU; the "
                                    "crossbars read unsigned activations")
-        name = _safe(str(n.target))
-        self.val[n] = self.add_node(Node(name, "linear", [rec.node], mod.out_features, 1, 1,
-                                         None, relu=False), str(n.target))
-        self.params[self.val[n].node] = _Layer(mod.weight, mod.bias, None, str(n.target))
+        name = _node_name(str(n.target))
+        if epi:
+            weight, out = mod.sampled_weight().detach().flatten(1), mod.out_channels
+        else:
+            weight, out = mod.weight, mod.out_features
+        self.val[n] = self.add_node(Node(name, "linear", [rec.node], out, 1, 1, None,
+                                         relu=False), str(n.target))
+        self.params[self.val[n].node] = _Layer(weight, mod.bias, None, str(n.target))
 
     # -- call_function / call_method ----------------------------------------------------------
     def function(self, n) -> None:
@@ -405,7 +458,7 @@ class _Reader:
             raise self.fail(n, "adds flattened tensors")
         if _shape(a) != _shape(b):
             raise self.fail(n, f"adds tensors of shapes {_shape(a)} and {_shape(b)}")
-        rec = self.add_node(Node(_safe(n.name), "add", [ra.node, rb.node], relu=False))
+        rec = self.add_node(Node(_safe(n.name), "add", [ra.node, rb.node], relu=False), fx=n)
         self.adds[rec.node] = n
         self.val[n] = rec
 
@@ -426,6 +479,9 @@ class _Reader:
                 first = self.modules.get(nd.inputs[0], "")  # the residual branch's module
                 if "." in first:
                     renames[nd.name] = _safe(first.rsplit(".", 1)[0]) + "_add"
+            unit = _unit_of(self.origin.get(nd.name))
+            if unit:  # an EpimNet's op: its node's own name
+                renames[nd.name] = unit
             if nd.op == "conv" and not nd.relu:
                 bad = [f"module {self.modules[r.name]!r}" if r.name in self.modules
                        else f"{r.op} {r.name!r}"
@@ -604,8 +660,9 @@ def _quantizers(model: EpimNet):
 
 def load_module(spec: str, num_classes: int | None = None, in_channels: int | None = None):
     """A module by name: `resnet18`, `resnet34`, `resnet50` (torchvision's structure,
-    `epim.sw.resnets`), or `FILE.py:FUNCTION`, a function of the user's file that returns the
-    module (the file runs as Python: it is the user's own model code)."""
+    `epim.sw.resnets`), `FILE.py:FUNCTION`, a function of the user's file that returns the
+    module (the file runs as Python: it is the user's own model code), or a checkpoint of
+    `epim train` (its folder or `checkpoint.pt`: the project's own models)."""
     from . import resnets
 
     if spec in resnets.BUILDERS:
@@ -615,10 +672,18 @@ def load_module(spec: str, num_classes: int | None = None, in_channels: int | No
         if in_channels:
             kw["in_channels"] = in_channels
         return resnets.BUILDERS[spec](**kw)
+    if Path(spec).is_dir() or spec.endswith(".pt"):  # a checkpoint of `epim train`
+        from .train import load_checkpoint
+
+        try:
+            return load_checkpoint(spec)[1]
+        except (FileNotFoundError, KeyError, TypeError, RuntimeError) as exc:
+            raise ModelImportError(f"{spec}: not an epim train checkpoint: "
+                                   f"{str(exc).splitlines()[0]}") from None
     path, sep, func = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not func.isidentifier():
-        raise ModelImportError(f"{spec!r}: give one of {', '.join(resnets.BUILDERS)} or "
-                               "FILE.py:FUNCTION")
+        raise ModelImportError(f"{spec!r}: give one of {', '.join(resnets.BUILDERS)}, "
+                               "FILE.py:FUNCTION or an epim train checkpoint")
     import importlib.util
 
     if not Path(path).is_file():

@@ -198,7 +198,7 @@ def test_cli_import_refuses_bad_input_in_one_line(tmp_path):
     bad.write_text("import torch\ndef make():\n    return torch.nn.Sequential("
                    "torch.nn.Conv2d(1, 2, 3), torch.nn.Tanh())\n")
     for args, message in [
-            (["nosuchnet"], "give one of resnet18, resnet34, resnet50 or FILE.py:FUNCTION"),
+            (["nosuchnet"], "give one of resnet18, resnet34, resnet50, FILE.py:FUNCTION"),
             ([f"{bad}:make", "--input-shape", "1", "8", "8"],
              "module '1' (Tanh) is not supported"),
             ([f"{bad}:other"], "defines no function 'other'"),
@@ -224,3 +224,25 @@ def test_standard_block_resnet_round_trips():
     assert sum(not la.relu for la in net.layers) == 6  # 4 second convs, 1 shortcut, logits
     ref = reference.run_network(net, (x * 255).round().long().numpy())
     np.testing.assert_array_equal(ref, m.integer_forward(x, keep=True)["fc"].flatten(1).numpy())
+
+
+@pytest.mark.parametrize("name, block", [("cnn", "relu"), ("resnet", "relu"),
+                                         ("resnet", "standard")])
+def test_the_projects_own_models_import(name, block):
+    """A float model of `epim train` imports with its own graph, names and forward."""
+    torch.manual_seed(0)
+    m = models.build(name, None, models.QuantConfig(None, None), width=8, block=block)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    imp = importer.trace(m, (1, 28, 28))
+    def ops(nodes):
+        return [(n.name, n.op, n.relu if n.op == "conv" else None) for n in nodes]
+
+    assert ops(imp.nodes) == ops(m.nodes)
+    dense = imp.dense_model(models.QuantConfig(None, None)).double().eval()
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(dense.fake_quant_forward(x),
+                                   m.double().eval().fake_quant_forward(x))
