@@ -302,6 +302,9 @@ def network_cost(net: Network | list[Layer], pim: PIM | None = None,
         pim, layers = net.pim, net.layers
     else:
         layers = net
+    if not any(la.op in ("conv", "linear") for la in layers):
+        raise ValueError(f"{getattr(net, 'source', 'the network')}: no conv or linear layer, "
+                         "so no crossbars to cost")
     return NetworkCost([layer_cost(la, pim, consts, reuse, lanes, replicas) for la in layers
                         if la.op in ("conv", "linear")], consts, reuse, whole, lanes, replicas)
 

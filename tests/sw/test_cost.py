@@ -194,3 +194,14 @@ def test_network_model_is_skipped_when_too_large(monkeypatch):
     assert s["network_model"]["status"].startswith("skipped: too large")
     assert cost.network_cost(list(net.layers), net.pim).network["status"].startswith(
         "skipped: no network")
+
+
+def test_a_network_without_crossbars_is_refused():
+    net = netfile.parse({
+        "format": "epim-net-v1", "pim": {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2,
+                                         "dac_bits": 1, "adc_bits": 8},
+        "input": {"name": "input", "channels": 2, "height": 4, "width": 4, "bits": 4},
+        "layers": [{"name": "mp", "op": "maxpool", "inputs": ["input"], "kernel": 2}],
+        "output": "mp"}, source="pool.json")
+    with pytest.raises(ValueError, match="pool.json: no conv or linear layer"):
+        cost.network_cost(net)
