@@ -249,20 +249,29 @@ def cmd_cosim(args) -> int:
     if not args.program:
         y, rep = cosim_network(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
                                reuse=not args.no_reuse, lanes=args.lanes, replicas=replicas,
-                               log=lambda line: print(line, flush=True))
+                               log=lambda line: print(line, flush=True), waves=args.waves)
         save_npy(args.outputs, y)
         if args.report:
             write_json(args.report, rep)
         print(reports.network_report(rep))
+        _say_waves(args.waves)
         return 0 if rep["match"] and rep["cycles_match"] else EXIT_MISMATCH
     y, report = cosim(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
-                      program=args.program, reuse=not args.no_reuse, lanes=args.lanes)
+                      program=args.program, reuse=not args.no_reuse, lanes=args.lanes,
+                      waves=args.waves)
     save_npy(args.outputs, y)
     if args.report:
         write_json(args.report, report)
     print(reports.tile_report(report))
+    _say_waves(args.waves)
     ok = report["match"] and report["cycles_match"] in (True, None)
     return 0 if ok else EXIT_MISMATCH
+
+
+def _say_waves(path: str | None) -> None:
+    if path:
+        size = Path(path).stat().st_size / 1e6 if Path(path).exists() else 0
+        print(f"waveform: {path} (VCD, {size:.1f} MB; open it with GTKWave or Surfer)")
 
 
 def _ratio(text: str) -> float | None:
@@ -467,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stalls", action="store_true",
                    help="random input gaps and output back-pressure")
     s.add_argument("--seed", type=int, default=0, help="seed for --stalls")
+    s.add_argument("--waves", metavar="FILE.vcd",
+                   help="write the run's waveform (every signal, VCD) to this file; the "
+                        "traced build is cached apart from the plain one")
     s.add_argument("--program", action="store_true",
                    help="single-layer networks: run the tile alone, starting from blank "
                         "memories written through its programming port")

@@ -37,8 +37,9 @@ BAD_COMMAND = b"Z"  # no command: the board must answer "!"
 
 def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
           seed: int = 0, program: bool = False, reuse: bool = True,
-          lanes: int | None = None) -> tuple[np.ndarray, dict]:
-    """Run a batch through the tile's Verilog; returns outputs and the report."""
+          lanes: int | None = None, waves: str | Path | None = None) -> tuple[np.ndarray, dict]:
+    """Run a batch through the tile's Verilog; returns outputs and the report (`waves`: a VCD
+    of the run to this file)."""
     x = reference.check_inputs(net, x)
     layer = tile_layer(net)
     build_root = Path(build_root).resolve()
@@ -48,7 +49,7 @@ def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = Fa
     phase = {"program": program_beats(gen.image) if program else [],
              "inputs": pack_beats(x, net.input_bits, layer), "n_out": x.shape[0] * ho * wo}
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
-                        beats_per_image=ho * wo)[0]
+                        beats_per_image=ho * wo, waves=waves)[0]
     y = unpack_beats(result["outputs"], layer)
     ref = reference.run_network(net, x, reuse=reuse)
     return y, report(net, layer, x, y, ref, result, stalls, program, reuse, time.time() - t0,
@@ -82,7 +83,8 @@ def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds, lanes
 def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
                   seed: int = 0, reuse: bool = True, lanes: int | dict | None = None,
                   replicas: int | dict | None = None,
-                  log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict]:
+                  log: Callable[[str], None] | None = None,
+                  waves: str | Path | None = None) -> tuple[np.ndarray, dict]:
     """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
 
     The report compares outputs with the integer reference and the cycles of every handshake
@@ -104,7 +106,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     t1 = time.time()
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
                         max_cycles=2 * pred.run.cycles + 10_000, top="epim_net", log=log,
-                        beats_per_image=per)[0]
+                        beats_per_image=per, waves=waves)[0]
     y = unpack_beats(result["outputs"], net.output_layer)
     ref = reference.run_network(net, x, reuse=reuse)
     _, h, w = net.input_shape

@@ -76,24 +76,26 @@ def program_beats(image: images.LayerImage) -> list[int]:
 
 
 def build_model(verilog: Path, build_root: Path, top: str = "epim_tile",
-                log: Callable[[str], None] | None = None):
+                log: Callable[[str], None] | None = None, waves: bool = False):
     """The Verilator model of a Verilog file from the content-keyed cache under `build_root`
-    (built on a miss, `epim.sim.buildcache`); returns `(runner, build_dir)`."""
+    (built on a miss, `epim.sim.buildcache`; `waves`: a build that can trace, cached apart);
+    returns `(runner, build_dir)`."""
     from cocotb_tools.runner import get_runner
 
-    build_dir, _ = buildcache.verilator_build([verilog], top, build_root, log=log)
+    build_dir, _ = buildcache.verilator_build([verilog], top, build_root, waves=waves, log=log)
     return get_runner("verilator"), build_dir
 
 
 def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = False,
                seed: int = 0, max_cycles: int | None = None, top: str = "epim_tile",
                log: Callable[[str], None] | None = None,
-               beats_per_image: int = 1) -> list[dict]:
+               beats_per_image: int = 1, waves: str | Path | None = None) -> list[dict]:
     """Run the testbench on the generated Verilog; returns per phase beats and cycles
-    (`beats_per_image` output beats make one image on the progress bar)."""
+    (`beats_per_image` output beats make one image on the progress bar). `waves`: write the
+    run's waveform (VCD, every signal) to this file."""
     build_root = Path(build_root).resolve()
     build_root.mkdir(parents=True, exist_ok=True)
-    runner, build_dir = build_model(generated.verilog, build_root, top, log)
+    runner, build_dir = build_model(generated.verilog, build_root, top, log, waves=bool(waves))
     total = sum(len(p["inputs"]) + len(p["program"]) for p in phases)
     if max_cycles is None:
         p = generated.image.params
@@ -105,17 +107,19 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
         def show(beats: int) -> None:
             bar.update(beats // max(1, beats_per_image) - bar.n)
         results = run_job(runner, build_dir, build_root, "epim.sim.tb_tile", top,
-                          "EPIM_COSIM_JOB", job, show)["phases"]
+                          "EPIM_COSIM_JOB", job, show, waves=waves)["phases"]
     for r in results:
         r["outputs"] = [int(b) for b in r["outputs"]]
     return results
 
 
 def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, env_var: str,
-            job: dict, progress: Callable[[int], None] | None = None) -> dict:
+            job: dict, progress: Callable[[int], None] | None = None,
+            waves: str | Path | None = None) -> dict:
     """Run the cocotb testbench `module` on a built model with `job` (a JSON file named by
     `env_var`, plus `result_path`), in a scratch folder; returns the result it wrote.
-    `progress`, if given, is called now and then with the output beats received so far."""
+    `progress`, if given, is called now and then with the output beats received so far;
+    `waves` (a build made with waves): where to move the run's VCD."""
     work = Path(tempfile.mkdtemp(dir=build_root, prefix="job-"))
     try:
         job = {**job, "result_path": str(work / "result.json"),
@@ -130,8 +134,11 @@ def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, en
 
         buildcache.run_polling(lambda: runner.test(
             test_module=module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
-            build_dir=str(build_dir), test_dir=str(work),
+            build_dir=str(build_dir), test_dir=str(work), waves=bool(waves),
             extra_env={env_var: str(work / "job.json")}, log_file=str(work / "sim.log")), poll)
+        if waves and (work / "dump.vcd").exists():
+            Path(waves).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(work / "dump.vcd", waves)
         result_path = work / "result.json"
         if not result_path.exists():
             log = (work / "sim.log").read_text()[-2000:] if (work / "sim.log").exists() else ""
