@@ -134,10 +134,12 @@ def cmd_reference(args) -> int:
 
 
 def peak_memory_mib() -> float:
-    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process or its largest child process (Linux reports KiB,
+    macOS bytes)."""
     import resource
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = max(resource.getrusage(who).ru_maxrss  # this process, or its largest child (a
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # simulator)
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
@@ -245,6 +247,22 @@ def cmd_cosim(args) -> int:
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
     args.lanes = resolve_lanes(net, args.lanes)
+    if args.per_layer:
+        from .verify import cosim_per_layer
+
+        if isinstance(args.lanes, dict) or args.waves:
+            raise ValueError("--per-layer takes neither --lanes balanced nor --waves")
+        y, rep = cosim_per_layer(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
+                                 reuse=not args.no_reuse, lanes=args.lanes,
+                                 log=lambda line: print(line, flush=True))
+        save_npy(args.outputs, y)
+        if args.report:
+            write_json(args.report, rep)
+        print(f"{rep['tiles']} tile(s), {rep['distinct_builds']} distinct Verilator build(s): "
+              f"{'every tile bit-exact' if rep['match'] else 'MISMATCH'}, cycles "
+              f"{'as modelled' if rep['cycles_match'] else 'NOT as modelled'}; "
+              f"{rep['seconds']:.0f} s, peak memory {peak_memory_mib():.0f} MiB")
+        return 0 if rep["match"] and rep["cycles_match"] else EXIT_MISMATCH
     replicas = resolve_replicas(net, args.replicas, args.budget, args.lanes, not args.no_reuse)
     if not args.program:
         y, rep = cosim_network(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
@@ -476,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stalls", action="store_true",
                    help="random input gaps and output back-pressure")
     s.add_argument("--seed", type=int, default=0, help="seed for --stalls")
+    s.add_argument("--per-layer", action="store_true",
+                   help="check every conv/linear tile alone with its real input tensor from "
+                        "the reference (blank memories programmed through the port, so tiles "
+                        "of equal shape share one build)")
     s.add_argument("--waves", metavar="FILE.vcd",
                    help="write the run's waveform (every signal, VCD) to this file; the "
                         "traced build is cached apart from the plain one")

@@ -37,14 +37,16 @@ BAD_COMMAND = b"Z"  # no command: the board must answer "!"
 
 def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
           seed: int = 0, program: bool = False, reuse: bool = True,
-          lanes: int | None = None, waves: str | Path | None = None) -> tuple[np.ndarray, dict]:
+          lanes: int | None = None, waves: str | Path | None = None,
+          gen_dir: str | Path | None = None) -> tuple[np.ndarray, dict]:
     """Run a batch through the tile's Verilog; returns outputs and the report (`waves`: a VCD
-    of the run to this file)."""
+    of the run to this file; `gen_dir`: where to generate, default `build_root/generated`)."""
     x = reference.check_inputs(net, x)
     layer = tile_layer(net)
     build_root = Path(build_root).resolve()
     t0 = time.time()
-    gen = generate(net, build_root / "generated", reuse=reuse, blank=program, lanes=lanes)
+    gen = generate(net, gen_dir or build_root / "generated", reuse=reuse, blank=program,
+                   lanes=lanes)
     _, ho, wo = layer.out_shape
     phase = {"program": program_beats(gen.image) if program else [],
              "inputs": pack_beats(x, net.input_bits, layer), "n_out": x.shape[0] * ho * wo}
@@ -191,3 +193,65 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
                                                              strict=True)],
            "seconds_build": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2)}
     return y, rep
+
+
+def layer_network(net: Network, layer) -> Network:
+    """A network of one conv or linear layer of `net`, its input the layer's input tensor (the
+    producer's shape and bits), for checking that tile alone."""
+    import dataclasses
+
+    return dataclasses.replace(net, input_name=layer.inputs[0], input_shape=layer.in_shape,
+                               input_bits=layer.in_bits, layers=(layer,), output=layer.name,
+                               source=f"{net.source}:{layer.name}")
+
+
+def cosim_per_layer(net: Network, x: np.ndarray, build_root: str | Path, program: bool = True,
+                    stalls: bool = False, seed: int = 0, reuse: bool = True,
+                    lanes: int | None = None,
+                    log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict]:
+    """Check every conv and linear tile alone on Verilator with its real input tensor from the
+    integer reference: bit-exact against the reference's tensor, every cycle against the tile's
+    cycle model (the way FINN verifies node by node before the stitched design). With `program`
+    (the default) each tile is built with blank memories and programmed through its port, so
+    tiles of equal shape share one Verilog module and one Verilator build. Returns the network
+    output (the output layer's tile output, else the reference's) and the report."""
+    t0 = time.time()
+    x = reference.check_inputs(net, x)
+    tensors = reference.run_network(net, x, reuse=reuse, keep=True)
+    build_root = Path(build_root).resolve()
+    rows, out = [], None
+    for layer in net.layers:
+        if layer.op not in ("conv", "linear"):
+            continue
+        t1 = time.time()
+        sub = layer_network(net, layer)
+        y, rep = cosim(sub, tensors[layer.inputs[0]], build_root, stalls=stalls, seed=seed,
+                       program=program, reuse=reuse, lanes=lanes,
+                       gen_dir=build_root / "layers" / layer.name)
+        want = tensors[layer.name]
+        exact = bool(y.reshape(want.shape).tolist() == want.tolist()) if y.size == want.size \
+            else False
+        row = {"layer": layer.name, "op": layer.op, "match": rep["match"] and exact,
+               "cycles_match": rep["cycles_match"], "cycles": rep["cycles"],
+               "predicted_cycles": rep["predicted_cycles"],
+               "steady_cycles_per_image": rep["steady_cycles_per_image"],
+               "seconds": round(time.time() - t1, 2)}
+        rows.append(row)
+        if log:
+            log(f"{layer.name}: {'bit-exact' if row['match'] else 'MISMATCH'}, cycles "
+                f"{'as modelled' if row['cycles_match'] in (True, None) else 'NOT as modelled'}"
+                f" ({row['seconds']:.0f} s)")
+        if layer.name == net.output:
+            out = y
+    if out is None:
+        out = tensors[net.output]
+        if net.output_layer.op == "linear":
+            out = out.reshape(out.shape[0], -1)
+    builds = {p.name for p in build_root.glob("tile-*")}  # Verilator builds, by digest
+    rep = {"network": net.source, "images": int(x.shape[0]), "per_layer": rows,
+           "match": all(r["match"] for r in rows),
+           "cycles_match": all(r["cycles_match"] in (True, None) for r in rows),
+           "tiles": len(rows), "distinct_builds": len(builds), "programmed_via_port": program,
+           "outputs_from": "tile" if net.output_layer.op in ("conv", "linear") else "reference",
+           "stalls": stalls, "seconds": round(time.time() - t0, 2)}
+    return out, rep
