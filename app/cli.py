@@ -252,13 +252,19 @@ def cmd_cosim(args) -> int:
 
         if isinstance(args.lanes, dict) or args.waves:
             raise ValueError("--per-layer takes neither --lanes balanced nor --waves")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs {args.jobs}: at least 1")
         y, rep = cosim_per_layer(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
-                                 reuse=not args.no_reuse, lanes=args.lanes,
+                                 reuse=not args.no_reuse, lanes=args.lanes, jobs=args.jobs,
+                                 scheduler=args.scheduler,
                                  log=lambda line: print(line, flush=True))
         save_npy(args.outputs, y)
         if args.report:
             write_json(args.report, rep)
-        print(f"{rep['tiles']} tile(s), {rep['distinct_builds']} distinct Verilator build(s): "
+        where = (f" on {args.scheduler}" if args.scheduler else
+                 f" on {args.jobs} local Dask workers" if args.jobs > 1 else "")
+        print(f"{rep['tiles']} tile(s){where}, {rep['distinct_builds']} distinct Verilator "
+              "build(s): "
               f"{'every tile bit-exact' if rep['match'] else 'MISMATCH'}, cycles "
               f"{'as modelled' if rep['cycles_match'] else 'NOT as modelled'}; "
               f"{rep['seconds']:.0f} s, peak memory {peak_memory_mib():.0f} MiB")
@@ -498,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check every conv/linear tile alone with its real input tensor from "
                         "the reference (blank memories programmed through the port, so tiles "
                         "of equal shape share one build)")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="--per-layer: run the tiles on a local Dask cluster of N worker "
+                        "processes (default 1: one after the other, no cluster)")
+    s.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="--per-layer: run the tiles on this Dask scheduler's workers (they must "
+                        "see --build-dir)")
     s.add_argument("--waves", metavar="FILE.vcd",
                    help="write the run's waveform (every signal, VCD) to this file; the "
                         "traced build is cached apart from the plain one")

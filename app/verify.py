@@ -205,44 +205,58 @@ def layer_network(net: Network, layer) -> Network:
                                source=f"{net.source}:{layer.name}")
 
 
+def _layer_job(sub: Network, x: np.ndarray, want: np.ndarray, build_root: Path, gen_dir: Path,
+               options: dict) -> tuple[np.ndarray, dict]:
+    """One tile's check (a job a Dask worker may run): its output and its report row."""
+    t1 = time.time()
+    layer = sub.layers[0]
+    y, rep = cosim(sub, x, build_root, gen_dir=gen_dir, **options)
+    exact = y.size == want.size and bool((y.reshape(want.shape) == want).all())
+    return y, {"layer": layer.name, "op": layer.op, "match": rep["match"] and exact,
+               "cycles_match": rep["cycles_match"], "cycles": rep["cycles"],
+               "predicted_cycles": rep["predicted_cycles"],
+               "steady_cycles_per_image": rep["steady_cycles_per_image"],
+               "seconds": round(time.time() - t1, 2)}
+
+
 def cosim_per_layer(net: Network, x: np.ndarray, build_root: str | Path, program: bool = True,
                     stalls: bool = False, seed: int = 0, reuse: bool = True,
-                    lanes: int | None = None,
+                    lanes: int | None = None, jobs: int = 1, scheduler: str | None = None,
                     log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict]:
     """Check every conv and linear tile alone on Verilator with its real input tensor from the
     integer reference: bit-exact against the reference's tensor, every cycle against the tile's
     cycle model (the way FINN verifies node by node before the stitched design). With `program`
     (the default) each tile is built with blank memories and programmed through its port, so
-    tiles of equal shape share one Verilog module and one Verilator build. Returns the network
-    output (the output layer's tile output, else the reference's) and the report."""
+    tiles of equal shape share one Verilog module and one Verilator build. The tiles are
+    independent jobs: with `jobs > 1` they run on a local Dask cluster of that many worker
+    processes, with `scheduler` (`tcp://host:port`) on a running Dask cluster whose workers
+    share `build_root`'s file system. Returns the network output (the output layer's tile
+    output, else the reference's) and the report."""
     t0 = time.time()
     x = reference.check_inputs(net, x)
     tensors = reference.run_network(net, x, reuse=reuse, keep=True)
     build_root = Path(build_root).resolve()
-    rows, out = [], None
-    for layer in net.layers:
-        if layer.op not in ("conv", "linear"):
-            continue
-        t1 = time.time()
-        sub = layer_network(net, layer)
-        y, rep = cosim(sub, tensors[layer.inputs[0]], build_root, stalls=stalls, seed=seed,
-                       program=program, reuse=reuse, lanes=lanes,
-                       gen_dir=build_root / "layers" / layer.name)
-        want = tensors[layer.name]
-        exact = bool(y.reshape(want.shape).tolist() == want.tolist()) if y.size == want.size \
-            else False
-        row = {"layer": layer.name, "op": layer.op, "match": rep["match"] and exact,
-               "cycles_match": rep["cycles_match"], "cycles": rep["cycles"],
-               "predicted_cycles": rep["predicted_cycles"],
-               "steady_cycles_per_image": rep["steady_cycles_per_image"],
-               "seconds": round(time.time() - t1, 2)}
-        rows.append(row)
+    options = {"stalls": stalls, "seed": seed, "program": program, "reuse": reuse,
+               "lanes": lanes}
+    tiles = [la for la in net.layers if la.op in ("conv", "linear")]
+    args = [(layer_network(net, la), tensors[la.inputs[0]], tensors[la.name], build_root,
+             build_root / "layers" / la.name, options) for la in tiles]
+
+    def show(row: dict) -> None:
         if log:
-            log(f"{layer.name}: {'bit-exact' if row['match'] else 'MISMATCH'}, cycles "
+            log(f"{row['layer']}: {'bit-exact' if row['match'] else 'MISMATCH'}, cycles "
                 f"{'as modelled' if row['cycles_match'] in (True, None) else 'NOT as modelled'}"
                 f" ({row['seconds']:.0f} s)")
-        if layer.name == net.output:
-            out = y
+
+    if jobs > 1 or scheduler:
+        results = _fan_out(args, jobs, scheduler, show)
+    else:
+        results = []
+        for a in args:
+            results.append(_layer_job(*a))
+            show(results[-1][1])
+    rows = [r for _, r in results]
+    out = next((y for (y, r) in results if r["layer"] == net.output), None)
     if out is None:
         out = tensors[net.output]
         if net.output_layer.op == "linear":
@@ -253,5 +267,31 @@ def cosim_per_layer(net: Network, x: np.ndarray, build_root: str | Path, program
            "cycles_match": all(r["cycles_match"] in (True, None) for r in rows),
            "tiles": len(rows), "distinct_builds": len(builds), "programmed_via_port": program,
            "outputs_from": "tile" if net.output_layer.op in ("conv", "linear") else "reference",
-           "stalls": stalls, "seconds": round(time.time() - t0, 2)}
+           "stalls": stalls, "jobs": jobs, "scheduler": scheduler,
+           "seconds": round(time.time() - t0, 2)}
     return out, rep
+
+
+def _fan_out(args: list[tuple], jobs: int, scheduler: str | None,
+             show: Callable[[dict], None]) -> list[tuple[np.ndarray, dict]]:
+    """Run `_layer_job` on each argument tuple on Dask (`distributed`): a local cluster of
+    `jobs` single-threaded worker processes, or the scheduler at `scheduler`; results in the
+    order of `args`, each shown as it completes."""
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(_layer_job, *a, pure=False) for a in args]
+        for fut in as_completed(futures):
+            show(fut.result()[1])
+        return [f.result() for f in futures]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -28,7 +28,9 @@ def _two_equal_tiles() -> dict:
 
 @pytest.mark.verilator
 @pytest.mark.slow
-def test_per_layer_cosim_checks_every_tile_and_shares_builds(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_per_layer_cosim_checks_every_tile_and_shares_builds(tmp_path, jobs):
+    """One after the other, and on a local Dask cluster of 2 worker processes."""
     obj = _two_equal_tiles()
     (tmp_path / "n.json").write_text(json.dumps(obj))
     net = netfile.parse(obj)
@@ -36,8 +38,10 @@ def test_per_layer_cosim_checks_every_tile_and_shares_builds(tmp_path):
     np.save(tmp_path / "x.npy", x)
     assert cli(["cosim", str(tmp_path / "n.json"), "--inputs", str(tmp_path / "x.npy"),
                 "--outputs", str(tmp_path / "y.npy"), "--per-layer", "--report",
-                str(tmp_path / "r.json"), "--build-dir", str(tmp_path / "b")]) == 0
+                str(tmp_path / "r.json"), "--build-dir", str(tmp_path / "b"),
+                "--jobs", str(jobs)]) == 0
     rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["jobs"] == jobs
     assert [r["layer"] for r in rep["per_layer"]] == ["a", "b"]
     assert all(r["match"] and r["cycles_match"] for r in rep["per_layer"])
     assert rep["distinct_builds"] == 1  # two tiles of one shape: one module, one build
