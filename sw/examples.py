@@ -147,33 +147,45 @@ def random_network_net(seed: int, v11: bool = False) -> dict:
     `v11=True` uses what version 1.1 of the contract adds: a max pool after the stem (random
     kernel, stride and padding) and standard residual blocks, whose second conv and 1x1
     shortcut have `relu: false` and feed the adder signed values."""
-    if v11:
-        return _random_v11_net(seed)
     r = np.random.default_rng(seed)
     pim = {"xbar_rows": int(r.integers(4, 24)), "xbar_cols": 16,
            "cell_bits": int(r.integers(1, 4)), "dac_bits": int(r.integers(1, 4)),
            "adc_bits": int(r.integers(3, 8))}
     in_bits = int(r.integers(2, 7))
-    shape = (int(r.integers(1, 4)), int(r.integers(4, 8)), int(r.integers(4, 8)))
+    side = (5, 10) if v11 else (4, 8)  # room for the max pool
+    shape = (int(r.integers(1, 4)), int(r.integers(*side)), int(r.integers(*side)))
     net_in = {"name": "input", "channels": shape[0], "height": shape[1], "width": shape[2],
               "bits": in_bits}
     bits = int(r.integers(2, 6))
-    layers = []
     k = int(r.choice([1, 3]))
     lay, shape = _conv(r, "stem", "input", shape, int(r.integers(2, 6)), k, 1, k // 2, in_bits,
                        bits, pim)
-    layers.append(lay)
+    layers = [lay]
     prev = "stem"
+    if v11:
+        pk = int(r.integers(2, 4))
+        ps = int(r.integers(1, 3))
+        pp = int(r.integers(0, pk // 2 + 1))
+        layers.append({"name": "pool", "op": "maxpool", "inputs": ["stem"], "kernel": pk,
+                       "stride": ps, "padding": pp})
+        shape = (shape[0], (shape[1] + 2 * pp - pk) // ps + 1,
+                 (shape[2] + 2 * pp - pk) // ps + 1)
+        prev = "pool"
     for b in range(int(r.integers(1, 3))):
         cout = int(r.integers(2, 6))
         stride = int(r.integers(1, 3)) if shape[1] >= 4 and shape[2] >= 4 else 1
         k = int(r.choice([1, 3]))
         c1, s1 = _conv(r, f"b{b}c1", prev, shape, cout, k, stride, k // 2, bits, bits, pim)
-        c2, s2 = _conv(r, f"b{b}c2", f"b{b}c1", s1, cout, 3, 1, 1, bits, bits, pim)
+        c2_bits = int(r.integers(3, 8)) if v11 else bits  # a standard block's signed branch
+        c2, s2 = _conv(r, f"b{b}c2", f"b{b}c1", s1, cout, 3, 1, 1, bits, c2_bits, pim,
+                       relu=not v11)
         layers += [c1, c2]
         skip = prev
         if s2 != shape:
-            sc, _ = _conv(r, f"b{b}sc", prev, shape, cout, 1, stride, 0, bits, bits, pim)
+            sc_bits = int(r.integers(3, 8)) if v11 else bits
+            sc_relu = bool(r.random() < 0.3) if v11 else True
+            sc, _ = _conv(r, f"b{b}sc", prev, shape, cout, 1, stride, 0, bits, sc_bits, pim,
+                          relu=sc_relu)
             layers.append(sc)
             skip = f"b{b}sc"
         out_bits = int(r.integers(2, 6))
@@ -181,7 +193,7 @@ def random_network_net(seed: int, v11: bool = False) -> dict:
                        "ma": int(r.integers(1, 8)), "mb": int(r.integers(-2, 8)),
                        "shift": int(r.integers(1, 4)), "out_bits": out_bits})
         prev, shape, bits = f"b{b}add", s2, out_bits
-    end = seed % 3
+    end = seed % 2 * 2 if v11 else seed % 3  # v1.1: pool and classifier, or the map itself
     if end == 0:  # pool, then a linear classifier
         pool_bits = int(r.integers(3, 9))
         shift = 12
@@ -200,57 +212,3 @@ def random_network_net(seed: int, v11: bool = False) -> dict:
     parse(net)
     return net
 
-
-def _random_v11_net(seed: int) -> dict:
-    r = np.random.default_rng(seed)
-    pim = {"xbar_rows": int(r.integers(4, 24)), "xbar_cols": 16,
-           "cell_bits": int(r.integers(1, 4)), "dac_bits": int(r.integers(1, 4)),
-           "adc_bits": int(r.integers(3, 8))}
-    in_bits = int(r.integers(2, 7))
-    shape = (int(r.integers(1, 4)), int(r.integers(5, 10)), int(r.integers(5, 10)))
-    net_in = {"name": "input", "channels": shape[0], "height": shape[1], "width": shape[2],
-              "bits": in_bits}
-    bits = int(r.integers(2, 6))
-    k = int(r.choice([1, 3]))
-    lay, shape = _conv(r, "stem", "input", shape, int(r.integers(2, 6)), k, 1, k // 2, in_bits,
-                       bits, pim)
-    layers = [lay]
-    pk = int(r.integers(2, 4))
-    ps = int(r.integers(1, 3))
-    pp = int(r.integers(0, pk // 2 + 1))
-    layers.append({"name": "pool", "op": "maxpool", "inputs": ["stem"], "kernel": pk,
-                   "stride": ps, "padding": pp})
-    shape = (shape[0], (shape[1] + 2 * pp - pk) // ps + 1, (shape[2] + 2 * pp - pk) // ps + 1)
-    prev = "pool"
-    for b in range(int(r.integers(1, 3))):
-        cout = int(r.integers(2, 6))
-        stride = int(r.integers(1, 3)) if shape[1] >= 4 and shape[2] >= 4 else 1
-        k = int(r.choice([1, 3]))
-        c1, s1 = _conv(r, f"b{b}c1", prev, shape, cout, k, stride, k // 2, bits, bits, pim)
-        sbits = int(r.integers(3, 8))
-        c2, s2 = _conv(r, f"b{b}c2", f"b{b}c1", s1, cout, 3, 1, 1, bits, sbits, pim,
-                       relu=False)
-        layers += [c1, c2]
-        skip = prev
-        if s2 != shape:
-            sc, _ = _conv(r, f"b{b}sc", prev, shape, cout, 1, stride, 0, bits,
-                          int(r.integers(3, 8)), pim, relu=bool(r.random() < 0.3))
-            layers.append(sc)
-            skip = f"b{b}sc"
-        out_bits = int(r.integers(2, 6))
-        layers.append({"name": f"b{b}add", "op": "add", "inputs": [f"b{b}c2", skip],
-                       "ma": int(r.integers(1, 8)), "mb": int(r.integers(-2, 8)),
-                       "shift": int(r.integers(1, 4)), "out_bits": out_bits})
-        prev, shape, bits = f"b{b}add", s2, out_bits
-    if seed % 2 == 0:
-        pool_bits = int(r.integers(3, 9))
-        layers.append({"name": "gap", "op": "avgpool_global", "inputs": [prev],
-                       "mult": max(1, round(2**12 / (shape[1] * shape[2]))), "shift": 12,
-                       "out_bits": pool_bits})
-        lay, _ = _conv(r, "fc", "gap", (shape[0], 1, 1), int(r.integers(2, 11)), 1, 1, 0,
-                       pool_bits, 16, pim, relu=False, op="linear")
-        layers.append(lay)
-    net = {"format": "epim-net-v1", "pim": pim, "input": net_in, "layers": layers,
-           "output": layers[-1]["name"]}
-    parse(net)
-    return net
