@@ -28,7 +28,7 @@ import numpy as np
 CLI = [sys.executable, "-m", "epim.app.cli"]
 
 
-def run(args: list, log: Path | None = None) -> str:
+def run(args: list) -> str:
     t0 = time.perf_counter()
     proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
     if proc.returncode:

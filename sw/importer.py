@@ -10,9 +10,9 @@ through. Anything else is refused with its name and type before any work is done
 The result is a dense :class:`~epim.sw.models.EpimNet` whose float forward equals the module's in
 eval mode (batch norm with its running statistics; a conv without batch norm gets one set to the
 identity plus the conv's bias; a negative batch-norm scale flips its channel's filter, which
-the integer output stage needs). :func:`epitomize` then replaces each conv and linear layer by
-the epitome that is the least-squares projection of its weight, with the shapes given by a
-uniform ratio or per layer (the `search.json` of `epim search`); :func:`calibrate` re-estimates
+the integer output stage needs). `epim.sw.compress.epitomize` then replaces each conv and linear
+layer by the epitome that is the least-squares projection of its weight, with the shapes given
+by a uniform ratio or per layer (the `search.json` of `epim search`); :func:`calibrate` re-estimates
 batch norm and sets the quantizer scales on calibration images; `epim.sw.train.fit` fine-tunes
 (quantization-aware) and `epim.sw.export.export` writes `epim-net-v1`.
 
@@ -22,6 +22,7 @@ Names: a conv/linear node takes its module's path with dots as underscores (`lay
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import operator
@@ -235,9 +236,6 @@ class _Reader:
             raise self.fail(n, "its input is not a feature map of the network")
         return self.val[arg]
 
-    def only_user(self, n: torch.fx.Node, arg: torch.fx.Node) -> bool:
-        return len(arg.users) == 1
-
     def read(self) -> Imported:
         output = None
         for n in self.gm.graph.nodes:
@@ -339,7 +337,7 @@ class _Reader:
         rec = self.src(n, arg)
         nd = self.by_name.get(rec.node)
         if (nd is None or nd.op != "conv" or self.params[nd.name].bn is not None
-                or nd.relu or not self.only_user(n, arg)):
+                or nd.relu or len(arg.users) != 1):
             raise ModelImportError(f"{where}: a batch norm must directly follow a conv whose "
                                    "output nothing else reads")
         if not mod.affine or not mod.track_running_stats:
@@ -354,7 +352,7 @@ class _Reader:
         self.val[n] = rec
         if nd is None or nd.relu:  # the input, a pool or a ReLU'd layer: unsigned already
             return
-        if not self.only_user(n, arg):
+        if len(arg.users) != 1:
             raise self.fail(n, "a ReLU must be the only reader of the layer it follows")
         nd.relu = True
 
@@ -569,7 +567,7 @@ def with_epitomes(imp: Imported, rule=None, genes: dict[str, dict] | None = None
     dense = {first} if dense is None else dense
     out = []
     for nd in imp.nodes:
-        nd = Node(**{**nd.__dict__, "inputs": list(nd.inputs), "extra": dict(nd.extra)})
+        nd = dataclasses.replace(nd, inputs=list(nd.inputs), extra=dict(nd.extra))
         if nd.op in ("conv", "linear"):
             cin, cout = shapes[nd.name], nd.out_channels
             if genes is not None:
@@ -590,20 +588,9 @@ def with_epitomes(imp: Imported, rule=None, genes: dict[str, dict] | None = None
 
 
 def _in_channels(imp: Imported) -> dict[str, int]:
-    """Cin of each conv and linear node as the crossbar sees it."""
-    model_shapes = EpimNet(imp.nodes, imp.in_shape, imp.num_classes, QuantConfig(None, None)).shapes
-    out = {}
-    for nd in imp.nodes:
-        if nd.op in ("conv", "linear"):
-            c, h, w = model_shapes[nd.inputs[0]]
-            out[nd.name] = c * h * w if nd.op == "linear" else c
-    return out
-
-
-def epitomize(dense: EpimNet, nodes: list[Node]) -> EpimNet:
-    """The epitome model of `nodes`, each epitome the least-squares projection of the dense
-    model's weight (`epim.sw.compress.epitomize`)."""
-    return compress.epitomize(dense, nodes)
+    """Cin of each conv and linear node as the crossbar sees it: its weight's second axis
+    (a linear layer's flattened input features)."""
+    return {name: int(p.weight.shape[1]) for name, p in imp.params.items()}
 
 
 # --- calibration -------------------------------------------------------------------------------
@@ -765,7 +752,7 @@ def import_module(module: nn.Module, in_shape: tuple[int, int, int], *,
     else:
         nodes = with_epitomes(imp)
         how = "dense (no ratio)"
-    model = epitomize(dense, nodes)
+    model = compress.epitomize(dense, nodes)
     if calibration is None:
         calibration = synthetic_images(calib_count, tuple(in_shape), seed)
         source = f"{calib_count} seeded synthetic images (seed {seed})"
@@ -797,7 +784,7 @@ def import_to(out: str | Path, module: nn.Module, in_shape: tuple[int, int, int]
     `epim.sw.train.Config`: `data`, `epochs`, ...) quantization-aware fine-tuning as `epim
     train --init` does, then export. Writes `out/net.json`, `out/checkpoint.pt` (loadable by
     `epim.sw.train.load_checkpoint`) and `out/import.json` (the report); returns the report."""
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from ..contract.images import write_files_atomically
     from . import data
@@ -849,7 +836,7 @@ def import_to(out: str | Path, module: nn.Module, in_shape: tuple[int, int, int]
                       fake_quant_accuracy=metrics.get("fake_quant_accuracy"))
     else:
         out.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": asdict(replace(cfg)), "model": model.state_dict()},
+        torch.save({"config": asdict(cfg), "model": model.state_dict()},
                    out / "checkpoint.tmp")
         (out / "checkpoint.tmp").replace(out / "checkpoint.pt")
     net = export(model.eval(), pim, source=str(out / "net.json"))
