@@ -144,9 +144,12 @@ def network_is_current(out_dir: Path, key: str, manifest_text: str) -> bool:
 
 def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
                      lanes: int | dict | None = None, replicas: int | dict | None = None,
-                     log: Callable[[str], None] | None = None) -> GeneratedNetwork:
+                     log: Callable[[str], None] | None = None,
+                     fixed: bool = False) -> GeneratedNetwork:
     """Compile the whole network's images (`network.json`, `tiles/<layer>/`) and emit the
-    accelerator's Verilog from what was written, into `out_dir`, all or nothing.
+    accelerator's Verilog from what was written, into `out_dir`, all or nothing: programmable
+    tiles, one module per distinct tile shape, that load the images at start-up (or through
+    the programming port), or with `fixed=True` weight-baked tiles.
 
     When `out_dir` already holds the same accelerator (its stamp carries the digest of the
     network manifest and of the generator, and every file is unchanged), nothing is emitted
@@ -165,7 +168,7 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
             images.write_network(compiled, staging)
             manifest_text = (staging / "network.json").read_text()
             manifest = json.loads(manifest_text)
-            key = generation_key(manifest_text, "network")
+            key = generation_key(manifest_text, "network-fixed" if fixed else "network")
             if network_is_current(out_dir, key, manifest_text):
                 if log:
                     log(f"{out_dir / NETWORK_VERILOG}: unchanged, reused")
@@ -173,7 +176,7 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
                                         cached=True)
             if log:
                 log(f"emitting the accelerator's Verilog into {out_dir}")
-            text = emit_network_verilog(network_from_images(staging))
+            text = emit_network_verilog(network_from_images(staging, fixed=fixed))
             write_files_atomically(staging, {NETWORK_VERILOG: text})
             stamp = {"key": key, "verilog_digest": _sha256_file(staging / NETWORK_VERILOG)}
             write_files_atomically(staging, {GENERATE_STAMP: json.dumps(stamp) + "\n"})
@@ -208,7 +211,7 @@ def generate_board(net: Network, out_dir: str | Path, divisor: int,
     """Images, the accelerator and the board top's Verilog (`epim_board.v`) in `out_dir`."""
     from ..hw.generate import board_from_images, emit_board_verilog
 
-    gen = generate_network(net, out_dir, lanes=lanes)
+    gen = generate_network(net, out_dir, lanes=lanes, fixed=True)
     text = emit_board_verilog(board_from_images(gen.folder, divisor))
     write_files_atomically(Path(out_dir), {BOARD_VERILOG: text})
     return Path(out_dir) / BOARD_VERILOG

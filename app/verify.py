@@ -20,6 +20,7 @@ from ..hw import protocol
 from ..sim.cosim import (
     build_model,
     measured_cycles,
+    network_program_beats,
     pack_beats,
     program_beats,
     run_job,
@@ -86,29 +87,45 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
                   seed: int = 0, reuse: bool = True, lanes: int | dict | None = None,
                   replicas: int | dict | None = None,
                   log: Callable[[str], None] | None = None,
-                  waves: str | Path | None = None) -> tuple[np.ndarray, dict]:
+                  waves: str | Path | None = None, program: bool = False,
+                  fixed: bool = False) -> tuple[np.ndarray, dict]:
     """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
 
-    The report compares outputs with the integer reference and the cycles of every handshake
-    with the network cycle model (`epim.sw.netcycles`), which replays the testbench's random
-    gaps and back-pressure too when `stalls` is set."""
+    Programmable tiles load their images at start-up (`+epim_images=`), or with `program`
+    start blank and are written word by word through the network's programming port first;
+    `fixed` builds weight-baked tiles instead. The report compares outputs with the integer
+    reference and the cycles of every handshake with the network cycle model
+    (`epim.sw.netcycles`), which replays the testbench's random gaps and back-pressure too when
+    `stalls` is set."""
+    from ..hw.generate import IMAGE_PLUSARG
     from ..sw import netcycles
 
+    if program and fixed:
+        raise ValueError("fixed tiles have no programming port: leave out one of program "
+                         "and fixed")
     x = reference.check_inputs(net, x)
     build_root = Path(build_root).resolve()
     t0 = time.time()
-    gen = generate_network(net, build_root / "generated", reuse=reuse, lanes=lanes,
-                           replicas=replicas, log=log)
+    gen = generate_network(net, build_root / ("generated-fixed" if fixed else "generated"),
+                           reuse=reuse, lanes=lanes, replicas=replicas, log=log, fixed=fixed)
     n = x.shape[0]
     per = netcycles.out_beats_per_image(net)
     depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
     pred = netcycles.predict(net, n, depths, reuse, stalls_seed=seed if stalls else None,
                              lanes=lanes, replicas=replicas)
-    phase = {"program": [], "inputs": pack_beats(x, net.input_bits), "n_out": n * per}
+    prog = []
+    if program:
+        from ..hw.network import load_network
+
+        prog = network_program_beats(load_network(gen.folder))
+    phase = {"program": prog, "inputs": pack_beats(x, net.input_bits), "n_out": n * per}
     t1 = time.time()
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
-                        max_cycles=2 * pred.run.cycles + 10_000, top="epim_net", log=log,
-                        beats_per_image=per, waves=waves)[0]
+                        max_cycles=2 * pred.run.cycles + 10 * len(prog) + 10_000,
+                        top="epim_net", log=log, beats_per_image=per, waves=waves,
+                        prog_port=not fixed,
+                        plusargs=[] if fixed or program else [
+                            f"+{IMAGE_PLUSARG}={gen.folder}"])[0]
     y = unpack_beats(result["outputs"], net.output_layer)
     ref = reference.run_network(net, x, reuse=reuse)
     _, h, w = net.input_shape
@@ -139,6 +156,9 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
         "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse, "lanes": lanes,
         "replicas": {la.name: cyclemodel.replicas_for(la, replicas)
                      for la in net.layers if la.op in ("conv", "linear")},
+        "tiles": "fixed" if fixed else "programmable",
+        "programmed_via_port": program, "prog_beats": result["prog_beats"],
+        "verilog_bytes": gen.verilog.stat().st_size,
         "generate_cached": gen.cached,
         "seconds_generate": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2),
     }

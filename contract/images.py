@@ -106,6 +106,15 @@ def prog_fields(p) -> list[tuple[str, int]]:
             ("data", max(p.widths.values()))]
 
 
+def network_prog_fields(params: list) -> list[tuple[str, int]]:
+    """The programming word of a whole network accelerator: the tile (its index among the
+    network's tiles, in `network.json` order), then a tile's programming word with the
+    widest address and data field of any tile (a narrower tile takes the low bits)."""
+    return [("tile", ubits(len(params))), ("mem", PROG_MEM_BITS),
+            ("addr", max(ubits(max(p.depths.values())) for p in params)),
+            ("data", max(max(p.widths.values()) for p in params))]
+
+
 def offsets(layout: list[tuple[str, int]]) -> dict[str, tuple[int, int]]:
     """`{field: (offset, bits)}` of a layout."""
     out, at = {}, 0

@@ -116,7 +116,7 @@ def build(images: str | Path, board: str, out_dir: str | Path, clock_mhz: float 
     loaded = load_network(images)
     manifest = loaded["manifest"]
     mhz = clock_mhz if clock_mhz is not None else b.clock_mhz
-    top = BoardTop(NetworkAccelerator(loaded), manifest, baud=baud, clock_mhz=mhz)
+    top = BoardTop(NetworkAccelerator(loaded, fixed=True), manifest, baud=baud, clock_mhz=mhz)
     target = top.clock_mhz(platform)
     report_file = f"{TOP}.report.json"
     t0 = time.time()

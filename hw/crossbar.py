@@ -283,6 +283,64 @@ def adc_column(m: Module, cfg: TileParams, e_out: int, lane_rows: list, lane_sli
     return v
 
 
+def packed_columns(m: Module, cfg: TileParams, lane_rows: list, lane_slices: list,
+                   cells: list, d_p) -> list:
+    """Every column's value of this DAC slice and pass in a programmable tile, computed for
+    all columns at once: per lane, cell slice and polarity, the cells of a row are packed
+    into one wide word with a field of `s_bits` per column (enough for the lane's largest
+    column sum, so no field carries into the next), each row adds its word when its DAC
+    slice is set (shifted by the slice bit), and one adder tree of wide words gives every
+    column's sum. The ADCs then saturate each field. The Verilog and the simulation grow
+    with the rows, not with rows x columns (a column-by-column tree of 2-bit products was
+    four times the size)."""
+    cb, ns, dac = cfg.cell_bits, cfg.n_slices, cfg.dac_bits
+    adc_max = 2**cfg.adc_bits - 1
+    acc_shape = signed(cfg.acc_bits)
+    terms: list[list] = [[] for _ in range(cfg.ce_out)]
+    packed: dict[tuple[int, int, int, int], Value] = {}
+
+    def row_word(g, q, pol, width):
+        """Row `g`'s cells of slice `q` and polarity `pol`, one `width`-bit field each."""
+        key = (g, q, pol, width)
+        if key not in packed:  # (wiring: no signal of its own, so the Verilog has it once)
+            packed[key] = Cat(*[Cat(cells[g][f:f + cb], Const(0, width - cb))
+                                for f in (xbar_field(cfg, pol, e, q)
+                                          for e in range(cfg.ce_out))])
+        return packed[key]
+
+    for j, rows in enumerate(lane_rows):
+        s_bits = max(cb, (len(rows) * (2**dac - 1) * (2**cb - 1)).bit_length())
+        a_bits = min(s_bits, cfg.adc_bits)
+        width = cfg.ce_out * s_bits
+        for q in range(ns):
+            adc = []
+            for pol in range(2):
+                parts = []
+                for r, per_pass in enumerate(rows):
+                    word = pick([None if g is None else row_word(g, q, pol, s_bits)
+                                 for g in per_pass], d_p, cfg.passes)
+                    for dbit in range(dac):
+                        parts.append(Mux(lane_slices[j][r][dbit], word << dbit, 0))
+                s = Signal(width, name=f"x_sum_{j}_{pol}_{q}")
+                m.d.comb += s.eq(tree_sum(parts, width))
+                fields = []
+                for e in range(cfg.ce_out):
+                    v = s[e * s_bits:(e + 1) * s_bits]
+                    a = Signal(a_bits, name=f"x_adc_{j}_{pol}_{e}_{q}")
+                    m.d.comb += a.eq(Mux(v > adc_max, adc_max, v) if s_bits > cfg.adc_bits
+                                     else v)
+                    fields.append(a)
+                adc.append(fields)
+            for e in range(cfg.ce_out):
+                terms[e].append((adc[0][e] - adc[1][e]).as_signed() << (q * cb))
+    out = []
+    for e in range(cfg.ce_out):
+        v = Signal(acc_shape, name=f"x_v_{e}")
+        m.d.comb += v.eq(tree_sum(terms[e], cfg.acc_bits, is_signed=True))
+        out.append(v)
+    return out
+
+
 def shift_add(m: Module, cfg: TileParams, x_v: list, linear: bool, d: SimpleNamespace,
               h: SimpleNamespace, stall) -> SimpleNamespace:
     """The pipeline register after the column sums (`p_`) and the Horner step: the slice's
@@ -325,7 +383,11 @@ def crossbar(m: Module, cfg: TileParams, x_rows: list, s: SimpleNamespace, cells
     lane_slices = [] if linear else lane_inputs(m, cfg, lane_rows, d)
     bits = SlotBits(m, d, s)
     h = horner_base(m, cfg)
-    x_v = [linear_column(m, cfg, e, lane_rows, init, bits, h.base[e], s.stall) if linear else
-           adc_column(m, cfg, e, lane_rows, lane_slices, cells, init, fixed, bits, d.d_p)
-           for e in range(cfg.ce_out)]
+    if fixed:
+        x_v = [linear_column(m, cfg, e, lane_rows, init, bits, h.base[e], s.stall) if linear
+               else adc_column(m, cfg, e, lane_rows, lane_slices, cells, init, fixed, bits,
+                               d.d_p)
+               for e in range(cfg.ce_out)]
+    else:
+        x_v = packed_columns(m, cfg, lane_rows, lane_slices, cells, d.d_p)
     return SimpleNamespace(d=d, p=shift_add(m, cfg, x_v, linear, d, h, s.stall))

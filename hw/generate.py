@@ -33,20 +33,49 @@ def emit_verilog(tile: PIMTile, name: str = TOP) -> str:
 NETWORK_TOP = "epim_net"
 
 
-def network_from_images(folder: str | Path, shared: bool = True):
-    """The accelerator of the network images in `folder` (`network.json` and `tiles/`); the
-    copies of a replicated layer share one module unless `shared=False`."""
+def network_from_images(folder: str | Path, shared: bool = True, fixed: bool = False):
+    """The accelerator of the network images in `folder` (`network.json` and `tiles/`):
+    programmable tiles, one module per distinct tile shape (`shared`), unless `fixed=True`
+    asks for weight-baked tiles."""
     from .network import NetworkAccelerator, load_network
 
-    return NetworkAccelerator(load_network(folder), shared=shared)
+    return NetworkAccelerator(load_network(folder), shared=shared, fixed=fixed)
+
+
+IMAGE_PLUSARG = "epim_images"
+MEMORY_NAMES = ("xbar", "ifrt", "ifat", "ofat", "ostage")
+
+
+def image_loader(text: str) -> str:
+    """A programmable tile module's Verilog with its image loader: a string parameter
+    `EPIM_IMAGES` (the instance's image folder, relative to the network folder) and, when the
+    simulation is started with `+epim_images=DIR`, `$readmemh` of `DIR/EPIM_IMAGES/<mem>.hex`
+    into each memory at time 0 (after the module's own zero initialisation). Without the
+    plusarg the memories start at zero, as an unprogrammed chip, for the programming port."""
+    end = text.rstrip().rfind("endmodule")
+    if end < 0:
+        raise ValueError("no module in the text")
+    loads = "".join(
+        f'      $readmemh({{epim_dir, "/", EPIM_IMAGES, "/{name}.hex"}}, {name}_table);\n'
+        for name in MEMORY_NAMES if f" {name}_table [" in text)
+    hook = ("  // EPIM image loader (epim.hw.generate.image_loader)\n"
+            '  parameter EPIM_IMAGES = "";\n'
+            "  initial begin : epim_load_images\n"
+            "    string epim_dir;\n"
+            f'    if (EPIM_IMAGES != "" && $value$plusargs("{IMAGE_PLUSARG}=%s", epim_dir)) '
+            "begin\n" + loads + "    end\n  end\n")
+    return text[:end] + hook + text[end:]
 
 
 def emit_network_verilog(acc, name: str = NETWORK_TOP) -> str:
-    """The accelerator as Verilog; top `name` with `clk`, `rst`, `i__*`, `o__*`, `idle`,
-    followed by the modules that copies of replicated layers instantiate."""
+    """The accelerator as Verilog; top `name` with `clk`, `rst`, `i__*`, `o__*`, `prog__*`
+    (programmable tiles) and `idle`, followed by the modules that tiles of a shared shape
+    and copies of replicated layers instantiate (programmable ones with their image
+    loader)."""
     text = verilog.convert(acc, name=name, emit_src=False)
     for module, tile in acc.shared_modules.items():
-        text += verilog.convert(tile, name=module, emit_src=False)
+        part = verilog.convert(tile, name=module, emit_src=False)
+        text += part if acc.fixed else image_loader(part)
     return text
 
 
@@ -60,7 +89,7 @@ def board_from_images(folder: str | Path, divisor: int):
     from .network import NetworkAccelerator, load_network
 
     loaded = load_network(folder)
-    return BoardLink(NetworkAccelerator(loaded), loaded["manifest"], divisor)
+    return BoardLink(NetworkAccelerator(loaded, fixed=True), loaded["manifest"], divisor)
 
 
 def emit_board_verilog(link, name: str = BOARD_TOP) -> str:

@@ -10,21 +10,29 @@ tile. `docs/network.md` has the beat order, the unit rules and how the skip FIFO
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from amaranth.hdl import Cat, Module
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Cat, ClockSignal, Instance, Module, ResetSignal, Signal
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..contract import graph as unit_graph
-from ..contract.images import NETWORK_FORMAT, ImageError, read_manifest
-from ..contract.params import AddParams, TileUnit, check_network_io, unit_from_dict
+from ..contract.images import NETWORK_FORMAT, ImageError, network_prog_fields, read_manifest
+from ..contract.params import (
+    AddParams,
+    TileParams,
+    TileUnit,
+    check_network_io,
+    unit_from_dict,
+)
 from .images import load
 from .maxpool import MaxPoolUnit
 from .replicas import ReplicatedTile
-from .tile import PIMTile
+from .tile import PIMTile, prog_layout
 from .units import AddUnit, Flatten, Fork, PoolUnit, StreamFIFO
 
 
@@ -70,11 +78,28 @@ def load_network(folder: str | Path) -> dict:
     return {"manifest": manifest, "units": typed, "tiles": tiles, "folder": folder}
 
 
+def shape_module(cfg: TileParams, walk_port: bool = False) -> str:
+    """The Verilog module name of a programmable tile of this shape: tiles with equal
+    parameters (the layer's name aside) are instances of one module."""
+    shape = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "name"}
+    shape["walk_port"] = walk_port
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+    return f"epim_tile_{digest[:12]}"
+
+
 class NetworkAccelerator(wiring.Component):
     """The accelerator of one network.
 
-    With `shared=True` the copies of a replicated layer are instances of one module
-    (:attr:`shared_modules`), emitted once; otherwise each copy is elaborated in place.
+    Programmable tiles by default: crossbar cells and tables in memories, loaded from the
+    image files at start-up (`$readmemh`, see `epim.hw.generate`) or written through the
+    network's programming port. `fixed=True` gives weight-baked tiles (constant cells, ROM
+    tables, threshold output stages), smaller and faster on an FPGA, and no port.
+
+    With `shared=True` tiles of equal shape are instances of one module
+    (:attr:`shared_modules`), emitted once, so the Verilog grows with the number of distinct
+    layer shapes; each instance names its image folder in the parameter `EPIM_IMAGES`. The
+    copies of a replicated layer share one module too. Otherwise each tile is elaborated in
+    place (Amaranth's simulator needs that).
 
     Members
     -------
@@ -85,39 +110,111 @@ class NetworkAccelerator(wiring.Component):
         The output layer's beats: one per output pixel in raster order, or one per image for a
         `linear` or pooled output; value `f` at bits `[f*out_bits, ...)` (two's complement for
         a layer without ReLU).
+    prog : In(stream.Signature(prog_layout))
+        Programmable tiles only: writes word `data` at `addr` of memory `mem` of tile `tile`
+        (`epim.contract.images.network_prog_fields`; tiles numbered in `network.json` order).
+        Ready while the addressed tile is idle; a word for a tile number beyond the last is
+        taken and dropped.
     idle : Out(1)
         Every unit is empty.
     """
 
-    def __init__(self, loaded: dict, shared: bool = False):
+    def __init__(self, loaded: dict, shared: bool = False, fixed: bool = False):
         man = loaded["manifest"]
-        self._man = man
-        # never programmed: fixed tiles (constant cells, ROM tables, threshold output stages);
-        # a layer with `replicas` > 1 gets that many copies of its tile (`ReplicatedTile`)
+        self._man, self._fixed = man, fixed
         self._units = loaded["units"]
-        replicas = {u.name: u.replicas for u in self._units if isinstance(u, TileUnit)}
-        self._tiles = {}
+        tile_units = [u for u in self._units if isinstance(u, TileUnit)]
+        self._tile_index = {u.name: k for k, u in enumerate(tile_units)}
+        self._folders = {u.name: u.folder for u in tile_units}
+        replicas = {u.name: u.replicas for u in tile_units}
+        # a layer with `replicas` > 1 gets that many copies of its tile (`ReplicatedTile`)
+        self._tiles, self._modules = {}, {}
         for name, img in loaded["tiles"].items():
-            cfg = img.params
-            n = replicas[name]
-            self._tiles[name] = (
-                ReplicatedTile(cfg, img.words, n, module=f"epim_{name}_copy" if shared else None)
-                if n > 1 else PIMTile(cfg, img.words, fixed=True))
+            cfg, n = img.params, replicas[name]
+            if n > 1:
+                module = None
+                if shared:
+                    module = (f"epim_{name}_copy" if fixed else
+                              shape_module(replace(cfg, pix_first=0, pix_step=n), True))
+                tile = ReplicatedTile(cfg, img.words, n, fixed=fixed, module=module,
+                                      images=None if fixed else self._folders[name])
+                if tile.shared:
+                    self._modules.setdefault(*tile.shared)
+            elif shared and not fixed:
+                module = shape_module(cfg)
+                if module not in self._modules:
+                    blank = {k: [0] * len(v) for k, v in img.words.items()}
+                    self._modules[module] = PIMTile(replace(cfg, name="tile"), blank)
+                tile = (module, cfg)
+            else:
+                tile = PIMTile(cfg, img.words, fixed=fixed)
+            self._tiles[name] = tile
         inp, out = man["input"], man["output"]
-        super().__init__({"i": In(stream.Signature(inp["channels"] * inp["bits"])),
-                          "o": Out(stream.Signature(out["channels"] * out["bits"])),
-                          "idle": Out(1)})
+        ports = {"i": In(stream.Signature(inp["channels"] * inp["bits"])),
+                 "o": Out(stream.Signature(out["channels"] * out["bits"])),
+                 "idle": Out(1)}
+        if not fixed:
+            self._prog_fields = network_prog_fields([img.params
+                                                     for img in loaded["tiles"].values()])
+            ports["prog"] = In(stream.Signature(data.StructLayout(dict(self._prog_fields))))
+        super().__init__(ports)
 
     @property
-    def tiles(self) -> dict[str, PIMTile | ReplicatedTile]:
+    def fixed(self) -> bool:
+        return self._fixed
+
+    @property
+    def tiles(self) -> dict:
+        """Each layer's tile: a `PIMTile`, a `ReplicatedTile`, or `(module, params)` for an
+        instance of a shared module."""
         return dict(self._tiles)
 
     @property
     def shared_modules(self) -> dict[str, PIMTile]:
-        """Tiles that copies instantiate by module name (`shared=True`): the Verilog generator
-        emits each once beside the accelerator."""
-        return dict(t.shared for t in self._tiles.values()
-                    if isinstance(t, ReplicatedTile) and t.shared)
+        """Tiles that instances name by module (`shared=True`): the Verilog generator emits
+        each once beside the accelerator (a programmable one with its image loader)."""
+        return dict(self._modules)
+
+    def _tile_unit(self, m: Module, name: str):
+        """The tile of layer `name` as a submodule: `(unit, input, output, prog)`, `prog`
+        being its programming stream (None for a fixed tile)."""
+        tile = self._tiles[name]
+        if isinstance(tile, tuple):  # an instance of a shared module
+            module, cfg = tile
+            ports = TilePorts(cfg, name)
+            m.submodules[f"{name}_tile"] = Instance(
+                module, p_EPIM_IMAGES=self._folders[name],
+                i_clk=ClockSignal(), i_rst=ResetSignal(),
+                i_i__payload=ports.i.payload, i_i__valid=ports.i.valid, o_i__ready=ports.i.ready,
+                o_o__payload=ports.o.payload, o_o__valid=ports.o.valid, i_o__ready=ports.o.ready,
+                i_prog__payload=ports.prog.payload, i_prog__valid=ports.prog.valid,
+                o_prog__ready=ports.prog.ready, o_idle=ports.idle)
+            return ports, wiring.flipped(ports.i), ports.o, ports.prog
+        m.submodules[f"{name}_tile"] = tile
+        prog = None if self._fixed else tile.prog
+        if self._fixed and isinstance(tile, PIMTile):
+            m.d.comb += tile.prog.valid.eq(0)
+        return tile, tile.i, tile.o, prog
+
+    def _program(self, m: Module, progs: dict) -> None:
+        """The network's programming port: each word to the tile it names. A word whose
+        tile or address is beyond what exists is taken and dropped (an address is never cut
+        down to a tile's narrower field, which would write another word)."""
+        p = self.prog.payload
+        taken = []
+        for name, port in progs.items():
+            addr, data_ = port.payload.addr, port.payload.data
+            sel = Signal(name=f"prog_sel_{name}")
+            m.d.comb += sel.eq((p.tile == self._tile_index[name])
+                               & ((p.addr >> len(addr)) == 0))
+            m.d.comb += [port.valid.eq(self.prog.valid & sel), port.payload.mem.eq(p.mem),
+                         port.payload.addr.eq(p.addr[:len(addr)]),
+                         port.payload.data.eq(p.data[:len(data_)])]
+            taken.append(sel & port.ready)
+        dropped = ~Cat(*[(p.tile == self._tile_index[n]) & ((p.addr >> len(port.payload.addr))
+                                                             == 0)
+                         for n, port in progs.items()]).any()
+        m.d.comb += self.prog.ready.eq(Cat(*taken).any() | dropped)
 
     def elaborate(self, platform):
         m = Module()
@@ -130,6 +227,7 @@ class NetworkAccelerator(wiring.Component):
             {u.name: u.fifo for u in self._units if isinstance(u, AddParams)})
         outs: dict[str, list] = {}  # each node's output streams, by port
         idles = []
+        progs = {}  # each programmable tile's programming stream
         for node in nodes:
             srcs = [outs[name][port] for name, port in node.inputs]
             u = units.get(node.layer)
@@ -147,10 +245,13 @@ class NetworkAccelerator(wiring.Component):
                 unit = Flatten(f.channels, f.pixels, f.bits)
                 sub, ins, out = f"{u.name}_flatten", [unit.i], [unit.o]
             elif node.kind == "tile":
-                unit = self._tiles[u.name]
-                sub, ins, out = f"{u.name}_tile", [unit.i], [unit.o]
-                if isinstance(unit, PIMTile):
-                    m.d.comb += unit.prog.valid.eq(0)
+                unit, tin, tout, prog = self._tile_unit(m, u.name)
+                if prog is not None:
+                    progs[u.name] = prog
+                wiring.connect(m, srcs[0], tin)
+                idles.append(unit.idle)
+                outs[node.name] = [tout]
+                continue
             elif node.kind == "fifo":
                 width = (u.a_bits if node.port == 0 else u.b_bits) * u.channels
                 unit = StreamFIFO(width, u.fifo[node.port])
@@ -170,5 +271,18 @@ class NetworkAccelerator(wiring.Component):
                 wiring.connect(m, src, port)
             idles.append(unit.idle)
             outs[node.name] = out
+        if not self._fixed:
+            self._program(m, progs)
         m.d.comb += self.idle.eq(Cat(*idles).all())
         return m
+
+
+class TilePorts:
+    """The streams and idle signal of an instance of a shared tile module, as a tile has
+    them (`i` and `prog` from the producer's side)."""
+
+    def __init__(self, cfg: TileParams, name: str):
+        self.i = stream.Signature(cfg.cin * cfg.in_bits).create(path=(name, "i"))
+        self.o = stream.Signature(cfg.cout * cfg.out_bits).create(path=(name, "o"))
+        self.prog = stream.Signature(prog_layout(cfg)).create(path=(name, "prog"))
+        self.idle = Signal(name=f"{name}_idle")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal
+from amaranth.hdl import Array, Cat, ClockSignal, Instance, Module, Mux, ResetSignal, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -30,6 +30,9 @@ class _Ports:
         self.o_valid, self.o_ready = Signal(name=f"{name}_o_valid"), Signal(name=f"{name}_o_ready")
         self.o_payload = Signal(cfg.cout * cfg.out_bits, name=f"{name}_o_payload")
         self.idle = Signal(name=f"{name}_idle")
+        self.prog_valid = Signal(name=f"{name}_prog_valid")
+        self.prog_ready = Signal(name=f"{name}_prog_ready")
+        self.prog_payload = Signal(prog_layout(cfg).size, name=f"{name}_prog_payload")
 
 
 class ReplicatedTile(wiring.Component):
@@ -45,6 +48,9 @@ class ReplicatedTile(wiring.Component):
         Copies, at least 2 and at most the layer's output pixels per image.
     fixed : bool
         Fixed tiles (`PIMTile`).
+    images : str or None
+        A programmable tile's image folder, relative to the network's (the `EPIM_IMAGES`
+        parameter of every copy that instantiates a shared module).
     module : str or None
         With a name, the copies are instances of one Verilog module of that name, a tile whose
         pixel walk comes from its `walk` port (:attr:`shared`, which the Verilog generator
@@ -57,12 +63,15 @@ class ReplicatedTile(wiring.Component):
         Input pixels in raster order, as a tile's.
     o : Out(stream.Signature(cout * out_bits))
         Output pixels in raster order, as a tile's.
+    prog : In(stream.Signature(prog_layout(cfg)))
+        Programmable copies only (`fixed=False`): a word goes to every copy at once.
     idle : Out(1)
         Every copy is idle.
     """
 
     def __new__(cls, cfg: TileParams, init: dict[str, list[int]], replicas: int,
-                fixed: bool = True, module: str | None = None, **kwargs):
+                fixed: bool = True, module: str | None = None, images: str | None = None,
+                **kwargs):
         # (refused before the object exists: an elaboratable that was made is one to use)
         pixels = cfg.ho * cfg.wo
         if isinstance(replicas, bool) or not isinstance(replicas, int) \
@@ -72,18 +81,23 @@ class ReplicatedTile(wiring.Component):
         return super().__new__(cls, **kwargs)
 
     def __init__(self, cfg: TileParams, init: dict[str, list[int]], replicas: int,
-                 fixed: bool = True, module: str | None = None):
+                 fixed: bool = True, module: str | None = None, images: str | None = None):
         self._cfg, self._replicas, self._module = cfg, replicas, module
+        self._fixed, self._images = fixed, images
         walks = [replace(cfg, pix_first=r, pix_step=replicas) for r in range(replicas)]
         self._walks = walks
         if module:
-            self._shared = PIMTile(walks[0], init, fixed, walk_port=True)
+            # (a shared programmable module starts blank: each instance loads its images)
+            words = init if fixed else {k: [0] * len(v) for k, v in init.items()}
+            self._shared = PIMTile(replace(walks[0], name="tile") if not fixed else walks[0],
+                                   words, fixed, walk_port=True)
             self._copies = []
         else:
             self._shared = None
             self._copies = [PIMTile(w, init, fixed) for w in walks]
         super().__init__({"i": In(stream.Signature(cfg.cin * cfg.in_bits)),
                           "o": Out(stream.Signature(cfg.cout * cfg.out_bits)),
+                          **({} if fixed else {"prog": In(stream.Signature(prog_layout(cfg)))}),
                           "idle": Out(1)})
 
     @property
@@ -101,18 +115,20 @@ class ReplicatedTile(wiring.Component):
         if self._module:
             cfg = self._walks[r]
             walk = walk_layout(cfg).const(walk_values(cfg)).as_value()
+            params = {} if self._fixed else {"p_EPIM_IMAGES": self._images or ""}
             m.submodules[f"copy{r}"] = Instance(
-                self._module, i_clk=ClockSignal(), i_rst=ResetSignal(),
+                self._module, **params, i_clk=ClockSignal(), i_rst=ResetSignal(),
                 i_i__payload=ports.i_payload, i_i__valid=ports.i_valid,
                 o_i__ready=ports.i_ready, o_o__payload=ports.o_payload,
                 o_o__valid=ports.o_valid, i_o__ready=ports.o_ready,
-                i_prog__payload=Const(0, prog_layout(cfg).size), i_prog__valid=Const(0),
-                o_prog__ready=Signal(name=f"copy{r}_prog_ready"), o_idle=ports.idle,
+                i_prog__payload=ports.prog_payload, i_prog__valid=ports.prog_valid,
+                o_prog__ready=ports.prog_ready, o_idle=ports.idle,
                 i_walk=walk)
             return ports
         tile = self._copies[r]
         m.submodules[f"copy{r}"] = tile
-        m.d.comb += [tile.prog.valid.eq(0),
+        m.d.comb += [tile.prog.valid.eq(ports.prog_valid), tile.prog.payload.eq(ports.prog_payload),
+                     ports.prog_ready.eq(tile.prog.ready),
                      tile.i.payload.eq(ports.i_payload), tile.i.valid.eq(ports.i_valid),
                      ports.i_ready.eq(tile.i.ready), ports.o_payload.eq(tile.o.payload),
                      ports.o_valid.eq(tile.o.valid), tile.o.ready.eq(ports.o_ready),
@@ -142,5 +158,14 @@ class ReplicatedTile(wiring.Component):
             with m.Else():
                 m.d.sync += [m_pix.eq(m_pix + 1),
                              m_sel.eq(Mux(m_sel == n - 1, 0, m_sel + 1))]
+        # programming: a word into every copy at once (the copies hold the same words)
+        if self._fixed:
+            m.d.comb += [c.prog_valid.eq(0) for c in copies]
+        else:
+            p_ready = Cat(*[c.prog_ready for c in copies]).all()
+            m.d.comb += self.prog.ready.eq(p_ready)
+            for c in copies:
+                m.d.comb += [c.prog_valid.eq(self.prog.valid & p_ready),
+                             c.prog_payload.eq(self.prog.payload)]
         m.d.comb += self.idle.eq(Cat(*[c.idle for c in copies]).all())
         return m

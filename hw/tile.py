@@ -136,15 +136,22 @@ class PIMTile(wiring.Component):
             return mem.read_port(domain="comb")
 
         def registers(name):
+            """Every word at once (as an analog crossbar reads every row): a memory with one
+            read port per word, so `$readmemh` can load it; like non-volatile crossbar
+            cells, programmed contents survive a reset."""
             if fixed:
                 return [Const(v, widths[name]) for v in init[name]]
-            # Like non-volatile crossbar cells, programmed contents survive a reset.
-            regs = [Signal(widths[name], init=v, reset_less=True, name=f"{name}_{n}")
-                    for n, v in enumerate(init[name])]
-            for n, reg in enumerate(regs):
-                with m.If(prog_we[name] & (prog_addr == n)):
-                    m.d.sync += reg.eq(prog_data[:len(reg)])
-            return regs
+            mem = Memory(shape=unsigned(widths[name]), depth=cfg.depths[name], init=init[name])
+            m.submodules[f"{name}_table"] = mem
+            wp = mem.write_port()
+            m.d.comb += [wp.en.eq(prog_we[name] & (prog_addr < cfg.depths[name])),
+                         wp.addr.eq(prog_addr), wp.data.eq(prog_data[:widths[name]])]
+            words = []
+            for n in range(cfg.depths[name]):
+                rp = mem.read_port(domain="comb")
+                m.d.comb += rp.addr.eq(n)
+                words.append(rp.data)
+            return words
 
         cells, words = registers("xbar"), registers("ostage")
         return cells, words, table("ifrt"), table("ifat"), table("ofat")

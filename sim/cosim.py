@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract.images import ProgTarget, pack, prog_fields
+from ..contract.images import ProgTarget, network_prog_fields, pack, prog_fields
 from ..sw import cyclemodel, images
 from ..sw.netfile import Layer, Network
 from ..sw.progress import bar as progress_bar
@@ -75,6 +75,19 @@ def program_beats(image: images.LayerImage) -> list[int]:
             for target in ProgTarget for addr, word in enumerate(image.words[target.name.lower()])]
 
 
+def network_program_beats(loaded: dict) -> list[int]:
+    """Beats of a network accelerator's programming port (`network_prog_fields`) writing
+    every word of every memory of every tile, tiles in `network.json` order; `loaded` is
+    `epim.hw.network.load_network`'s (or anything with its `units` and `tiles`)."""
+    from ..contract.params import TileUnit
+
+    names = [u.name for u in loaded["units"] if isinstance(u, TileUnit)]
+    layout = network_prog_fields([loaded["tiles"][n].params for n in names])
+    return [pack(layout, {"tile": k, "mem": target, "addr": addr, "data": word})
+            for k, name in enumerate(names) for target in ProgTarget
+            for addr, word in enumerate(loaded["tiles"][name].words[target.name.lower()])]
+
+
 def build_model(verilog: Path, build_root: Path, top: str = "epim_tile",
                 log: Callable[[str], None] | None = None, waves: bool = False):
     """The Verilator model of a Verilog file from the content-keyed cache under `build_root`
@@ -89,10 +102,12 @@ def build_model(verilog: Path, build_root: Path, top: str = "epim_tile",
 def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = False,
                seed: int = 0, max_cycles: int | None = None, top: str = "epim_tile",
                log: Callable[[str], None] | None = None,
-               beats_per_image: int = 1, waves: str | Path | None = None) -> list[dict]:
+               beats_per_image: int = 1, waves: str | Path | None = None,
+               prog_port: bool | None = None, plusargs: list[str] | None = None) -> list[dict]:
     """Run the testbench on the generated Verilog; returns per phase beats and cycles
     (`beats_per_image` output beats make one image on the progress bar). `waves`: write the
-    run's waveform (VCD, every signal) to this file."""
+    run's waveform (VCD, every signal) to this file. `prog_port`: the design has a
+    programming port (default: a tile's top has one); `plusargs` go to the simulator."""
     build_root = Path(build_root).resolve()
     build_root.mkdir(parents=True, exist_ok=True)
     runner, build_dir = build_model(generated.verilog, build_root, top, log, waves=bool(waves))
@@ -101,13 +116,14 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
         p = generated.image.params
         max_cycles = 100_000 + 200 * total * max(1, p.max_steps * p.n_t * p.passes)
     job = {"phases": phases, "stalls": stalls, "seed": seed, "max_cycles": max_cycles,
-           "prog_port": top == "epim_tile"}
+           "prog_port": top == "epim_tile" if prog_port is None else prog_port}
     n_out = sum(p["n_out"] for p in phases)
     with progress_bar(n_out // max(1, beats_per_image), "cosim", "img") as bar:
         def show(beats: int) -> None:
             bar.update(beats // max(1, beats_per_image) - bar.n)
         results = run_job(runner, build_dir, build_root, "epim.sim.tb_tile", top,
-                          "EPIM_COSIM_JOB", job, show, waves=waves)["phases"]
+                          "EPIM_COSIM_JOB", job, show, waves=waves,
+                          plusargs=plusargs)["phases"]
     for r in results:
         r["outputs"] = [int(b) for b in r["outputs"]]
     return results
@@ -115,7 +131,7 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
 
 def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, env_var: str,
             job: dict, progress: Callable[[int], None] | None = None,
-            waves: str | Path | None = None) -> dict:
+            waves: str | Path | None = None, plusargs: list[str] | None = None) -> dict:
     """Run the cocotb testbench `module` on a built model with `job` (a JSON file named by
     `env_var`, plus `result_path`), in a scratch folder; returns the result it wrote.
     `progress`, if given, is called now and then with the output beats received so far;
@@ -135,7 +151,8 @@ def run_job(runner, build_dir: Path, build_root: Path, module: str, top: str, en
         buildcache.run_polling(lambda: runner.test(
             test_module=module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
             build_dir=str(build_dir), test_dir=str(work), waves=bool(waves),
-            extra_env={env_var: str(work / "job.json")}, log_file=str(work / "sim.log")), poll)
+            extra_env={env_var: str(work / "job.json")}, log_file=str(work / "sim.log"),
+            plusargs=list(plusargs or [])), poll)
         if waves and (work / "dump.vcd").exists():
             Path(waves).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(work / "dump.vcd", waves)
