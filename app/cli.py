@@ -161,6 +161,9 @@ def cmd_generate(args) -> int:
     net = _load_net(args.net)
     args.lanes = resolve_lanes(net, args.lanes)
     replicas = resolve_replicas(net, args.replicas, args.budget, args.lanes, not args.no_reuse)
+    if args.fixed and (args.tile or args.blank):
+        raise ValueError("--fixed is for the network accelerator; a single tile (--tile, "
+                         "--blank) is programmable")
     if args.tile or args.blank:
         gen = generate(net, args.out, reuse=not args.no_reuse, blank=args.blank,
                        lanes=args.lanes)
@@ -169,13 +172,17 @@ def cmd_generate(args) -> int:
               f"{p.name!r} ({p.n_steps} IFRT step(s) per pixel) into {gen.folder}")
         return 0
     gen = generate_network(net, args.out, reuse=not args.no_reuse, lanes=args.lanes,
-                           replicas=replicas)
+                           replicas=replicas, fixed=args.fixed)
     units = gen.manifest["units"]
     tiles = sum("folder" in u for u in units)
     fifos = {u["name"]: u["fifo"] for u in units if u["op"] == "add"}
     copies = {u["name"]: u["replicas"] for u in units if u.get("replicas", 1) > 1}
     verb = "kept (unchanged)" if gen.cached else "wrote"
-    print(f"{verb} {gen.verilog.name}, network.json and the images of {tiles} tile(s) in "
+    modules = gen.verilog.read_text().count("\nmodule epim_tile_")
+    kind = ("fixed (weight-baked) tiles" if args.fixed else
+            f"programmable tiles, {modules} module(s) for {tiles} tile(s)")
+    print(f"{verb} {gen.verilog.name} ({gen.verilog.stat().st_size / 1e6:.1f} MB, {kind}), "
+          f"network.json and the images of {tiles} tile(s) in "
           f"{gen.folder}" + (f"; skip FIFO depths {fifos}" if fifos else "")
           + (f"; tile copies {copies}" if copies else ""))
     return 0
@@ -250,8 +257,10 @@ def cmd_cosim(args) -> int:
     if args.per_layer:
         from .verify import cosim_per_layer
 
-        if isinstance(args.lanes, dict) or args.waves:
-            raise ValueError("--per-layer takes neither --lanes balanced nor --waves")
+        if isinstance(args.lanes, dict) or args.waves or args.fixed or args.tile:
+            raise ValueError("--per-layer takes none of --lanes balanced, --waves, --fixed "
+                             "and --tile (it runs every tile alone, programmed through its "
+                             "port)")
         if args.jobs < 1:
             raise ValueError(f"--jobs {args.jobs}: at least 1")
         y, rep = cosim_per_layer(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
@@ -270,10 +279,14 @@ def cmd_cosim(args) -> int:
               f"{rep['seconds']:.0f} s, peak memory {peak_memory_mib():.0f} MiB")
         return 0 if rep["match"] and rep["cycles_match"] else EXIT_MISMATCH
     replicas = resolve_replicas(net, args.replicas, args.budget, args.lanes, not args.no_reuse)
-    if not args.program:
+    if args.fixed and (args.program or args.tile):
+        raise ValueError("--fixed tiles have no programming port and no single-tile top: "
+                         "leave out --program and --tile")
+    if not args.tile:
         y, rep = cosim_network(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
                                reuse=not args.no_reuse, lanes=args.lanes, replicas=replicas,
-                               log=lambda line: print(line, flush=True), waves=args.waves)
+                               log=lambda line: print(line, flush=True), waves=args.waves,
+                               program=args.program, fixed=args.fixed)
         save_npy(args.outputs, y)
         if args.report:
             write_json(args.report, rep)
@@ -488,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--blank", action="store_true",
                    help="with --tile: zeroed memories in the Verilog, to program through the "
                         "port")
+    g.add_argument("--fixed", action="store_true",
+                   help="weight-baked tiles (constant cells, ROM tables): smaller and faster "
+                        "on an FPGA, but one module per layer and no programming port (default: "
+                        "programmable tiles, one module per distinct tile shape, loading the "
+                        "images at start-up)")
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("cosim", help="run the accelerator's Verilog on Verilator and check "
@@ -514,8 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the run's waveform (every signal, VCD) to this file; the "
                         "traced build is cached apart from the plain one")
     s.add_argument("--program", action="store_true",
-                   help="single-layer networks: run the tile alone, starting from blank "
-                        "memories written through its programming port")
+                   help="start from blank memories and write every tile's words through the "
+                        "network's programming port (with --tile, the tile's own) before the "
+                        "images, instead of loading the images at start-up")
+    s.add_argument("--tile", action="store_true",
+                   help="single-layer networks: run the bare tile (top epim_tile) instead of "
+                        "the network accelerator")
+    s.add_argument("--fixed", action="store_true",
+                   help="weight-baked tiles, as the FPGA build uses them (one module per "
+                        "layer; slower to build)")
     s.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
     s.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
     add_replicas_args(s)

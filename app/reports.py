@@ -46,6 +46,13 @@ def network_report(rep: dict) -> str:
              f"{rep['predicted_steady_cycles_per_image']:g})" if steady else "")
           + f"; every handshake cycle {'equals' if rep['cycles_match'] else 'DIFFERS FROM'} "
             "the model")
+    if rep.get("tiles") == "programmable":
+        how = (f"programmed through the network's port ({rep['prog_beats']} words)"
+               if rep["programmed_via_port"] else "images loaded at start-up ($readmemh)")
+        out.append(f"  programmable tiles, {how}; Verilog "
+                   f"{rep['verilog_bytes'] / 1e6:.1f} MB")
+    elif rep.get("tiles") == "fixed":
+        out.append(f"  fixed (weight-baked) tiles; Verilog {rep['verilog_bytes'] / 1e6:.1f} MB")
     out.append(f"  {'layer':12} {'op':15} {'cycles/image':>12} {'busy/image':>10} "
           f"{'alone':>8} {'utilisation':>11}")
     for name, row in rep["layers"].items():

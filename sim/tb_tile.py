@@ -114,12 +114,15 @@ async def tile_job(dut):
         await FallingEdge(dut.clk)
     dut.rst.value = 0
     rng = random.Random(job["seed"]) if job["stalls"] else None
+    prog_rng = random.Random(job["seed"] + 1) if job["stalls"] else None
     results = []
     for phase in job["phases"]:
+        # (the programming words draw their gaps from a generator of their own, so the
+        # images' gaps and back-pressure are the ones the network cycle model replays)
         prog = StreamDriver(dut.prog__valid if prog_port else None,
                             dut.prog__ready if prog_port else None,
                             dut.prog__payload if prog_port else None,
-                            [int(w) for w in phase["program"]], rng, 0.3)
+                            [int(w) for w in phase["program"]], prog_rng, 0.3)
         await run_ports(dut, [prog], None, 0, job["max_cycles"], prog_port)
         drv = StreamDriver(dut.i__valid, dut.i__ready, dut.i__payload,
                            [int(w) for w in phase["inputs"]], rng, 0.3)

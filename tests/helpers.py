@@ -41,3 +41,20 @@ def residual_net(net_obj) -> dict:
          "weights": np.ones((10, 16, 1, 1), int).tolist(), "bias": [0] * 10,
          "mult": [1] * 10, "shift": [0] * 10, "relu": False, "out_bits": 16}],
         "output": "fc"}
+
+
+def with_repeated_layer(net: dict, name: str) -> dict:
+    """`net` (a JSON object) with a copy of layer `name`, `name + "x"`, right after it and
+    reading its output: the same shape (a layer whose input and output have equal shapes and
+    widths), other weights and output stage, and whatever read `name` now reads the copy."""
+    net = copy.deepcopy(net)
+    layers = net["layers"]
+    k = next(i for i, la in enumerate(layers) if la["name"] == name)
+    twin = copy.deepcopy(layers[k])
+    twin.update(name=name + "x", inputs=[name], bias=[b + 3 for b in twin["bias"]])
+    w = np.array(twin["epitome"]["weights"])
+    twin["epitome"]["weights"] = w.reshape(-1)[::-1].reshape(w.shape).tolist()
+    for la in layers[k + 1:]:
+        la["inputs"] = [name + "x" if s == name else s for s in la["inputs"]]
+    layers.insert(k + 1, twin)
+    return net

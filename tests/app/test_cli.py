@@ -151,7 +151,7 @@ def test_cosim_command(tmp_path, net_path):
     np.save(tmp_path / "x.npy", x)
     proc = run_cli("cosim", net_path, "--inputs", tmp_path / "x.npy", "--outputs",
                    tmp_path / "y.npy", "--report", tmp_path / "r.json", "--build-dir",
-                   tmp_path / "build", "--program")
+                   tmp_path / "build", "--tile", "--program")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bit-exact" in proc.stdout
     rep = json.loads((tmp_path / "r.json").read_text())

@@ -1,0 +1,99 @@
+"""Programmable network accelerators: one Verilog module per distinct tile shape, images loaded
+with `$readmemh` at start-up, or written through the network's programming port."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+
+from epim.app import verify
+from epim.app.generate import generate_network
+from epim.hw.generate import emit_network_verilog, image_loader, network_from_images
+from epim.hw.network import load_network
+from epim.sim import cosim
+from epim.sw import examples, images, netfile, reference
+from tests.helpers import with_repeated_layer
+
+
+def twin_net() -> netfile.Network:
+    """A random residual network whose block conv `b0c2` has a twin of the same shape (other
+    weights) right after it."""
+    return netfile.parse(with_repeated_layer(examples.random_network_net(0), "b0c2"))
+
+
+def test_the_twin_has_the_same_tile_shape_and_other_words():
+    comp = images.compile_network(twin_net())["tiles"]
+    a, b = comp["b0c2"], comp["b0c2x"]
+    assert dataclasses.replace(a.params, name="t") == dataclasses.replace(b.params, name="t")
+    assert a.words["xbar"] != b.words["xbar"] and a.words["ostage"] != b.words["ostage"]
+
+
+def test_equal_shapes_share_one_module_that_loads_its_images(tmp_path):
+    """Tiles of equal shape are instances of one module, each naming its own image folder;
+    every shared module has the image loader for the memories it has."""
+    net = twin_net()
+    images.write_network(images.compile_network(net), tmp_path / "n")
+    acc = network_from_images(tmp_path / "n")
+    tiles = [la.name for la in net.layers if la.op in ("conv", "linear")]
+    assert len(acc.shared_modules) == len(tiles) - 1
+    text = emit_network_verilog(acc)
+    assert text.count("\nmodule epim_tile_") == len(tiles) - 1
+    for name in tiles:
+        assert f'.EPIM_IMAGES("tiles/{name}")' in text
+    assert text.count("$value$plusargs(\"epim_images=%s\"") == len(tiles) - 1
+    assert text.count('"/xbar.hex"}, xbar_table)') == len(tiles) - 1
+    # the network's programming port: tile, memory, address, data
+    fields = dict(acc.signature.members["prog"].signature.members["payload"].shape.members)
+    assert list(fields) == ["tile", "mem", "addr", "data"]
+    # fixed tiles: one module each, no port, no loader
+    fixed = emit_network_verilog(network_from_images(tmp_path / "n", fixed=True))
+    assert "epim_tile_" not in fixed and "$readmemh" not in fixed
+    assert re.search(r"input .*prog__payload", text) and not re.search(r"input .*prog__", fixed)
+
+
+def test_image_loader_loads_only_the_memories_the_module_has():
+    text = ("module m(clk);\n  reg [3:0] xbar_table [1:0];\n  reg [7:0] ofat_table [0:0];\n"
+            "endmodule\n")
+    out = image_loader(text)
+    assert out.index("parameter EPIM_IMAGES") < out.index("endmodule")
+    assert '"/xbar.hex"}, xbar_table)' in out and '"/ofat.hex"}, ofat_table)' in out
+    assert "ifrt_table" not in out
+    with pytest.raises(ValueError, match="no module"):
+        image_loader("wire x;")
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_programmable_network_loads_or_is_programmed_and_runs_bit_exact(tmp_path):
+    """One build for every way of starting: images loaded at start-up, blank memories written
+    through the network's programming port (bit-exact and cycle-exact both), and blank
+    memories never written (wrong outputs: the words really come from the images or the
+    port). The weight-baked accelerator gives the same outputs."""
+    net = twin_net()
+    c, h, w = net.input_shape
+    x = np.random.default_rng(1).integers(0, 2**net.input_bits, (3, c, h, w))
+    ref = reference.run_network(net, x)
+    y, rep = verify.cosim_network(net, x, tmp_path)
+    assert rep["match"] and rep["cycles_match"] and not rep["programmed_via_port"]
+    y2, rep2 = verify.cosim_network(net, x, tmp_path, program=True, stalls=True, seed=3)
+    assert rep2["match"] and rep2["cycles_match"] and rep2["programmed_via_port"]
+    loaded = load_network(tmp_path / "generated")
+    assert rep2["prog_beats"] == sum(sum(len(v) for v in t.words.values())
+                                     for t in loaded["tiles"].values())
+    assert len(list(tmp_path.glob("net-*"))) == 1  # one Verilator build for both
+    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_array_equal(y2, ref)
+    gen = generate_network(net, tmp_path / "generated")
+    assert gen.cached
+    per = 1  # the random network 0 ends in a linear classifier
+    phase = {"program": [], "inputs": cosim.pack_beats(x, net.input_bits), "n_out": 3 * per}
+    blank = cosim.run_phases(gen, [phase], tmp_path, max_cycles=200_000, top="epim_net",
+                             prog_port=True)[0]
+    assert not np.array_equal(cosim.unpack_beats(blank["outputs"], net.output_layer), ref)
+    y3, rep3 = verify.cosim_network(net, x, tmp_path, fixed=True)
+    assert rep3["match"] and rep3["cycles_match"] and rep3["tiles"] == "fixed"
+    assert json.loads(json.dumps(rep3))["verilog_bytes"] > 0
