@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from epim.app import generate, verify
-from epim.sim import buildcache, cosim
+from epim.sim import buildcache
 from epim.sw import netfile
 
 ROOT = Path(__file__).resolve().parent.parent
