@@ -283,41 +283,69 @@ def adc_column(m: Module, cfg: TileParams, e_out: int, lane_rows: list, lane_sli
     return v
 
 
+def field_bits(cfg: TileParams) -> int:
+    """Bits of a column's field in a programmable tile's spread cells: enough for the largest
+    column sum of any lane (its rows times the largest DAC slice times the largest cell), so
+    the fields of a wide sum never carry into each other."""
+    rows = max(len(r) for r in lane_plan(cfg))
+    return max(cfg.cell_bits,
+               (rows * (2**cfg.dac_bits - 1) * (2**cfg.cell_bits - 1)).bit_length())
+
+
+def spread_offset(cfg: TileParams, pol: int, e: int, q: int) -> int:
+    """Bit offset of a cell in a programmable tile's spread crossbar word: for each polarity
+    and cell slice, a block of `ce_out` fields of `field_bits` bits, column `e` in field `e`."""
+    return ((pol * cfg.n_slices + q) * cfg.ce_out + e) * field_bits(cfg)
+
+
+def spread_width(cfg: TileParams) -> int:
+    return 2 * cfg.n_slices * cfg.ce_out * field_bits(cfg)
+
+
+def spread_word(cfg: TileParams, word: int) -> int:
+    """A crossbar row word (`epim.contract.images.xbar_fields` layout) in the spread layout."""
+    out, mask = 0, 2**cfg.cell_bits - 1
+    for pol in range(2):
+        for e in range(cfg.ce_out):
+            for q in range(cfg.n_slices):
+                out |= ((word >> xbar_field(cfg, pol, e, q)) & mask) \
+                    << spread_offset(cfg, pol, e, q)
+    return out
+
+
+def spread_value(cfg: TileParams, word: Value) -> Value:
+    """`spread_word` in logic (wiring): the programming port's word as the memory keeps it."""
+    cb, f = cfg.cell_bits, field_bits(cfg)
+    return Cat(*[Cat(word[xbar_field(cfg, pol, e, q):][:cb], Const(0, f - cb))
+                 for pol in range(2) for q in range(cfg.n_slices) for e in range(cfg.ce_out)])
+
+
 def packed_columns(m: Module, cfg: TileParams, lane_rows: list, lane_slices: list,
                    cells: list, d_p) -> list:
     """Every column's value of this DAC slice and pass in a programmable tile, computed for
-    all columns at once: per lane, cell slice and polarity, the cells of a row are packed
-    into one wide word with a field of `s_bits` per column (enough for the lane's largest
-    column sum, so no field carries into the next), each row adds its word when its DAC
-    slice is set (shifted by the slice bit), and one adder tree of wide words gives every
-    column's sum. The ADCs then saturate each field. The Verilog and the simulation grow
+    all columns at once. The cells are kept spread (`spread_word`): per polarity and cell
+    slice, one field of `field_bits` per column, enough for the largest column sum, so no
+    field carries into the next. Per lane, slice and polarity a row adds that part of its
+    word (shifted by the DAC bit) when its DAC bit is set, one adder tree of wide words gives
+    every column's sum, and the ADCs saturate each field. The Verilog and the simulation grow
     with the rows, not with rows x columns (a column-by-column tree of 2-bit products was
     four times the size)."""
     cb, ns, dac = cfg.cell_bits, cfg.n_slices, cfg.dac_bits
+    f = field_bits(cfg)
     adc_max = 2**cfg.adc_bits - 1
     acc_shape = signed(cfg.acc_bits)
+    width = cfg.ce_out * f
     terms: list[list] = [[] for _ in range(cfg.ce_out)]
-    packed: dict[tuple[int, int, int, int], Value] = {}
-
-    def row_word(g, q, pol, width):
-        """Row `g`'s cells of slice `q` and polarity `pol`, one `width`-bit field each."""
-        key = (g, q, pol, width)
-        if key not in packed:  # (wiring: no signal of its own, so the Verilog has it once)
-            packed[key] = Cat(*[Cat(cells[g][f:f + cb], Const(0, width - cb))
-                                for f in (xbar_field(cfg, pol, e, q)
-                                          for e in range(cfg.ce_out))])
-        return packed[key]
-
     for j, rows in enumerate(lane_rows):
         s_bits = max(cb, (len(rows) * (2**dac - 1) * (2**cb - 1)).bit_length())
         a_bits = min(s_bits, cfg.adc_bits)
-        width = cfg.ce_out * s_bits
         for q in range(ns):
             adc = []
             for pol in range(2):
+                at = spread_offset(cfg, pol, 0, q)
                 parts = []
                 for r, per_pass in enumerate(rows):
-                    word = pick([None if g is None else row_word(g, q, pol, s_bits)
+                    word = pick([None if g is None else cells[g][at:at + width]
                                  for g in per_pass], d_p, cfg.passes)
                     for dbit in range(dac):
                         parts.append(Mux(lane_slices[j][r][dbit], word << dbit, 0))
@@ -325,7 +353,7 @@ def packed_columns(m: Module, cfg: TileParams, lane_rows: list, lane_slices: lis
                 m.d.comb += s.eq(tree_sum(parts, width))
                 fields = []
                 for e in range(cfg.ce_out):
-                    v = s[e * s_bits:(e + 1) * s_bits]
+                    v = s[e * f:e * f + s_bits]
                     a = Signal(a_bits, name=f"x_adc_{j}_{pol}_{e}_{q}")
                     m.d.comb += a.eq(Mux(v > adc_max, adc_max, v) if s_bits > cfg.adc_bits
                                      else v)
@@ -376,7 +404,8 @@ def crossbar(m: Module, cfg: TileParams, x_rows: list, s: SimpleNamespace, cells
              init: dict, fixed: bool) -> SimpleNamespace:
     """The crossbar stage of a tile from its row inputs `x_rows`: returns the `d_`
     register's controls (`d`) and the step's column values with the `p_` controls (`p`).
-    `cells` are the crossbar words (constants in a fixed tile)."""
+    `cells` are the crossbar words: constants in a fixed tile, spread words
+    (`spread_word`) in a programmable one."""
     d = dac_stage(m, cfg, x_rows, s)
     lane_rows = lane_plan(cfg)
     linear = is_linear(cfg, lane_rows, fixed)

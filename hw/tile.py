@@ -141,11 +141,19 @@ class PIMTile(wiring.Component):
             cells, programmed contents survive a reset."""
             if fixed:
                 return [Const(v, widths[name]) for v in init[name]]
-            mem = Memory(shape=unsigned(widths[name]), depth=cfg.depths[name], init=init[name])
+            # (crossbar cells spread, a field per column wide enough for its sums:
+            # `crossbar.spread_word`)
+            spread = name == "xbar"
+            mem = Memory(shape=unsigned(crossbar.spread_width(cfg) if spread else widths[name]),
+                         depth=cfg.depths[name],
+                         init=[crossbar.spread_word(cfg, w) for w in init[name]] if spread
+                         else init[name])
             m.submodules[f"{name}_table"] = mem
             wp = mem.write_port()
+            word = prog_data[:widths[name]]
             m.d.comb += [wp.en.eq(prog_we[name] & (prog_addr < cfg.depths[name])),
-                         wp.addr.eq(prog_addr), wp.data.eq(prog_data[:widths[name]])]
+                         wp.addr.eq(prog_addr),
+                         wp.data.eq(crossbar.spread_value(cfg, word) if spread else word)]
             words = []
             for n in range(cfg.depths[name]):
                 rp = mem.read_port(domain="comb")
