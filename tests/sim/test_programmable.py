@@ -98,3 +98,19 @@ def test_programmable_network_loads_or_is_programmed_and_runs_bit_exact(tmp_path
     y3, rep3 = verify.cosim_network(net, x, tmp_path, fixed=True)
     assert rep3["match"] and rep3["cycles_match"] and rep3["tiles"] == "fixed"
     assert json.loads(json.dumps(rep3))["verilog_bytes"] > 0
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_replicated_tiles_are_programmed_through_the_port(tmp_path):
+    """The copies of a replicated layer are instances of one module; a word for that layer
+    goes to every copy at once, so the programmed network is bit-exact and cycle-exact."""
+    from epim.sw import replication
+
+    net = netfile.parse(examples.random_network_net(4))
+    reps = replication.choose_replicas(net, replication.crossbars(net) * 2)
+    assert max(reps.values()) > 1
+    x = np.random.default_rng(2).integers(0, 2**net.input_bits, (3, *net.input_shape))
+    y, rep = verify.cosim_network(net, x, tmp_path, replicas=reps, program=True)
+    np.testing.assert_array_equal(y, reference.run_network(net, x))
+    assert rep["cycles_match"] and rep["programmed_via_port"] and rep["prog_beats"] > 0
