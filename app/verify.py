@@ -39,15 +39,17 @@ BAD_COMMAND = b"Z"  # no command: the board must answer "!"
 def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = False,
           seed: int = 0, program: bool = False, reuse: bool = True,
           lanes: int | None = None, waves: str | Path | None = None,
-          gen_dir: str | Path | None = None) -> tuple[np.ndarray, dict]:
+          gen_dir: str | Path | None = None,
+          module_cache: str | Path | None = None) -> tuple[np.ndarray, dict]:
     """Run a batch through the tile's Verilog; returns outputs and the report (`waves`: a VCD
-    of the run to this file; `gen_dir`: where to generate, default `build_root/generated`)."""
+    of the run to this file; `gen_dir`: where to generate, default `build_root/generated`;
+    `module_cache`: where blank tiles' Verilog is kept by shape, `generate`)."""
     x = reference.check_inputs(net, x)
     layer = tile_layer(net)
     build_root = Path(build_root).resolve()
     t0 = time.time()
     gen = generate(net, gen_dir or build_root / "generated", reuse=reuse, blank=program,
-                   lanes=lanes)
+                   lanes=lanes, module_cache=module_cache)
     _, ho, wo = layer.out_shape
     phase = {"program": program_beats(gen.image) if program else [],
              "inputs": pack_beats(x, net.input_bits, layer), "n_out": x.shape[0] * ho * wo}
@@ -230,7 +232,8 @@ def _layer_job(sub: Network, x: np.ndarray, want: np.ndarray, build_root: Path, 
     """One tile's check (a job a Dask worker may run): its output and its report row."""
     t1 = time.time()
     layer = sub.layers[0]
-    y, rep = cosim(sub, x, build_root, gen_dir=gen_dir, **options)
+    y, rep = cosim(sub, x, build_root, gen_dir=gen_dir, module_cache=build_root / "modules",
+                   **options)
     exact = y.size == want.size and bool((y.reshape(want.shape) == want).all())
     return y, {"layer": layer.name, "op": layer.op, "match": rep["match"] and exact,
                "cycles_match": rep["cycles_match"], "cycles": rep["cycles"],
