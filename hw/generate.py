@@ -21,13 +21,15 @@ def tile_from_images(images: Images | str | Path, blank: bool = False) -> PIMTil
     words = images.words
     if blank:
         words = {name: [0] * len(ws) for name, ws in words.items()}
-    return PIMTile(cfg, words)
+    return PIMTile(cfg, words, verilog_xbar=True)
 
 
 def emit_verilog(tile: PIMTile, name: str = TOP) -> str:
     """The tile as Verilog text; the top module is `name` with ports `clk`, `rst` and the
-    flattened streams (`i__payload`, `i__valid`, `i__ready`, ...)."""
-    return verilog.convert(tile, name=name, emit_src=False)
+    flattened streams (`i__payload`, `i__valid`, `i__ready`, ...), followed by the modules it
+    instantiates (its behavioural crossbar)."""
+    return verilog.convert(tile, name=name, emit_src=False) + "".join(
+        tile.verilog_modules.values())
 
 
 NETWORK_TOP = "epim_net"
@@ -46,48 +48,24 @@ IMAGE_PLUSARG = "epim_images"
 MEMORY_NAMES = ("xbar", "ifrt", "ifat", "ofat", "ostage")
 
 
-def image_loader(text: str, cfg) -> str:
-    """A programmable tile module's Verilog (`cfg`: its `TileParams`) with its image loader: a
-    string parameter `EPIM_IMAGES` (the instance's image folder, relative to the network
-    folder) and, when the simulation is started with `+epim_images=DIR`, `$readmemh` of
-    `DIR/EPIM_IMAGES/<mem>.hex` into each memory at time 0 (after the module's own zero
-    initialisation); the crossbar rows are read into a scratch array and spread into the
-    cell memory's layout (`epim.hw.crossbar.spread_word`). Without the plusarg the memories
-    start at zero, as an unprogrammed chip, for the programming port."""
-    from .crossbar import field_bits
-
+def image_loader(text: str) -> str:
+    """A programmable tile module's Verilog with its image loader: a string parameter
+    `EPIM_IMAGES` (the instance's image folder, relative to the network folder) and, when the
+    simulation is started with `+epim_images=DIR`, `$readmemh` of `DIR/EPIM_IMAGES/<mem>.hex`
+    into each memory at time 0 (after the module's own zero initialisation). Without the
+    plusarg the memories start at zero, as an unprogrammed chip, for the programming port."""
     end = text.rstrip().rfind("endmodule")
     if end < 0:
         raise ValueError("no module in the text")
-    loads = []
-    for name in MEMORY_NAMES:
-        if f" {name}_table [" not in text:
-            continue
-        path = f'{{epim_dir, "/", EPIM_IMAGES, "/{name}.hex"}}'
-        if name != "xbar":
-            loads.append(f"      $readmemh({path}, {name}_table);\n")
-            continue
-        ns, ce, cb, f = cfg.n_slices, cfg.ce_out, cfg.cell_bits, field_bits(cfg)
-        loads.append(
-            f"      $readmemh({path}, epim_xbar_image);\n"
-            f"      for (epim_r = 0; epim_r < {cfg.rows}; epim_r = epim_r + 1) begin\n"
-            f"        xbar_table[epim_r] = 0;\n"
-            f"        for (epim_p = 0; epim_p < 2; epim_p = epim_p + 1)\n"
-            f"          for (epim_q = 0; epim_q < {ns}; epim_q = epim_q + 1)\n"
-            f"            for (epim_e = 0; epim_e < {ce}; epim_e = epim_e + 1)\n"
-            f"              xbar_table[epim_r][((epim_p * {ns} + epim_q) * {ce} + epim_e) * {f}"
-            f" +: {cb}] =\n"
-            f"                epim_xbar_image[epim_r][((epim_p * {ce} + epim_e) * {ns} + epim_q)"
-            f" * {cb} +: {cb}];\n"
-            f"      end\n")
+    loads = "".join(
+        f'      $readmemh({{epim_dir, "/", EPIM_IMAGES, "/{name}.hex"}}, {name}_table);\n'
+        for name in MEMORY_NAMES if f" {name}_table [" in text)
     hook = ("  // EPIM image loader (epim.hw.generate.image_loader)\n"
             '  parameter EPIM_IMAGES = "";\n'
-            f"  reg [{cfg.widths['xbar'] - 1}:0] epim_xbar_image [0:{cfg.rows - 1}];\n"
-            "  integer epim_r, epim_p, epim_q, epim_e;\n"
             "  initial begin : epim_load_images\n"
             "    string epim_dir;\n"
             f'    if (EPIM_IMAGES != "" && $value$plusargs("{IMAGE_PLUSARG}=%s", epim_dir)) '
-            "begin\n" + "".join(loads) + "    end\n  end\n")
+            "begin\n" + loads + "    end\n  end\n")
     return text[:end] + hook + text[end:]
 
 
@@ -97,10 +75,12 @@ def emit_network_verilog(acc, name: str = NETWORK_TOP) -> str:
     and copies of replicated layers instantiate (programmable ones with their image
     loader)."""
     text = verilog.convert(acc, name=name, emit_src=False)
+    extra = {}
     for module, tile in acc.shared_modules.items():
         part = verilog.convert(tile, name=module, emit_src=False)
-        text += part if acc.fixed else image_loader(part, tile.cfg)
-    return text
+        text += part if acc.fixed else image_loader(part)
+        extra.update(tile.verilog_modules)
+    return text + "".join(extra.values())
 
 
 BOARD_TOP = "epim_board"

@@ -81,6 +81,11 @@ class PIMTile(wiring.Component):
     precomputed from the output-stage words, instead of a 32x31-bit multiply per channel.
     idle : Out(1)
         No image is buffered, in flight or waiting in the output register.
+
+    With ``verilog_xbar=True`` (the Verilog generator's programmable tiles) the crossbar's
+    column sums are a behavioural Verilog module (:attr:`verilog_modules`) instead of gates:
+    the same arithmetic, with text and build time independent of the crossbar's size, but
+    Amaranth's simulator cannot run it.
     """
 
 
@@ -92,8 +97,9 @@ class PIMTile(wiring.Component):
         return super().__new__(cls)
 
     def __init__(self, cfg: TileParams, init: dict[str, list[int]], fixed: bool = False,
-                 walk_port: bool = False):
+                 walk_port: bool = False, verilog_xbar: bool = False):
         self._cfg, self._fixed, self._walk_port = cfg, fixed, walk_port
+        self._verilog_xbar = verilog_xbar and not fixed
         self._init = {k: list(v) for k, v in init.items()}
         super().__init__({
             "i": In(stream.Signature(cfg.cin * cfg.in_bits)),
@@ -106,6 +112,12 @@ class PIMTile(wiring.Component):
     @property
     def cfg(self) -> TileParams:
         return self._cfg
+
+    @property
+    def verilog_modules(self) -> dict[str, str]:
+        """Verilog modules the tile instantiates, by name (`verilog_xbar=True`: its crossbar,
+        `epim.hw.crossbar.xbar_module`); the Verilog generator emits them beside it."""
+        return dict([crossbar.xbar_module(self._cfg)]) if self._verilog_xbar else {}
 
     @property
     def init(self) -> dict[str, list[int]]:
@@ -141,19 +153,11 @@ class PIMTile(wiring.Component):
             cells, programmed contents survive a reset."""
             if fixed:
                 return [Const(v, widths[name]) for v in init[name]]
-            # (crossbar cells spread, a field per column wide enough for its sums:
-            # `crossbar.spread_word`)
-            spread = name == "xbar"
-            mem = Memory(shape=unsigned(crossbar.spread_width(cfg) if spread else widths[name]),
-                         depth=cfg.depths[name],
-                         init=[crossbar.spread_word(cfg, w) for w in init[name]] if spread
-                         else init[name])
+            mem = Memory(shape=unsigned(widths[name]), depth=cfg.depths[name], init=init[name])
             m.submodules[f"{name}_table"] = mem
             wp = mem.write_port()
-            word = prog_data[:widths[name]]
             m.d.comb += [wp.en.eq(prog_we[name] & (prog_addr < cfg.depths[name])),
-                         wp.addr.eq(prog_addr),
-                         wp.data.eq(crossbar.spread_value(cfg, word) if spread else word)]
+                         wp.addr.eq(prog_addr), wp.data.eq(prog_data[:widths[name]])]
             words = []
             for n in range(cfg.depths[name]):
                 rp = mem.read_port(domain="comb")
@@ -174,7 +178,8 @@ class PIMTile(wiring.Component):
         sequencer.step_sequencer(m, cfg, s)
         sequencer.slot_boundary(m, cfg, s, g, ld)
         x_rows = sequencer.ifat_rows(m, cfg, ifat, g.x_window, s.x_step, init, fixed)
-        xb = crossbar.crossbar(m, cfg, x_rows, s, cells, init, fixed)
+        xb = crossbar.crossbar(m, cfg, x_rows, s, cells, init, fixed,
+                               {} if self._verilog_xbar else None)
         r = ofat.route(m, cfg, xb.p, ofat_port, s.stall)
         tables, table_ports = ostage.output_tables(m, cfg, init, fixed)
         q = ofat.accumulate(m, cfg, r, ofat_port, init, fixed, tables, table_ports, s.stall)

@@ -174,9 +174,7 @@ def test_crossbar_column_values_follow_the_spec(rng, case):
                         s_x=Signal(), x_done=Signal(), n_pass=cfg.passes, x_step_end=Signal(),
                         ifrt_last=Signal(), ifrt_mask=Signal(cfg.g_out),
                         ifrt_gi=Signal(ubits(cfg.g_in)))
-    cells = ([Const(w, cfg.widths["xbar"]) for w in img.words["xbar"]] if fixed else
-             [Const(crossbar.spread_word(cfg, w), crossbar.spread_width(cfg))
-              for w in img.words["xbar"]])
+    cells = [Const(w, cfg.widths["xbar"]) for w in img.words["xbar"]]
     xb = crossbar.crossbar(m, cfg, x_rows, s, cells, img.words, fixed)
     slices = reference.crossbar_slices(layer, cfg.cell_bits)
 

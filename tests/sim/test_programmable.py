@@ -16,7 +16,7 @@ from epim.hw.generate import emit_network_verilog, image_loader, network_from_im
 from epim.hw.network import load_network
 from epim.sim import cosim
 from epim.sw import examples, images, netfile, reference
-from tests.helpers import tile_params, with_repeated_layer
+from tests.helpers import with_repeated_layer
 
 
 def twin_net() -> netfile.Network:
@@ -45,7 +45,9 @@ def test_equal_shapes_share_one_module_that_loads_its_images(tmp_path):
     for name in tiles:
         assert f'.EPIM_IMAGES("tiles/{name}")' in text
     assert text.count("$value$plusargs(\"epim_images=%s\"") == len(tiles) - 1
-    assert text.count('"/xbar.hex"}, epim_xbar_image)') == len(tiles) - 1
+    assert text.count('"/xbar.hex"}, xbar_table)') == len(tiles) - 1
+    # each shape's crossbar: one behavioural module
+    assert 0 < text.count("\nmodule epim_xbar_") <= len(tiles) - 1
     # the network's programming port: tile, memory, address, data
     fields = dict(acc.signature.members["prog"].signature.members["payload"].shape.members)
     assert list(fields) == ["tile", "mem", "addr", "data"]
@@ -56,15 +58,14 @@ def test_equal_shapes_share_one_module_that_loads_its_images(tmp_path):
 
 
 def test_image_loader_loads_only_the_memories_the_module_has():
-    cfg = tile_params()
     text = ("module m(clk);\n  reg [3:0] xbar_table [1:0];\n  reg [7:0] ofat_table [0:0];\n"
             "endmodule\n")
-    out = image_loader(text, cfg)
+    out = image_loader(text)
     assert out.index("parameter EPIM_IMAGES") < out.index("endmodule")
-    assert '"/xbar.hex"}, epim_xbar_image)' in out and '"/ofat.hex"}, ofat_table)' in out
+    assert '"/xbar.hex"}, xbar_table)' in out and '"/ofat.hex"}, ofat_table)' in out
     assert "ifrt_table" not in out
     with pytest.raises(ValueError, match="no module"):
-        image_loader("wire x;", cfg)
+        image_loader("wire x;")
 
 
 @pytest.mark.verilator
