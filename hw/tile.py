@@ -116,8 +116,11 @@ class PIMTile(wiring.Component):
     @property
     def verilog_modules(self) -> dict[str, str]:
         """Verilog modules the tile instantiates, by name (`verilog_xbar=True`: its crossbar,
-        `epim.hw.crossbar.xbar_module`); the Verilog generator emits them beside it."""
-        return dict([crossbar.xbar_module(self._cfg)]) if self._verilog_xbar else {}
+        `epim.hw.crossbar.xbar_module`, and OFAT routing, `epim.hw.ofat.ofat_module`); the
+        Verilog generator emits them beside it."""
+        if not self._verilog_xbar:
+            return {}
+        return dict([crossbar.xbar_module(self._cfg), ofat.ofat_module(self._cfg)])
 
     @property
     def init(self) -> dict[str, list[int]]:
@@ -182,7 +185,8 @@ class PIMTile(wiring.Component):
                                {} if self._verilog_xbar else None)
         r = ofat.route(m, cfg, xb.p, ofat_port, s.stall)
         tables, table_ports = ostage.output_tables(m, cfg, init, fixed)
-        q = ofat.accumulate(m, cfg, r, ofat_port, init, fixed, tables, table_ports, s.stall)
+        q = ofat.accumulate(m, cfg, r, ofat_port, init, fixed, tables, table_ports, s.stall,
+                            {} if self._verilog_xbar else None)
 
         # Output register: the output stage's values wait here for the stream's consumer;
         # the whole pipeline stalls while a finished pixel cannot move in.
