@@ -290,11 +290,12 @@ def xbar_module(cfg: TileParams) -> tuple[str, str]:
     the current pass, every active row chunk's column sums over its rows (DAC slice times
     cell, per polarity and cell slice), its ADCs saturating, positive minus negative, shifted
     by the slice, summed over the chunks: the spec's crossbar arithmetic, as `adc_column`
-    builds it gate by gate. Written with loops, its text is the same size for any crossbar,
-    and Verilator compiles the loops once: a ResNet-50 tile's crossbar of 1341 rows and 160
-    columns is a few dozen lines, where the gate-level form took Amaranth over 15 minutes to
-    emit. Ports: `d` (every row's DAC slice, row `g` at `[g*dac_bits +: dac_bits]`), `p` (the
-    pass), `cells` (every row's crossbar word, `epim.contract.images.xbar_fields` layout, row
+    builds it gate by gate. Written with loops, which Verilator is told not to unroll
+    (unrolled, a ResNet-20 tile's C++ was 5x larger and took 10x longer to translate), its
+    text is the same size for any crossbar, and Verilator compiles the loops once: a
+    ResNet-50 tile's crossbar of 1341 rows and 160 columns is a few dozen lines, where the
+    gate-level form took Amaranth over 15 minutes to emit. Ports: `d` (every row's DAC
+    slice, row `g` at `[g*dac_bits +: dac_bits]`), `p` (the pass), `cells` (every row's crossbar word, `epim.contract.images.xbar_fields` layout, row
     `g` at `[g*W +: W]`) and `v` (column `e`'s value at `[e*acc_bits +: acc_bits]`, two's
     complement)."""
     n_lanes = len(lane_plan(cfg))
@@ -312,19 +313,20 @@ module {name}(d, p, cells, v);
   input [{c['PB'] - 1}:0] p;
   input [{c['ROWS'] * c['W'] - 1}:0] cells;
   output reg [{c['CE'] * c['ACC'] - 1}:0] v;
-  integer e, j, ch, q, pol, g, s, a0, a1;
+  integer e, j, ch, q, pol, g, gend, s, a0, a1;
   reg signed [63:0] acc;
   always @* begin
     v = 0;
-    for (e = 0; e < {c['CE']}; e = e + 1) begin
+    /*verilator unroll_disable*/ for (e = 0; e < {c['CE']}; e = e + 1) begin
       acc = 0;
-      for (j = 0; j < {c['LANES']}; j = j + 1) begin
+      /*verilator unroll_disable*/ for (j = 0; j < {c['LANES']}; j = j + 1) begin
         ch = p * {c['LANES']} + j;
+        gend = (ch + 1) * {c['XR']} < {c['ROWS']} ? (ch + 1) * {c['XR']} : {c['ROWS']};
         if (ch < {c['CHUNKS']}) begin
-          for (q = 0; q < {c['NS']}; q = q + 1) begin
-            for (pol = 0; pol < 2; pol = pol + 1) begin
+          /*verilator unroll_disable*/ for (q = 0; q < {c['NS']}; q = q + 1) begin
+            /*verilator unroll_disable*/ for (pol = 0; pol < 2; pol = pol + 1) begin
               s = 0;
-              for (g = ch * {c['XR']}; g < (ch + 1) * {c['XR']} && g < {c['ROWS']}; g = g + 1)
+              /*verilator unroll_disable*/ for (g = ch * {c['XR']}; g < gend; g = g + 1)
                 s = s + d[g * {c['DAC']} +: {c['DAC']}]
                       * cells[g * {c['W']} + ((pol * {c['CE']} + e) * {c['NS']} + q) * {c['CB']}
                               +: {c['CB']}];

@@ -69,7 +69,7 @@ module {name}(v, ofat, o);
   integer k, col;
   always @* begin
     o = 0;
-    for (k = 0; k < {c['COUT']}; k = k + 1) begin
+    /*verilator unroll_disable*/ for (k = 0; k < {c['COUT']}; k = k + 1) begin
       col = ofat[(k / {c['PO']}) * {c['CW']} +: {c['CW']}] + k % {c['PO']};
       if (col >= {c['CE']}) col = col - {c['CE']};
       if (col < {c['CE']}) o[k * {c['ACC']} +: {c['ACC']}] = v[col * {c['ACC']} +: {c['ACC']}];
