@@ -295,9 +295,9 @@ def xbar_module(cfg: TileParams) -> tuple[str, str]:
     text is the same size for any crossbar, and Verilator compiles the loops once: a
     ResNet-50 tile's crossbar of 1341 rows and 160 columns is a few dozen lines, where the
     gate-level form took Amaranth over 15 minutes to emit. Ports: `d` (every row's DAC
-    slice, row `g` at `[g*dac_bits +: dac_bits]`), `p` (the pass), `cells` (every row's crossbar word, `epim.contract.images.xbar_fields` layout, row
-    `g` at `[g*W +: W]`) and `v` (column `e`'s value at `[e*acc_bits +: acc_bits]`, two's
-    complement)."""
+    slice, row `g` at `[g*dac_bits +: dac_bits]`), `p` (the pass), `cells` (every row's
+    crossbar word, `epim.contract.images.xbar_fields` layout, row `g` at `[g*W +: W]`) and
+    `v` (column `e`'s value at `[e*acc_bits +: acc_bits]`, two's complement)."""
     n_lanes = len(lane_plan(cfg))
     consts = dict(ROWS=cfg.rows, DAC=cfg.dac_bits, W=cfg.widths["xbar"], CE=cfg.ce_out,
                   NS=cfg.n_slices, CB=cfg.cell_bits, XR=cfg.xbar_rows, CHUNKS=cfg.chunks,
