@@ -8,14 +8,13 @@ builds the step's column values. `lanes` adder trees and ADC sets compute the ro
 
 from __future__ import annotations
 
-import hashlib
-import json
 from types import SimpleNamespace
 
-from amaranth.hdl import Array, Cat, Const, Instance, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 
 from ..contract.images import ubits, xbar_field
 from ..contract.params import TileParams
+from . import behavioural
 from .arith import bit_sum, tree_sum
 
 
@@ -285,84 +284,6 @@ def adc_column(m: Module, cfg: TileParams, e_out: int, lane_rows: list, lane_sli
     return v
 
 
-def xbar_module(cfg: TileParams) -> tuple[str, str]:
-    """`(name, Verilog text)` of a programmable tile's crossbar as a behavioural module: for
-    the current pass, every active row chunk's column sums over its rows (DAC slice times
-    cell, per polarity and cell slice), its ADCs saturating, positive minus negative, shifted
-    by the slice, summed over the chunks: the spec's crossbar arithmetic, as `adc_column`
-    builds it gate by gate. Written with loops, which Verilator is told not to unroll
-    (unrolled, a ResNet-20 tile's C++ was 5x larger and took 10x longer to translate), its
-    text is the same size for any crossbar, and Verilator compiles the loops once: a
-    ResNet-50 tile's crossbar of 1341 rows and 160 columns is a few dozen lines, where the
-    gate-level form took Amaranth over 15 minutes to emit. Ports: `d` (every row's DAC
-    slice, row `g` at `[g*dac_bits +: dac_bits]`), `p` (the pass), `cells` (every row's
-    crossbar word, `epim.contract.images.xbar_fields` layout, row `g` at `[g*W +: W]`) and
-    `v` (column `e`'s value at `[e*acc_bits +: acc_bits]`, two's complement)."""
-    n_lanes = len(lane_plan(cfg))
-    consts = dict(ROWS=cfg.rows, DAC=cfg.dac_bits, W=cfg.widths["xbar"], CE=cfg.ce_out,
-                  NS=cfg.n_slices, CB=cfg.cell_bits, XR=cfg.xbar_rows, CHUNKS=cfg.chunks,
-                  LANES=n_lanes, ADC_MAX=2**cfg.adc_bits - 1, ACC=cfg.acc_bits,
-                  PB=max(1, (cfg.passes - 1).bit_length()))
-    digest = hashlib.sha256(json.dumps(consts, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"epim_xbar_{digest}"
-    c = consts
-    text = f"""
-// EPIM crossbar emulation (epim.hw.crossbar.xbar_module): {json.dumps(consts)}
-module {name}(d, p, cells, v);
-  input [{c['ROWS'] * c['DAC'] - 1}:0] d;
-  input [{c['PB'] - 1}:0] p;
-  input [{c['ROWS'] * c['W'] - 1}:0] cells;
-  output reg [{c['CE'] * c['ACC'] - 1}:0] v;
-  integer e, j, ch, q, pol, g, gend, s, a0, a1;
-  reg signed [63:0] acc;
-  always @* begin
-    v = 0;
-    /*verilator unroll_disable*/ for (e = 0; e < {c['CE']}; e = e + 1) begin
-      acc = 0;
-      /*verilator unroll_disable*/ for (j = 0; j < {c['LANES']}; j = j + 1) begin
-        ch = p * {c['LANES']} + j;
-        gend = (ch + 1) * {c['XR']} < {c['ROWS']} ? (ch + 1) * {c['XR']} : {c['ROWS']};
-        if (ch < {c['CHUNKS']}) begin
-          /*verilator unroll_disable*/ for (q = 0; q < {c['NS']}; q = q + 1) begin
-            /*verilator unroll_disable*/ for (pol = 0; pol < 2; pol = pol + 1) begin
-              s = 0;
-              /*verilator unroll_disable*/ for (g = ch * {c['XR']}; g < gend; g = g + 1)
-                s = s + d[g * {c['DAC']} +: {c['DAC']}]
-                      * cells[g * {c['W']} + ((pol * {c['CE']} + e) * {c['NS']} + q) * {c['CB']}
-                              +: {c['CB']}];
-              if (s > {c['ADC_MAX']}) s = {c['ADC_MAX']};
-              if (pol == 0) a0 = s; else a1 = s;
-            end
-            acc = acc + ((a0 - a1) <<< (q * {c['CB']}));
-          end
-        end
-      end
-      v[e * {c['ACC']} +: {c['ACC']}] = acc[{c['ACC'] - 1}:0];
-    end
-  end
-endmodule
-"""
-    return name, text
-
-
-def verilog_columns(m: Module, cfg: TileParams, d: SimpleNamespace, cells: list,
-                    modules: dict) -> list:
-    """Every column's value of this DAC slice and pass from the behavioural crossbar module
-    (`xbar_module`, added to `modules` for the Verilog generator to emit beside the tile)."""
-    name, text = xbar_module(cfg)
-    modules[name] = text
-    v = Signal(cfg.ce_out * cfg.acc_bits, name="x_v_all")
-    m.submodules.xbar = Instance(name, i_d=Cat(*d.d_slices),
-                                 i_p=d.d_p if cfg.passes > 1 else Const(0, 1),
-                                 i_cells=Cat(*cells), o_v=v)
-    out = []
-    for e in range(cfg.ce_out):
-        x = Signal(signed(cfg.acc_bits), name=f"x_v_{e}")
-        m.d.comb += x.eq(v[e * cfg.acc_bits:(e + 1) * cfg.acc_bits])
-        out.append(x)
-    return out
-
-
 def shift_add(m: Module, cfg: TileParams, x_v: list, linear: bool, d: SimpleNamespace,
               h: SimpleNamespace, stall) -> SimpleNamespace:
     """The pipeline register after the column sums (`p_`) and the Horner step: the slice's
@@ -399,15 +320,14 @@ def crossbar(m: Module, cfg: TileParams, x_rows: list, s: SimpleNamespace, cells
     """The crossbar stage of a tile from its row inputs `x_rows`: returns the `d_`
     register's controls (`d`) and the step's column values with the `p_` controls (`p`).
     `cells` are the crossbar words (constants in a fixed tile). With `modules` (a dict), a
-    programmable tile's column sums come from the behavioural module `xbar_module`, whose
-    text is added to it (the Verilog generator's path); without, they are built gate by gate
-    (`adc_column`, which Amaranth's simulator runs)."""
+    programmable tile's column sums are a behavioural module (`behavioural`); without,
+    gates (`adc_column`, which Amaranth's simulator runs)."""
     d = dac_stage(m, cfg, x_rows, s)
     lane_rows = lane_plan(cfg)
     linear = is_linear(cfg, lane_rows, fixed)
     h = horner_base(m, cfg)
     if not fixed and modules is not None:
-        x_v = verilog_columns(m, cfg, d, cells, modules)
+        x_v = behavioural.verilog_columns(m, cfg, d, cells, modules)
     else:
         lane_slices = [] if linear else lane_inputs(m, cfg, lane_rows, d)
         bits = SlotBits(m, d, s)

@@ -7,14 +7,13 @@ the sums to the output stage (`q_acc`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Const, Instance, Module, Mux, Signal, signed
 
 from ..contract.images import ofat_fields, ubits, unpack
 from ..contract.params import TileParams
+from . import behavioural
 
 
 def route(m: Module, cfg: TileParams, p: SimpleNamespace, ofat, stall) -> SimpleNamespace:
@@ -47,52 +46,19 @@ def columns_of(cfg: TileParams, ofat_words: list, go: int, j: int) -> list:
     return [c if c < cfg.ce_out else 0 for c in cols]
 
 
-def ofat_module(cfg: TileParams) -> tuple[str, str]:
-    """`(name, Verilog text)` of a programmable tile's OFAT routing as a behavioural module:
-    output channel `o` (group `go`, place `j`) takes column `(base_go + j) mod Ce_out` of the
-    step's values, `base_go` from the OFAT word. Loops instead of a `Ce_out`-way multiplexer
-    per channel, so the text does not grow with `Cout x Ce_out`. Ports: `v` (column `e` at
-    `[e*acc_bits +: acc_bits]`), `ofat` (the OFAT word) and `o` (channel `o`'s column value at
-    `[o*acc_bits +: acc_bits]`)."""
-    cw = ubits(cfg.ce_out)
-    consts = dict(CE=cfg.ce_out, ACC=cfg.acc_bits, COUT=cfg.cout, PO=cfg.patch_out, CW=cw,
-                  OW=cfg.widths["ofat"])
-    digest = hashlib.sha256(json.dumps(consts, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"epim_ofat_{digest}"
-    c = consts
-    text = f"""
-// EPIM OFAT routing (epim.hw.ofat.ofat_module): {json.dumps(consts)}
-module {name}(v, ofat, o);
-  input [{c['CE'] * c['ACC'] - 1}:0] v;
-  input [{c['OW'] - 1}:0] ofat;
-  output reg [{c['COUT'] * c['ACC'] - 1}:0] o;
-  integer k, col;
-  always @* begin
-    o = 0;
-    /*verilator unroll_disable*/ for (k = 0; k < {c['COUT']}; k = k + 1) begin
-      col = ofat[(k / {c['PO']}) * {c['CW']} +: {c['CW']}] + k % {c['PO']};
-      if (col >= {c['CE']}) col = col - {c['CE']};
-      if (col < {c['CE']}) o[k * {c['ACC']} +: {c['ACC']}] = v[col * {c['ACC']} +: {c['ACC']}];
-    end
-  end
-endmodule
-"""
-    return name, text
-
-
 def accumulate(m: Module, cfg: TileParams, r: SimpleNamespace, ofat, init: dict, fixed: bool,
                tables: dict, table_ports: dict, stall,
                modules: dict | None = None) -> SimpleNamespace:
     """Every output channel's accumulator over the pixel's steps: returns `q_acc` (the sums
     of the finished pixel) and `table_y` (for channels read from a table, its read data).
     With `modules` (a dict), a programmable tile's routing is the behavioural module
-    `ofat_module`, whose text is added to it."""
+    `epim.hw.behavioural.ofat_module`, whose text is added to it."""
     acc_shape = signed(cfg.acc_bits)
     r_valid, r_last, r_mask, r_gi, r_v = r.r_valid, r.r_last, r.r_mask, r.r_gi, r.r_v
     cw = ubits(cfg.ce_out)
     routed = None
     if not fixed and modules is not None:
-        name, text = ofat_module(cfg)
+        name, text = behavioural.ofat_module(cfg)
         modules[name] = text
         routed = Signal(cfg.cout * cfg.acc_bits, name="r_routed")
         m.submodules.ofat_route = Instance(name, i_v=Cat(*r_v), i_ofat=ofat.data, o_o=routed)

@@ -29,7 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..contract.images import ProgTarget, prog_fields, ubits
 from ..contract.params import TileParams
-from . import crossbar, gather, ofat, ostage, sequencer
+from . import behavioural, crossbar, gather, ofat, ostage, sequencer
 from .gather import base_bits
 from .sequencer import walk_values
 
@@ -116,11 +116,12 @@ class PIMTile(wiring.Component):
     @property
     def verilog_modules(self) -> dict[str, str]:
         """Verilog modules the tile instantiates, by name (`verilog_xbar=True`: its crossbar,
-        `epim.hw.crossbar.xbar_module`, and OFAT routing, `epim.hw.ofat.ofat_module`); the
+        `epim.hw.behavioural`: crossbar and OFAT routing); the
         Verilog generator emits them beside it."""
         if not self._verilog_xbar:
             return {}
-        return dict([crossbar.xbar_module(self._cfg), ofat.ofat_module(self._cfg)])
+        cfg = self._cfg
+        return dict([behavioural.xbar_module(cfg), behavioural.ofat_module(cfg)])
 
     @property
     def init(self) -> dict[str, list[int]]:
