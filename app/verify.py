@@ -125,7 +125,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
                         max_cycles=2 * pred.run.cycles + 10 * len(prog) + 10_000,
                         top="epim_net", log=log, beats_per_image=per, waves=waves,
-                        prog_port=not fixed,
+                        prog_port=not fixed and any("folder" in u
+                                                    for u in gen.manifest["units"]),
                         plusargs=[] if fixed or program else [
                             f"+{IMAGE_PLUSARG}={gen.folder}"])[0]
     y = unpack_beats(result["outputs"], net.output_layer)

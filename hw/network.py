@@ -154,7 +154,9 @@ class NetworkAccelerator(wiring.Component):
         ports = {"i": In(stream.Signature(inp["channels"] * inp["bits"])),
                  "o": Out(stream.Signature(out["channels"] * out["bits"])),
                  "idle": Out(1)}
-        if not fixed:
+        # (a network of pools alone has nothing to program, and no port)
+        self._programmable = not fixed and bool(loaded["tiles"])
+        if self._programmable:
             self._prog_fields = network_prog_fields([img.params
                                                      for img in loaded["tiles"].values()])
             ports["prog"] = In(stream.Signature(data.StructLayout(dict(self._prog_fields))))
@@ -163,6 +165,11 @@ class NetworkAccelerator(wiring.Component):
     @property
     def fixed(self) -> bool:
         return self._fixed
+
+    @property
+    def programmable(self) -> bool:
+        """The accelerator has a programming port (programmable tiles, at least one)."""
+        return self._programmable
 
     @property
     def tiles(self) -> dict:
@@ -272,7 +279,7 @@ class NetworkAccelerator(wiring.Component):
                 wiring.connect(m, src, port)
             idles.append(unit.idle)
             outs[node.name] = out
-        if not self._fixed:
+        if self._programmable:
             self._program(m, progs)
         m.d.comb += self.idle.eq(Cat(*idles).all())
         return m

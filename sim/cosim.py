@@ -82,6 +82,8 @@ def network_program_beats(loaded: dict) -> list[int]:
     from ..contract.params import TileUnit
 
     names = [u.name for u in loaded["units"] if isinstance(u, TileUnit)]
+    if not names:  # (a network of pools alone: nothing to program)
+        return []
     layout = network_prog_fields([loaded["tiles"][n].params for n in names])
     return [pack(layout, {"tile": k, "mem": target, "addr": addr, "data": word})
             for k, name in enumerate(names) for target in ProgTarget
