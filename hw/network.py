@@ -209,7 +209,7 @@ class NetworkAccelerator(wiring.Component):
         tile or address is beyond what exists is taken and dropped (an address is never cut
         down to a tile's narrower field, which would write another word)."""
         p = self.prog.payload
-        taken = []
+        taken, sels = [], []
         for name, port in progs.items():
             addr, data_ = port.payload.addr, port.payload.data
             sel = Signal(name=f"prog_sel_{name}")
@@ -219,9 +219,8 @@ class NetworkAccelerator(wiring.Component):
                          port.payload.addr.eq(p.addr[:len(addr)]),
                          port.payload.data.eq(p.data[:len(data_)])]
             taken.append(sel & port.ready)
-        dropped = ~Cat(*[(p.tile == self._tile_index[n]) & ((p.addr >> len(port.payload.addr))
-                                                             == 0)
-                         for n, port in progs.items()]).any()
+            sels.append(sel)
+        dropped = ~Cat(*sels).any()
         m.d.comb += self.prog.ready.eq(Cat(*taken).any() | dropped)
 
     def elaborate(self, platform):
