@@ -50,31 +50,52 @@ module {name}(d, p, cells, v);
   input [{c['PB'] - 1}:0] p;
   input [{c['ROWS'] * c['W'] - 1}:0] cells;
   output reg [{c['CE'] * c['ACC'] - 1}:0] v;
-  integer e, j, ch, q, pol, g, gend, s, a0, a1;
-  reg signed [63:0] acc;
+  // Local copies of the ports: read in place, Verilator rebuilt the port's concatenation of
+  // every crossbar word inside the innermost loop.
+  reg [{c['ROWS'] * c['DAC'] - 1}:0] dl;
+  reg [{c['ROWS'] * c['W'] - 1}:0] cl;
+  reg [{c['W'] - 1}:0] rw;
+  integer e, j, ch, q, k, g, gend, dv, a0, a1;
+  integer s [0:{2 * c['CE'] * c['NS'] - 1}];
+  reg signed [63:0] acc [0:{c['CE'] - 1}];
   always @* begin
-    v = 0;
+    dl = d;
+    cl = cells;
     /*verilator unroll_disable*/ for (e = 0; e < {c['CE']}; e = e + 1) begin
-      acc = 0;
-      /*verilator unroll_disable*/ for (j = 0; j < {c['LANES']}; j = j + 1) begin
-        ch = p * {c['LANES']} + j;
-        gend = (ch + 1) * {c['XR']} < {c['ROWS']} ? (ch + 1) * {c['XR']} : {c['ROWS']};
-        if (ch < {c['CHUNKS']}) begin
-          /*verilator unroll_disable*/ for (q = 0; q < {c['NS']}; q = q + 1) begin
-            /*verilator unroll_disable*/ for (pol = 0; pol < 2; pol = pol + 1) begin
-              s = 0;
-              /*verilator unroll_disable*/ for (g = ch * {c['XR']}; g < gend; g = g + 1)
-                s = s + d[g * {c['DAC']} +: {c['DAC']}]
-                      * cells[g * {c['W']} + ((pol * {c['CE']} + e) * {c['NS']} + q) * {c['CB']}
-                              +: {c['CB']}];
-              if (s > {c['ADC_MAX']}) s = {c['ADC_MAX']};
-              if (pol == 0) a0 = s; else a1 = s;
+      acc[e] = 0;
+    end
+    /*verilator unroll_disable*/ for (j = 0; j < {c['LANES']}; j = j + 1) begin
+      ch = p * {c['LANES']} + j;
+      gend = (ch + 1) * {c['XR']} < {c['ROWS']} ? (ch + 1) * {c['XR']} : {c['ROWS']};
+      if (ch < {c['CHUNKS']}) begin
+        /*verilator unroll_disable*/ for (k = 0; k < {2 * c['CE'] * c['NS']}; k = k + 1) begin
+          s[k] = 0;
+        end
+        // rows outer: a row whose DAC slice is 0 adds nothing to any column
+        /*verilator unroll_disable*/ for (g = ch * {c['XR']}; g < gend; g = g + 1) begin
+          dv = {{{32 - c['DAC']}'b0, dl[g * {c['DAC']} +: {c['DAC']}]}};
+          if (dv != 0) begin
+            rw = cl[g * {c['W']} +: {c['W']}];
+            // cell field k = (polarity * Ce_out + column) * slices + slice
+            /*verilator unroll_disable*/ for (k = 0; k < {2 * c['CE'] * c['NS']}; k = k + 1) begin
+              s[k] = s[k] + dv * {{{32 - c['CB']}'b0, rw[k * {c['CB']} +: {c['CB']}]}};
             end
-            acc = acc + ((a0 - a1) <<< (q * {c['CB']}));
+          end
+        end
+        /*verilator unroll_disable*/ for (e = 0; e < {c['CE']}; e = e + 1) begin
+          /*verilator unroll_disable*/ for (q = 0; q < {c['NS']}; q = q + 1) begin
+            a0 = s[e * {c['NS']} + q];
+            a1 = s[({c['CE']} + e) * {c['NS']} + q];
+            if (a0 > {c['ADC_MAX']}) a0 = {c['ADC_MAX']};
+            if (a1 > {c['ADC_MAX']}) a1 = {c['ADC_MAX']};
+            acc[e] = acc[e] + ((a0 - a1) <<< (q * {c['CB']}));
           end
         end
       end
-      v[e * {c['ACC']} +: {c['ACC']}] = acc[{c['ACC'] - 1}:0];
+    end
+    v = 0;
+    /*verilator unroll_disable*/ for (e = 0; e < {c['CE']}; e = e + 1) begin
+      v[e * {c['ACC']} +: {c['ACC']}] = acc[e][{c['ACC'] - 1}:0];
     end
   end
 endmodule
@@ -101,13 +122,17 @@ module {name}(v, ofat, o);
   input [{c['CE'] * c['ACC'] - 1}:0] v;
   input [{c['OW'] - 1}:0] ofat;
   output reg [{c['COUT'] * c['ACC'] - 1}:0] o;
+  reg [{c['CE'] * c['ACC'] - 1}:0] vl;  // local copies (see the crossbar module)
+  reg [{c['OW'] - 1}:0] ol;
   integer k, col;
   always @* begin
+    vl = v;
+    ol = ofat;
     o = 0;
     /*verilator unroll_disable*/ for (k = 0; k < {c['COUT']}; k = k + 1) begin
-      col = ofat[(k / {c['PO']}) * {c['CW']} +: {c['CW']}] + k % {c['PO']};
+      col = ol[(k / {c['PO']}) * {c['CW']} +: {c['CW']}] + k % {c['PO']};
       if (col >= {c['CE']}) col = col - {c['CE']};
-      if (col < {c['CE']}) o[k * {c['ACC']} +: {c['ACC']}] = v[col * {c['ACC']} +: {c['ACC']}];
+      if (col < {c['CE']}) o[k * {c['ACC']} +: {c['ACC']}] = vl[col * {c['ACC']} +: {c['ACC']}];
     end
   end
 endmodule
