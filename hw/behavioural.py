@@ -51,7 +51,8 @@ module {name}(d, p, cells, v);
   input [{c['ROWS'] * c['W'] - 1}:0] cells;
   output reg [{c['CE'] * c['ACC'] - 1}:0] v;
   // Local copies of the ports: read in place, Verilator rebuilt the port's concatenation of
-  // every crossbar word inside the innermost loop.
+  // every crossbar word inside the innermost loop. Every loop body is a begin-end block: a
+  // bare loop whose body starts with a `verilator unroll_disable` comment was left empty.
   reg [{c['ROWS'] * c['DAC'] - 1}:0] dl;
   reg [{c['ROWS'] * c['W'] - 1}:0] cl;
   reg [{c['W'] - 1}:0] rw;
