@@ -31,11 +31,12 @@ def resolve(ref: str) -> str:
     out = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT,
                          capture_output=True, text=True)
     if out.returncode:
-        sys.exit(f"ci_timing: {ref!r} is not a commit of {ROOT}")
+        print(f"ci_timing: {ref!r} is not a commit of {ROOT}", file=sys.stderr)
+        sys.exit(2)
     return out.stdout.strip()
 
 
-def run_pair(session: str, sha: str, work: Path, extra: list[str]) -> dict:
+def run_pair(session: str, sha: str, work: Path) -> dict:
     """Clone at `sha`, install nox into a fresh venv, run `nox -s session`; wall time and rc."""
     clone = work / f"{session}-{sha[:10]}"
     if clone.exists():
@@ -52,7 +53,7 @@ def run_pair(session: str, sha: str, work: Path, extra: list[str]) -> dict:
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     log = work / f"{session}-{sha[:10]}.log"
     with open(log, "w") as fh:
-        rc = subprocess.run([str(venv / "bin" / "nox"), "-s", session, *extra], cwd=clone,
+        rc = subprocess.run([str(venv / "bin" / "nox"), "-s", session], cwd=clone,
                             env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
     seconds = time.time() - t0
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", nargs="+", default=["flow", "tests"],
                     choices=["flow", "tests"])
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "ci-timing",
-                    help="where the clones and logs go (removed clones are rebuilt each run)")
+                    help="where the clones and logs go (each clone is removed after its run)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the clones (several GB each)")
     args = ap.parse_args(argv)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, session in enumerate(args.sessions):
         order = [("before", before), ("after", after)]
         for label, sha in (order if i % 2 == 0 else order[::-1]):
-            row = run_pair(session, sha, args.work, [])
+            row = run_pair(session, sha, args.work)
             row["which"] = label
             rows.append(row)
             print(f"nox -s {session} at {label} {sha[:10]}: {row['seconds']:.0f} s, "
