@@ -21,20 +21,25 @@ from .arith import bit_sum, tree_sum
 def dac_stage(m: Module, cfg: TileParams, x_rows: list, s: SimpleNamespace) -> SimpleNamespace:
     """Every row's DAC input slice this cycle (`x_slices`) and the DAC register (`d_`):
     the slices, the pass and the step's controls, one cycle after the sequencer picked them.
+    `x_rows` is every row's input value, or (a `Value`) every row's slice already, which
+    is registered as one signal (`d_all`).
     The slice and pass selection (a few wires that fan out to every column) and the adder
     trees are then separate pipeline stages."""
     stall, x_t, x_p, s_x, x_done, n_pass = s.stall, s.x_t, s.x_p, s.s_x, s.x_done, s.n_pass
     x_step_end, ifrt_last, ifrt_mask, ifrt_gi = (s.x_step_end, s.ifrt_last, s.ifrt_mask,
                                                  s.ifrt_gi)
     dac = cfg.dac_bits
-    x_slices = []  # the DAC input slice of every row this cycle
-    for rho, row in enumerate(x_rows):
-        sl = Signal(dac, name=f"x_dac_{rho}")
+    x_slices, d_slices, d_all = [], [], None
+    if isinstance(x_rows, Value):
+        # every row's slice already, as one signal (`behavioural.verilog_rows`): one register
+        d_all = Signal(cfg.rows * dac, name="d_dac_all")
+        with m.If(~stall):
+            m.d.sync += d_all.eq(x_rows)
+    for rho, row in enumerate([] if d_all is not None else x_rows):
+        sl = Signal(dac, name=f"x_dac_{rho}")  # the DAC input slice of every row this cycle
         m.d.comb += sl.eq(Cat(row, Const(0, cfg.n_t * dac - cfg.in_bits))
                           .word_select(x_t, dac))
         x_slices.append(sl)
-
-    d_slices = []
     for rho, sl in enumerate(x_slices):
         r = Signal(dac, name=f"d_dac_{rho}")
         with m.If(~stall):
@@ -55,7 +60,8 @@ def dac_stage(m: Module, cfg: TileParams, x_rows: list, s: SimpleNamespace) -> S
                      d_first_p.eq(first_p),
                      d_step_end.eq(x_step_end), d_last.eq(ifrt_last),
                      d_mask.eq(ifrt_mask), d_gi.eq(ifrt_gi)]
-    return SimpleNamespace(x_slices=x_slices, d_slices=d_slices, d_p=d_p, d_valid=d_valid,
+    return SimpleNamespace(x_slices=x_slices, d_slices=d_slices, d_all=d_all, d_p=d_p,
+                           d_valid=d_valid,
                            d_first_t=d_first_t, d_first_p=d_first_p, d_step_end=d_step_end,
                            d_last=d_last, d_mask=d_mask, d_gi=d_gi)
 

@@ -51,17 +51,26 @@ def accumulate(m: Module, cfg: TileParams, r: SimpleNamespace, ofat, init: dict,
                modules: dict | None = None) -> SimpleNamespace:
     """Every output channel's accumulator over the pixel's steps: returns `q_acc` (the sums
     of the finished pixel) and `table_y` (for channels read from a table, its read data).
-    With `modules` (a dict), a programmable tile's routing is the behavioural module
-    `epim.hw.behavioural.ofat_module`, whose text is added to it."""
+    With `modules` (a dict), a programmable tile's routing and accumulation are the
+    behavioural module `epim.hw.behavioural.ofat_module`, whose text is added to it, and
+    `q_acc` is one signal (channel `o` at `[o*acc_bits +: acc_bits]`)."""
     acc_shape = signed(cfg.acc_bits)
     r_valid, r_last, r_mask, r_gi, r_v = r.r_valid, r.r_last, r.r_mask, r.r_gi, r.r_v
     cw = ubits(cfg.ce_out)
-    routed = None
     if not fixed and modules is not None:
+        # every channel's accumulator in one register, routed and added by the module
         name, text = behavioural.ofat_module(cfg)
         modules[name] = text
-        routed = Signal(cfg.cout * cfg.acc_bits, name="r_routed")
-        m.submodules.ofat_route = Instance(name, i_v=Cat(*r_v), i_ofat=ofat.data, o_o=routed)
+        acc_all = Signal(cfg.cout * cfg.acc_bits, name="r_acc_all")
+        acc_next = Signal(cfg.cout * cfg.acc_bits, name="r_acc_next_all")
+        q_all = Signal(cfg.cout * cfg.acc_bits, name="q_acc_all")
+        m.submodules.ofat_route = Instance(name, i_v=Cat(*r_v), i_ofat=ofat.data,
+                                           i_mask=r_mask, i_acc=acc_all, o_n=acc_next)
+        with m.If(r_valid & ~stall):
+            m.d.sync += acc_all.eq(Mux(r_last, 0, acc_next))
+            with m.If(r_last):
+                m.d.sync += q_all.eq(acc_next)
+        return SimpleNamespace(q_acc=q_all, table_y={})
     table_y = {}
     # a channel read from a table accumulates relative to its table's base (it starts at
     # -base), so the table address is a clamp of the sum, with no subtraction after it
@@ -77,8 +86,6 @@ def accumulate(m: Module, cfg: TileParams, r: SimpleNamespace, ofat, init: dict,
             cols = columns_of(cfg, init["ofat"], go, j)
             value = (r_v[cols[0]] if len(set(cols)) == 1
                      else Array([r_v[c] for c in cols])[r_gi])
-        elif routed is not None:
-            value = routed[o * cfg.acc_bits:(o + 1) * cfg.acc_bits].as_signed()
         else:
             col = Signal(cw + 1, name=f"r_col_{o}")
             base = ofat.data.word_select(go, cw)

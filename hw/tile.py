@@ -115,13 +115,14 @@ class PIMTile(wiring.Component):
 
     @property
     def verilog_modules(self) -> dict[str, str]:
-        """Verilog modules the tile instantiates, by name (`verilog_xbar=True`: its crossbar,
-        `epim.hw.behavioural`: crossbar and OFAT routing); the
+        """Verilog modules the tile instantiates, by name (`verilog_xbar=True`: its row
+        selection, crossbar, OFAT routing and output stage, `epim.hw.behavioural`); the
         Verilog generator emits them beside it."""
         if not self._verilog_xbar:
             return {}
         cfg = self._cfg
-        return dict([behavioural.xbar_module(cfg), behavioural.ofat_module(cfg)])
+        return dict([behavioural.rows_module(cfg), behavioural.xbar_module(cfg),
+                     behavioural.ofat_module(cfg), behavioural.ostage_module(cfg)])
 
     @property
     def init(self) -> dict[str, list[int]]:
@@ -181,13 +182,17 @@ class PIMTile(wiring.Component):
         g = gather.window_gather(m, cfg, ld.ifm, s, self.walk if self._walk_port else None)
         sequencer.step_sequencer(m, cfg, s)
         sequencer.slot_boundary(m, cfg, s, g, ld)
-        x_rows = sequencer.ifat_rows(m, cfg, ifat, g.x_window, s.x_step, init, fixed)
-        xb = crossbar.crossbar(m, cfg, x_rows, s, cells, init, fixed,
-                               {} if self._verilog_xbar else None)
+        # behavioural modules (their text comes from `verilog_modules`), or gates
+        modules = {} if self._verilog_xbar else None
+        if modules is not None:
+            x_rows = behavioural.verilog_rows(m, cfg, ifat, g.x_window, s.x_t, modules)
+        else:
+            x_rows = sequencer.ifat_rows(m, cfg, ifat, g.x_window, s.x_step, init, fixed)
+        xb = crossbar.crossbar(m, cfg, x_rows, s, cells, init, fixed, modules)
         r = ofat.route(m, cfg, xb.p, ofat_port, s.stall)
         tables, table_ports = ostage.output_tables(m, cfg, init, fixed)
         q = ofat.accumulate(m, cfg, r, ofat_port, init, fixed, tables, table_ports, s.stall,
-                            {} if self._verilog_xbar else None)
+                            modules)
 
         # Output register: the output stage's values wait here for the stream's consumer;
         # the whole pipeline stalls while a finished pixel cannot move in.
@@ -197,7 +202,9 @@ class PIMTile(wiring.Component):
         q_move = Signal()
         m.d.comb += [q_move.eq(q_valid & (~o_valid | self.o.ready)),
                      s.stall.eq(q_valid & ~q_move)]
-        ys = ostage.output_values(m, cfg, q.q_acc, words, init, fixed, q.table_y)
+        ys = ([behavioural.verilog_outputs(m, cfg, q.q_acc, words, modules)]
+              if modules is not None else
+              ostage.output_values(m, cfg, q.q_acc, words, init, fixed, q.table_y))
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += o_valid.eq(0)
         with m.If(q_move):
