@@ -97,8 +97,10 @@ class NetworkAccelerator(wiring.Component):
 
     With `shared=True` tiles of equal shape are instances of one module
     (:attr:`shared_modules`), emitted once, so the Verilog grows with the number of distinct
-    layer shapes; each instance names its image folder in the parameter `EPIM_IMAGES`. The
-    copies of a replicated layer share one module too. Otherwise each tile is elaborated in
+    layer shapes, and so does the Verilator build: no instance has a parameter of its own
+    (Verilator compiles a module once per distinct parameter value), and the image loader of
+    the top module reads each instance's folder into it (:attr:`image_loads`). The copies of a
+    replicated layer share one module too. Otherwise each tile is elaborated in
     place (Amaranth's simulator needs that).
 
     Members
@@ -183,6 +185,22 @@ class NetworkAccelerator(wiring.Component):
         each once beside the accelerator (a programmable one with its image loader)."""
         return dict(self._modules)
 
+    @property
+    def image_loads(self) -> list[tuple[str, str, str]]:
+        """`(instance path, image folder, module)` of every instance of a shared programmable
+        module: the path below the accelerator's top (`<layer>_tile`, or
+        `<layer>_tile.copy<r>` for a copy of a replicated layer), the folder relative to the
+        network's (`tiles/<layer>`). The Verilog generator's image loader reads each folder's
+        hex files into that instance's memories (`epim.hw.generate.network_loader`)."""
+        out = []
+        for name, tile in self._tiles.items():
+            if isinstance(tile, tuple):
+                out.append((f"{name}_tile", self._folders[name], tile[0]))
+            elif isinstance(tile, ReplicatedTile):
+                out += [(f"{name}_tile.{inst}", folder, module)
+                        for inst, folder, module in tile.image_loads]
+        return out
+
     def _tile_unit(self, m: Module, name: str):
         """The tile of layer `name` as a submodule: `(unit, input, output, prog)`, `prog`
         being its programming stream (None for a fixed tile)."""
@@ -191,7 +209,7 @@ class NetworkAccelerator(wiring.Component):
             module, cfg = tile
             ports = TilePorts(cfg, name)
             m.submodules[f"{name}_tile"] = Instance(
-                module, p_EPIM_IMAGES=self._folders[name],
+                module,
                 i_clk=ClockSignal(), i_rst=ResetSignal(),
                 i_i__payload=ports.i.payload, i_i__valid=ports.i.valid, o_i__ready=ports.i.ready,
                 o_o__payload=ports.o.payload, o_o__valid=ports.o.valid, i_o__ready=ports.o.ready,

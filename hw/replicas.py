@@ -49,8 +49,9 @@ class ReplicatedTile(wiring.Component):
     fixed : bool
         Fixed tiles (`PIMTile`).
     images : str or None
-        A programmable tile's image folder, relative to the network's (the `EPIM_IMAGES`
-        parameter of every copy that instantiates a shared module).
+        A programmable tile's image folder, relative to the network's, which the network's
+        image loader reads into every copy that instantiates a shared module
+        (:attr:`image_loads`).
     module : str or None
         With a name, the copies are instances of one Verilog module of that name, a tile whose
         pixel walk comes from its `walk` port (:attr:`shared`, which the Verilog generator
@@ -106,6 +107,14 @@ class ReplicatedTile(wiring.Component):
         return list(self._copies)
 
     @property
+    def image_loads(self) -> list[tuple[str, str, str]]:
+        """`(instance, image folder, module)` of each copy that loads images (instances of a
+        shared programmable module): what the network's image loader reads into each."""
+        if not self._module or self._fixed:
+            return []
+        return [(f"copy{r}", self._images or "", self._module) for r in range(self._replicas)]
+
+    @property
     def shared(self) -> tuple[str, PIMTile] | None:
         """`(module name, tile)` of the module every copy instantiates, or None."""
         return (self._module, self._shared) if self._module else None
@@ -115,9 +124,8 @@ class ReplicatedTile(wiring.Component):
         if self._module:
             cfg = self._walks[r]
             walk = walk_layout(cfg).const(walk_values(cfg)).as_value()
-            params = {} if self._fixed else {"p_EPIM_IMAGES": self._images or ""}
             m.submodules[f"copy{r}"] = Instance(
-                self._module, **params, i_clk=ClockSignal(), i_rst=ResetSignal(),
+                self._module, i_clk=ClockSignal(), i_rst=ResetSignal(),
                 i_i__payload=ports.i_payload, i_i__valid=ports.i_valid,
                 o_i__ready=ports.i_ready, o_o__payload=ports.o_payload,
                 o_o__valid=ports.o_valid, i_o__ready=ports.o_ready,

@@ -12,7 +12,7 @@ import pytest
 
 from epim.app import verify
 from epim.app.generate import generate_network
-from epim.hw.generate import emit_network_verilog, image_loader, network_from_images
+from epim.hw.generate import emit_network_verilog, memories_of, network_from_images, network_loader
 from epim.hw.network import load_network
 from epim.sim import cosim
 from epim.sw import examples, images, netfile, reference
@@ -33,8 +33,9 @@ def test_the_twin_has_the_same_tile_shape_and_other_words():
 
 
 def test_equal_shapes_share_one_module_that_loads_its_images(tmp_path):
-    """Tiles of equal shape are instances of one module, each naming its own image folder;
-    every shared module has the image loader for the memories it has."""
+    """Tiles of equal shape are instances of one module with no parameter of its own (which
+    would make Verilator build one copy per value); the top module's image loader reads
+    each instance's folder into its memories."""
     net = twin_net()
     images.write_network(images.compile_network(net), tmp_path / "n")
     acc = network_from_images(tmp_path / "n")
@@ -42,10 +43,11 @@ def test_equal_shapes_share_one_module_that_loads_its_images(tmp_path):
     assert len(acc.shared_modules) == len(tiles) - 1
     text = emit_network_verilog(acc)
     assert text.count("\nmodule epim_tile_") == len(tiles) - 1
+    assert "EPIM_IMAGES" not in text and "parameter" not in text
     for name in tiles:
-        assert f'.EPIM_IMAGES("tiles/{name}")' in text
-    assert text.count("$value$plusargs(\"epim_images=%s\"") == len(tiles) - 1
-    assert text.count('"/xbar.hex"}, xbar_table)') == len(tiles) - 1
+        for mem in ("xbar", "ifrt", "ifat", "ofat", "ostage"):
+            assert f'"/tiles/{name}/{mem}.hex"}}, {name}_tile.{mem}_table);' in text
+    assert text.count("$value$plusargs(\"epim_images=%s\"") == 1
     # each shape's crossbar: one behavioural module
     assert 0 < text.count("\nmodule epim_xbar_") <= len(tiles) - 1
     # the network's programming port: tile, memory, address, data
@@ -57,15 +59,22 @@ def test_equal_shapes_share_one_module_that_loads_its_images(tmp_path):
     assert re.search(r"input .*prog__payload", text) and not re.search(r"input .*prog__", fixed)
 
 
-def test_image_loader_loads_only_the_memories_the_module_has():
-    text = ("module m(clk);\n  reg [3:0] xbar_table [1:0];\n  reg [7:0] ofat_table [0:0];\n"
-            "endmodule\n")
-    out = image_loader(text)
-    assert out.index("parameter EPIM_IMAGES") < out.index("endmodule")
-    assert '"/xbar.hex"}, xbar_table)' in out and '"/ofat.hex"}, ofat_table)' in out
-    assert "ifrt_table" not in out
-    with pytest.raises(ValueError, match="no module"):
-        image_loader("wire x;")
+def test_network_loader_reads_each_instance_at_the_first_clock_edge():
+    text = ("module sub(clk);\nendmodule\nmodule top(clk, rst);\n  input clk;\nendmodule\n")
+    out = network_loader(text, "top", [("a_tile", ["xbar", "ofat"], "tiles/a"),
+                                       ("b_tile.copy1", ["xbar"], "tiles/b")])
+    top = out[out.index("module top("):]
+    assert top.index("always @(posedge clk)") < top.index("endmodule")
+    assert '"/tiles/a/xbar.hex"}, a_tile.xbar_table);' in top
+    assert '"/tiles/a/ofat.hex"}, a_tile.ofat_table);' in top
+    assert '"/tiles/b/xbar.hex"}, b_tile.copy1.xbar_table);' in top
+    assert "b_tile.copy1.ofat_table" not in top
+    assert out[:out.index("module top(")] == "module sub(clk);\nendmodule\n"
+    assert network_loader(text, "top", []) == text
+    with pytest.raises(ValueError, match="no module 'other'"):
+        network_loader(text, "other", [])
+    assert memories_of("  reg [3:0] xbar_table [1:0];\n  reg [7:0] ofat_table [0:0];\n") == [
+        "xbar", "ofat"]
 
 
 @pytest.mark.verilator
