@@ -117,7 +117,11 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
     if max_cycles is None:
         p = generated.image.params
         max_cycles = 100_000 + 200 * total * max(1, p.max_steps * p.n_t * p.passes)
-    job = {"phases": phases, "stalls": stalls, "seed": seed, "max_cycles": max_cycles,
+    # beats travel as hex strings: Python refuses to write an int of over 4300 decimal
+    # digits (a ResNet-50 fc tile's input beat is 2048 channels x 8 bits)
+    job = {"phases": [{**p, "program": [format(w, "x") for w in p["program"]],
+                       "inputs": [format(w, "x") for w in p["inputs"]]} for p in phases],
+           "stalls": stalls, "seed": seed, "max_cycles": max_cycles,
            "prog_port": top == "epim_tile" if prog_port is None else prog_port}
     n_out = sum(p["n_out"] for p in phases)
     with progress_bar(n_out // max(1, beats_per_image), "cosim", "img") as bar:
@@ -127,7 +131,7 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
                           "EPIM_COSIM_JOB", job, show, waves=waves,
                           plusargs=plusargs)["phases"]
     for r in results:
-        r["outputs"] = [int(b) for b in r["outputs"]]
+        r["outputs"] = [int(b, 16) for b in r["outputs"]]
     return results
 
 

@@ -2,7 +2,8 @@
 record every handshake.
 
 Run through :mod:`epim.sim.cosim`, which writes the job file named by `EPIM_COSIM_JOB`:
-`phases` (each optional programming beats, then input beats and the expected output beat count),
+`phases` (each optional programming beats, then input beats and the expected output beat count;
+beats as hex strings, in the result too),
 `stalls` (random input gaps and output back-pressure), `seed`, `max_cycles` and `result_path`.
 The testbench only drives and observes; all checking against the reference happens in the
 bridge. Inputs are driven after the falling edge; handshakes are sampled in the read-only phase
@@ -122,10 +123,10 @@ async def tile_job(dut):
         prog = StreamDriver(dut.prog__valid if prog_port else None,
                             dut.prog__ready if prog_port else None,
                             dut.prog__payload if prog_port else None,
-                            [int(w) for w in phase["program"]], prog_rng, 0.3)
+                            [int(w, 16) for w in phase["program"]], prog_rng, 0.3)
         await run_ports(dut, [prog], None, 0, job["max_cycles"], prog_port)
         drv = StreamDriver(dut.i__valid, dut.i__ready, dut.i__payload,
-                           [int(w) for w in phase["inputs"]], rng, 0.3)
+                           [int(w, 16) for w in phase["inputs"]], rng, 0.3)
         mon = StreamMonitor(dut.o__valid, dut.o__ready, dut.o__payload, rng, 0.4)
         progress = Path(job["progress_path"]) if job.get("progress_path") else None
         await run_ports(dut, [drv], mon, phase["n_out"], job["max_cycles"], prog_port,
@@ -134,6 +135,6 @@ async def tile_job(dut):
             await FallingEdge(dut.clk)
             await ReadOnly()
             assert not int(dut.o__valid.value), "an output beat beyond the expected count"
-        results.append({"outputs": [str(b) for b in mon.beats], "in_cycles": drv.taken,
+        results.append({"outputs": [format(b, "x") for b in mon.beats], "in_cycles": drv.taken,
                         "out_cycles": mon.cycles, "prog_beats": len(prog.taken)})
     Path(job["result_path"]).write_text(json.dumps({"phases": results}))
