@@ -34,6 +34,12 @@ def _named(kind: str, consts: dict) -> str:
     return f"epim_{kind}_{digest}"
 
 
+def _literal(value: int, width: int) -> str:
+    """`value` as a sized signed Verilog literal of `width` bits (an unsized decimal is a
+    32-bit integer: `-2147483648` written unsized came out as +2**31)."""
+    return f"-{width}'sd{-value}" if value < 0 else f"{width}'sd{value}"
+
+
 def rows_module(cfg: TileParams) -> tuple[str, str]:
     """`(name, Verilog text)` of a programmable tile's IFAT row selection and DAC slices as a
     behavioural module: crossbar row `(e_in * k + kh) * k + kw` takes input channel `src` of
@@ -112,8 +118,8 @@ module {name}(q, w, y);
     ql = q;
     wl = w;
     one = 1;
-    lo = {c['LO']};
-    hi = {c['HI']};
+    lo = {_literal(c['LO'], c['PW'])};  // sized: an unsized 2147483648 is not an integer
+    hi = {_literal(c['HI'], c['PW'])};
     y = 0;
     /*verilator unroll_disable*/ for (o = 0; o < {c['COUT']}; o = o + 1) begin
       a = ql[o * {c['ACC']} +: {c['ACC']}];
