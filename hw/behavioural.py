@@ -167,9 +167,7 @@ def xbar_module(cfg: TileParams) -> tuple[str, str]:
                   NS=cfg.n_slices, CB=cfg.cell_bits, XR=cfg.xbar_rows, CHUNKS=cfg.chunks,
                   LANES=n_lanes, ADC_MAX=2**cfg.adc_bits - 1, ACC=cfg.acc_bits,
                   PB=max(1, (cfg.passes - 1).bit_length()))
-    digest = hashlib.sha256(json.dumps(consts, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"epim_xbar_{digest}"
-    c = consts
+    name, c = _named("xbar", consts), consts
     text = f"""
 // EPIM crossbar emulation (epim.hw.crossbar.xbar_module): {json.dumps(consts)}
 module {name}(d, p, cells, v);
