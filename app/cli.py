@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -706,6 +709,32 @@ def cmd_import(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with _terminate_as_exit():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """While a command runs, SIGTERM (`kill`, a batch system's time limit) ends it the way
+    Ctrl-C does: as an exception, so that every `finally` runs (temporary files are removed, a
+    local Dask cluster stops with what its workers started). The previous handler comes back
+    afterwards; nothing changes where this is not the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     from ..contract.images import ImageError
     from ..sim.cosim import UnsupportedNetwork
     from ..sim.verilator import ToolMissing
@@ -713,7 +742,6 @@ def main(argv: list[str] | None = None) -> int:
     from ..sw.netfile import NetFileError
     from ..sw.reference import InputError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (NetFileError, InputError, ImageError, UnsupportedNetwork, ToolMissing, OSError,

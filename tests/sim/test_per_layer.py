@@ -49,3 +49,91 @@ def test_per_layer_cosim_checks_every_tile_and_shares_builds(tmp_path, jobs):
     from epim.sw import reference
 
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), reference.run_network(net, x))
+
+
+def test_an_interrupted_fan_out_stops_what_its_workers_started():
+    """`_fan_out`, on an error or Ctrl-C, stops the processes below it (a worker's `make`, the
+    C++ compiler, a simulator), which would otherwise outlive the closed cluster."""
+    import subprocess
+    import time
+
+    import psutil
+
+    from epim.app import verify
+
+    shell = subprocess.Popen(["bash", "-c", "sleep 60 & sleep 60; wait"])
+    try:
+        time.sleep(0.5)
+        tree = [psutil.Process(shell.pid), *psutil.Process(shell.pid).children(recursive=True)]
+        assert len(tree) == 3  # the shell and its two sleeps
+        assert {p.pid for p in tree} <= {p.pid for p in verify._descendants()}
+        verify.stop_processes(tree)
+        shell.wait(timeout=5)  # ended (raises TimeoutExpired if not)
+        for p in tree[1:]:
+            assert not _alive(p)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+
+
+def _name(proc) -> str:
+    import psutil
+
+    try:
+        return proc.name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def _alive(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.verilator
+@pytest.mark.slow
+def test_a_terminated_per_layer_cosim_leaves_no_build_behind(tmp_path):
+    """`kill` (SIGTERM) on `epim cosim --per-layer --jobs 2` while a worker builds: the
+    command ends, and so do the workers, `make` and the compiler it started."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    obj = _two_equal_tiles()
+    (tmp_path / "n.json").write_text(json.dumps(obj))
+    x = np.random.default_rng(0).integers(0, 16, (1, *netfile.parse(obj).input_shape))
+    np.save(tmp_path / "x.npy", x)
+    cmd = [sys.executable, "-m", "epim.app.cli", "cosim", str(tmp_path / "n.json"), "--inputs",
+           str(tmp_path / "x.npy"), "--outputs", str(tmp_path / "y.npy"), "--per-layer",
+           "--jobs", "2", "--build-dir", str(tmp_path / "b")]
+    log = tmp_path / "cosim.log"
+    with open(log, "w") as fh:
+        main = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        top = psutil.Process(main.pid)
+        deadline = time.time() + 300
+        below = []
+        while time.time() < deadline and main.poll() is None:
+            below = top.children(recursive=True)
+            if any(_name(p) in ("make", "cc1plus") for p in below):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"no build started below `epim cosim` (exit {main.poll()}): "
+                        f"{log.read_text()[-2000:]}")
+        os.kill(main.pid, signal.SIGTERM)
+        assert main.wait(timeout=120) == 128 + signal.SIGTERM
+        time.sleep(1)
+        left = [_name(p) for p in below if _alive(p)]
+        assert not left, f"still running after the command ended: {left}"
+    finally:
+        if main.poll() is None:
+            main.kill()
