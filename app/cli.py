@@ -122,14 +122,25 @@ def cmd_reference(args) -> int:
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{args.labels}: labels must be integers, got dtype {labels.dtype}")
     x = reference.check_inputs(net, x)
+    chip = None
+    if args.noise:
+        from ..sw import noise
+
+        chip = noise.NoisyChip(net, noise.load(args.noise),
+                                 seed=0 if args.seed is None else args.seed)
+    elif args.seed is not None:
+        raise ValueError("--seed: only with --noise (the ideal reference has no randomness)")
     t0 = time.perf_counter()
     with progress_bar(len(x), "reference", "img") as bar:
-        y = reference.run_network(net, x, reuse=not args.no_reuse, progress=bar.update)
+        y = reference.run_network(net, x, reuse=not args.no_reuse, progress=bar.update,
+                                  noise=chip)
     seconds = time.perf_counter() - t0
     save_npy(args.outputs, y)
+    what = f"; crossbars with the non-idealities of {args.noise}, seed {chip.seed}" if chip \
+        else ""
     print(f"wrote {args.outputs}: {y.dtype} {list(y.shape)}; {len(x)} image(s) in "
           f"{seconds:.2f} s ({seconds / len(x):.3f} s per image), peak memory "
-          f"{peak_memory_mib():.0f} MiB")
+          f"{peak_memory_mib():.0f} MiB{what}")
     if labels is not None:
         pred = y.reshape(y.shape[0], -1).argmax(axis=1)
         print(f"accuracy {float((pred == labels).mean()):.4f} on {len(labels)} images")
@@ -489,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--outputs", required=True, help="where to write the output .npy")
     r.add_argument("--no-reuse", action="store_true", help="IFRT reuse off (same result)")
     r.add_argument("--labels", help="class labels (N,) in .npy: print the accuracy")
+    r.add_argument("--noise", metavar="CFG.json",
+                   help="run the crossbars with the non-idealities of this configuration "
+                        "(format epim-noise-v1, docs/noise.md): programming variation, stuck "
+                        "cells, read noise, ADC offset, gain and noise")
+    r.add_argument("--seed", type=int, default=None,
+                   help="the chip and noise seed for --noise (default 0); one seed is one "
+                        "Monte Carlo sample")
     r.set_defaults(func=cmd_reference)
 
     g = sub.add_parser("generate", help="write the accelerator's Verilog, memory images and "

@@ -212,10 +212,13 @@ def output_stage(acc: np.ndarray, layer: Layer) -> np.ndarray:
 
 
 def run_layer(layer: Layer, pim: PIM, *xs: np.ndarray, reuse: bool = True,
-              literal: bool = False) -> np.ndarray:
-    """One layer's output tensor `(N, C, H, W)` from its input tensor(s)."""
+              literal: bool = False, noise=None) -> np.ndarray:
+    """One layer's output tensor `(N, C, H, W)` from its input tensor(s); `noise`, a
+    `noise.NoisyChip`, computes the crossbars' part on a chip with non-idealities."""
     hi = 2**layer.out_bits - 1
     if layer.op in ("conv", "linear"):
+        if noise is not None:
+            return output_stage(noise.acc(layer, pim, xs[0], reuse), layer)
         return output_stage(layer_acc(layer, pim, xs[0], reuse, literal), layer)
     if layer.op == "add":
         a, b = xs
@@ -275,19 +278,20 @@ def chunk_size(net: Network) -> int:
 
 
 def run_network(net: Network, x: np.ndarray, reuse: bool = True, keep: bool = False,
-                literal: bool = False,
-                progress=None) -> np.ndarray | dict[str, np.ndarray]:
+                literal: bool = False, progress=None,
+                noise=None) -> np.ndarray | dict[str, np.ndarray]:
     """The network output for a batch `x (N, C, H, W)`: `(N, C, H, W)`, or `(N, F)` for linear.
 
     With `keep=True` every tensor is returned by name (in `(N, C, H, W)` form). Large batches
-    run in chunks of images (:func:`chunk_size`), so memory stays bounded.
+    run in chunks of images (:func:`chunk_size`), so memory stays bounded. `noise` (a
+    `noise.NoisyChip`) runs the crossbars with non-idealities instead of ideally.
     """
     x = check_inputs(net, x)
     step = chunk_size(net)
     parts = []
     with blas_threads():
         for i in range(0, len(x), step):
-            parts.append(_run_chunk(net, x[i:i + step], reuse, keep, literal))
+            parts.append(_run_chunk(net, x[i:i + step], reuse, keep, literal, noise))
             if progress is not None:
                 progress(min(step, len(x) - i))
     if keep:
@@ -295,11 +299,12 @@ def run_network(net: Network, x: np.ndarray, reuse: bool = True, keep: bool = Fa
     return np.concatenate(parts)
 
 
-def _run_chunk(net: Network, x: np.ndarray, reuse: bool, keep: bool, literal: bool):
+def _run_chunk(net: Network, x: np.ndarray, reuse: bool, keep: bool, literal: bool,
+               noise=None):
     tensors = {net.input_name: x}
     for layer in net.layers:
         tensors[layer.name] = run_layer(layer, net.pim, *(tensors[i] for i in layer.inputs),
-                                        reuse=reuse, literal=literal)
+                                        reuse=reuse, literal=literal, noise=noise)
     if keep:
         return tensors
     out = tensors[net.output]
