@@ -130,6 +130,8 @@ def cmd_reference(args) -> int:
                                  seed=0 if args.seed is None else args.seed)
     elif args.seed is not None:
         raise ValueError("--seed: only with --noise (the ideal reference has no randomness)")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed: must be 0 or more, got {args.seed}")
     t0 = time.perf_counter()
     with progress_bar(len(x), "reference", "img") as bar:
         y = reference.run_network(net, x, reuse=not args.no_reuse, progress=bar.update,
@@ -498,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("net")
     r.add_argument("--inputs", required=True, help="integer array (N, C, H, W) in .npy")
     r.add_argument("--outputs", required=True, help="where to write the output .npy")
-    r.add_argument("--no-reuse", action="store_true", help="IFRT reuse off (same result)")
+    r.add_argument("--no-reuse", action="store_true",
+                   help="IFRT reuse off (the same result, except with --noise: more reads, "
+                        "so other noise)")
     r.add_argument("--labels", help="class labels (N,) in .npy: print the accuracy")
     r.add_argument("--noise", metavar="CFG.json",
                    help="run the crossbars with the non-idealities of this configuration "
@@ -743,13 +747,14 @@ def _terminate_as_exit():
         return
 
     def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _run(args) -> int:

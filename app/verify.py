@@ -303,6 +303,9 @@ def _fan_out(args: list[tuple], jobs: int, scheduler: str | None,
     order of `args`, each shown as it completes."""
     from distributed import Client, LocalCluster, as_completed
 
+    from ..sim.buildcache import child_processes, new_processes, stop_processes
+
+    before = child_processes()
     cluster = None
     if scheduler:
         client = Client(scheduler)
@@ -321,40 +324,8 @@ def _fan_out(args: list[tuple], jobs: int, scheduler: str | None,
     finally:
         # on an error or Ctrl-C, the workers' own children (make, the C++ compiler, a running
         # simulator) would outlive the cluster: list them while they are still ours
-        leftovers = [] if done or cluster is None else _descendants()
+        leftovers = [] if done or cluster is None else new_processes(before)
         client.close()
         if cluster is not None:
             cluster.close()
         stop_processes(leftovers)
-
-
-def _descendants() -> list:
-    import psutil  # a dependency of distributed
-
-    return psutil.Process().children(recursive=True)
-
-
-def stop_processes(procs: list, grace: float = 3.0) -> None:
-    """Terminate the psutil processes `procs` that are still running, and any they started
-    since they were listed, then kill those that have not ended after `grace` seconds."""
-    import psutil
-
-    everyone = {p.pid: p for p in procs}
-    for p in procs:
-        try:
-            everyone.update((c.pid, c) for c in p.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
-    alive = []
-    for p in everyone.values():
-        try:
-            p.terminate()
-            alive.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(alive, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass

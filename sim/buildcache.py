@@ -149,13 +149,81 @@ def run_polling(work: Callable[[], None], poll: Callable[[], None], every: float
         except BaseException as exc:  # noqa: B036 (raised again in the waiting thread)
             failure.append(exc)
 
+    before = child_processes()
     worker = threading.Thread(target=target)
     worker.start()
-    while worker.is_alive():
-        worker.join(every)
-        poll()
+    try:
+        while worker.is_alive():
+            worker.join(every)
+            poll()
+    except BaseException:
+        # Ctrl-C, or SIGTERM (which `epim` turns into an exit): the thread's build or simulator
+        # would outlive this process, so stop what it started
+        stop_processes(new_processes(before))
+        raise
     if failure:
         raise failure[0]
+
+
+def child_processes() -> list:
+    """This process's descendants now (psutil processes; [] where psutil is missing)."""
+    try:
+        import psutil  # a dependency of distributed, in the sim extra
+    except ImportError:
+        return []
+    return psutil.Process().children(recursive=True)
+
+
+def new_processes(before: list) -> list:
+    """Descendants of this process that were not among `before` (a `child_processes()` list),
+    less multiprocessing's resource tracker, which this process keeps for its own use."""
+    known = {(p.pid, _created(p)) for p in before}
+    out = []
+    for p in child_processes():
+        if (p.pid, _created(p)) in known:
+            continue
+        try:
+            if "resource_tracker" in " ".join(p.cmdline()):
+                continue
+        except Exception:  # noqa: BLE001 (gone, or not ours to read: leave it)
+            continue
+        out.append(p)
+    return out
+
+
+def _created(p) -> float:
+    try:
+        return p.create_time()
+    except Exception:  # noqa: BLE001 (gone)
+        return 0.0
+
+
+def stop_processes(procs: list, grace: float = 3.0) -> None:
+    """Terminate the psutil processes `procs` that are still running, and any they started
+    since they were listed, then kill those that have not ended after `grace` seconds."""
+    if not procs:
+        return
+    import psutil
+
+    everyone = {p.pid: p for p in procs}
+    for p in procs:
+        try:
+            everyone.update((c.pid, c) for c in p.children(recursive=True))
+        except psutil.Error:
+            pass
+    alive = []
+    for p in everyone.values():
+        try:
+            p.terminate()
+            alive.append(p)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def run_with_progress(build_dir: Path, build: Callable[[], None]) -> None:

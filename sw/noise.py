@@ -26,8 +26,11 @@ LSB, one level times one DAC unit. The configuration (`NoiseConfig`, a JSON file
 The ADC rounds to the nearest code and clips to `0 .. 2**adc_bits - 1`.
 
 Randomness: a chip (`seed`) fixes the programming variation, the stuck cells and the ADC offset
-and gain; read and ADC noise are drawn afresh for every conversion from a stream of the same
-seed, so one seed gives one repeatable run, and Monte Carlo over seeds gives the spread. With
+and gain, each from a stream of its own that is drawn whatever the configuration (so a seed is
+the same chip at every setting); read and ADC noise are drawn afresh for every conversion from
+two more streams of the seed, in the order of the conversions (so they depend on the batch a
+`NoisyChip` has run before). One seed gives one repeatable run, and Monte Carlo over seeds
+gives the spread. With
 every parameter 0 the mode computes, through the same code, exactly the ideal reference's
 integers (`tests/sw/test_noise.py` checks it).
 """
@@ -118,8 +121,12 @@ def parse(obj, source: str = "noise configuration") -> NoiseConfig:
     values: dict = {}
     for sec, key, name, top in _KEYS:
         v = obj.get(sec, {}).get(key, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or not 0 <= v <= top:
+        try:
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) \
+                and math.isfinite(float(v)) and 0 <= v <= top
+        except OverflowError:  # an integer too large for a float
+            ok = False
+        if not ok:
             raise NoiseConfigError(f"{source}: '{sec}.{key}' must be a number in 0..{top:g}, "
                                    f"got {v!r}")
         values[name] = float(v)
@@ -135,14 +142,15 @@ def parse(obj, source: str = "noise configuration") -> NoiseConfig:
 def load(path: str | Path) -> NoiseConfig:
     """Read and check a noise configuration file (bounded in size before it is read)."""
     path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise NoiseConfigError(f"{path}: {size} bytes; a noise configuration is at most "
-                               f"{MAX_CONFIG_BYTES}")
+    with open(path, "rb") as fh:  # read at most one byte past the bound, whatever the file is
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise NoiseConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; a noise "
+                               "configuration is a small JSON object")
     try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NoiseConfigError(f"{path}: not JSON ({exc})") from None
+        obj = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # (ValueError: also a 5000-digit number)
+        raise NoiseConfigError(f"{path}: not JSON ({str(exc).splitlines()[0]})") from None
     return parse(obj, str(path))
 
 
@@ -158,22 +166,25 @@ class LayerChip:
 
 
 def program_cells(cells: np.ndarray, cfg: NoiseConfig, cell_bits: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """Conductances of cells programmed to the integer levels `cells`, on one chip."""
+                  rng: np.random.Generator, faults: np.random.Generator | None = None
+                  ) -> np.ndarray:
+    """Conductances of cells programmed to the integer levels `cells`, on one chip: the
+    variation drawn from `rng`, the stuck cells from `faults` (default `rng`). Both are drawn
+    whatever the configuration, so a stream gives the same chip for every setting."""
     gmax = 2**cell_bits - 1
     g = cells.astype(np.float64)
+    z = rng.standard_normal(g.shape)
+    u = (rng if faults is None else faults).random(g.shape)
     if cfg.programming_sigma:
-        z = rng.standard_normal(g.shape)
         if cfg.programming_distribution == "gaussian":
             g = g + cfg.programming_sigma * gmax * z
         else:
             g = g * np.exp(cfg.programming_sigma * z)
         g = np.clip(g, 0.0, gmax)
     if cfg.stuck_at_zero or cfg.stuck_at_max:
-        u = rng.random(g.shape)
         g = np.where(u < cfg.stuck_at_zero, 0.0, g)
-        g = np.where((u >= cfg.stuck_at_zero) & (u < cfg.stuck_at_zero + cfg.stuck_at_max),
-                     float(gmax), g)
+        # stuck at max from the top of the draw: a higher rate of either kind only adds cells
+        g = np.where(u >= 1.0 - cfg.stuck_at_max, float(gmax), g)
     return g
 
 
@@ -189,21 +200,25 @@ class NoisyChip:
         self.pim = net.pim
         self._layers: dict[str, LayerChip] = {}
         self._index = {la.name: i for i, la in enumerate(net.layers)}
-        self._reads = np.random.default_rng([self.seed, 1])  # read and ADC noise, per conversion
+        # read and ADC noise, per conversion: a stream each, so one does not move the other
+        self._reads = np.random.default_rng([self.seed, 1, 0])
+        self._adc = np.random.default_rng([self.seed, 1, 1])
 
     def layer(self, layer: Layer) -> LayerChip:
         """The chip's state for `layer`, drawn once (so every image sees the same chip)."""
         chip = self._layers.get(layer.name)
         if chip is None:
-            rng = np.random.default_rng([self.seed, 0, self._index[layer.name]])
+            # one stream per effect and per layer, each always drawn: a seed is one chip, so
+            # turning one effect on or up never moves another (the same cells stay stuck
+            # whatever the variation)
+            streams = [np.random.default_rng([self.seed, 0, self._index[layer.name], k])
+                       for k in range(4)]
             cells = crossbar_slices(layer, self.pim.cell_bits)
-            g = program_cells(cells, self.cfg, self.pim.cell_bits, rng)
+            g = program_cells(cells, self.cfg, self.pim.cell_bits, streams[0], streams[1])
             chunks = -(-cells.shape[2] // self.pim.xbar_rows)
             shape = (2, cells.shape[1], chunks, cells.shape[3])
-            gain = 1.0 + (self.cfg.adc_gain_sigma * rng.standard_normal(shape)
-                          if self.cfg.adc_gain_sigma else np.zeros(shape))
-            offset = (self.cfg.adc_offset_sigma * rng.standard_normal(shape)
-                      if self.cfg.adc_offset_sigma else np.zeros(shape))
+            gain = 1.0 + self.cfg.adc_gain_sigma * streams[2].standard_normal(shape)
+            offset = self.cfg.adc_offset_sigma * streams[3].standard_normal(shape)
             chip = self._layers[layer.name] = LayerChip(g, gain, offset)
         return chip
 
@@ -252,9 +267,9 @@ class NoisyChip:
                 # variance sigma^2 * sum of the squared row inputs (exact in distribution)
                 scale = cfg.read_sigma * gmax * np.sqrt((x_t * x_t).sum(axis=1))  # (P,)
                 s = s + scale[:, None] * self._reads.standard_normal(s.shape)
+            if cfg.adc_noise_sigma:  # input-referred: at the ADC's input, before its gain
+                s = s + cfg.adc_noise_sigma * self._adc.standard_normal(s.shape)
             s = s * gain[:, :, None, :] + offset[:, :, None, :]
-            if cfg.adc_noise_sigma:
-                s = s + cfg.adc_noise_sigma * self._reads.standard_normal(s.shape)
             a = np.clip(np.rint(s), 0, adc_max).astype(np.int64)
             for q in range(g.shape[1]):
                 v += (a[0, q] - a[1, q]) << (t * pim.dac_bits + q * pim.cell_bits)

@@ -59,15 +59,18 @@ def test_an_interrupted_fan_out_stops_what_its_workers_started():
 
     import psutil
 
-    from epim.app import verify
+    from epim.sim import buildcache
 
+    before = buildcache.child_processes()
     shell = subprocess.Popen(["bash", "-c", "sleep 60 & sleep 60; wait"])
     try:
-        time.sleep(0.5)
+        deadline = time.time() + 30
+        while len(psutil.Process(shell.pid).children()) < 2 and time.time() < deadline:
+            time.sleep(0.1)
         tree = [psutil.Process(shell.pid), *psutil.Process(shell.pid).children(recursive=True)]
         assert len(tree) == 3  # the shell and its two sleeps
-        assert {p.pid for p in tree} <= {p.pid for p in verify._descendants()}
-        verify.stop_processes(tree)
+        assert {p.pid for p in buildcache.new_processes(before)} == {p.pid for p in tree}
+        buildcache.stop_processes(tree)
         shell.wait(timeout=5)  # ended (raises TimeoutExpired if not)
         for p in tree[1:]:
             assert not _alive(p)
@@ -96,9 +99,12 @@ def _alive(proc) -> bool:
 
 @pytest.mark.verilator
 @pytest.mark.slow
-def test_a_terminated_per_layer_cosim_leaves_no_build_behind(tmp_path):
-    """`kill` (SIGTERM) on `epim cosim --per-layer --jobs 2` while a worker builds: the
-    command ends, and so do the workers, `make` and the compiler it started."""
+@pytest.mark.parametrize("how", [["--per-layer", "--jobs", "2"], []],
+                         ids=["per-layer-2-workers", "whole-network"])
+def test_a_terminated_cosim_leaves_no_build_behind(tmp_path, how):
+    """`kill` (SIGTERM) on `epim cosim` while Verilator or the C++ compiler runs (in a Dask
+    worker, or in this process's build thread): the command ends, and so does everything it
+    started."""
     import os
     import signal
     import subprocess
@@ -112,8 +118,8 @@ def test_a_terminated_per_layer_cosim_leaves_no_build_behind(tmp_path):
     x = np.random.default_rng(0).integers(0, 16, (1, *netfile.parse(obj).input_shape))
     np.save(tmp_path / "x.npy", x)
     cmd = [sys.executable, "-m", "epim.app.cli", "cosim", str(tmp_path / "n.json"), "--inputs",
-           str(tmp_path / "x.npy"), "--outputs", str(tmp_path / "y.npy"), "--per-layer",
-           "--jobs", "2", "--build-dir", str(tmp_path / "b")]
+           str(tmp_path / "x.npy"), "--outputs", str(tmp_path / "y.npy"), *how,
+           "--build-dir", str(tmp_path / "b")]
     log = tmp_path / "cosim.log"
     with open(log, "w") as fh:
         main = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -123,7 +129,7 @@ def test_a_terminated_per_layer_cosim_leaves_no_build_behind(tmp_path):
         below = []
         while time.time() < deadline and main.poll() is None:
             below = top.children(recursive=True)
-            if any(_name(p) in ("make", "cc1plus") for p in below):
+            if any(_name(p) in ("make", "cc1plus", "verilator_bin") for p in below):
                 break
             time.sleep(0.2)
         else:

@@ -126,3 +126,30 @@ def test_a_bad_configuration_is_one_line_naming_the_key(tmp_path, capsys, obj, s
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err and "bad.json" in err
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_a_seed_is_the_same_chip_at_every_setting():
+    """Raising a rate only adds stuck cells; turning the variation on does not move them."""
+    cells = np.random.default_rng(0).integers(1, 3, (2, 1, 100, 100))  # levels 1..2: never 0/3
+
+    def stuck(cfg):
+        g = noise.program_cells(cells, cfg, 2, np.random.default_rng(1),
+                                np.random.default_rng(2))
+        return g == 0, g == 3
+
+    z1, m1 = stuck(_cfg(stuck_at_zero=0.01, stuck_at_max=0.01))
+    z2, m2 = stuck(_cfg(stuck_at_zero=0.02, stuck_at_max=0.03))
+    z3, m3 = stuck(_cfg(stuck_at_zero=0.01, stuck_at_max=0.01, programming_sigma=0.05))
+    assert z1.any() and m1.any()
+    assert (z1 <= z2).all() and (m1 <= m2).all() and z2.sum() > z1.sum()
+    assert (z1 == z3).all() and (m1 == m3).all()  # (sigma 5 % never reaches 0 or 3 from 1..2)
+
+
+def test_a_huge_number_or_a_huge_file_is_a_clear_error(tmp_path):
+    (tmp_path / "big.json").write_text('{"format": "epim-noise-v1", "read": {"sigma": 1'
+                                       + "0" * 400 + "}}")
+    with pytest.raises(noise.NoiseConfigError, match="'read.sigma'"):
+        noise.load(tmp_path / "big.json")
+    (tmp_path / "huge.json").write_text(" " * (noise.MAX_CONFIG_BYTES + 1))
+    with pytest.raises(noise.NoiseConfigError, match="larger than"):
+        noise.load(tmp_path / "huge.json")
