@@ -349,6 +349,10 @@ def cmd_train(args) -> int:
                  test_limit=args.test_limit, device=args.device,
                  distill=args.distill if args.teacher else 0.0, data_path=args.data_path,
                  optimizer=args.optimizer, weight_decay=args.weight_decay, block=args.block)
+    if args.noise:
+        from ..sw import noise
+
+        cfg.noise = noise.load(args.noise).to_json()
     model = teacher = None
     if args.init:
         init_cfg, dense = load_checkpoint(args.init)
@@ -641,6 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "'standard' (relu(bn(conv2) + shortcut): signed adder inputs)")
     t.add_argument("--out", default="build/train",
                    help="checkpoint, metrics and net.json (a rerun resumes)")
+    t.add_argument("--noise", metavar="CFG.json",
+                   help="noise-aware training: every step runs on a freshly drawn chip with "
+                        "these crossbar non-idealities (docs/noise.md); evaluation and export "
+                        "stay ideal (epim reference --noise evaluates on noisy chips)")
     t.set_defaults(func=cmd_train)
 
     im = sub.add_parser("import", help="import a PyTorch model as an epitome network: trace, "

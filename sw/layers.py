@@ -178,7 +178,11 @@ class EpitomeConv2d(nn.Module):
         ce_out, ce_in, k, _ = e.shape
         return e.reshape(ce_out * ce_in, k, k)[self.index]
 
+    noise = None  # a `noise_train.LayerNoise`: crossbar non-idealities while training
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.noise is not None and self.training:
+            return self.noise.forward(self, x)
         w = self.sampled_weight(self.wq(self.E))
         return F.conv2d(x, w, stride=self.stride, padding=self.padding)
 
@@ -230,6 +234,8 @@ class EpitomeLinear(EpitomeConv2d):
         self.bias = nn.Parameter(torch.zeros(out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.noise is not None and self.training:
+            return self.noise.forward(self, x)
         w = self.sampled_weight(self.wq(self.E))
         return F.linear(x.flatten(1), w.flatten(1), self.bias)
 

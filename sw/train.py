@@ -59,6 +59,8 @@ class Config:
     graph: list | None = None
     in_shape: list | None = None
     num_classes: int = 10
+    # crossbar non-idealities while training (an `epim-noise-v1` object, `epim.sw.noise`)
+    noise: dict | None = None
 
     @property
     def quant(self) -> models.QuantConfig:
@@ -231,6 +233,14 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
     if model is None:
         model = build_model(cfg)
     model = model.to(device)
+    if cfg.noise:
+        from . import noise, noise_train
+
+        noise_train.attach(model, noise.parse(cfg.noise, "the noise configuration"), cfg.pim,
+                           cfg.seed)
+        on = {f"{sec}.{k}": v for sec, part in cfg.noise.items() if isinstance(part, dict)
+              for k, v in part.items() if v and not isinstance(v, str)}
+        log(f"noise-aware training: a fresh chip per step ({on or 'every parameter 0'})")
     if teacher is not None and cfg.distill:
         teacher = teacher.to(device).eval()
     else:

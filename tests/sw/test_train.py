@@ -69,3 +69,26 @@ def test_train_and_reference_commands(tmp_path, capsys):
                  str(tmp_path / "y.npy")]) == 0
     acc = json.loads((out / "metrics.json").read_text())["test_accuracy"]
     assert f"accuracy {acc:.4f} on 100 images" in capsys.readouterr().out
+
+
+def test_noise_aware_training_and_a_noisy_reference_from_the_cli(tmp_path, capsys):
+    """`epim train --noise` trains on noisy chips and records the configuration; the export
+    is the ideal integer network, which `epim reference --noise` then runs on a noisy chip."""
+    cfg = tmp_path / "noise.json"
+    cfg.write_text(json.dumps({"format": "epim-noise-v1", "programming": {"sigma": 0.05},
+                               "stuck_at": {"zero": 0.01}}))
+    out = tmp_path / "run"
+    assert main(["train", "--data", "mnist-5k", "--limit", "256", "--test-limit", "100",
+                 "--epochs", "1", "--width", "8", "--out", str(out), "--noise", str(cfg)]) == 0
+    assert "noise-aware training" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["noise"]["programming"]["sigma"] == 0.05
+    assert main(["data", "mnist-5k", "--split", "test", "--limit", "100", "--images",
+                 str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]) == 0
+    args = ["reference", str(out / "net.json"), "--inputs", str(tmp_path / "x.npy"),
+            "--labels", str(tmp_path / "y.npy")]
+    assert main([*args, "--outputs", str(tmp_path / "ideal.npy")]) == 0
+    assert main([*args, "--outputs", str(tmp_path / "noisy.npy"), "--noise", str(cfg),
+                 "--seed", "1"]) == 0
+    assert "non-idealities" in capsys.readouterr().out
+    assert (np.load(tmp_path / "ideal.npy") != np.load(tmp_path / "noisy.npy")).any()
