@@ -108,6 +108,52 @@ def cmd_cost(args) -> int:
     return 0
 
 
+def cmd_faults(args) -> int:
+    from ..sw import faults
+    from .generate import write_json
+
+    for flag, v in (("--stuck-at-zero", args.stuck_at_zero), ("--stuck-at-max", args.stuck_at_max)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"{flag}: must be a share in 0..1, got {v}")
+    if args.stuck_at_zero + args.stuck_at_max > 1:
+        raise ValueError("--stuck-at-zero + --stuck-at-max: more than 1")
+    if args.seed < 0:
+        raise ValueError(f"--seed: must be 0 or more, got {args.seed}")
+    net = _load_net(args.net)
+    fmap = faults.sample(net, args.stuck_at_zero, args.stuck_at_max, args.seed)
+    write_json(args.out, faults.to_json(fmap))
+    cells = sum(f.size for f in fmap.values())
+    zero = sum(int((f == faults.STUCK_ZERO).sum()) for f in fmap.values())
+    top = sum(int((f == faults.STUCK_MAX).sum()) for f in fmap.values())
+    print(f"wrote {args.out}: {zero} cells stuck at 0 and {top} at max among {cells} cells of "
+          f"{len(fmap)} layers' crossbars (seed {args.seed})")
+    return 0
+
+
+def cmd_remap(args) -> int:
+    from ..sw import faults, netfile
+    from .generate import write_json
+
+    net = _load_net(args.net)
+    fmap = faults.load(args.faults, net)
+    obj = json.loads(Path(args.net).read_text())
+    new, report = faults.remap(obj, net, fmap)
+    netfile.parse(new, args.out)  # the remapped file is a valid network file
+    write_json(args.out, new)
+    if args.report:
+        write_json(args.report, {"network": args.net, "faults": args.faults, "layers": report})
+    print("| layer | stuck cells | rotation (rows, cols) | damage before | after |\n"
+          "|---|---|---|---|---|")
+    for r in report:
+        print(f"| {r['layer']} | {r['stuck_cells']} | ({r['row_rotation']}, "
+              f"{r['col_rotation']}) | {r['damage_before']:.0f} | {r['damage_after']:.0f} |")
+    before = sum(r["damage_before"] for r in report)
+    after = sum(r["damage_after"] for r in report)
+    print(f"wrote {args.out}: damage {before:.0f} -> {after:.0f} "
+          f"({100 * (1 - after / before) if before else 0:.0f}% less)")
+    return 0
+
+
 def cmd_reference(args) -> int:
     from ..sw import reference
     from ..sw.progress import bar as progress_bar
@@ -123,11 +169,12 @@ def cmd_reference(args) -> int:
         raise ValueError(f"{args.labels}: labels must be integers, got dtype {labels.dtype}")
     x = reference.check_inputs(net, x)
     chip = None
-    if args.noise:
-        from ..sw import noise
+    if args.noise or args.faults:
+        from ..sw import faults, noise
 
-        chip = noise.NoisyChip(net, noise.load(args.noise),
-                                 seed=0 if args.seed is None else args.seed)
+        chip = noise.NoisyChip(net, noise.load(args.noise) if args.noise else
+                               noise.NoiseConfig(), seed=0 if args.seed is None else args.seed,
+                               faults=faults.load(args.faults, net) if args.faults else None)
     elif args.seed is not None:
         raise ValueError("--seed: only with --noise (the ideal reference has no randomness)")
     if args.seed is not None and args.seed < 0:
@@ -138,8 +185,11 @@ def cmd_reference(args) -> int:
                                   noise=chip)
     seconds = time.perf_counter() - t0
     save_npy(args.outputs, y)
-    what = f"; crossbars with the non-idealities of {args.noise}, seed {chip.seed}" if chip \
-        else ""
+    what = ""
+    if args.noise:
+        what += f"; crossbars with the non-idealities of {args.noise}, seed {chip.seed}"
+    if args.faults:
+        what += f"; the stuck cells of {args.faults}"
     print(f"wrote {args.outputs}: {y.dtype} {list(y.shape)}; {len(x)} image(s) in "
           f"{seconds:.2f} s ({seconds / len(x):.3f} s per image), peak memory "
           f"{peak_memory_mib():.0f} MiB{what}")
@@ -515,7 +565,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None,
                    help="the chip and noise seed for --noise (default 0); one seed is one "
                         "Monte Carlo sample")
+    r.add_argument("--faults", metavar="FAULTS.json",
+                   help="run on crossbars with these stuck cells (epim-faults-v1, from `epim "
+                        "faults` or measured; docs/noise.md)")
     r.set_defaults(func=cmd_reference)
+
+    fa = sub.add_parser("faults", help="draw a random fault map (stuck cells) for a network's "
+                                       "crossbars")
+    fa.add_argument("net")
+    fa.add_argument("--stuck-at-zero", type=float, default=0.0, help="share of cells (0..1)")
+    fa.add_argument("--stuck-at-max", type=float, default=0.0, help="share of cells (0..1)")
+    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("--out", required=True, help="where to write the fault map (JSON)")
+    fa.set_defaults(func=cmd_faults)
+
+    rm = sub.add_parser("remap", help="place each layer's epitome on faulty crossbars where "
+                                      "its stuck cells do least damage (same function, same "
+                                      "RTL)")
+    rm.add_argument("net")
+    rm.add_argument("--faults", required=True, metavar="FAULTS.json")
+    rm.add_argument("--out", required=True, help="the remapped network file")
+    rm.add_argument("--report", help="also write the per-layer choices and damage (JSON)")
+    rm.set_defaults(func=cmd_remap)
 
     g = sub.add_parser("generate", help="write the accelerator's Verilog, memory images and "
                                          "manifests")

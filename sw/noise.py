@@ -194,8 +194,11 @@ class NoisyChip:
     `acc(layer, pim, x, reuse)` is the noisy counterpart of `reference.layer_acc`; pass the chip
     as `noise=` to `reference.run_network`."""
 
-    def __init__(self, net: Network, cfg: NoiseConfig, seed: int = 0):
+    def __init__(self, net: Network, cfg: NoiseConfig, seed: int = 0,
+                 faults: dict[str, np.ndarray] | None = None):
+        """`faults`: a fault map (`faults.py`), stuck cells on top of those `cfg` draws."""
         self.cfg = cfg
+        self.faults = faults or {}
         self.seed = int(seed)
         self.pim = net.pim
         self._layers: dict[str, LayerChip] = {}
@@ -215,6 +218,11 @@ class NoisyChip:
                        for k in range(4)]
             cells = crossbar_slices(layer, self.pim.cell_bits)
             g = program_cells(cells, self.cfg, self.pim.cell_bits, streams[0], streams[1])
+            if layer.name in self.faults:
+                from .faults import cell_faults, faulty_levels
+
+                fmap = cell_faults(layer, self.pim, self.faults[layer.name])
+                g = faulty_levels(g, fmap, self.pim.cell_bits).astype(np.float64)
             chunks = -(-cells.shape[2] // self.pim.xbar_rows)
             shape = (2, cells.shape[1], chunks, cells.shape[3])
             gain = 1.0 + self.cfg.adc_gain_sigma * streams[2].standard_normal(shape)
