@@ -323,10 +323,11 @@ def cmd_cosim(args) -> int:
     if args.per_layer:
         from .verify import cosim_per_layer
 
-        if isinstance(args.lanes, dict) or args.waves or args.fixed or args.tile:
-            raise ValueError("--per-layer takes none of --lanes balanced, --waves, --fixed "
-                             "and --tile (it runs every tile alone, programmed through its "
-                             "port)")
+        if isinstance(args.lanes, dict) or args.waves or args.fixed or args.tile \
+                or args.faults:
+            raise ValueError("--per-layer takes none of --lanes balanced, --waves, --fixed, "
+                             "--faults and --tile (it runs every tile alone, programmed "
+                             "through its port)")
         if args.jobs < 1:
             raise ValueError(f"--jobs {args.jobs}: at least 1")
         y, rep = cosim_per_layer(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
@@ -348,11 +349,18 @@ def cmd_cosim(args) -> int:
     if args.fixed and (args.program or args.tile):
         raise ValueError("--fixed tiles have no programming port and no single-tile top: "
                          "leave out --program and --tile")
+    if args.faults and args.tile:
+        raise ValueError("--faults: whole networks only (leave out --tile)")
     if not args.tile:
+        fmap = None
+        if args.faults:
+            from ..sw import faults
+
+            fmap = faults.load(args.faults, net)
         y, rep = cosim_network(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
                                reuse=not args.no_reuse, lanes=args.lanes, replicas=replicas,
                                log=lambda line: print(line, flush=True), waves=args.waves,
-                               program=args.program, fixed=args.fixed)
+                               program=args.program, fixed=args.fixed, faults=fmap)
         save_npy(args.outputs, y)
         if args.report:
             write_json(args.report, rep)
@@ -643,6 +651,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer; slower to build)")
     s.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
     s.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
+    s.add_argument("--faults", metavar="FAULTS.json",
+                   help="write these stuck cells (epim-faults-v1) into the crossbar images "
+                        "and check against the reference on the same faulty chip (whole "
+                        "network only)")
     add_replicas_args(s)
     s.set_defaults(func=cmd_cosim)
 

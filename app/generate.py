@@ -165,18 +165,20 @@ def network_is_current(out_dir: Path, key: str, manifest_text: str) -> bool:
 def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
                      lanes: int | dict | None = None, replicas: int | dict | None = None,
                      log: Callable[[str], None] | None = None,
-                     fixed: bool = False) -> GeneratedNetwork:
+                     fixed: bool = False, faults: dict | None = None) -> GeneratedNetwork:
     """Compile the whole network's images (`network.json`, `tiles/<layer>/`) and emit the
     accelerator's Verilog from what was written, into `out_dir`, all or nothing: programmable
     tiles, one module per distinct tile shape, that load the images at start-up (or through
-    the programming port), or with `fixed=True` weight-baked tiles.
+    the programming port), or with `fixed=True` weight-baked tiles. `faults`: stuck cells
+    written into the crossbar images (`epim.sw.faults`).
 
     When `out_dir` already holds the same accelerator (its stamp carries the digest of the
     network manifest and of the generator, and every file is unchanged), nothing is emitted
     or rewritten: the files keep their bytes and times."""
     from ..hw.generate import emit_network_verilog, network_from_images
 
-    compiled = images.compile_network(net, reuse=reuse, lanes=lanes, replicas=replicas)
+    compiled = images.compile_network(net, reuse=reuse, lanes=lanes, replicas=replicas,
+                                      faults=faults)
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with buildcache.locked(out_dir.parent):

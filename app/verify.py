@@ -90,7 +90,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
                   replicas: int | dict | None = None,
                   log: Callable[[str], None] | None = None,
                   waves: str | Path | None = None, program: bool = False,
-                  fixed: bool = False) -> tuple[np.ndarray, dict]:
+                  fixed: bool = False, faults: dict | None = None
+                  ) -> tuple[np.ndarray, dict]:
     """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
 
     Programmable tiles load their images at start-up (`+epim_images=`), or with `program`
@@ -98,7 +99,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     `fixed` builds weight-baked tiles instead. The report compares outputs with the integer
     reference and the cycles of every handshake with the network cycle model
     (`epim.sw.netcycles`), which replays the testbench's random gaps and back-pressure too when
-    `stalls` is set."""
+    `stalls` is set. `faults` (a fault map, `epim.sw.faults`) writes stuck cells into the
+    crossbar images and checks against the reference on the same faulty chip."""
     from ..hw.generate import IMAGE_PLUSARG
     from ..sw import netcycles
 
@@ -109,7 +111,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     build_root = Path(build_root).resolve()
     t0 = time.time()
     gen = generate_network(net, build_root / ("generated-fixed" if fixed else "generated"),
-                           reuse=reuse, lanes=lanes, replicas=replicas, log=log, fixed=fixed)
+                           reuse=reuse, lanes=lanes, replicas=replicas, log=log, fixed=fixed,
+                           faults=faults)
     n = x.shape[0]
     per = netcycles.out_beats_per_image(net)
     depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
@@ -130,7 +133,12 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
                         plusargs=[] if fixed or program else [
                             f"+{IMAGE_PLUSARG}={gen.folder}"])[0]
     y = unpack_beats(result["outputs"], net.output_layer)
-    ref = reference.run_network(net, x, reuse=reuse)
+    chip = None
+    if faults:
+        from ..sw import noise
+
+        chip = noise.NoisyChip(net, noise.NoiseConfig(), faults=faults)
+    ref = reference.run_network(net, x, reuse=reuse, noise=chip)
     _, h, w = net.input_shape
     first_in = result["in_cycles"][::h * w][:n]
     last_out = result["out_cycles"][per - 1::per][:n]
@@ -161,6 +169,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
                      for la in net.layers if la.op in ("conv", "linear")},
         "tiles": "fixed" if fixed else "programmable",
         "programmed_via_port": program, "prog_beats": result["prog_beats"],
+        "stuck_cells": {k: int((f != 0).sum()) for k, f in faults.items()} if faults else None,
         "verilog_bytes": gen.verilog.stat().st_size,
         "generate_cached": gen.cached,
         "seconds_generate": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2),

@@ -100,9 +100,12 @@ def layer_params(net: Network, layer: Layer, max_steps: int | None = None,
 
 
 def compile_layer(net: Network, layer: Layer, reuse: bool = True,
-                  max_steps: int | None = None, lanes: int | dict | None = None) -> LayerImage:
+                  max_steps: int | None = None, lanes: int | dict | None = None,
+                  faults=None) -> LayerImage:
     """Memory images of one conv/linear layer (spec sections 3-5). `lanes`: row chunks the tile
-    computes at once (`epim.sw.cyclemodel.lanes_for`; default all)."""
+    computes at once (`epim.sw.cyclemodel.lanes_for`; default all). `faults`: the layer's
+    stuck cells (`epim.sw.faults`, physical coordinates), written into the crossbar image as
+    the levels they are stuck at, to run a faulty chip on the unchanged hardware."""
     epi = layer.epitome
     step_list = steps(epi, reuse)
     limit = max_steps or layer.g_in * layer.g_out
@@ -111,6 +114,10 @@ def compile_layer(net: Network, layer: Layer, reuse: bool = True,
                          f"tile's max_steps={limit}")
     p = layer_params(net, layer, max_steps, lanes, n_steps=len(step_list), reuse=reuse)
     cells = crossbar_slices(layer, p.cell_bits)  # (2, n_s, R, Ce_out)
+    if faults is not None:
+        from .faults import cell_faults, faulty_levels
+
+        cells = faulty_levels(cells, cell_faults(layer, net.pim, faults), p.cell_bits)
     # a row's cells in the order of `xbar_fields`: polarity, then column, then slice
     per_row = cells.transpose(2, 0, 3, 1).reshape(cells.shape[2], -1).tolist()
     xbar = [pack_fields(row, p.cell_bits) for row in per_row]
@@ -159,14 +166,15 @@ def stream_bits(net: Network, name: str) -> int:
 def compile_network(net: Network, reuse: bool = True,
                     fifo_depths: dict[str, list[int]] | None = None,
                     lanes: int | dict | None = None,
-                    replicas: int | dict | None = None) -> dict:
+                    replicas: int | dict | None = None,
+                    faults: dict | None = None) -> dict:
     """Memory images of a whole network: `{"manifest": ..., "tiles": {layer: LayerImage}}`.
 
     The network manifest lists every unit of the accelerator with its parameters (tiles by
     folder and manifest checksum; `add` with its skip FIFO depths from the network cycle model
     and which inputs are signed; `avgpool_global`; `maxpool`), the input and the output beat.
-    A tile's `replicas` is the number of copies of it (`epim.sw.replication`).
-    :func:`write_network` writes it.
+    A tile's `replicas` is the number of copies of it (`epim.sw.replication`). `faults`: stuck
+    cells per layer (`compile_layer`). :func:`write_network` writes it.
     """
     from .netcycles import fifo_depths as measure_depths
     from .netcycles import needs_flatten, shape_of
@@ -178,7 +186,8 @@ def compile_network(net: Network, reuse: bool = True,
     for layer in net.layers:
         head = {"name": layer.name, "op": layer.op, "inputs": tuple(layer.inputs)}
         if layer.op in ("conv", "linear"):
-            tiles[layer.name] = compile_layer(net, layer, reuse=reuse, lanes=lanes)
+            tiles[layer.name] = compile_layer(net, layer, reuse=reuse, lanes=lanes,
+                                              faults=(faults or {}).get(layer.name))
             src = shape_of(net, layer.inputs[0])
             flat = (FlattenParams(src[0], src[1] * src[2], stream_bits(net, layer.inputs[0]))
                     if needs_flatten(net, layer) else None)
