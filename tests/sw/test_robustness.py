@@ -22,9 +22,9 @@ def test_the_study_writes_its_table_and_plot(tmp_path):
     assert kinds["pruned 3-bit"]["metrics"]["crossbars"] \
         <= kinds["EPIM 3-bit"]["metrics"]["crossbars"]
     for row in kinds.values():
-        zero = row["plain"]["sigma"]["0"]
+        zero = row["plain"]["sigma"]["0.0"]
         assert len(zero) == 2 and zero[0] == zero[1]  # no noise: every chip is the same
-        assert row["plain"]["stuck"]["0"] == row["plain"]["stuck_remapped"]["0"] == zero
+        assert row["plain"]["stuck"]["0.0"] == row["plain"]["stuck_remapped"]["0.0"] == zero
         assert "0.2" in row["noise_aware"]["sigma"]
     md = (tmp_path / "robustness.md").read_text()
     assert "EPIM 3-bit (noise-aware)" in md and "pruned 3-bit (remapped)" in md
