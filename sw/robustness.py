@@ -23,8 +23,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
+import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,16 +78,29 @@ def accuracy(net: netfile.Network, x: np.ndarray, labels: np.ndarray,
 
 def sweep(obj: dict, x, labels, sigmas, rates, seeds: int, log, remap: bool = True) -> dict:
     """Accuracy of one exported network over chips: `{"sigma": {s: [acc per seed]},
-    "stuck": {r: [...]}, "stuck_remapped": {r: [...]}}`."""
+    "stuck": {r: [...]}, "stuck_remapped": {r: [...]}}`. An ideal point (sigma 0, rate 0) is
+    the same on every chip: it runs once and is listed once per seed."""
     net = netfile.parse(obj)
     out: dict = {"sigma": {}, "stuck": {}, "stuck_remapped": {}}
+    ideal: list[float] = []
+
+    def ideal_accuracy() -> float:
+        if not ideal:
+            ideal.append(accuracy(net, x, labels))
+        return ideal[0]
+
     for s in sigmas:
         cfg = noise.NoiseConfig(programming_sigma=s)
-        out["sigma"][s] = [accuracy(net, x, labels, cfg, seed) for seed in range(seeds)]
+        out["sigma"][s] = [ideal_accuracy() if cfg.ideal else accuracy(net, x, labels, cfg, seed)
+                           for seed in range(seeds)]
         log(f"    sigma {100 * s:g} %: {_fmt(out['sigma'][s])}")
     for r in rates:
         accs, accs_r = [], []
         for seed in range(seeds):
+            if r == 0:  # no stuck cells: nothing to remap
+                accs.append(ideal_accuracy())
+                accs_r.append(ideal_accuracy())
+                continue
             fmap = faults.sample(net, r / 2, r / 2, seed)
             accs.append(accuracy(net, x, labels, fmap=fmap))
             if remap:
@@ -126,6 +142,13 @@ def study(data_name: str, args, log) -> dict:
         row["noise_aware"]["metrics"] = ft_metrics
         result[kind] = row
     return result
+
+
+def _study_job(data_name: str, args) -> dict:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    return study(data_name, args, lambda line: print(f"[{data_name}] {line}", flush=True))
 
 
 def summary_rows(results: dict) -> list[dict]:
@@ -210,20 +233,34 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, help="training images (default: all)")
     ap.add_argument("--images", type=int, default=1000, help="test images per evaluation")
     ap.add_argument("--out", type=Path, default=Path("build/robustness"))
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="data sets studied at once, one process each (default 1)")
     args = ap.parse_args(argv)
-    if args.seeds < 1 or args.images < 1:
-        raise SystemExit("robustness: --seeds and --images must be at least 1")
+    if args.seeds < 1 or args.images < 1 or args.jobs < 1:
+        raise SystemExit("robustness: --seeds, --images and --jobs must be at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     results = {}
-    for d in args.data:
-        print(f"{d}:", flush=True)
-        results[d] = study(d, args, lambda line: print(line, flush=True))
-        (args.out / "robustness.json").write_text(json.dumps({"results": results}, indent=1))
+    if args.jobs == 1 or len(args.data) == 1:
+        for d in args.data:
+            print(f"{d}:", flush=True)
+            results[d] = study(d, args, lambda line: print(line, flush=True))
+            (args.out / "robustness.json").write_text(json.dumps({"results": results},
+                                                                 indent=1))
+    else:
+        # one process per data set, each on its share of the cores; lines carry the data set
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(args.jobs, len(args.data)), mp_context=ctx) as pool:
+            futures = {d: pool.submit(_study_job, d, args) for d in args.data}
+            for d, fut in futures.items():
+                results[d] = fut.result()
+                (args.out / "robustness.json").write_text(json.dumps({"results": results},
+                                                                     indent=1))
     meta = {k: getattr(args, k) for k in ("seeds", "sigmas", "rates", "ratio", "epochs",
                                           "ft_epochs", "ft_sigma", "width", "model", "limit",
                                           "images")}
     meta["data"] = args.data
+    meta["jobs"] = args.jobs
     meta["seconds"] = round(time.time() - t0, 1)
     rows = summary_rows(results)
     (args.out / "robustness.json").write_text(json.dumps(

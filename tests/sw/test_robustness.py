@@ -29,3 +29,19 @@ def test_the_study_writes_its_table_and_plot(tmp_path):
     md = (tmp_path / "robustness.md").read_text()
     assert "EPIM 3-bit (noise-aware)" in md and "pruned 3-bit (remapped)" in md
     assert (tmp_path / "robustness.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_two_data_sets_run_in_two_processes(tmp_path, capfd):
+    assert robustness.main(["--data", "mnist-5k", "fashion-mnist", "--limit", "128",
+                            "--images", "32", "--epochs", "1", "--ft-epochs", "1", "--seeds",
+                            "2", "--sigmas", "0", "0.1", "--rates", "0", "0.02", "--width", "8",
+                            "--jobs", "2", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "robustness.json").read_text())
+    assert list(out["results"]) == ["mnist-5k", "fashion-mnist"]
+    assert out["meta"]["jobs"] == 2
+    for per_kind in out["results"].values():
+        for row in per_kind.values():
+            assert len(row["plain"]["stuck"]["0.02"]) == 2
+    printed = capfd.readouterr().out  # the workers write to the descriptor itself
+    assert "[mnist-5k]   dense 3-bit" in printed and "[fashion-mnist]   EPIM 3-bit" in printed
