@@ -9,39 +9,30 @@ import pytest
 from epim.sw import robustness
 
 
-@pytest.mark.slow  # three trainings and three noise-aware fine-tunes
-def test_the_study_writes_its_table_and_plot(tmp_path):
-    assert robustness.main(["--data", "mnist-5k", "--limit", "256", "--images", "64",
-                            "--epochs", "1", "--ft-epochs", "1", "--seeds", "2", "--sigmas",
-                            "0", "0.2", "--rates", "0", "0.02", "--width", "8",
-                            "--out", str(tmp_path)]) == 0
-    out = json.loads((tmp_path / "robustness.json").read_text())
-    kinds = out["results"]["mnist-5k"]
-    assert set(kinds) == set(robustness.KINDS)
-    # EPIM and pruned at equal crossbar counts (pruning stops at or below the EPIM budget)
-    assert kinds["pruned 3-bit"]["metrics"]["crossbars"] \
-        <= kinds["EPIM 3-bit"]["metrics"]["crossbars"]
-    for row in kinds.values():
-        zero = row["plain"]["sigma"]["0.0"]
-        assert len(zero) == 2 and zero[0] == zero[1]  # no noise: every chip is the same
-        assert row["plain"]["stuck"]["0.0"] == row["plain"]["stuck_remapped"]["0.0"] == zero
-        assert "0.2" in row["noise_aware"]["sigma"]
-    md = (tmp_path / "robustness.md").read_text()
-    assert "EPIM 3-bit (noise-aware)" in md and "pruned 3-bit (remapped)" in md
-    assert (tmp_path / "robustness.png").stat().st_size > 10_000
-
-
-@pytest.mark.slow
-def test_two_data_sets_run_in_two_processes(tmp_path, capfd):
-    assert robustness.main(["--data", "mnist-5k", "fashion-mnist", "--limit", "128",
-                            "--images", "32", "--epochs", "1", "--ft-epochs", "1", "--seeds",
-                            "2", "--sigmas", "0", "0.1", "--rates", "0", "0.02", "--width", "8",
+@pytest.mark.slow  # per data set: three trainings and three noise-aware fine-tunes
+def test_the_study_writes_its_table_and_plot(tmp_path, capfd):
+    # two data sets in two worker processes (--jobs 2)
+    assert robustness.main(["--data", "mnist-5k", "fashion-mnist", "--limit", "256",
+                            "--images", "64", "--epochs", "1", "--ft-epochs", "1", "--seeds",
+                            "2", "--sigmas", "0", "0.2", "--rates", "0", "0.02", "--width", "8",
                             "--jobs", "2", "--out", str(tmp_path)]) == 0
     out = json.loads((tmp_path / "robustness.json").read_text())
     assert list(out["results"]) == ["mnist-5k", "fashion-mnist"]
     assert out["meta"]["jobs"] == 2
-    for per_kind in out["results"].values():
-        for row in per_kind.values():
-            assert len(row["plain"]["stuck"]["0.02"]) == 2
     printed = capfd.readouterr().out  # the workers write to the descriptor itself
     assert "[mnist-5k]   dense 3-bit" in printed and "[fashion-mnist]   EPIM 3-bit" in printed
+    for kinds in out["results"].values():
+        assert set(kinds) == set(robustness.KINDS)
+        # EPIM and pruned at equal crossbar counts (pruning stops at or below the EPIM budget)
+        assert kinds["pruned 3-bit"]["metrics"]["crossbars"] \
+            <= kinds["EPIM 3-bit"]["metrics"]["crossbars"]
+        for row in kinds.values():
+            zero = row["plain"]["sigma"]["0.0"]
+            assert len(zero) == 2 and zero[0] == zero[1]  # no noise: every chip is the same
+            assert row["plain"]["stuck"]["0.0"] == row["plain"]["stuck_remapped"]["0.0"] == zero
+            assert len(row["plain"]["stuck"]["0.02"]) == 2
+            assert "0.2" in row["noise_aware"]["sigma"]
+    md = (tmp_path / "robustness.md").read_text()
+    assert "EPIM 3-bit (noise-aware)" in md and "pruned 3-bit (remapped)" in md
+    assert "| fashion-mnist | dense 3-bit |" in md
+    assert (tmp_path / "robustness.png").stat().st_size > 10_000
