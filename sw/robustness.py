@@ -25,6 +25,7 @@ import copy
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -144,6 +145,11 @@ def study(data_name: str, args, log) -> dict:
     return result
 
 
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+    raise SystemExit(128 + signum)
+
+
 def _study_job(data_name: str, args) -> dict:
     import torch
 
@@ -250,12 +256,24 @@ def main(argv=None) -> int:
     else:
         # one process per data set, each on its share of the cores; lines carry the data set
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(args.jobs, len(args.data)), mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(min(args.jobs, len(args.data)), mp_context=ctx)
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _terminate)
+        try:
             futures = {d: pool.submit(_study_job, d, args) for d in args.data}
             for d, fut in futures.items():
                 results[d] = fut.result()
                 (args.out / "robustness.json").write_text(json.dumps({"results": results},
                                                                      indent=1))
+        except BaseException:
+            # Ctrl-C, `kill`, or a failed study: the workers must not run on as orphans
+            for proc in list((pool._processes or {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        pool.shutdown()
     meta = {k: getattr(args, k) for k in ("seeds", "sigmas", "rates", "ratio", "epochs",
                                           "ft_epochs", "ft_sigma", "width", "model", "limit",
                                           "images")}

@@ -36,3 +36,34 @@ def test_the_study_writes_its_table_and_plot(tmp_path, capfd):
     assert "EPIM 3-bit (noise-aware)" in md and "pruned 3-bit (remapped)" in md
     assert "| fashion-mnist | dense 3-bit |" in md
     assert (tmp_path / "robustness.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # two worker processes import torch
+def test_a_terminated_study_leaves_no_worker_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "epim.sw.robustness", "--data", "mnist-5k",
+                             "fashion-mnist", "--jobs", "2", "--out", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.time() + 120
+        workers = []
+        while time.time() < deadline and len(workers) < 2:
+            workers = [p for p in parent.children(recursive=True)
+                       if "resource_tracker" not in " ".join(p.cmdline())]
+            time.sleep(0.5)
+        assert len(workers) >= 2, "the study did not start its two workers"
+        time.sleep(5)  # the workers are loading data and training now
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers left running: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
