@@ -7,8 +7,11 @@ virtualenv with the CI's nox pin, and its own nox virtualenvs, exactly as `.ci/r
 clean clone; the wall time covers the installs too. The pairs run one after the other (never two
 at once on a 2-core machine), in the order flow-before, flow-after, tests-after, tests-before, so
 that neither commit always runs first on a warm pip cache. It prints one line per pair as it ends
-and a table of the times and the after/before ratios (`--json` writes them too). Half an hour or
-more per `tests` run on two cores: the whole benchmark takes over an hour.
+and a table of the times and the after/before ratios (`--json` writes them too). `nox -s tests`
+runs with `--durations=0`, so each test's time is in its log; the benchmark splits the pytest
+time into the tests both commits have and the tests only one has, which tells a slower suite
+from a suite with more tests. Half an hour or more per `tests` run on two cores: the whole
+benchmark takes over an hour.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +40,31 @@ def resolve(ref: str) -> str:
     return out.stdout.strip()
 
 
+DURATION = re.compile(r"^\s*([0-9.]+)s (?:setup|call|teardown)\s+(\S+)\s*$")
+
+
+def test_seconds(log: Path) -> dict[str, float]:
+    """`{test id: seconds}` (setup + call + teardown) from pytest's `--durations=0` lines."""
+    out: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        m = DURATION.match(line)
+        if m:
+            out[m.group(2)] = out.get(m.group(2), 0.0) + float(m.group(1))
+    return out
+
+
+def split_tests(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Seconds of the tests both runs have, and of those only one has."""
+    common = before.keys() & after.keys()
+    return {"common_tests": len(common),
+            "common_before_s": round(sum(before[t] for t in common), 1),
+            "common_after_s": round(sum(after[t] for t in common), 1),
+            "only_before": len(before.keys() - common),
+            "only_before_s": round(sum(v for t, v in before.items() if t not in common), 1),
+            "only_after": len(after.keys() - common),
+            "only_after_s": round(sum(v for t, v in after.items() if t not in common), 1)}
+
+
 def run_pair(session: str, sha: str, work: Path) -> dict:
     """Clone at `sha`, install nox into a fresh venv, run `nox -s session`; wall time and rc."""
     clone = work / f"{session}-{sha[:10]}"
@@ -53,7 +82,8 @@ def run_pair(session: str, sha: str, work: Path) -> dict:
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     log = work / f"{session}-{sha[:10]}.log"
     with open(log, "w") as fh:
-        rc = subprocess.run([str(venv / "bin" / "nox"), "-s", session], cwd=clone,
+        extra = ["--", "--durations=0", "--durations-min=0"] if session == "tests" else []
+        rc = subprocess.run([str(venv / "bin" / "nox"), "-s", session, *extra], cwd=clone,
                             env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
     seconds = time.time() - t0
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
@@ -96,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         flag = "" if a["rc"] == 0 and b["rc"] == 0 else " (a run failed: see its log)"
         print(f"| nox -s {session} | {b['seconds']:.0f} s | {a['seconds']:.0f} s | "
               f"{ratio:.2f}{flag} |")
+    if "tests" in args.sessions:
+        b, a = (next(r for r in rows if r["session"] == "tests" and r["which"] == w)
+                for w in ("before", "after"))
+        split = split_tests(test_seconds(Path(b["log"])), test_seconds(Path(a["log"])))
+        result["tests_split"] = split
+        if split["common_tests"]:
+            print(f"\npytest time of the {split['common_tests']} tests both commits have: "
+                  f"{split['common_before_s']:.0f} s before, {split['common_after_s']:.0f} s "
+                  f"after ({split['common_after_s'] / split['common_before_s']:.2f}); "
+                  f"{split['only_after']} tests only after: {split['only_after_s']:.0f} s; "
+                  f"{split['only_before']} only before: {split['only_before_s']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if all(r["rc"] == 0 for r in rows) else 1
