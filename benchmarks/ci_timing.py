@@ -43,7 +43,7 @@ def resolve(ref: str) -> str:
 DURATION = re.compile(r"^\s*([0-9.]+)s (?:setup|call|teardown)\s+(\S+)\s*$")
 
 
-def test_seconds(log: Path) -> dict[str, float]:
+def pytest_durations(log: Path) -> dict[str, float]:
     """`{test id: seconds}` (setup + call + teardown) from pytest's `--durations=0` lines."""
     out: dict[str, float] = {}
     for line in log.read_text(errors="replace").splitlines():
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if "tests" in args.sessions:
         b, a = (next(r for r in rows if r["session"] == "tests" and r["which"] == w)
                 for w in ("before", "after"))
-        split = split_tests(test_seconds(Path(b["log"])), test_seconds(Path(a["log"])))
+        split = split_tests(pytest_durations(Path(b["log"])), pytest_durations(Path(a["log"])))
         result["tests_split"] = split
         if split["common_tests"]:
             print(f"\npytest time of the {split['common_tests']} tests both commits have: "

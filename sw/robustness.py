@@ -178,7 +178,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     out = [f"# Robustness study ({meta['seeds']} chips per point, {meta['images']} test images, "
            f"ratio {meta['ratio']:g}, {meta['epochs']} epochs + {meta['epochs']} fine-tune, "
            f"noise-aware fine-tune {meta['ft_epochs']} epochs at sigma "
-           f"{100 * meta['ft_sigma']:g} %, peak learning rate {meta.get('ft_lr', 1e-2):g})",
+           f"{100 * meta['ft_sigma']:g} %, peak learning rate {meta['ft_lr']:g})",
            ""]
     for axis, title in (("sigma", "programming variation sigma (% of the cell range)"),
                         ("stuck", "stuck-at rate (% of cells, half at 0, half at max)")):
