@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import math
 import signal
 import sys
 import threading
@@ -28,29 +28,34 @@ MAX_ARRAY_BYTES = 4 * 2**30  # an input or label array, checked from its header 
 
 
 def _load_inputs(path: str, what: str = "inputs") -> np.ndarray:
-    """A `.npy` array (no pickled objects), its size checked from the header before reading."""
+    """A `.npy` array from a regular file (no pickled objects), its size checked from the
+    header before the data is read."""
+    from ..contract.files import open_regular
+
     fmt = np.lib.format
-    try:
-        with open(path, "rb") as f:
+    with open_regular(path, what, MAX_ARRAY_BYTES + 2**20) as f:
+        try:
             version = fmt.read_magic(f)
             read_header = (fmt.read_array_header_1_0 if version == (1, 0)
                            else fmt.read_array_header_2_0)
             shape, _, dtype = read_header(f)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read {what}: {exc.strerror}") from None
-    except (ValueError, EOFError) as exc:
-        raise ValueError(f"{path}: {what} must be a .npy array file: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'empty'}") from None
-    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if dtype.hasobject:
-        raise ValueError(f"{path}: {what} hold Python objects; give an integer array")
-    if size > MAX_ARRAY_BYTES:
-        raise ValueError(f"{path}: {what} of shape {list(shape)} would take {size} bytes, "
-                         f"more than the limit of {MAX_ARRAY_BYTES // 2**30} GiB")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"{path}: cannot read {what}: {exc}") from None
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read {what}: {exc.strerror}") from None
+        except (ValueError, EOFError) as exc:
+            raise ValueError(f"{path}: {what} must be a .npy array file: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'empty'}") from None
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if dtype.hasobject:
+            raise ValueError(f"{path}: {what} hold Python objects; give an integer array")
+        if size > MAX_ARRAY_BYTES:
+            raise ValueError(f"{path}: {what} of shape {list(shape)} would take {size} bytes, "
+                             f"more than the limit of {MAX_ARRAY_BYTES // 2**30} GiB")
+        try:
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"{path}: cannot read {what}: {str(exc).splitlines()[0]}") \
+                from None
 
 
 def cmd_check(args) -> int:
@@ -74,6 +79,14 @@ def cmd_check(args) -> int:
             line += (f", {kind}, {xb} crossbars, {t.n_steps} step(s) x {t.n_t} DAC slice(s) "
                      "per pixel")
         print(line)
+    from ..sw import workload
+
+    est = workload.estimate(net, 1)
+    print(f"  {est.line()}")
+    limit = workload.default_max_memory()
+    if est.reference_bytes > limit:
+        print(f"  note: more than this machine's limit of {workload.human_bytes(limit)}: "
+              "epim reference and cosim refuse it unless given --max-memory")
     return 0
 
 
@@ -99,12 +112,14 @@ def cmd_cost(args) -> int:
     lanes = resolve_lanes(net, args.lanes)
     replicas = resolve_replicas(net, args.replicas, args.budget, lanes, not args.no_reuse)
     nc = cost.network_cost(net, consts=consts, reuse=not args.no_reuse, lanes=lanes,
-                           replicas=replicas)
+                           replicas=replicas, max_steps=args.max_steps)
     print(reports.cost_table(nc, consts))
     if args.json:
-        obj = {"summary": nc.summary(), "layers": [{**vars(c), "energy_total_pj": c.energy_total_pj}
-                                        for c in nc.layers], "constants": vars(consts)}
-        Path(args.json).write_text(json.dumps(obj, indent=1) + "\n")
+        from .generate import write_json
+
+        write_json(args.json, {"summary": nc.summary(), "layers": [
+            {**vars(c), "energy_total_pj": c.energy_total_pj} for c in nc.layers],
+            "constants": vars(consts)})
     return 0
 
 
@@ -112,13 +127,8 @@ def cmd_faults(args) -> int:
     from ..sw import faults
     from .generate import write_json
 
-    for flag, v in (("--stuck-at-zero", args.stuck_at_zero), ("--stuck-at-max", args.stuck_at_max)):
-        if not 0 <= v <= 1:
-            raise ValueError(f"{flag}: must be a share in 0..1, got {v}")
     if args.stuck_at_zero + args.stuck_at_max > 1:
         raise ValueError("--stuck-at-zero + --stuck-at-max: more than 1")
-    if args.seed < 0:
-        raise ValueError(f"--seed: must be 0 or more, got {args.seed}")
     net = _load_net(args.net)
     fmap = faults.sample(net, args.stuck_at_zero, args.stuck_at_max, args.seed)
     write_json(args.out, faults.to_json(fmap))
@@ -136,7 +146,8 @@ def cmd_remap(args) -> int:
 
     net = _load_net(args.net)
     fmap = faults.load(args.faults, net)
-    obj = json.loads(Path(args.net).read_text())
+    obj = netfile.load_json(args.net, "a network file", netfile.MAX_FILE_BYTES,
+                            netfile.NetFileError)
     new, report = faults.remap(obj, net, fmap)
     netfile.parse(new, args.out)  # the remapped file is a valid network file
     write_json(args.out, new)
@@ -168,6 +179,9 @@ def cmd_reference(args) -> int:
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{args.labels}: labels must be integers, got dtype {labels.dtype}")
     x = reference.check_inputs(net, x)
+    from ..sw import workload
+
+    workload.check_reference(net, len(x), args.max_memory)
     chip = None
     if args.noise or args.faults:
         from ..sw import faults, noise
@@ -177,8 +191,6 @@ def cmd_reference(args) -> int:
                                faults=faults.load(args.faults, net) if args.faults else None)
     elif args.seed is not None:
         raise ValueError("--seed: only with --noise (the ideal reference has no randomness)")
-    if args.seed is not None and args.seed < 0:
-        raise ValueError(f"--seed: must be 0 or more, got {args.seed}")
     t0 = time.perf_counter()
     with progress_bar(len(x), "reference", "img") as bar:
         y = reference.run_network(net, x, reuse=not args.no_reuse, progress=bar.update,
@@ -237,6 +249,9 @@ def cmd_generate(args) -> int:
         print(f"wrote {gen.verilog.name}, manifest.json and memory images for layer "
               f"{p.name!r} ({p.n_steps} IFRT step(s) per pixel) into {gen.folder}")
         return 0
+    from .generate import refuse_foreign
+
+    refuse_foreign(Path(args.out).resolve())  # (before any work)
     gen = generate_network(net, args.out, reuse=not args.no_reuse, lanes=args.lanes,
                            replicas=replicas, fixed=args.fixed)
     units = gen.manifest["units"]
@@ -301,7 +316,9 @@ def cmd_board_run(args) -> int:
     print(f"{len(y)} image(s) through the board on {args.port} in {dt:.2f} s "
           f"({len(y) / dt:.1f} images/s over the serial link)")
     if args.outputs:
-        np.save(args.outputs, y)
+        from .generate import save_npy
+
+        save_npy(args.outputs, y)
     if args.check:
         from ..sw import reference
 
@@ -319,6 +336,12 @@ def cmd_cosim(args) -> int:
 
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
+    from ..sw import reference, workload
+
+    workload.check_reference(net, len(reference.check_inputs(net, x)), args.max_memory)
+    from ..contract.files import check_folder
+
+    check_folder(args.build_dir)
     args.lanes = resolve_lanes(net, args.lanes)
     if args.per_layer:
         from .verify import cosim_per_layer
@@ -328,8 +351,6 @@ def cmd_cosim(args) -> int:
             raise ValueError("--per-layer takes none of --lanes balanced, --waves, --fixed, "
                              "--faults and --tile (it runs every tile alone, programmed "
                              "through its port)")
-        if args.jobs < 1:
-            raise ValueError(f"--jobs {args.jobs}: at least 1")
         y, rep = cosim_per_layer(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
                                  reuse=not args.no_reuse, lanes=args.lanes, jobs=args.jobs,
                                  scheduler=args.scheduler,
@@ -386,11 +407,16 @@ def _say_waves(path: str | None) -> None:
 
 
 def _ratio(text: str) -> float | None:
-    return None if text in ("none", "dense") else float(text)
+    """`--ratio` of train: 'dense' (or 'none'), or a finite number >= 1."""
+    return None if text in ("none", "dense") else RATIO(text)
 
 
-def _bits(text: str) -> int | None:
-    return None if text in ("none", "float") else int(text)
+def _bits(kind):
+    """`--weight-bits`/`--act-bits` of train: 'float' (or 'none'), or bits in range."""
+    def parse(text: str) -> int | None:
+        return None if text in ("none", "float") else kind(text)
+    parse.__name__ = "bits"
+    return parse
 
 
 def cmd_train(args) -> int:
@@ -445,6 +471,65 @@ DATA_PATH_HELP = ("cifar10: its files (the python-batch folder cifar-10-batches-
 LANES_HELP = ("row chunks each tile computes at once (default: all); fewer lanes mean fewer "
               "adder trees and ADCs and ceil(chunks / lanes) cycles per DAC slice; 'balanced': "
               "per tile the fewest that keep the network's throughput (what the FPGA build uses)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with EPIM's one error line (`epim: error: ...`, exit 2) for bad arguments."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"epim: error: {self.prog.removeprefix('epim ')}: "
+                                  f"{message.splitlines()[0]}\n")
+
+
+def int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer in `lo..hi` (no upper bound for None)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                f"{text[:40]!r}: an integer " + (f"in {lo}..{hi}" if hi is not None
+                                                  else f">= {lo}"))
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(lo: float, hi: float | None = None, lo_open: bool = False):
+    """An argparse type: a finite number in `lo..hi` (`lo` excluded with `lo_open`)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v) or v < lo or (lo_open and v == lo) or (hi is not None
+                                                                         and v > hi):
+            where = (f"> {lo:g}" if lo_open else f">= {lo:g}") if hi is None else (
+                f"in {lo:g}..{hi:g}" + (f" (not {lo:g})" if lo_open else ""))
+            raise argparse.ArgumentTypeError(f"{text[:40]!r}: a finite number {where}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+def size_arg(text: str) -> int:
+    from ..sw.workload import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+COUNT = int_in(1)  # images, epochs, batch sizes, ...
+SEED = int_in(0, 2**32 - 1)
+SHARE = float_in(0.0, 1.0)
+POSITIVE = float_in(0.0, lo_open=True)
+WEIGHT_BITS = int_in(2, 16)  # the contract's range of weight_bits
+ACT_BITS = int_in(1, 16)  # a tensor fed to a crossbar: at most 16 bits
+RATIO = float_in(1.0)  # an epitome ratio: 1 is dense
 
 
 def lanes_arg(text: str) -> int | str:
@@ -515,11 +600,11 @@ def resolve_replicas(net, replicas, budget=None, lanes=None, reuse: bool = True)
 
 def add_replicas_args(c: argparse.ArgumentParser) -> None:
     c.add_argument("--replicas", type=replicas_arg, default="none", help=REPLICAS_HELP)
-    c.add_argument("--budget", type=int, help=BUDGET_HELP)
+    c.add_argument("--budget", type=COUNT, help=BUDGET_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="epim", description=__doc__)
+    p = Parser(prog="epim", description=__doc__)
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True)
@@ -535,25 +620,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
     add_replicas_args(c)
     c.add_argument("--constants", help="JSON object overriding cost constants (docs/cost.md)")
+    c.add_argument("--max-steps", type=COUNT,
+                   help="refuse a network whose tile schedules take more slot steps than this "
+                        "(default 2e7, about 25 s on two cores; epim check prints the figure)")
     c.add_argument("--json", help="also write the figures to this JSON file")
     c.set_defaults(func=cmd_cost)
 
     se = sub.add_parser("search", help="layer-wise epitome search under a crossbar budget")
     se.add_argument("--init", required=True, help="trained dense quantized checkpoint folder")
-    se.add_argument("--budget", type=int, help="crossbars (default: the uniform model's at "
+    se.add_argument("--budget", type=COUNT, help="crossbars (default: the uniform model's at "
                                                "--ratio)")
-    se.add_argument("--ratio", type=float, default=4.0,
+    se.add_argument("--ratio", type=RATIO, default=4.0,
                     help="uniform epitome ratio: the default budget and a seed individual")
-    se.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4],
+    se.add_argument("--bits", type=WEIGHT_BITS, nargs="+", default=[2, 3, 4],
                     help="weight bits a layer may take")
-    se.add_argument("--weights", type=float, nargs=3, default=[1.0, 0.2, 0.2],
+    se.add_argument("--weights", type=float_in(0.0), nargs=3, default=[1.0, 0.2, 0.2],
                     metavar=("ACC", "LATENCY", "ENERGY"), help="fitness weights")
-    se.add_argument("--population", type=int, default=32)
-    se.add_argument("--generations", type=int, default=40)
-    se.add_argument("--mutation", type=float,
+    se.add_argument("--population", type=int_in(2), default=32)
+    se.add_argument("--generations", type=COUNT, default=40)
+    se.add_argument("--mutation", type=SHARE,
                     help="mutation probability per gene (default: min(0.15, 1/layers))")
-    se.add_argument("--seed", type=int, default=0)
-    se.add_argument("--finetune", type=int, default=0,
+    se.add_argument("--seed", type=SEED, default=0)
+    se.add_argument("--finetune", type=int_in(0), default=0,
                     help="fine-tune the pick this many epochs and export it")
     se.add_argument("--out", default="build/search")
     se.set_defaults(func=cmd_search)
@@ -570,20 +658,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the crossbars with the non-idealities of this configuration "
                         "(format epim-noise-v1, docs/noise.md): programming variation, stuck "
                         "cells, read noise, ADC offset, gain and noise")
-    r.add_argument("--seed", type=int, default=None,
+    r.add_argument("--seed", type=SEED, default=None,
                    help="the chip and noise seed for --noise (default 0); one seed is one "
                         "Monte Carlo sample")
     r.add_argument("--faults", metavar="FAULTS.json",
                    help="run on crossbars with these stuck cells (epim-faults-v1, from `epim "
                         "faults` or measured; docs/noise.md)")
+    r.add_argument("--max-memory", type=size_arg, metavar="SIZE",
+                   help="refuse a run whose estimated peak memory is above SIZE (e.g. 40G; "
+                        "default: three quarters of this machine's memory)")
     r.set_defaults(func=cmd_reference)
 
     fa = sub.add_parser("faults", help="draw a random fault map (stuck cells) for a network's "
                                        "crossbars")
     fa.add_argument("net")
-    fa.add_argument("--stuck-at-zero", type=float, default=0.0, help="share of cells (0..1)")
-    fa.add_argument("--stuck-at-max", type=float, default=0.0, help="share of cells (0..1)")
-    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("--stuck-at-zero", type=SHARE, default=0.0, help="share of cells (0..1)")
+    fa.add_argument("--stuck-at-max", type=SHARE, default=0.0, help="share of cells (0..1)")
+    fa.add_argument("--seed", type=SEED, default=0)
     fa.add_argument("--out", required=True, help="where to write the fault map (JSON)")
     fa.set_defaults(func=cmd_faults)
 
@@ -622,15 +713,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", required=True, help="integer array (N, C, H, W) in .npy")
     s.add_argument("--outputs", required=True, help="where to write the output .npy")
     s.add_argument("--report", help="where to write the JSON report")
-    s.add_argument("--build-dir", default="build/cosim", help="Verilator builds and scratch")
+    s.add_argument("--build-dir", default="build/cosim",
+                   help="Verilator builds and scratch: a new or empty folder, or one that an "
+                        "earlier cosim made")
+    s.add_argument("--max-memory", type=size_arg, metavar="SIZE",
+                   help="as for epim reference (the cosim runs the reference too)")
     s.add_argument("--stalls", action="store_true",
                    help="random input gaps and output back-pressure")
-    s.add_argument("--seed", type=int, default=0, help="seed for --stalls")
+    s.add_argument("--seed", type=SEED, default=0, help="seed for --stalls")
     s.add_argument("--per-layer", action="store_true",
                    help="check every conv/linear tile alone with its real input tensor from "
                         "the reference (blank memories programmed through the port, so tiles "
                         "of equal shape share one build)")
-    s.add_argument("--jobs", type=int, default=1,
+    s.add_argument("--jobs", type=int_in(1, 256), default=1,
                    help="--per-layer: run the tiles on a local Dask cluster of N worker "
                         "processes (default 1: one after the other, no cluster)")
     s.add_argument("--scheduler", metavar="tcp://HOST:PORT",
@@ -661,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="write a data set split as .npy (inputs and labels)")
     d.add_argument("name", help="mnist, fashion-mnist, mnist-5k or cifar10")
     d.add_argument("--split", default="test", choices=["train", "test"])
-    d.add_argument("--limit", type=int, help="the first N images")
+    d.add_argument("--limit", type=COUNT, help="the first N images")
     d.add_argument("--data-path", help=DATA_PATH_HELP)
     d.add_argument("--images", required=True, help="where to write (N, C, H, W) .npy")
     d.add_argument("--labels", required=True, help="where to write (N,) .npy")
@@ -671,13 +766,13 @@ def build_parser() -> argparse.ArgumentParser:
                                          "a network, with a timing and utilisation report")
     b.add_argument("net", help="epim-net-v1 file")
     b.add_argument("--board", default="ulx3s-85f", help="ulx3s-85f (default) or icebreaker")
-    b.add_argument("--clock-mhz", type=float,
+    b.add_argument("--clock-mhz", type=float_in(0.0, 1000.0, lo_open=True),
                    help="clock (default: 50 MHz from the PLL on the ULX3S, 12 MHz on the "
                         "iCEBreaker)")
-    b.add_argument("--baud", type=int, help="UART rate (default: constraints/<board>.json's, "
-                                            "else 115200)")
-    b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
-    b.add_argument("--require-fmax", type=float,
+    b.add_argument("--baud", type=int_in(300, 100_000_000),
+                   help="UART rate (default: constraints/<board>.json's, else 115200)")
+    b.add_argument("--seed", type=SEED, default=1, help="nextpnr placement seed")
+    b.add_argument("--require-fmax", type=POSITIVE,
                    help="exit 1 when the achieved Fmax is below this many MHz")
     b.add_argument("--out", default="build/bitstream")
     b.set_defaults(func=cmd_bitstream)
@@ -690,8 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
     br.add_argument("--inputs", required=True, help="(N, C, H, W) integer .npy")
     br.add_argument("--outputs", help="write the board's outputs here (.npy)")
-    br.add_argument("--baud", type=int, default=115200)
-    br.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    br.add_argument("--baud", type=int_in(300, 100_000_000), default=115200)
+    br.add_argument("--timeout", type=float_in(0.0, 3600.0, lo_open=True), default=5.0,
+                    help="seconds to wait for an answer")
     br.add_argument("--check", action="store_true",
                     help="compare with the integer reference; exit 1 on a difference")
     br.set_defaults(func=cmd_board_run)
@@ -701,27 +797,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-path", help=DATA_PATH_HELP)
     t.add_argument("--model", default="cnn", help="cnn, resnet or resnet20 (CIFAR ResNet-20)")
     t.add_argument("--ratio", type=_ratio, default=2.0,
-                   help="epitome compression of the conv layers ('dense' for none)")
-    t.add_argument("--wrap", type=int, default=1,
+                   help="epitome compression of the conv layers, at least 1 ('dense' for "
+                        "none)")
+    t.add_argument("--wrap", type=COUNT, default=1,
                    help="shrink the epitomes' output side this many times: output channels "
                         "wrap around their columns through the OFAT, and output groups share "
                         "activations (IFRT reuse); the rest of --ratio goes to the input side")
-    t.add_argument("--width", type=int, default=16, help="channels of the first stage")
-    t.add_argument("--weight-bits", type=_bits, default=3, help="bits, or 'float'")
-    t.add_argument("--act-bits", type=_bits, default=4, help="bits, or 'float'")
-    t.add_argument("--epochs", type=int, default=4)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--width", type=int_in(1, 4096), default=16,
+                   help="channels of the first stage")
+    t.add_argument("--weight-bits", type=_bits(WEIGHT_BITS), default=3,
+                   help="bits (2..16), or 'float'")
+    t.add_argument("--act-bits", type=_bits(ACT_BITS), default=4, help="bits (1..16), or 'float'")
+    t.add_argument("--epochs", type=COUNT, default=4)
+    t.add_argument("--batch-size", type=COUNT, default=128)
+    t.add_argument("--lr", type=POSITIVE, default=1e-2)
     t.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--limit", type=int, help="use the first N training images")
-    t.add_argument("--test-limit", type=int, help="use the first N test images")
+    t.add_argument("--weight-decay", type=float_in(0.0), default=0.0)
+    t.add_argument("--seed", type=SEED, default=0)
+    t.add_argument("--limit", type=COUNT, help="use the first N training images")
+    t.add_argument("--test-limit", type=COUNT, help="use the first N test images")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--init", help="fine-tune from this trained checkpoint (same model, width "
                                   "and bits; its convs become least-squares epitomes)")
     t.add_argument("--teacher", help="distil from this trained checkpoint (e.g. dense float)")
-    t.add_argument("--distill", type=float, default=0.5,
+    t.add_argument("--distill", type=SHARE, default=0.5,
                    help="weight of the distillation loss with --teacher (default 0.5)")
     t.add_argument("--block", default="relu", choices=["relu", "standard"],
                    help="ResNet block: 'relu' (ReLU on both convs before the add) or "
@@ -740,34 +839,36 @@ def build_parser() -> argparse.ArgumentParser:
                                   "FILE.py:FUNCTION returning an nn.Module, or an epim train "
                                   "checkpoint folder")
     im.add_argument("--state-dict", help="weights to load first (a torch state_dict file)")
-    im.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
+    im.add_argument("--input-shape", type=int_in(1, 4096), nargs=3, metavar=("C", "H", "W"),
                     help="input image shape (default: the --data set's, else 3 224 224)")
-    im.add_argument("--num-classes", type=int, help="classes of a built-in ResNet")
-    im.add_argument("--ratio", type=float, help="uniform epitome ratio (default: dense)")
+    im.add_argument("--num-classes", type=int_in(1, 16384), help="classes of a built-in ResNet")
+    im.add_argument("--ratio", type=RATIO,
+                    help="uniform epitome ratio, at least 1 (default: dense)")
     im.add_argument("--split", default="epim", choices=["epim", "input", "balanced"],
                     help="how --ratio shrinks a layer: 'epim' (input side first, the training "
                          "rule), 'input' (input side only), 'balanced' (both by sqrt(ratio))")
-    im.add_argument("--wrap", type=int, default=1, help="as for epim train (split epim)")
+    im.add_argument("--wrap", type=COUNT, default=1, help="as for epim train (split epim)")
     im.add_argument("--epitomes", help="per-layer epitome shapes: the search.json of epim "
                                        "search (layers it does not name stay dense)")
-    im.add_argument("--weight-bits", type=int, default=3)
-    im.add_argument("--act-bits", type=int, default=4)
-    im.add_argument("--pool-bits", type=int, default=8, help="global pooling's output bits")
+    im.add_argument("--weight-bits", type=WEIGHT_BITS, default=3, help="2..16")
+    im.add_argument("--act-bits", type=ACT_BITS, default=4, help="1..16")
+    im.add_argument("--pool-bits", type=int_in(1, 32), default=8,
+                    help="global pooling's output bits")
     im.add_argument("--calibration", help="uint8 calibration images (N, C, H, W) in .npy "
                                           "(default: the first --data training images, else "
                                           "seeded synthetic images)")
-    im.add_argument("--calibration-count", type=int, default=64,
+    im.add_argument("--calibration-count", type=COUNT, default=64,
                     help="calibration images taken (default 64)")
     im.add_argument("--keep-batch-norm", action="store_true",
                     help="keep the module's batch-norm statistics (default: re-estimate them "
                          "on the calibration images after projection)")
     im.add_argument("--data", help="fine-tune on this data set (mnist, fashion-mnist, ...)")
     im.add_argument("--data-path", help=DATA_PATH_HELP)
-    im.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs (0: none)")
-    im.add_argument("--lr", type=float, default=2e-3)
-    im.add_argument("--batch-size", type=int, default=128)
-    im.add_argument("--limit", type=int, help="fine-tune on the first N training images")
-    im.add_argument("--seed", type=int, default=0)
+    im.add_argument("--epochs", type=int_in(0), default=0, help="fine-tuning epochs (0: none)")
+    im.add_argument("--lr", type=POSITIVE, default=2e-3)
+    im.add_argument("--batch-size", type=COUNT, default=128)
+    im.add_argument("--limit", type=COUNT, help="fine-tune on the first N training images")
+    im.add_argument("--seed", type=SEED, default=0)
     im.add_argument("--out", default="build/import",
                     help="net.json, checkpoint.pt and import.json")
     im.set_defaults(func=cmd_import)
@@ -822,7 +923,10 @@ def cmd_import(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad argument (its one line is printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     with _terminate_as_exit():
         return _run(args)
 
@@ -860,6 +964,8 @@ def _run(args) -> int:
         return args.func(args)
     except (NetFileError, InputError, ImageError, UnsupportedNetwork, ToolMissing, OSError,
             ValueError) as exc:
+        if args.debug and getattr(exc, "details", None):
+            print(exc.details.rstrip(), file=sys.stderr)
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"epim: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT

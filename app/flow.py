@@ -16,12 +16,14 @@ Everything lands under one folder (`build/flow` by default):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..contract import files as owned
 from ..sw import cost, data, netcycles, netfile, reference, replication
 from ..sw.epitome import crossbar_count
 from ..sw.progress import bar as progress_bar
@@ -77,7 +79,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax in (a, b):
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    owned.write_owned(Path(path).parent, {Path(path).name: lambda f: fig.savefig(
+        f, dpi=110, format="png")}, "flow")
+    plt.close(fig)
 
 
 def markdown(s: dict, rows: list[dict]) -> str:
@@ -172,8 +176,7 @@ def run(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from ..sw.train import Config, fit
 
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = owned.claim_folder(args.out, "flow")
     t0 = time.time()
     phases: dict[str, float] = {}
 
@@ -254,9 +257,10 @@ def run(argv: list[str] | None = None) -> int:
         "phases_seconds": phases,
         "seconds": round(time.time() - t0, 1),
     }
-    write_json(out / "report.json", {"summary": summary, "layers": rows})
+    owned.write_owned(out, {"report.json": json.dumps({"summary": summary, "layers": rows},
+                                                      indent=1) + "\n",
+                            "report.md": markdown(summary, rows)}, "flow")
     plot(rows, out / "layers.png")
-    (out / "report.md").write_text(markdown(summary, rows))
     c = summary["cosim"]
     print(f"""
 EPIM flow summary ({args.data}, {args.model}, ratio {args.ratio:g}, wrap {args.wrap}; \

@@ -9,9 +9,9 @@ default network, and one summary of the reports.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ..contract import files as owned
 from ..hw import bitstream, protocol
 from ..sw import images, netcycles, netfile
 
@@ -31,9 +31,9 @@ def board_constraints(board: str, folder: str | Path = "constraints") -> dict:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+        data = owned.load_json(path, "a board's settings")
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
     unknown = set(data) - {"board", "clock_mhz", "baud", "why", "add_preferences",
                            "add_pre_pack"}
     if unknown:
@@ -54,7 +54,7 @@ def build_board(net_path: str | Path, board: str, out: str | Path,
     baud = baud or cons.get("baud", 115200)
     extra = {k: "\n".join(cons[k]) for k in ("add_preferences", "add_pre_pack")
              if cons.get(k)}
-    out = Path(out)
+    out = owned.check_folder(out)
     folder = out / "images"
     lanes = fit_lanes(net, lanes)
     compiled = images.compile_network(net, lanes=lanes)
@@ -62,6 +62,8 @@ def build_board(net_path: str | Path, board: str, out: str | Path,
         protocol.check_board(compiled["manifest"])  # before any build work
     except ValueError as exc:
         raise ValueError(f"{net_path}: {exc}") from None
+    owned.claim_folder(out, "bitstream")
+    owned.record(out, ["images"])
     images.write_network(compiled, folder)
     steady = netcycles.predict(net, 4, lanes=lanes).steady
     return bitstream.build(folder, board, out, clock_mhz=clock_mhz, baud=baud, seed=seed,
@@ -111,6 +113,7 @@ def main(argv=None) -> int:
     boards = args.board or list(DEFAULT_NETS)
     if (args.net or args.clock_mhz) and len(boards) != 1:
         ap.error("--net and --clock-mhz need exactly one --board")
+    owned.claim_folder(args.out, "bitstream")
     reports = []
     for b in boards:
         net = args.net or DEFAULT_NETS[b]
@@ -120,7 +123,7 @@ def main(argv=None) -> int:
         print((args.out / b / "report.md").read_text(), flush=True)
         reports.append(rep)
     text = summary(reports)
-    (args.out / "summary.md").write_text(text)
+    owned.write_owned(args.out, {"summary.md": text}, "bitstream")
     print(text)
     return 0 if all(r["meets_constraint"] for r in reports) else 1
 

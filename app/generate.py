@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract.images import make_readable, write_files_atomically
+from ..contract import files as owned
+from ..contract.files import atomic_write, write_files_atomically
 from ..sim import buildcache
 from ..sim.cosim import VERILOG_NAME, tile_layer
 from ..sw import images
@@ -56,10 +57,9 @@ def generate(net: Network, out_dir: str | Path, reuse: bool = True,
     from ..hw.generate import emit_verilog, tile_from_images
 
     layer = tile_layer(net)
+    out_dir = owned.check_folder(out_dir)
     image = images.compile_layer(net, layer, reuse=reuse, lanes=lanes)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".epim-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="epim-tile-") as tmp:
         images.write_images(image, tmp)
         if blank and module_cache is not None:
             cache = Path(module_cache)
@@ -74,29 +74,22 @@ def generate(net: Network, out_dir: str | Path, reuse: bool = True,
             text = emit_verilog(tile_from_images(tmp, blank=blank))
         files = {p.name: p.read_text() for p in Path(tmp).iterdir()}
     files[VERILOG_NAME] = text
-    write_files_atomically(out_dir, files)
+    owned.write_owned(out_dir, files, "generate --tile")
     return Generated(out_dir, out_dir / VERILOG_NAME, image)
 
 
 def write_json(path: str | Path, obj: dict) -> None:
+    """Write a JSON file all or nothing (`contract.files.atomic_write`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_files_atomically(path.parent, {path.name: json.dumps(obj, indent=1) + "\n"})
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def save_npy(path: str | Path, arr: np.ndarray) -> None:
-    """Write an array atomically (temporary file, then rename)."""
+    """Write an array all or nothing (`contract.files.atomic_write`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        make_readable(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: np.save(f, arr))
 
 
 # --- Whole networks ---------------------------------------------------------------------------
@@ -187,6 +180,7 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
         staging = out_dir.with_name(f".{out_dir.name}.staging-{os.getpid()}")
         staging.mkdir()
         try:
+            owned.stamp_new_folder(staging, "generate")
             images.write_network(compiled, staging)
             manifest_text = (staging / "network.json").read_text()
             manifest = json.loads(manifest_text)
@@ -202,6 +196,8 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
             write_files_atomically(staging, {NETWORK_VERILOG: text})
             stamp = {"key": key, "verilog_digest": _sha256_file(staging / NETWORK_VERILOG)}
             write_files_atomically(staging, {GENERATE_STAMP: json.dumps(stamp) + "\n"})
+            owned.stamp_new_folder(staging, "generate",
+                                   [p.name for p in staging.iterdir()])
             # the whole folder at once: a run killed at any point leaves the old output or
             # the new one, and no file of an earlier generation survives in the new one
             buildcache.publish(staging, out_dir)
@@ -211,13 +207,24 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
 
 
 def refuse_foreign(out_dir: Path) -> None:
-    """Generation replaces its output folder whole: refuse a folder that holds files but no
-    earlier EPIM output (`network.json`), so that `--out` never deletes a user's files."""
-    if out_dir.exists() and (not out_dir.is_dir() or (
-            any(out_dir.iterdir()) and not (out_dir / "network.json").is_file())):
-        raise ValueError(f"{out_dir}: exists and is not an EPIM output folder (no "
-                                 "network.json); generation replaces the folder whole, so "
-                                 "give a new or empty folder")
+    """Generation replaces its output folder whole: refuse a folder that is not empty unless
+    EPIM's stamp (`contract.files.OWNER_STAMP`) lists everything in it, so that `--out` never
+    deletes a file that EPIM did not write."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir():
+        raise owned.NotOwned(f"{out_dir}: exists and is not a folder; give a new or empty "
+                             "folder")
+    if not any(out_dir.iterdir()):
+        return
+    if owned.read_owner(out_dir) is None:
+        owned.claim_folder(out_dir, "generate")  # (refuses, naming the files)
+    extra = owned.unlisted(out_dir)
+    if extra:
+        shown = ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else "")
+        raise owned.NotOwned(f"{out_dir}: holds files that EPIM did not write ({shown}); "
+                             "generation replaces the folder whole, so move them or give "
+                             "another folder")
 
 
 def network_digest(net: Network) -> tuple[dict, str]:
@@ -235,7 +242,7 @@ def generate_board(net: Network, out_dir: str | Path, divisor: int,
 
     gen = generate_network(net, out_dir, lanes=lanes, fixed=True)
     text = emit_board_verilog(board_from_images(gen.folder, divisor))
-    write_files_atomically(Path(out_dir), {BOARD_VERILOG: text})
+    owned.write_owned(Path(out_dir), {BOARD_VERILOG: text}, "generate")
     return Path(out_dir) / BOARD_VERILOG
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import files as owned
 from ..hw import protocol
 from ..sim.cosim import (
     build_model,
@@ -46,7 +47,7 @@ def cosim(net: Network, x: np.ndarray, build_root: str | Path, stalls: bool = Fa
     `module_cache`: where blank tiles' Verilog is kept by shape, `generate`)."""
     x = reference.check_inputs(net, x)
     layer = tile_layer(net)
-    build_root = Path(build_root).resolve()
+    build_root = owned.claim_folder(Path(build_root).resolve(), "cosim")
     t0 = time.time()
     gen = generate(net, gen_dir or build_root / "generated", reuse=reuse, blank=program,
                    lanes=lanes, module_cache=module_cache)
@@ -108,7 +109,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
         raise ValueError("fixed tiles have no programming port: leave out one of program "
                          "and fixed")
     x = reference.check_inputs(net, x)
-    build_root = Path(build_root).resolve()
+    build_root = owned.claim_folder(Path(build_root).resolve(), "cosim")
     t0 = time.time()
     gen = generate_network(net, build_root / ("generated-fixed" if fixed else "generated"),
                            reuse=reuse, lanes=lanes, replicas=replicas, log=log, fixed=fixed,
@@ -182,7 +183,7 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
     """Run images through the board top's UART pins on Verilator; returns outputs and report.
     `lanes` as the FPGA build uses them (`epim.app.fpga.fit_lanes`)."""
     x = reference.check_inputs(net, x)
-    build_root = Path(build_root).resolve()
+    build_root = owned.claim_folder(Path(build_root).resolve(), "cosim")
     t0 = time.time()
     verilog = generate_board(net, build_root / "generated-board", divisor, lanes)
     manifest = json.loads((build_root / "generated-board" / "network.json").read_text())
@@ -268,7 +269,7 @@ def cosim_per_layer(net: Network, x: np.ndarray, build_root: str | Path, program
     t0 = time.time()
     x = reference.check_inputs(net, x)
     tensors = reference.run_network(net, x, reuse=reuse, keep=True)
-    build_root = Path(build_root).resolve()
+    build_root = owned.claim_folder(Path(build_root).resolve(), "cosim")
     options = {"stalls": stalls, "seed": seed, "program": program, "reuse": reuse,
                "lanes": lanes}
     tiles = [la for la in net.layers if la.op in ("conv", "linear")]

@@ -13,10 +13,10 @@ import enum
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from .files import load_json, read_regular
 
 NET_FORMAT = "epim-net-v1"  # the network file (docs/contract.md)
 MANIFEST_FORMAT = "epim-images-v1"  # a tile's manifest.json
@@ -199,14 +199,13 @@ def inside(folder: Path, name, mpath: Path, what: str) -> Path:
     return folder / name
 
 
+MAX_MANIFEST_BYTES = 64 * 2**20  # a network manifest lists every unit; a tile's is small
+MAX_HEX_BYTES = 2**30  # one memory image
+
+
 def read_manifest(mpath: Path, fmt: str) -> dict:
     """A JSON manifest of format `fmt`, or an ImageError naming the file."""
-    try:
-        manifest = json.loads(mpath.read_text())
-    except OSError as exc:
-        raise ImageError(f"{mpath}: cannot read: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise ImageError(f"{mpath}: not valid JSON: {getattr(exc, 'msg', exc)}") from None
+    manifest = load_json(mpath, "a manifest", MAX_MANIFEST_BYTES, ImageError)
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
         raise ImageError(f"{mpath}: not an {fmt} manifest")
     return manifest
@@ -214,10 +213,7 @@ def read_manifest(mpath: Path, fmt: str) -> dict:
 
 def read_hex(path: Path, width: int, depth: int, sha256: str | None = None) -> list[int]:
     """Read a `$readmemh` file of `depth` words of `width` bits, checking its SHA-256."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read: {exc.strerror}") from None
+    raw = read_regular(path, "a memory image", MAX_HEX_BYTES, ImageError)
     if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
         raise ImageError(f"{path}: checksum mismatch: the file was changed or corrupted after "
                          "it was packed (re-run 'epim generate')")
@@ -235,28 +231,3 @@ def read_hex(path: Path, width: int, depth: int, sha256: str | None = None) -> l
     if len(words) != depth:
         raise ImageError(f"{path}: {len(words)} words, the manifest says {depth}")
     return words
-
-
-def make_readable(path) -> None:
-    """Give a temporary file the permissions a plainly created one would have (umask applies)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def write_files_atomically(out_dir: Path, files: dict[str, str]) -> None:
-    """Write every file to a temporary name first, then rename them all into place."""
-    tmp = []
-    try:
-        for name, text in files.items():
-            fd, path = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            make_readable(path)
-            tmp.append((path, out_dir / name))
-        for path, dest in tmp:
-            os.replace(path, dest)
-    finally:
-        for path, _ in tmp:
-            if os.path.exists(path):
-                os.unlink(path)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract.files import write_files_atomically
 from . import protocol
 from .board import BoardTop
 from .network import NetworkAccelerator, load_network
@@ -142,8 +143,8 @@ def build(images: str | Path, board: str, out_dir: str | Path, clock_mhz: float 
                 "lanes": manifest.get("lanes"),
                 "bitstream": str(out_dir / f"{TOP}.{b.product}"), "seconds": round(seconds, 1),
                 "seed": seed})
-    (out_dir / "report.json").write_text(json.dumps(rep, indent=1) + "\n")
-    (out_dir / "report.md").write_text(markdown(rep))
+    write_files_atomically(out_dir, {"report.json": json.dumps(rep, indent=1) + "\n",
+                                     "report.md": markdown(rep)})
     return rep
 
 

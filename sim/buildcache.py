@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
+from ..contract.files import NotOwned, atomic_write, read_owner, stamp_new_folder
 from ..sw.progress import bar as progress_bar
 from .verilator import setup_environment
 
@@ -90,9 +91,7 @@ def read_stamp(folder: Path) -> dict | None:
 
 
 def write_stamp(folder: Path, stamp: dict) -> None:
-    tmp = folder / f".{STAMP}.{os.getpid()}"
-    tmp.write_text(json.dumps(stamp, indent=1) + "\n")
-    os.replace(tmp, folder / STAMP)
+    atomic_write(folder / STAMP, json.dumps(stamp, indent=1) + "\n")
 
 
 def threads_arg() -> tuple[str, ...]:
@@ -120,9 +119,13 @@ def verilator_build(sources: list[Path], top: str, cache_root: str | Path, waves
             if log:
                 log(f"Verilator build {build_dir.name}: cached, not rebuilt")
             return build_dir, False
-        if build_dir.exists():
-            shutil.rmtree(build_dir)  # an interrupted or foreign build: start clean
+        if build_dir.exists() or build_dir.is_symlink():
+            if read_owner(build_dir) is None and not (build_dir / STAMP).is_file():
+                raise NotOwned(f"{build_dir}: a folder that EPIM did not make has the name of "
+                               "a Verilator build; move it away")
+            shutil.rmtree(build_dir)  # an interrupted or outdated build: start clean
         build_dir.mkdir(parents=True)
+        stamp_new_folder(build_dir, "verilator build")
         if log:
             log(f"Verilator build {build_dir.name}: building {top} "
                 f"({sum(s.stat().st_size for s in sources) / 1e6:.1f} MB of Verilog)")
@@ -284,8 +287,9 @@ def publish(staging: Path, target: Path) -> None:
 
 
 def remove_leftovers(target: Path) -> None:
-    """Staging and old folders that killed runs left beside `target`."""
-    for p in target.parent.glob(f".{target.name}.staging-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    for p in target.parent.glob(f".{target.name}.old-*"):
-        shutil.rmtree(p, ignore_errors=True)
+    """Staging and old folders that killed runs left beside `target` (only those that carry
+    EPIM's stamp: a user's folder of a similar name is left alone)."""
+    for pattern in (f".{target.name}.staging-*", f".{target.name}.old-*"):
+        for p in target.parent.glob(pattern):
+            if p.is_dir() and not p.is_symlink() and read_owner(p) is not None:
+                shutil.rmtree(p, ignore_errors=True)

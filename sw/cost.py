@@ -26,7 +26,6 @@ one IFRT entry, `Ce_in` IFAT entries and `|B| * p_out` OFAT entries (2 bytes eac
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field, fields, replace
@@ -81,11 +80,9 @@ class Constants:
         """Defaults, overridden by the numbers of a JSON object in `path` (names as fields)."""
         if not path:
             return cls()
-        try:
-            obj = json.loads(Path(path).read_text())
-        except (UnicodeDecodeError, RecursionError, ValueError) as exc:
-            raise ValueError(f"{path}: not a JSON object of constants: "
-                             f"{getattr(exc, 'msg', type(exc).__name__)}") from None
+        from ..contract.files import load_json
+
+        obj = load_json(path, "a JSON object of constants", 2**20)
         known = {f.name for f in fields(cls)}
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: must be a JSON object of constants by name "
@@ -95,9 +92,9 @@ class Constants:
             raise ValueError(f"{path}: unknown constant(s) {', '.join(bad)}; known: "
                              f"{', '.join(sorted(known))}")
         for k, v in obj.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf:
-                raise ValueError(f"{path}: constant {k!r} must be a positive finite number, "
-                                 f"got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1e15:
+                raise ValueError(f"{path}: constant {k!r} must be a positive number up to "
+                                 f"1e15, got {str(v)[:40]}")
         return replace(cls(), **obj)
 
 
@@ -293,12 +290,17 @@ class NetworkCost:
 def network_cost(net: Network | list[Layer], pim: PIM | None = None,
                  consts: Constants = CONSTANTS, reuse: bool = True,
                  lanes: int | dict | None = None,
-                 replicas: int | dict | None = None) -> NetworkCost:
+                 replicas: int | dict | None = None,
+                 max_steps: int | None = None) -> NetworkCost:
     """Costs of every conv and linear layer of a network (or a list of layers); from a
     network, `NetworkCost.network` adds the whole accelerator's cycles (computed when first
-    read)."""
+    read). A network whose tile schedules would take more than `max_steps` slot steps
+    (`workload.check_schedule`) is refused before any is replayed."""
     whole = net if isinstance(net, Network) else None
     if whole is not None:
+        from . import workload
+
+        workload.check_schedule(net, max_steps)
         pim, layers = net.pim, net.layers
     else:
         layers = net

@@ -140,8 +140,8 @@ def schedule(t: TileTiming, n_images: int) -> Schedule:
         return full_at[n]
 
     last_out = [0] * n_images
-    pixels = [(n, p) for n in range(n_images) for p in range(t.pixels)]
-    computing, gathering = None, pixels[0]
+    total = n_images * t.pixels  # pixel `m` of the batch is (image, pixel) divmod(m, pixels)
+    computing, gathering = None, (0, 0)
     start = loaded(0) + 1  # the idle tile sees the full bank, then starts a gather-only slot
     taken = 1
     while computing or gathering:
@@ -154,10 +154,10 @@ def schedule(t: TileTiming, n_images: int) -> Schedule:
         # bank already reads full, otherwise the tile goes idle until it does.
         computing, gathering = gathering, None
         start = end + 1
-        if taken < len(pixels):
-            avail = loaded(pixels[taken][0])
+        if taken < total:
+            avail = loaded(taken // t.pixels)
             if avail <= end or not computing:
-                gathering = pixels[taken]
+                gathering = divmod(taken, t.pixels)
                 taken += 1
                 if avail > end:
                     start = avail + 1

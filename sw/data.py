@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract.images import make_readable
+from ..contract.files import make_readable
 
 NAMES = ("mnist", "fashion-mnist", "mnist-5k", "cifar10")
 SPLITS = ("train", "test")
@@ -297,36 +297,93 @@ class CifarUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} may not appear in a CIFAR-10 batch")
 
 
+MAX_CIFAR_FILE = 2**30  # a python batch is 31 MB, the JPEG archive about 150 MB
+
+
 def read_cifar10(split: str, path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A CIFAR-10 split from the python batches or a JPEG `.npz`; a malformed file gives a
+    ValueError naming it (and, in an archive, the image)."""
     src = cifar_source(path)
     if src.is_dir():
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         images, labels = [], []
         for f in files:
-            with open(src / f, "rb") as fh:
-                try:
-                    batch = CifarUnpickler(fh, encoding="bytes").load()
-                except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-                    raise ValueError(f"{src / f}: not a CIFAR-10 python batch: {exc}") from None
-            images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[b"labels"], np.int64))
+            x, y = read_cifar_batch(src / f)
+            images.append(x)
+            labels.append(y)
         return np.concatenate(images), np.concatenate(labels)
     try:
         from PIL import Image
     except ImportError:
         raise DataMissing(f"decoding the JPEG copy {src} needs Pillow: pip install pillow"
                           ) from None
-    with np.load(src) as npz:
-        try:
-            buf, off = npz[f"{split}_jpeg"], npz[f"{split}_offsets"]
-            labels = npz[f"{split}_labels"].astype(np.int64)
-        except KeyError as e:
-            raise ValueError(f"{src}: not a CIFAR-10 JPEG archive (missing array {e})") from None
+    buf, off, labels = read_cifar_archive(src, split)
     images = np.empty((len(labels), 3, 32, 32), np.uint8)
     for i in range(len(labels)):
-        img = Image.open(io.BytesIO(buf[off[i]:off[i + 1]].tobytes())).convert("RGB")
-        images[i] = np.asarray(img).transpose(2, 0, 1)
+        try:
+            img = Image.open(io.BytesIO(buf[off[i]:off[i + 1]].tobytes()))
+            if img.size != (32, 32):
+                raise ValueError(f"a {img.size[0]}x{img.size[1]} image, not 32x32")
+            images[i] = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+        except Exception as exc:  # noqa: BLE001 (Pillow raises many types for a bad image)
+            raise ValueError(f"{src}: {split} image {i} is not a 32x32 JPEG: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                             ) from None
     return images, labels
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One python batch: `(N, 3, 32, 32)` uint8 images and `(N,)` labels 0..9."""
+    from ..contract.files import open_regular
+
+    with open_regular(path, "a CIFAR-10 batch", MAX_CIFAR_FILE) as fh:
+        try:
+            batch = CifarUnpickler(fh, encoding="bytes").load()
+        except Exception as exc:  # noqa: BLE001 (a broken pickle raises many types)
+            raise ValueError(f"{path}: not a CIFAR-10 python batch: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:120] if str(exc) else ''}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (no b'data' and b'labels' "
+                         "entries)")
+    try:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[b"labels"])
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path}: CIFAR-10 batch entries that are not arrays: {exc}") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: b'data' must be uint8 of shape (N, 3072), got "
+                         f"{data.dtype} {list(data.shape)}")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer) or (
+            len(labels) and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise ValueError(f"{path}: b'labels' must be {len(data)} integers in 0..9")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def read_cifar_archive(src: Path, split: str):
+    """The JPEG bytes, offsets and labels of one split of a JPEG `.npz`, checked."""
+    from ..contract.files import open_regular
+
+    with open_regular(src, "a CIFAR-10 JPEG archive", MAX_CIFAR_FILE) as fh:
+        try:
+            with np.load(fh, allow_pickle=False) as npz:
+                buf, off = npz[f"{split}_jpeg"], npz[f"{split}_offsets"]
+                labels = npz[f"{split}_labels"]
+        except KeyError as e:
+            raise ValueError(f"{src}: not a CIFAR-10 JPEG archive (missing array {e})") from None
+        except Exception as exc:  # noqa: BLE001 (zip and npy errors of many types)
+            raise ValueError(f"{src}: not a CIFAR-10 JPEG archive: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:120] if str(exc) else ''}") from None
+    n = len(labels)
+    if buf.dtype != np.uint8 or buf.ndim != 1 or off.shape != (n + 1,) or not np.issubdtype(
+            off.dtype, np.integer) or labels.shape != (n,) or not np.issubdtype(
+            labels.dtype, np.integer):
+        raise ValueError(f"{src}: {split}_jpeg must be uint8 bytes, {split}_offsets {n + 1} "
+                         f"integers and {split}_labels {n} integers")
+    if n and (off[0] < 0 or off[-1] > len(buf) or (np.diff(off) < 0).any()
+              or labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{src}: {split}_offsets must rise within the bytes, and labels be "
+                         "0..9")
+    return buf, off, labels.astype(np.int64)
 
 
 READERS = {"mnist": read_mnist, "fashion-mnist": read_fashion, "mnist-5k": read_mnist_5k}

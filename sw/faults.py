@@ -37,7 +37,6 @@ always may be.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 
@@ -130,15 +129,9 @@ def parse(obj, net: Network, source: str = "fault map") -> dict[str, np.ndarray]
 
 
 def load(path: str | Path, net: Network) -> dict[str, np.ndarray]:
-    path = Path(path)
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise FaultMapError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FaultMapError(f"{path}: not JSON ({str(exc).splitlines()[0]})") from None
+    from ..contract.files import load_json
+
+    obj = load_json(path, "a fault map", MAX_FILE_BYTES, FaultMapError)
     return parse(obj, net, str(path))
 
 

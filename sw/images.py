@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract.files import write_files_atomically
 from ..contract.images import (
     MANIFEST_FORMAT,
     MEMORIES,
@@ -31,7 +32,6 @@ from ..contract.images import (
     params_digest,
     sha256_text,
     ubits,
-    write_files_atomically,
 )
 from ..contract.params import (
     AddParams,

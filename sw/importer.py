@@ -156,14 +156,25 @@ def trace(module: nn.Module, in_shape: tuple[int, int, int]) -> Imported:
                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     finally:
         module.__class__ = cls
+    import contextlib
+    import io
+
     from torch.fx.passes.shape_prop import ShapeProp
 
+    said = io.StringIO()  # ShapeProp prints a traceback of its own before it raises
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(said):
             ShapeProp(gm).propagate(torch.zeros(1, *in_shape))
     except Exception as exc:
-        raise ModelImportError(f"the module does not run on a 1x{'x'.join(map(str, in_shape))} "
-                               f"input: {type(exc).__name__}: {exc}") from None
+        cause = exc.__cause__ or exc
+        where = str(exc).split(" with meta=")[0].removeprefix("ShapeProp error for: ") \
+            if exc.__cause__ else ""
+        err = ModelImportError(
+            f"the module does not run on a 1x{'x'.join(map(str, in_shape))} input"
+            + (f" (at {where})" if where else "") + f": {type(cause).__name__}: "
+            + (str(cause).splitlines()[0] if str(cause) else ""))
+        err.details = said.getvalue()  # (printed by `epim --debug`)
+        raise err from None
     return _Reader(gm, in_shape).read()
 
 
@@ -527,11 +538,10 @@ def read_epitomes(path: str | Path, nodes: list[Node]) -> dict[str, dict]:
     """Per-layer genes from a search JSON (`epim search`'s `search.json`: `best.layers`, or an
     object with `layers`): `{layer: {ce_in, ce_out, p_in, p_out, d_r, bits}}`. Layer names
     may use the module's dots (`layer1.0.conv1`) or the node's underscores."""
+    from ..contract.files import load_json
+
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelImportError(f"{path}: cannot read a search JSON: {exc}") from None
+    obj = load_json(path, "a search JSON", error=ModelImportError)
     layers = obj.get("best", obj).get("layers") if isinstance(obj, dict) else None
     if not isinstance(layers, dict):
         raise ModelImportError(f"{path}: no 'best.layers' or 'layers' object (the search.json "
@@ -664,7 +674,7 @@ def load_module(spec: str, num_classes: int | None = None, in_channels: int | No
 
         try:
             return load_checkpoint(spec)[1]
-        except (FileNotFoundError, KeyError, TypeError, RuntimeError) as exc:
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise ModelImportError(f"{spec}: not an epim train checkpoint: "
                                    f"{str(exc).splitlines()[0]}") from None
     path, sep, func = spec.rpartition(":")
@@ -694,8 +704,14 @@ def load_module(spec: str, num_classes: int | None = None, in_channels: int | No
 
 def load_state_dict(module: nn.Module, path: str | Path) -> None:
     """Weights from a `state_dict` file (read with `weights_only=True`: nothing unpickled)."""
+    import io
+
+    from ..contract.files import read_regular
+    from .train import MAX_CHECKPOINT_BYTES
+
+    raw = read_regular(path, "a state_dict file", MAX_CHECKPOINT_BYTES, ModelImportError)
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
         raise ModelImportError(f"{path}: not a state_dict file: {str(exc).splitlines()[0]}") \
             from None
@@ -786,7 +802,7 @@ def import_to(out: str | Path, module: nn.Module, in_shape: tuple[int, int, int]
     `epim.sw.train.load_checkpoint`) and `out/import.json` (the report); returns the report."""
     from dataclasses import asdict
 
-    from ..contract.images import write_files_atomically
+    from ..contract import files as owned
     from . import data
     from .export import export
     from .models import DEFAULT_PIM
@@ -794,7 +810,7 @@ def import_to(out: str | Path, module: nn.Module, in_shape: tuple[int, int, int]
 
     quant = quant or QuantConfig()
     pim = dict(pim or DEFAULT_PIM)
-    out = Path(out)
+    out = owned.check_folder(out)  # (claimed when the first file is written)
     if finetune and tuple(data.SHAPES.get(finetune.get("data", ""), ())) != tuple(in_shape):
         raise ModelImportError(f"fine-tuning data {finetune.get('data')!r} has images of shape "
                                f"{data.SHAPES.get(finetune.get('data'))}, the model takes "
@@ -835,16 +851,14 @@ def import_to(out: str | Path, module: nn.Module, in_shape: tuple[int, int, int]
                       test_images=metrics["test_images"],
                       fake_quant_accuracy=metrics.get("fake_quant_accuracy"))
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": asdict(cfg), "model": model.state_dict()},
-                   out / "checkpoint.tmp")
-        (out / "checkpoint.tmp").replace(out / "checkpoint.pt")
+        state = {"config": asdict(cfg), "model": model.state_dict()}
+        owned.write_owned(out, {"checkpoint.pt": lambda f: torch.save(state, f)}, "import")
     net = export(model.eval(), pim, source=str(out / "net.json"))
     report["pim"] = pim
     report["quant"] = {"weight_bits": quant.weight_bits, "act_bits": quant.act_bits,
                        "signed_bits": quant.signed_bits, "pool_bits": quant.pool_bits,
                        "input_bits": quant.input_bits}
-    write_files_atomically(out, {"net.json": json.dumps(net) + "\n",
-                                 "import.json": json.dumps(report, indent=1) + "\n"})
+    owned.write_owned(out, {"net.json": json.dumps(net) + "\n",
+                            "import.json": json.dumps(report, indent=1) + "\n"}, "import")
     log(f"wrote {out / 'net.json'}, {out / 'checkpoint.pt'} and {out / 'import.json'}")
     return report

@@ -7,6 +7,7 @@ with NumPy arrays, shapes already inferred.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract.files import load_json
 from ..contract.images import NAME_RE
 from ..contract.images import NET_FORMAT as FORMAT
 
@@ -126,10 +128,11 @@ class Network:
         return name != self.input_name and not self.layer(name).relu
 
     def layer(self, name: str) -> Layer:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
+        return self._by_name[name]
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, Layer]:
+        return {layer.name: layer for layer in self.layers}
 
     @property
     def output_layer(self) -> Layer:
@@ -255,29 +258,9 @@ _EPITOME_KEYS = {"in_channels", "out_channels", "patch_in", "patch_out", "row_of
 
 
 def load(path: str | Path) -> Network:
-    """Read and validate a network file (at most `MAX_FILE_BYTES`, UTF-8 JSON)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise NetFileError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise NetFileError(f"{path}: larger than the limit of {MAX_FILE_BYTES // 2**20} MiB "
-                           "for a network file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise NetFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise NetFileError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} "
-                           f"column {exc.colno}") from None
-    except RecursionError:
-        raise NetFileError(f"{path}: not valid JSON: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise NetFileError(f"{path}: not valid JSON: {exc}") from None
+    """Read and validate a network file (a regular file of at most `MAX_FILE_BYTES`, UTF-8
+    JSON without duplicate keys, nested at most `MAX_JSON_DEPTH` deep)."""
+    obj = load_json(path, "a network file", MAX_FILE_BYTES, NetFileError)
     return parse(obj, source=str(path))
 
 
@@ -360,25 +343,36 @@ def parse(obj, source: str = "<net>") -> Network:
 
 
 def _topo_order(by_name: dict[str, dict], input_name: str, source: str) -> list[str]:
-    """An execution order: repeated passes over file order, each taking the layers whose inputs
-    are ready. Unknown inputs and cycles are refused."""
+    """The execution order: by level (a layer's is one more than its deepest input's), then
+    file order; found with Kahn's algorithm, so linear in layers and edges. Unknown inputs and
+    cycles are refused."""
+    readers: dict[str, list[str]] = {input_name: [], **{n: [] for n in by_name}}
+    waiting: dict[str, int] = {}
     for name, lay in by_name.items():
         for i in lay["inputs"]:
-            if i != input_name and i not in by_name:
+            if i not in readers:
                 raise _Ctx(source, f"layer '{name}'").fail("inputs", f"unknown input {i!r}")
-    done: set[str] = {input_name}
-    order: list[str] = []
-    pending = list(by_name)
-    while pending:
-        ready = [n for n in pending if all(i in done for i in by_name[n]["inputs"])]
-        if not ready:
-            raise _Ctx(source, f"layer '{pending[0]}'").fail(
-                "inputs", "the layers form a cycle: " + " -> ".join(pending))
-        for n in ready:
-            done.add(n)
-            order.append(n)
-            pending.remove(n)
-    return order
+            readers[i].append(name)
+        waiting[name] = len(lay["inputs"])
+    level = {input_name: 0}
+    ready = [input_name]
+    placed = -1  # (the input is not a layer)
+    while ready:
+        done = ready.pop()
+        placed += 1
+        for n in readers[done]:
+            level[n] = max(level.get(n, 0), level[done] + 1)
+            waiting[n] -= 1
+            if waiting[n] == 0:
+                ready.append(n)
+    if placed < len(by_name):
+        stuck = [n for n in by_name if waiting[n] > 0]
+        shown = " -> ".join(stuck[:8]) + (f" (and {len(stuck) - 8} more)" if len(stuck) > 8
+                                          else "")
+        raise _Ctx(source, f"layer '{stuck[0]}'").fail(
+            "inputs", f"the layers form a cycle, or read one: {shown}")
+    index = {n: k for k, n in enumerate(by_name)}
+    return sorted(by_name, key=lambda n: (level[n], index[n]))
 
 
 def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:

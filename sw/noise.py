@@ -37,7 +37,6 @@ integers (`tests/sw/test_noise.py` checks it).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,16 +140,9 @@ def parse(obj, source: str = "noise configuration") -> NoiseConfig:
 
 def load(path: str | Path) -> NoiseConfig:
     """Read and check a noise configuration file (bounded in size before it is read)."""
-    path = Path(path)
-    with open(path, "rb") as fh:  # read at most one byte past the bound, whatever the file is
-        data = fh.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise NoiseConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; a noise "
-                               "configuration is a small JSON object")
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # (ValueError: also a 5000-digit number)
-        raise NoiseConfigError(f"{path}: not JSON ({str(exc).splitlines()[0]})") from None
+    from ..contract.files import load_json
+
+    obj = load_json(path, "a noise configuration", MAX_CONFIG_BYTES, NoiseConfigError)
     return parse(obj, str(path))
 
 

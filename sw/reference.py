@@ -20,6 +20,7 @@ import os
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from . import workload
 from .epitome import ifat_sources, n_slices, sample_indices, steps
 from .netfile import PIM, Layer, Network
 
@@ -262,32 +263,17 @@ def blas_threads():
     return threadpool_limits(limits=n, user_api="blas")
 
 
-# Elements of im2col windows per chunk of images: bounds the working memory (several int64 and
-# float64 copies of this size are alive at once) to a few GB, whatever the batch size.
-CHUNK_ELEMENTS = 2**24
-
-
-def chunk_size(net: Network) -> int:
-    """Images per chunk so that the largest layer's windows hold about `CHUNK_ELEMENTS`."""
-    per_image = 1
-    for layer in net.layers:
-        if layer.op in ("conv", "linear"):
-            _, ho, wo = layer.out_shape
-            per_image = max(per_image, ho * wo * layer.in_channels * layer.kernel**2)
-    return max(1, CHUNK_ELEMENTS // per_image)
-
-
 def run_network(net: Network, x: np.ndarray, reuse: bool = True, keep: bool = False,
                 literal: bool = False, progress=None,
                 noise=None) -> np.ndarray | dict[str, np.ndarray]:
     """The network output for a batch `x (N, C, H, W)`: `(N, C, H, W)`, or `(N, F)` for linear.
 
     With `keep=True` every tensor is returned by name (in `(N, C, H, W)` form). Large batches
-    run in chunks of images (:func:`chunk_size`), so memory stays bounded. `noise` (a
+    run in chunks of images (`workload.chunk_size`), so memory stays bounded. `noise` (a
     `noise.NoisyChip`) runs the crossbars with non-idealities instead of ideally.
     """
     x = check_inputs(net, x)
-    step = chunk_size(net)
+    step = workload.chunk_size(net)
     parts = []
     with blas_threads():
         for i in range(0, len(x), step):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..contract import files as owned
 from . import cost
 from .epitome import strided_offsets
 from .netfile import PIM
@@ -326,7 +327,6 @@ def compare(data: str = "mnist", epochs: int = 3, ratio: float = 4, seed: int = 
     exported files."""
     import json
     from dataclasses import replace
-    from pathlib import Path
 
     from . import compress, models
     from .export import export
@@ -362,11 +362,9 @@ def compare(data: str = "mnist", epochs: int = 3, ratio: float = 4, seed: int = 
               "uniform": {k: v for k, v in rows["uniform"].items() if k != "net"},
               "searched": {k: v for k, v in rows["searched"].items() if k != "net"}}
     if out:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "search.json").write_text(json.dumps(result, indent=1))
-        for name in rows:
-            (out / f"{name}.net.json").write_text(json.dumps(rows[name]["net"]) + "\n")
+        owned.write_owned(out, {"search.json": json.dumps(result, indent=1), **{
+            f"{name}.net.json": json.dumps(rows[name]["net"]) + "\n" for name in rows}},
+            "search")
     return result
 
 
@@ -393,7 +391,7 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {x['crossbars']} | {100 * x['test_accuracy']:.2f}% | "
                      f"{x['cycles_per_image']:.0f} | {x['energy_uj']:.2f} |")
     md = "\n".join(lines) + "\n"
-    (args.out / "search.md").write_text(md)
+    owned.write_owned(args.out, {"search.md": md}, "search")
     print(md)
     return 0
 
@@ -413,7 +411,6 @@ def search_checkpoint(init, out, ratio: float | None = None, budget: int | None 
     fine-tuned and exported to `out/net.json`. Returns what search.json holds."""
     import json
     from dataclasses import replace
-    from pathlib import Path
 
     from . import compress, models
     from .export import export
@@ -423,6 +420,7 @@ def search_checkpoint(init, out, ratio: float | None = None, budget: int | None 
     if not dense.quantized:
         raise ValueError(f"--init {init}: search from a trained quantized dense model "
                          "(the float model has no integer form)")
+    owned.check_folder(out)  # (before the search)
     pim = cfg.pim
     if budget is None:
         uni = compress.epitomize(dense, models.nodes(cfg.model, ratio, cfg.width,
@@ -432,8 +430,7 @@ def search_checkpoint(init, out, ratio: float | None = None, budget: int | None 
     seeds = [srch.uniform(ratio)] if ratio else []
     res = srch.run(population, generations, mutation=mutation, seed=seed,
                    seeds=seeds, log=log)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = owned.check_folder(out)
     obj = {"budget": budget, "evaluated": res.evaluated,
            "best": describe(res.best, srch.slots),
            "front": [describe(c, srch.slots) for c in res.front]}
@@ -444,9 +441,10 @@ def search_checkpoint(init, out, ratio: float | None = None, budget: int | None 
     if finetune:
         model = compress.epitomize(dense, srch.nodes(res.best.genes))
         m = fit(replace(cfg, epochs=finetune), out, model=model)
-        (out / "net.json").write_text(json.dumps(export(m["model"].cpu(), pim)) + "\n")
+        owned.write_owned(out, {"net.json": json.dumps(export(m["model"].cpu(), pim)) + "\n"},
+                          "search")
         obj["finetuned_test_accuracy"] = m["test_accuracy"]
         log(f"fine-tuned {finetune} epochs: test accuracy {m['test_accuracy']:.4f}; "
             f"wrote {out / 'net.json'}")
-    (out / "search.json").write_text(json.dumps(obj, indent=1) + "\n")
+    owned.write_owned(out, {"search.json": json.dumps(obj, indent=1) + "\n"}, "search")
     return obj

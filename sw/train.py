@@ -8,6 +8,7 @@ exported `epim-net-v1` file. `epim train` is its command line.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..contract import files as owned
 from . import data, models
 from .compress import model_crossbars
 from .export import export, quantize_inputs
@@ -183,13 +185,35 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Config, mode
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint (train with --out first)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)  # no unpickling
-    cfg = Config(**ckpt["config"])
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
+    ckpt = read_checkpoint(path, device)
+    try:
+        cfg = Config(**ckpt["config"])
+        model = build_model(cfg)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise ValueError(f"{path}: not a checkpoint of epim train or import: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     return cfg, model
+
+
+MAX_CHECKPOINT_BYTES = 4 * 2**30
+
+
+def read_checkpoint(path: str | Path, device="cpu") -> dict:
+    """A checkpoint dictionary from a regular file, read with `weights_only=True` (nothing is
+    unpickled); a file that is none gives a ValueError naming it."""
+    import io
+
+    path = Path(path)
+    raw = owned.read_regular(path, "a checkpoint", MAX_CHECKPOINT_BYTES)
+    try:
+        ckpt = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (torch raises many types for a file it refuses)
+        raise ValueError(f"{path}: not a checkpoint that loads without unpickling code "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dictionary")
+    return ckpt
 
 
 def build_model(cfg: Config) -> models.EpimNet:
@@ -249,11 +273,11 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs
                                                 * steps_per_epoch, pct_start=cfg.pct_start)
-    out = Path(out_dir) if out_dir else None
+    out = owned.check_folder(out_dir) if out_dir else None  # (claimed at the first write)
     start = 0
-    if out and (out / "checkpoint.pt").exists():
-        ckpt = torch.load(out / "checkpoint.pt", map_location=device, weights_only=True)
-        if ckpt["config"] == asdict(cfg):
+    if out and "checkpoint.pt" in owned.listed(out) and (out / "checkpoint.pt").is_file():
+        ckpt = read_checkpoint(out / "checkpoint.pt", device)
+        if ckpt.get("config") == asdict(cfg):
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
@@ -302,12 +326,11 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
         history.append({"epoch": epoch + 1, "loss": total / steps_per_epoch,
                         "test_accuracy": acc, "seconds": round(seconds, 1)})
         if out:
-            out.mkdir(parents=True, exist_ok=True)
-            torch.save({"config": asdict(cfg), "model": model.state_dict(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "rng": torch.get_rng_state(), "epoch": epoch + 1},
-                       out / "checkpoint.tmp")
-            (out / "checkpoint.tmp").replace(out / "checkpoint.pt")
+            state = {"config": asdict(cfg), "model": model.state_dict(),
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "rng": torch.get_rng_state(), "epoch": epoch + 1}
+            owned.write_owned(out, {"checkpoint.pt": functools.partial(torch.save, state)},
+                              "train")
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {total / steps_per_epoch:.4f}, "
             f"test accuracy {acc:.4f} ({seconds:.0f} s)")
         dist.barrier()
@@ -336,10 +359,10 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
         metrics.update(crossbars=xbars, dense8_crossbars=dense8,
                        compression_vs_dense8=dense8 / xbars)
         if out:
-            (out / "net.json").write_text(json.dumps(net) + "\n")
+            owned.write_owned(out, {"net.json": json.dumps(net) + "\n"}, "train")
     if out:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-        np.save(out / "predictions.npy", pred)
+        owned.write_owned(out, {"metrics.json": json.dumps(metrics, indent=1) + "\n",
+                                "predictions.npy": lambda f: np.save(f, pred)}, "train")
     dist.barrier()
     dist.stop()
     metrics["model"] = model

@@ -62,7 +62,7 @@ def test_generate_writes_verilog_images_and_manifest(tmp_path, net_path):
     out = tmp_path / "gen"
     assert main(["generate", str(net_path), "--out", str(out), "--tile"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["epim_tile.v", "ifat.hex", "ifrt.hex", "manifest.json", "ofat.hex",
+    assert names == [".epim-owner.json", "epim_tile.v", "ifat.hex", "ifrt.hex", "manifest.json", "ofat.hex",
                      "ostage.hex", "xbar.hex"]
     assert "module epim_tile" in (out / "epim_tile.v").read_text()
 
@@ -198,13 +198,14 @@ def test_hostile_network_files_get_one_line_and_exit_2(tmp_path, net_obj, capsys
         assert not out.exists()
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
-    assert "nested too deeply" in _one_line(capsys, "check", deep)
+    assert "nested more than 32 deep" in _one_line(capsys, "check", deep)
     binary = tmp_path / "binary.json"
     binary.write_bytes(b'{"format": "\xff\xfe"}')
     assert f"{binary}: not UTF-8 text" in _one_line(capsys, "check", binary)
     digits = tmp_path / "digits.json"
     digits.write_text('{"format": ' + "9" * 5000 + "}")
-    assert f"{digits}: not valid JSON" in _one_line(capsys, "check", digits)
+    assert f"{digits}: not accepted as JSON: a number of 5000 digits" in _one_line(
+        capsys, "check", digits)
 
 
 def test_hostile_input_arrays_get_one_line_and_exit_2(tmp_path, net_path, capsys):
@@ -268,9 +269,12 @@ def test_bitstream_refuses_what_the_board_cannot_carry(tmp_path, rng):
 
 def test_cost_constants_must_be_an_object_of_finite_numbers(tmp_path, net_path):
     for text, want in [("[1, 2]", "must be a JSON object of constants"),
-                       ('{"clock_mhz": NaN}', "'clock_mhz' must be a positive finite number"),
-                       ('{"clock_mhz": 1e999}', "must be a positive finite number"),
-                       ("{", "not a JSON object of constants")]:
+                       ('{"clock_mhz": NaN}', "NaN is not a JSON number"),
+                       ('{"clock_mhz": 1e999}', "number 1e999 is out of range"),
+                       ('{"clock_mhz": 1e300}', "'clock_mhz' must be a positive number up to"),
+                       ('{"clock_mhz": 1' + "0" * 400 + "}", "a number of 401 digits"),
+                       ('{"clock_mhz": 1, "clock_mhz": 2}', "duplicate key 'clock_mhz'"),
+                       ("{", "not valid JSON")]:
         path = tmp_path / "c.json"
         path.write_text(text)
         out = run_cli("cost", net_path, "--constants", path)

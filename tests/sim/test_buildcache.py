@@ -128,7 +128,7 @@ def test_generation_replaces_the_folder_whole(tmp_path, one_layer, capsys):
     net_path = tmp_path / "n.json"
     net_path.write_text(json.dumps(examples.random_layer_net(1)))
     assert main(["generate", str(net_path), "--out", str(mine)]) == 2
-    assert "is not an EPIM output folder" in capsys.readouterr().err
+    assert "holds files that EPIM did not write (notes.txt" in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
