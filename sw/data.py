@@ -30,6 +30,7 @@ import importlib.resources
 import io
 import os
 import pickle
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -326,8 +327,9 @@ def read_cifar10(split: str, path: str | Path | None = None) -> tuple[np.ndarray
                 raise ValueError(f"a {img.size[0]}x{img.size[1]} image, not 32x32")
             images[i] = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
         except Exception as exc:  # noqa: BLE001 (Pillow raises many types for a bad image)
+            why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
             raise ValueError(f"{src}: {split} image {i} is not a 32x32 JPEG: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                             f"{type(exc).__name__}: {why.splitlines()[0][:120] if why else ''}"
                              ) from None
     return images, labels
 

@@ -62,8 +62,8 @@ def test_generate_writes_verilog_images_and_manifest(tmp_path, net_path):
     out = tmp_path / "gen"
     assert main(["generate", str(net_path), "--out", str(out), "--tile"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == [".epim-owner.json", "epim_tile.v", "ifat.hex", "ifrt.hex", "manifest.json", "ofat.hex",
-                     "ostage.hex", "xbar.hex"]
+    assert names == [".epim-owner.json", "epim_tile.v", "ifat.hex", "ifrt.hex",
+                     "manifest.json", "ofat.hex", "ostage.hex", "xbar.hex"]
     assert "module epim_tile" in (out / "epim_tile.v").read_text()
 
 
