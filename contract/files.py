@@ -328,12 +328,26 @@ def claim_folder(folder: str | Path, command: str) -> Path:
     stamped when empty, accepted when it carries EPIM's stamp; refused (`NotOwned`, one line
     naming it) when it is not a folder or holds files without the stamp."""
     folder = check_folder(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with _stamp_lock(folder):
-        if read_owner(folder) is None:
-            check_folder(folder)  # (again, under the lock)
-            _write_owner(folder, command, [])
+    try:
+        with _stamp_lock(folder):
+            if read_owner(folder) is None:
+                check_folder(folder)  # (again, under the lock)
+                _write_owner(folder, command, [])
+    except BaseException:
+        if created:
+            _remove_if_bare(folder)
+        raise
     return folder
+
+
+def _remove_if_bare(folder: Path) -> None:
+    """Remove a folder this command made, when it holds nothing but (maybe) the stamp."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in folder.iterdir()} <= {OWNER_STAMP}:
+            (folder / OWNER_STAMP).unlink(missing_ok=True)
+            folder.rmdir()
 
 
 def listed(folder: str | Path) -> set[str]:
@@ -371,10 +385,16 @@ def write_owned(folder: str | Path, files: dict[str, Content], command: str = "e
     """Write files into an output folder, claimed first (`claim_folder`), all or nothing: a
     name that exists and is not listed in the stamp is refused before anything is written;
     the names are listed before they are renamed into place."""
+    created = not Path(folder).exists()
     folder = claim_folder(folder, command)
-    taken = [n for n in files if not may_replace(folder, n)]
-    if taken:
-        raise NotOwned(f"{folder / taken[0]}: exists and was not written by EPIM; move it, or "
-                       "give another output folder")
-    record(folder, files)
-    return write_files_atomically(folder, files)
+    try:
+        taken = [n for n in files if not may_replace(folder, n)]
+        if taken:
+            raise NotOwned(f"{folder / taken[0]}: exists and was not written by EPIM; move it, "
+                           "or give another output folder")
+        record(folder, files)
+        return write_files_atomically(folder, files)
+    except BaseException:
+        if created:  # (a folder this call made is not left behind, empty, on a failure)
+            _remove_if_bare(folder)
+        raise

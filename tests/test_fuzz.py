@@ -11,7 +11,7 @@ import pytest
 
 from tests import fuzzing
 
-CLEAN = ("traceback", "escaped", "invalid")
+CLEAN = ("traceback", "escaped", "invalid", "hang", "lost", "half-written")
 
 
 def check(counts, n):
@@ -36,6 +36,22 @@ def test_input_arrays_and_board_answers(tmp_path):
     counts = fuzzing.fuzz_board_answers(200, seed=3)
     check(counts, 200)
     assert counts["refused"] == 200
+
+
+def test_the_second_round_classes(tmp_path):
+    """Special files, folders of a user's files, a full disk (the writer's fsync failing, as
+    the quick sample needs no mount), deep nesting in every JSON input, argument values and
+    long layer chains."""
+    check(fuzzing.fuzz_special_files(12, tmp_path / "s", seed=3), 12)
+    check(fuzzing.fuzz_output_folders(12, tmp_path / "o", seed=3), 12)
+    counts = fuzzing.fuzz_full_disk(12, tmp_path / "d", seed=3, real=False)
+    check(counts, 12)
+    assert counts["hit a full disk"] > 0
+    check(fuzzing.fuzz_json_nesting(20, tmp_path / "n", seed=3), 20)
+    check(fuzzing.fuzz_arguments(30, tmp_path / "a", seed=3), 30)
+    counts = fuzzing.fuzz_layer_chains(2, tmp_path / "c", seed=5)
+    check(counts, 2)
+    assert counts["slowest"] < 5000
 
 
 @pytest.mark.slow
