@@ -482,10 +482,12 @@ def user_folder(folder: Path, rng: random.Random) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for _ in range(rng.randrange(1, 6)):
         name = rng.choice(COLLIDING + [f"u{rng.randrange(10**6)}.txt"])
+        if (folder / name).exists():
+            continue
         if rng.random() < 0.3:
             (folder / name).mkdir(exist_ok=True)
             (folder / name / "inside.txt").write_bytes(b"a user's file")
-        elif not (folder / name).is_dir():
+        else:
             (folder / name).write_bytes(bytes(rng.randrange(256) for _ in range(16)))
 
 

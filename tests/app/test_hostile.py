@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from epim.app.cli import main
-from epim.contract import files
 from epim.sw import examples, netfile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +93,8 @@ def test_generate_tile_never_overwrites_a_users_file(tmp_path, small_net, capsys
 def full_disk(monkeypatch):
     """Every write of EPIM's writer fails as a full disk does (ENOSPC when the data is flushed
     to disk), after part of the data went into the temporary file."""
+    from epim.contract import files
+
     def fsync(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(files.os, "fsync", fsync)
@@ -114,6 +115,8 @@ def test_a_full_disk_leaves_no_output_and_no_temporary_file(tmp_path, small_net,
 
 
 def test_remap_report_on_a_full_disk(tmp_path, capsys, monkeypatch):
+    from epim.contract import files
+
     f = tmp_path / "f.json"
     assert main(["faults", str(MNIST), "--stuck-at-zero", "0.01", "--out", str(f)]) == 0
     calls = []
@@ -132,6 +135,8 @@ def test_remap_report_on_a_full_disk(tmp_path, capsys, monkeypatch):
 
 
 def test_the_writer_removes_its_temporary_file_whatever_fails(tmp_path):
+    from epim.contract import files
+
     def boom(f):
         f.write(b"half")
         raise RuntimeError("boom")
