@@ -14,7 +14,7 @@ import math
 
 from amaranth.build import ResourceError
 from amaranth.hdl import Array, Cat, ClockDomain, Const, Elaboratable, Instance, Module, Mux, Signal
-from amaranth.lib import enum, io, stream, wiring
+from amaranth.lib import crc, enum, io, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
@@ -205,7 +205,8 @@ class BoardLink(wiring.Component):
         tail = Signal()  # ... and this one ends it: the CRC last
         beat_no = Signal(range(per))
         seq = Signal(8)
-        crc = Signal(16, init=protocol.CRC_INIT)
+        m.submodules.crc = crc_unit = CRC16.create()
+        crc = crc_unit.crc
         length = protocol.output_bytes(man)
         header = Array([Const(protocol.OUTPUT[0], 8), seq, Const(length & 0xFF, 8),
                         Const(length >> 8, 8)])
@@ -238,10 +239,10 @@ class BoardLink(wiring.Component):
             with m.Else():
                 m.d.sync += idx.eq(idx + 1)
             with m.If(sending == Sending.OUTPUT):
-                with m.If(head & (idx == 0)):
-                    m.d.sync += crc.eq(protocol.CRC_INIT)
+                with m.If(head & (idx == 0)):  # (the type byte is outside the CRC)
+                    m.d.comb += crc_unit.start.eq(1)
                 with m.Elif(~in_crc):
-                    m.d.sync += crc.eq(crc16_step(crc, byte))
+                    m.d.comb += [crc_unit.data.eq(byte), crc_unit.valid.eq(1)]
                 with m.If(tail & last):
                     m.d.sync += seq.eq(seq + 1)
         with m.If(sending == Sending.IDLE):
@@ -258,13 +259,9 @@ class BoardLink(wiring.Component):
                                                                 beat_no + 1))]
 
 
-def crc16_step(crc, byte):
-    """`protocol.crc16_step` in logic: the CRC after one more byte."""
-    c = crc ^ Cat(Const(0, 8), byte)
-    for _ in range(8):
-        shifted = Cat(Const(0, 1), c[:15])
-        c = Mux(c[15], shifted ^ protocol.CRC_POLY, shifted)
-    return c
+# The answer frame's CRC (`protocol.crc16`: CRC-16/CCITT-FALSE, catalogued as IBM-3740) as
+# Amaranth's CRC unit, a byte per cycle.
+CRC16 = crc.catalog.CRC16_IBM_3740(data_width=8)
 
 
 def pll_settings(f_in_mhz: float, f_out_mhz: float) -> tuple[int, int, int]:

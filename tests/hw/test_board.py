@@ -240,5 +240,12 @@ def test_host_refuses_repeated_and_corrupted_answers():
     with pytest.raises(protocol.ProtocolError, match="says 3 payload bytes"):
         protocol.parse_answers(protocol.frame(0, bytes(3))[:-1], manifest, 1)
     assert protocol.crc16(b"123456789") == 0x29B1  # the CRC-16/CCITT-FALSE check value
+    from epim.hw.board import CRC16  # the hardware's CRC unit computes the host's CRC
+    algo = CRC16.algorithm
+    assert (algo.crc_width, algo.polynomial, algo.initial_crc, algo.reflect_input,
+            algo.reflect_output, algo.xor_output) == (16, protocol.CRC_POLY,
+                                                      protocol.CRC_INIT, False, False, 0)
+    for data in (b"", b"123456789", bytes(range(256))):
+        assert CRC16.compute(data) == protocol.crc16(data)
     with pytest.raises(ValueError, match="9-bit inputs"):
         protocol.check_board({**manifest, "input": {**manifest["input"], "bits": 9}})
