@@ -291,5 +291,9 @@ def remove_leftovers(target: Path) -> None:
     EPIM's stamp: a user's folder of a similar name is left alone)."""
     for pattern in (f".{target.name}.staging-*", f".{target.name}.old-*"):
         for p in target.parent.glob(pattern):
-            if p.is_dir() and not p.is_symlink() and read_owner(p) is not None:
+            if not p.is_dir() or p.is_symlink():
+                continue
+            if read_owner(p) is not None:
                 shutil.rmtree(p, ignore_errors=True)
+            elif not any(p.iterdir()):  # (killed before its stamp was written)
+                p.rmdir()

@@ -74,8 +74,8 @@ def test_generate_network_accelerator(tmp_path, net_obj, capsys):
     out = tmp_path / "g"
     assert main(["generate", str(path), "--out", str(out)]) == 0
     assert "skip FIFO depths" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == [".epim-generate.json", "epim_net.v",
-                                                     "network.json", "tiles"]
+    assert sorted(p.name for p in out.iterdir()) == [".epim-generate.json", ".epim-owner.json",
+                                                     "epim_net.v", "network.json", "tiles"]
     manifest = json.loads((out / "network.json").read_text())
     assert [u["op"] for u in manifest["units"]] == [la["op"] for la in
                                                    residual_net(net_obj)["layers"]]
