@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import geometry
 from .cyclemodel import TileTiming, replicas_for, row_chunks, schedule, tile_timing
 from .epitome import crossbar_count, n_slices, steps
 from .netfile import PIM, Epitome, Layer, Network, load
@@ -139,7 +140,6 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
     copies, and the cycles are those of the busiest copy (at least one per output pixel, the
     rate at which the copies' outputs merge)."""
     epi = layer.epitome
-    k2 = layer.kernel * layer.kernel
     _, ho, wo = layer.out_shape
     pixels = ho * wo
     st = steps(epi, reuse)
@@ -151,10 +151,10 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
     if copies > 1:
         steady = max(steady, pixels)
     xbars = crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols) * copies
-    rows = epi.in_channels * k2
+    rows = geometry.epitome_rows(epi.in_channels, layer.kernel)
     cols = epi.out_channels * n_slices(layer, pim.cell_bits)
     chunks = row_chunks(layer, pim)
-    blocks = math.ceil(cols / pim.xbar_cols)
+    blocks = geometry.ceil_div(cols, pim.xbar_cols)
     n_t = t.n_t
     dac = acts * n_t * rows * blocks * 2
     cells = acts * n_t * rows * cols * 2

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import geometry
 from ..contract.files import write_files_atomically
 from ..contract.images import (
     MANIFEST_FORMAT,
@@ -92,7 +92,7 @@ def layer_params(net: Network, layer: Layer, max_steps: int | None = None,
         out_bits=layer.out_bits, relu=layer.relu, weight_bits=layer.weight_bits,
         ce_in=epi.in_channels, ce_out=epi.out_channels, patch_in=epi.patch_in,
         patch_out=epi.patch_out, g_in=g_in, g_out=g_out, n_slices=ns,
-        n_t=math.ceil(layer.in_bits / pim.dac_bits), max_steps=max_steps,
+        n_t=geometry.dac_slices(layer.in_bits, pim.dac_bits), max_steps=max_steps,
         acc_bits=acc_bound.bit_length() + 1, src_bits=ubits(cin),
         xbar_rows=pim.xbar_rows, xbar_cols=pim.xbar_cols, cell_bits=pim.cell_bits,
         dac_bits=pim.dac_bits, adc_bits=pim.adc_bits, lanes=lanes_for(layer, pim, lanes),

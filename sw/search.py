@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..contract import files as owned
+from ..contract import geometry
 from . import cost
 from .epitome import strided_offsets
 from .netfile import PIM
@@ -156,7 +157,7 @@ class Search:
         self.seen: dict[tuple, Candidate] = {}
 
     def _slices(self, bits: int) -> int:
-        return math.ceil((bits - 1) / self.pim_d["cell_bits"])
+        return geometry.cell_slices(bits, self.pim_d["cell_bits"])
 
     def _layer(self, slot: Slot, gene: Gene | None, bits: int):
         epi = None if gene is None else (gene.ce_in, gene.ce_out, gene.p_in, gene.p_out)
