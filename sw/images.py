@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import geometry
+from ..contract import beats, geometry
 from ..contract.files import write_files_atomically
 from ..contract.images import (
     MANIFEST_FORMAT,
@@ -214,7 +214,7 @@ def compile_network(net: Network, reuse: bool = True,
         else:
             raise ImageError(f"layer {layer.name!r}: no hardware unit for op {layer.op!r}")
     out = net.output_layer
-    c, h, w = out.out_shape
+    c = out.out_shape[0]
     manifest = {
         "format": NETWORK_FORMAT,
         "input": {"name": net.input_name, "channels": net.input_shape[0],
@@ -222,7 +222,7 @@ def compile_network(net: Network, reuse: bool = True,
                   "bits": net.input_bits},
         "output": {"name": net.output, "channels": c, "bits": out.out_bits,
                    "signed": not out.relu,
-                   "beats_per_image": 1 if out.op in ("linear", "avgpool_global") else h * w},
+                   "beats_per_image": beats.beats_per_image(out.op, out.out_shape)},
         "units": [unit_to_dict(u) for u in units], "reuse": reuse, "lanes": lanes,
     }
     return {"manifest": manifest, "tiles": tiles}

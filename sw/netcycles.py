@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..contract import beats
 from ..contract import graph as unit_graph
 from . import cyclemodel
 from .cyclemodel import TileTiming, tile_timing
@@ -515,13 +516,12 @@ def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000) -> Run:
 
 
 def out_beats_per_image(net: Network) -> int:
-    layer = net.output_layer
-    return 1 if layer.op in ("linear", "avgpool_global") else _beats(layer.out_shape)
+    return layer_beats(net, net.output)
 
 
 def layer_beats(net: Network, name: str) -> int:
     layer = net.layer(name)
-    return 1 if layer.op in ("linear", "avgpool_global") else _beats(layer.out_shape)
+    return beats.beats_per_image(layer.op, layer.out_shape)
 
 
 def fifo_depths(net: Network, reuse: bool = True, images: int = 6,
