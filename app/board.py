@@ -10,8 +10,8 @@ import numpy as np
 
 from ..contract import beats
 from ..hw import protocol
-from ..sw import reference
-from ..sw.netfile import Network
+from ..sw.chip import reference
+from ..sw.chip.netfile import Network
 from .generate import network_digest
 
 BOARD_VERILOG = "epim_board.v"

@@ -209,7 +209,7 @@ class FlattenParams:
 @dataclass(frozen=True)
 class TileUnit:
     """A conv/linear layer's tile: its images in `folder` (`tiles/<name>`), checked against
-    `manifest_sha256`; `replicas` copies (`epim.sw.replication`)."""
+    `manifest_sha256`; `replicas` copies (`epim.sw.chip.replication`)."""
 
     name: str
     op: str

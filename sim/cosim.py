@@ -17,9 +17,9 @@ import numpy as np
 
 from ..contract import beats
 from ..contract.images import ProgTarget, network_prog_fields, pack, prog_fields
-from ..sw import cyclemodel, images
-from ..sw.netfile import Layer, Network
-from ..sw.progress import bar as progress_bar
+from ..sw.chip import cyclemodel, images
+from ..sw.chip.netfile import Layer, Network
+from ..sw.chip.progress import bar as progress_bar
 from . import buildcache
 
 VERILOG_NAME = "epim_tile.v"

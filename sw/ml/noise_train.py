@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..contract import geometry
+from ...contract import geometry
+from ..chip.noise import NoiseConfig
 from .layers import ActQuant, EpitomeConv2d, EpitomeLinear
-from .noise import NoiseConfig
 
 INPUT = "input"
 

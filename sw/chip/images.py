@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import beats, geometry
-from ..contract.files import write_files_atomically
-from ..contract.images import (
+from ...contract import beats, geometry
+from ...contract.files import write_files_atomically
+from ...contract.images import (
     MANIFEST_FORMAT,
     MEMORIES,
     NETWORK_FORMAT,
@@ -33,7 +33,7 @@ from ..contract.images import (
     sha256_text,
     ubits,
 )
-from ..contract.params import (
+from ...contract.params import (
     AddParams,
     FlattenParams,
     MaxPoolParams,
@@ -103,8 +103,8 @@ def compile_layer(net: Network, layer: Layer, reuse: bool = True,
                   max_steps: int | None = None, lanes: int | dict | None = None,
                   faults=None) -> LayerImage:
     """Memory images of one conv/linear layer (spec sections 3-5). `lanes`: row chunks the tile
-    computes at once (`epim.sw.cyclemodel.lanes_for`; default all). `faults`: the layer's
-    stuck cells (`epim.sw.faults`, physical coordinates), written into the crossbar image as
+    computes at once (`epim.sw.chip.cyclemodel.lanes_for`; default all). `faults`: the layer's
+    stuck cells (`epim.sw.chip.faults`, physical coordinates), written into the crossbar image as
     the levels they are stuck at, to run a faulty chip on the unchanged hardware."""
     epi = layer.epitome
     step_list = steps(epi, reuse)
@@ -173,7 +173,7 @@ def compile_network(net: Network, reuse: bool = True,
     The network manifest lists every unit of the accelerator with its parameters (tiles by
     folder and manifest checksum; `add` with its skip FIFO depths from the network cycle model
     and which inputs are signed; `avgpool_global`; `maxpool`), the input and the output beat.
-    A tile's `replicas` is the number of copies of it (`epim.sw.replication`). `faults`: stuck
+    A tile's `replicas` is the number of copies of it (`epim.sw.chip.replication`). `faults`: stuck
     cells per layer (`compile_layer`). :func:`write_network` writes it.
     """
     from .netcycles import fifo_depths as measure_depths

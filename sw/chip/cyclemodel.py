@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..contract import geometry
+from ...contract import geometry
 from .epitome import steps
 from .netfile import PIM, Layer
 

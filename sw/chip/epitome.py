@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..contract import geometry
+from ...contract import geometry
 from .netfile import Epitome, Layer
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..contract import beats
-from ..contract import graph as unit_graph
+from ...contract import beats
+from ...contract import graph as unit_graph
 from . import cyclemodel
 from .cyclemodel import TileTiming, tile_timing
 from .netfile import Layer, Network
@@ -409,8 +409,8 @@ def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | N
                 lanes: int | dict | None = None, replicas: int | dict | None = None) -> Graph:
     """The unit graph for `n_images` images. `fifo_depths[add] = [depth_a, depth_b]`
     (0: no FIFO on that input; None: unbounded); default: unbounded on both inputs. `lanes`:
-    row-chunk lanes of the tiles (`epim.sw.cyclemodel.lanes_for`); `replicas`: copies of each
-    tile (`epim.sw.cyclemodel.replicas_for`)."""
+    row-chunk lanes of the tiles (`epim.sw.chip.cyclemodel.lanes_for`); `replicas`: copies of each
+    tile (`epim.sw.chip.cyclemodel.replicas_for`)."""
     _, h, w = net.input_shape
     nodes: list[Node] = []
     for plan in unit_plan(net, fifo_depths):

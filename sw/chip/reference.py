@@ -19,7 +19,7 @@ import os
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..contract import geometry
+from ...contract import geometry
 from . import workload
 from .epitome import ifat_sources, n_slices, sample_indices, steps
 from .netfile import PIM, Layer, Network

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import geometry
+from ...contract import geometry
 from .epitome import n_slices, sample_indices
 from .netfile import PIM, Layer, Network
 
@@ -129,7 +129,7 @@ def parse(obj, net: Network, source: str = "fault map") -> dict[str, np.ndarray]
 
 
 def load(path: str | Path, net: Network) -> dict[str, np.ndarray]:
-    from ..contract.files import load_json
+    from ...contract.files import load_json
 
     obj = load_json(path, "a fault map", MAX_FILE_BYTES, FaultMapError)
     return parse(obj, net, str(path))

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import geometry
+from ...contract import geometry
 from .epitome import ifat_sources, steps
 from .netfile import PIM, Layer, Network
 from .reference import crossbar_slices, im2col
@@ -141,7 +141,7 @@ def parse(obj, source: str = "noise configuration") -> NoiseConfig:
 
 def load(path: str | Path) -> NoiseConfig:
     """Read and check a noise configuration file (bounded in size before it is read)."""
-    from ..contract.files import load_json
+    from ...contract.files import load_json
 
     obj = load_json(path, "a noise configuration", MAX_CONFIG_BYTES, NoiseConfigError)
     return parse(obj, str(path))
