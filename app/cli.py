@@ -20,7 +20,7 @@ EXIT_MISMATCH = 1
 
 
 def _load_net(path: str):
-    from ..sw import netfile
+    from ..sw.chip import netfile
     return netfile.load(path)
 
 
@@ -59,8 +59,8 @@ def _load_inputs(path: str, what: str = "inputs") -> np.ndarray:
 
 
 def cmd_check(args) -> int:
-    from ..sw.cyclemodel import tile_timing
-    from ..sw.epitome import crossbar_count
+    from ..sw.chip.cyclemodel import tile_timing
+    from ..sw.chip.epitome import crossbar_count
 
     net = _load_net(args.net)
     pim = net.pim
@@ -79,7 +79,7 @@ def cmd_check(args) -> int:
             line += (f", {kind}, {xb} crossbars, {t.n_steps} step(s) x {t.n_t} DAC slice(s) "
                      "per pixel")
         print(line)
-    from ..sw import workload
+    from ..sw.chip import workload
 
     est = workload.estimate(net, 1)
     print(f"  {est.line()}")
@@ -91,11 +91,11 @@ def cmd_check(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from ..sw.reproducible import pin_cpu_kernels
+    from ..sw.chip.reproducible import pin_cpu_kernels
 
     pin_cpu_kernels()
 
-    from ..sw.search import search_checkpoint
+    from ..sw.ml.finetune import search_checkpoint
 
     search_checkpoint(args.init, args.out, ratio=args.ratio, budget=args.budget,
                       bits=tuple(args.bits), weights=tuple(args.weights),
@@ -105,7 +105,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_cost(args) -> int:
-    from ..sw import cost
+    from ..sw.chip import cost
 
     net = _load_net(args.net)
     consts = cost.Constants.from_file(args.constants)
@@ -124,7 +124,7 @@ def cmd_cost(args) -> int:
 
 
 def cmd_faults(args) -> int:
-    from ..sw import faults
+    from ..sw.chip import faults
     from .generate import write_json
 
     if args.stuck_at_zero + args.stuck_at_max > 1:
@@ -141,7 +141,7 @@ def cmd_faults(args) -> int:
 
 
 def cmd_remap(args) -> int:
-    from ..sw import faults, netfile
+    from ..sw.chip import faults, netfile
     from .generate import write_json
 
     net = _load_net(args.net)
@@ -166,8 +166,8 @@ def cmd_remap(args) -> int:
 
 
 def cmd_reference(args) -> int:
-    from ..sw import reference
-    from ..sw.progress import bar as progress_bar
+    from ..sw.chip import reference
+    from ..sw.chip.progress import bar as progress_bar
     from .generate import save_npy
 
     net = _load_net(args.net)
@@ -179,12 +179,12 @@ def cmd_reference(args) -> int:
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{args.labels}: labels must be integers, got dtype {labels.dtype}")
     x = reference.check_inputs(net, x)
-    from ..sw import workload
+    from ..sw.chip import workload
 
     workload.check_reference(net, len(x), args.max_memory)
     chip = None
     if args.noise or args.faults:
-        from ..sw import faults, noise
+        from ..sw.chip import faults, noise
 
         chip = noise.NoisyChip(net, noise.load(args.noise) if args.noise else
                                noise.NoiseConfig(), seed=0 if args.seed is None else args.seed,
@@ -222,7 +222,7 @@ def peak_memory_mib() -> float:
 
 
 def cmd_data(args) -> int:
-    from ..sw import data
+    from ..sw.chip import data
     from .generate import save_npy
 
     images, labels = data.load(args.name, args.split, args.limit, path=args.data_path)
@@ -320,7 +320,7 @@ def cmd_board_run(args) -> int:
 
         save_npy(args.outputs, y)
     if args.check:
-        from ..sw import reference
+        from ..sw.chip import reference
 
         ref = reference.run_network(net, x)
         same = int(sum(bool((a == b).all()) for a, b in zip(y, ref, strict=True)))
@@ -336,7 +336,7 @@ def cmd_cosim(args) -> int:
 
     net = _load_net(args.net)
     x = _load_inputs(args.inputs)
-    from ..sw import reference, workload
+    from ..sw.chip import reference, workload
 
     workload.check_reference(net, len(reference.check_inputs(net, x)), args.max_memory)
     from ..contract.files import check_folder
@@ -375,7 +375,7 @@ def cmd_cosim(args) -> int:
     if not args.tile:
         fmap = None
         if args.faults:
-            from ..sw import faults
+            from ..sw.chip import faults
 
             fmap = faults.load(args.faults, net)
         y, rep = cosim_network(net, x, args.build_dir, stalls=args.stalls, seed=args.seed,
@@ -420,11 +420,11 @@ def _bits(kind):
 
 
 def cmd_train(args) -> int:
-    from ..sw.reproducible import pin_cpu_kernels
+    from ..sw.chip.reproducible import pin_cpu_kernels
 
     pin_cpu_kernels()
-    from ..sw import compress, models
-    from ..sw.train import Config, fit, load_checkpoint
+    from ..sw.ml import compress, models
+    from ..sw.ml.train import Config, fit, load_checkpoint
 
     cfg = Config(data=args.data, model=args.model, ratio=args.ratio, wrap=args.wrap,
                  width=args.width,
@@ -434,7 +434,7 @@ def cmd_train(args) -> int:
                  distill=args.distill if args.teacher else 0.0, data_path=args.data_path,
                  optimizer=args.optimizer, weight_decay=args.weight_decay, block=args.block)
     if args.noise:
-        from ..sw import noise
+        from ..sw.chip import noise
 
         cfg.noise = noise.load(args.noise).to_json()
     model = teacher = None
@@ -515,7 +515,7 @@ def float_in(lo: float, hi: float | None = None, lo_open: bool = False):
 
 
 def size_arg(text: str) -> int:
-    from ..sw.workload import parse_size
+    from ..sw.chip.workload import parse_size
 
     try:
         return parse_size(text)
@@ -549,7 +549,7 @@ def resolve_lanes(net, lanes):
     """`--lanes balanced` as the per-tile dictionary of `netcycles.balanced_lanes`."""
     if lanes != "balanced":
         return lanes
-    from ..sw import netcycles
+    from ..sw.chip import netcycles
 
     return netcycles.balanced_lanes(net)
 
@@ -586,7 +586,7 @@ def replicas_arg(text: str) -> str | int | dict[str, int]:
 
 def resolve_replicas(net, replicas, budget=None, lanes=None, reuse: bool = True):
     """`--replicas` as a dictionary by layer name (None for 'none')."""
-    from ..sw import replication
+    from ..sw.chip import replication
 
     if replicas in (None, "none"):
         return None
@@ -876,13 +876,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_import(args) -> int:
-    from ..sw.reproducible import pin_cpu_kernels
+    from ..sw.chip.reproducible import pin_cpu_kernels
 
     pin_cpu_kernels()
     import torch
 
-    from ..sw import data, importer
-    from ..sw.models import QuantConfig
+    from ..sw.chip import data
+    from ..sw.ml import importer
+    from ..sw.ml.models import QuantConfig
 
     torch.manual_seed(args.seed)
     if args.ratio is not None and args.epitomes:
@@ -956,9 +957,9 @@ def _run(args) -> int:
     from ..contract.images import ImageError
     from ..sim.cosim import UnsupportedNetwork
     from ..sim.verilator import ToolMissing
-    from ..sw.data import DataMissing
-    from ..sw.netfile import NetFileError
-    from ..sw.reference import InputError
+    from ..sw.chip.data import DataMissing
+    from ..sw.chip.netfile import NetFileError
+    from ..sw.chip.reference import InputError
 
     try:
         return args.func(args)

@@ -1,6 +1,6 @@
 """The main job, from nothing to a verified accelerator (what `nox -s flow` runs).
 
-1. train a small EPIM network with 3-bit epitome-aware QAT (`epim.sw.train`; resumes from its
+1. train a small EPIM network with 3-bit epitome-aware QAT (`epim.sw.ml.train`; resumes from its
    checkpoint), quantize and export it to `net.json`;
 2. run the integer reference on the whole test set (accuracy);
 3. compile the network's memory images and emit the accelerator's Verilog;
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import files as owned
-from ..sw import cost, data, netcycles, netfile, reference, replication
-from ..sw.epitome import crossbar_count
-from ..sw.progress import bar as progress_bar
+from ..sw.chip import cost, data, netcycles, netfile, reference, replication
+from ..sw.chip.epitome import crossbar_count
+from ..sw.chip.progress import bar as progress_bar
 from .cli import replicas_arg, resolve_replicas
 from .generate import save_npy, write_json
 from .verify import cosim_network
@@ -139,8 +139,8 @@ def markdown(s: dict, rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from ..sim.verilator import ToolMissing
-    from ..sw.data import DataMissing
-    from ..sw.reproducible import pin_cpu_kernels
+    from ..sw.chip.data import DataMissing
+    from ..sw.chip.reproducible import pin_cpu_kernels
 
     pin_cpu_kernels()  # before torch is imported: the same bits on any x86-64 machine
     try:
@@ -174,7 +174,7 @@ def run(argv: list[str] | None = None) -> int:
                     help="clock for images per second (default 100 MHz)")
     ap.add_argument("--out", type=Path, default=Path("build/flow"))
     args = ap.parse_args(argv)
-    from ..sw.train import Config, fit
+    from ..sw.ml.train import Config, fit
 
     out = owned.claim_folder(args.out, "flow")
     t0 = time.time()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..contract import files as owned
 from ..hw import bitstream, protocol
-from ..sw import images, netcycles, netfile
+from ..sw.chip import images, netcycles, netfile
 
 # relative to the repository's root, where nox runs
 DEFAULT_NETS = {

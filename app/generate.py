@@ -24,8 +24,8 @@ from ..contract import files as owned
 from ..contract.files import atomic_write, write_files_atomically
 from ..sim import buildcache
 from ..sim.cosim import VERILOG_NAME, tile_layer
-from ..sw import images
-from ..sw.netfile import Network
+from ..sw.chip import images
+from ..sw.chip.netfile import Network
 
 BOARD_VERILOG = "epim_board.v"
 
@@ -163,7 +163,7 @@ def generate_network(net: Network, out_dir: str | Path, reuse: bool = True,
     accelerator's Verilog from what was written, into `out_dir`, all or nothing: programmable
     tiles, one module per distinct tile shape, that load the images at start-up (or through
     the programming port), or with `fixed=True` weight-baked tiles. `faults`: stuck cells
-    written into the crossbar images (`epim.sw.faults`).
+    written into the crossbar images (`epim.sw.chip.faults`).
 
     When `out_dir` already holds the same accelerator (its stamp carries the digest of the
     network manifest and of the generator, and every file is unchanged), nothing is emitted

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sw import data, examples, netfile, replication
+from ..sw.chip import data, examples, netfile, replication
 from .generate import write_json
 from .verify import cosim, cosim_network
 

@@ -29,8 +29,8 @@ from ..sim.cosim import (
     tile_layer,
     unpack_beats,
 )
-from ..sw import cyclemodel, reference, replication
-from ..sw.netfile import Network
+from ..sw.chip import cyclemodel, reference, replication
+from ..sw.chip.netfile import Network
 from .board import to_array
 from .generate import generate, generate_board, generate_network
 
@@ -99,11 +99,11 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     start blank and are written word by word through the network's programming port first;
     `fixed` builds weight-baked tiles instead. The report compares outputs with the integer
     reference and the cycles of every handshake with the network cycle model
-    (`epim.sw.netcycles`), which replays the testbench's random gaps and back-pressure too when
-    `stalls` is set. `faults` (a fault map, `epim.sw.faults`) writes stuck cells into the
+    (`epim.sw.chip.netcycles`), which replays the testbench's random gaps and back-pressure too when
+    `stalls` is set. `faults` (a fault map, `epim.sw.chip.faults`) writes stuck cells into the
     crossbar images and checks against the reference on the same faulty chip."""
     from ..hw.generate import IMAGE_PLUSARG
-    from ..sw import netcycles
+    from ..sw.chip import netcycles
 
     if program and fixed:
         raise ValueError("fixed tiles have no programming port: leave out one of program "
@@ -136,7 +136,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     y = unpack_beats(result["outputs"], net.output_layer)
     chip = None
     if faults:
-        from ..sw import noise
+        from ..sw.chip import noise
 
         chip = noise.NoisyChip(net, noise.NoiseConfig(), faults=faults)
     ref = reference.run_network(net, x, reuse=reuse, noise=chip)

@@ -17,7 +17,7 @@ an unpacked source distribution (`pip download --no-deps aihwkit==1.2.0`, untar,
    conductance must; EPIM also clips at the top level, so the aihwkit chips are run both as
    they come and with that one clip added;
 3. runs the layer's real input (from the integer reference) through EPIM's noisy datapath
-   (`epim.sw.noise`: IFAT rows, IFRT steps, bit-serial DAC, ADC rounding, OFAT routing) on
+   (`epim.sw.chip.noise`: IFAT rows, IFRT steps, bit-serial DAC, ADC rounding, OFAT routing) on
    `--chips` chips programmed by aihwkit and on as many chips of EPIM's own model
    (`programming.sigma = sigma`, Gaussian), and compares every accumulator's mean and spread.
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     aihwkit, Converter, NoiseModel = _import_aihwkit(args.aihwkit_src)
     import torch
 
-    from epim.sw import data, netfile, noise, reference
+    from epim.sw.chip import data, netfile, noise, reference
 
     net = netfile.load(args.net)
     layer = next((la for la in net.layers if la.name == args.layer), None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from timing import median_time
 
-from epim.sw.layers import EpitomeConv2d
+from epim.sw.ml.layers import EpitomeConv2d
 
 CASES = [  # cin, cout, map, (Ce_in, Ce_out, p_in, p_out)
     (32, 64, 14, (8, 64, 8, 64)),     # input side shrunk 4x (the models' default)

@@ -1,11 +1,12 @@
 """The paper's EPIM-ResNet50 as a real network file: import, check, cost, reference, agreement.
 
-ResNet-50 with torchvision's structure (`epim.sw.resnets`, seeded random weights or
+ResNet-50 with torchvision's structure (`epim.sw.ml.resnets`, seeded random weights or
 `--state-dict FILE`) at 224x224x3 is imported through `epim import` as 3-bit EPIM twice: with a
 uniform ratio (default 12, both sides shrunk, so output channels wrap) and with the per-layer
-shapes of the study's search (`python -m epim.sw.study` writes them as `search.json`). For each:
-`epim check`, `epim cost --json`, and the cost totals against the study's row for the same
-configuration (`epim.sw.study`). Then `epim reference` on 2 images (time per image, peak memory),
+shapes of the study's search (`python -m epim.sw.studies.study` writes them as
+`search.json`). For each: `epim check`, `epim cost --json`, and the cost totals against the
+study's row for the same configuration (`epim.sw.studies.study`). Then `epim reference` on 2
+images (time per image, peak memory),
 and the argmax of the exported integer network (the NumPy reference) against the
 fake-quantized PyTorch model of the same network (batch norm folded, float64) on
 `--agree` seeded synthetic images.
@@ -61,12 +62,14 @@ def main() -> int:
     ap.add_argument("--state-dict", help="ResNet-50 weights (default: seeded random)")
     ap.add_argument("--out", type=Path, default=Path("build/resnet50"))
     args = ap.parse_args()
-    from epim.sw import cost, importer, netfile, reference, study
-    from epim.sw.train import load_checkpoint
+    from epim.sw.chip import cost, netfile, reference
+    from epim.sw.ml import importer
+    from epim.sw.ml.train import load_checkpoint
+    from epim.sw.studies import study
 
     args.out.mkdir(parents=True, exist_ok=True)
     # the study: its rows and the search's pick as search.json
-    subprocess.run([sys.executable, "-m", "epim.sw.study", "--out", args.out / "study"],
+    subprocess.run([sys.executable, "-m", "epim.sw.studies.study", "--out", args.out / "study"],
                    check=True, capture_output=True)
     rows = json.loads((args.out / "study" / "study.json").read_text())["configs"]
     pim = study.PIM_DEFAULT

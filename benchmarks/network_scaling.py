@@ -48,7 +48,7 @@ def run_mode(net_path: str, x: np.ndarray, mode: str, root: Path, progress: Path
     """Run one mode in this process, writing the figures to `progress` after every phase."""
     from epim.app import generate, verify
     from epim.sim import buildcache
-    from epim.sw import netfile
+    from epim.sw.chip import netfile
 
     net = netfile.load(net_path)
     fixed = mode == "fixed"
@@ -177,7 +177,7 @@ def main() -> None:
     if args.child:
         run_mode(args.net, np.load(args.x), args.child, Path(args.root), Path(args.progress))
         return
-    from epim.sw import netfile
+    from epim.sw.chip import netfile
 
     net = netfile.load(args.net)
     c, h, w = net.input_shape

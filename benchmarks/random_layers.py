@@ -1,6 +1,6 @@
 """Held-out random layers through the public commands: `epim cosim` against `epim reference`.
 
-Each layer comes from `epim.sw.examples.random_layer_net(seed)` (the test suite uses seeds 0-5;
+Each layer comes from `epim.sw.chip.examples.random_layer_net(seed)` (the test suite uses seeds 0-5;
 the default here starts at 1000). For each: write the network file and random inputs, run
 `epim reference` and `epim cosim --report`, and check the outputs are identical and the measured
 cycles (latency per image, steady state) equal the model's. Prints one row per layer.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epim.sw import examples, netfile
+from epim.sw.chip import examples, netfile
 
 
 def main() -> int:

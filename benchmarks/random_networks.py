@@ -1,6 +1,6 @@
 """Held-out random networks through the public commands: `epim cosim` against `epim reference`.
 
-Each network comes from `epim.sw.examples.random_network_net(seed)`: a stem conv, one or two
+Each network comes from `epim.sw.chip.examples.random_network_net(seed)`: a stem conv, one or two
 residual blocks, then pooling and a linear classifier, a linear layer on the flattened map, or
 the map itself; random shapes, epitomes and bits with lossy ADCs. With `--v11`, the networks use
 what revision 1.1 of the contract adds (`random_network_net(seed, v11=True)`): a max pool after
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epim.sw import examples, netfile
+from epim.sw.chip import examples, netfile
 
 
 def main() -> int:

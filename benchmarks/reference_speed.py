@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from timing import median_time
 
-from epim.sw import epitome, examples, netfile, reference
+from epim.sw.chip import epitome, examples, netfile, reference
 
 
 def main() -> None:

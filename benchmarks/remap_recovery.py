@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epim.sw import data, faults, netfile, noise, reference
+from epim.sw.chip import data, faults, netfile, noise, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NET = ROOT / "examples/mnist-epim-cnn-r4/net.json"

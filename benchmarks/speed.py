@@ -9,7 +9,7 @@
   caches. Both must be bit-exact and cycle-exact.
 - **reference**: the integer reference on the MNIST test set, step by step (every crossbar
   activation slice by slice, as the reference ran before) and with the convolution path
-  (`epim.sw.reference`), against a PyTorch forward that gives the same bits (float64 conv2d of
+  (`epim.sw.chip.reference`), against a PyTorch forward that gives the same bits (float64 conv2d of
   the sampled weights, the output stage in int64). All outputs must be equal.
 - **replication**: images per second in the network cycle model without and with the tile
   copies that the replication search picks under the dense 3-bit crossbar budget; with
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epim.sw import data, epitome, netcycles, netfile, reference, replication
+from epim.sw.chip import data, epitome, netcycles, netfile, reference, replication
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "mnist-epim-cnn-r4" / "net.json"
@@ -110,15 +110,15 @@ def torch_forward(net: netfile.Network, x: np.ndarray) -> np.ndarray:
 
 
 def reference_at(rev: str):
-    """`epim.sw.reference` as it was at git revision `rev` (to time the code it replaced)."""
+    """`epim.sw.chip.reference` as it was at git revision `rev` (to time the code it replaced)."""
     import importlib.util
 
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:sw/reference.py"],
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:sw/chip/reference.py"],
                             capture_output=True, text=True, check=True).stdout
     spec = importlib.util.spec_from_loader("epim.sw._reference_before", loader=None)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "epim.sw"
-    exec(compile(source, f"{rev}:sw/reference.py", "exec"), module.__dict__)
+    exec(compile(source, f"{rev}:sw/chip/reference.py", "exec"), module.__dict__)
     return module
 
 
@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="reference: the first N test images (all)")
     ap.add_argument("--cosim-replicated", action="store_true")
     ap.add_argument("--before", metavar="REV",
-                    help="reference: also time sw/reference.py as it was at this git revision "
+                    help="reference: also time sw/chip/reference.py as it was at this git revision "
                          "(f7dd7a5: before the convolution path)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()

@@ -25,7 +25,7 @@ import numpy as np
 
 from epim.app import generate
 from epim.sim import buildcache, cosim
-from epim.sw import data, netcycles, netfile, reference
+from epim.sw.chip import data, netcycles, netfile, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ("-Wno-fatal", "-Wno-lint")

@@ -1,7 +1,8 @@
 """The rules that turn a layer graph into the accelerator's units, written once.
 
-The network cycle model (`epim.sw.netcycles`), the image compiler (`epim.sw.images`) and the
-accelerator (`epim.hw.network`) all build the same unit graph from these rules:
+The network cycle model (`epim.sw.chip.netcycles`), the image compiler
+(`epim.sw.chip.images`) and the accelerator (`epim.hw.network`) all build the same unit graph
+from these rules:
 
 - every conv/linear layer is a `tile`, every `add` an `add`, every `avgpool_global` a `pool`,
   every `maxpool` a `maxpool` (a streaming unit with line buffers, `hw/maxpool.py`);

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from . import geometry
 from .images import FIELDS, MEMORIES, NAME_RE, ImageError, ubits
 
 # bounds on any size in a manifest (far above a ResNet-50's, far below what exhausts memory)
@@ -65,17 +66,17 @@ class TileParams:
     @property
     def rows(self) -> int:
         """Epitome matrix rows `Ce_in * k * k`."""
-        return self.ce_in * self.kernel * self.kernel
+        return geometry.epitome_rows(self.ce_in, self.kernel)
 
     @property
     def chunks(self) -> int:
         """Row chunks of `xbar_rows` (one ADC set each)."""
-        return -(-self.rows // self.xbar_rows)
+        return geometry.row_chunks(self.rows, self.xbar_rows)
 
     @property
     def passes(self) -> int:
         """Cycles per DAC slice: the row chunks go through `lanes` adder trees and ADC sets."""
-        return -(-self.chunks // self.lanes)
+        return geometry.ceil_div(self.chunks, self.lanes)
 
     @property
     def pixels(self) -> int:
@@ -208,7 +209,7 @@ class FlattenParams:
 @dataclass(frozen=True)
 class TileUnit:
     """A conv/linear layer's tile: its images in `folder` (`tiles/<name>`), checked against
-    `manifest_sha256`; `replicas` copies (`epim.sw.replication`)."""
+    `manifest_sha256`; `replicas` copies (`epim.sw.chip.replication`)."""
 
     name: str
     op: str

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Instance, Module, Signal, signed
 
+from ..contract import geometry
 from ..contract.images import BIAS_BITS, MULT_BITS, SHIFT_BITS, ifat_fields, offsets, ubits
 from ..contract.params import TileParams
 
@@ -165,7 +166,7 @@ def xbar_module(cfg: TileParams) -> tuple[str, str]:
     n_lanes = lane_count(cfg)
     consts = dict(ROWS=cfg.rows, DAC=cfg.dac_bits, W=cfg.widths["xbar"], CE=cfg.ce_out,
                   NS=cfg.n_slices, CB=cfg.cell_bits, XR=cfg.xbar_rows, CHUNKS=cfg.chunks,
-                  LANES=n_lanes, ADC_MAX=2**cfg.adc_bits - 1, ACC=cfg.acc_bits,
+                  LANES=n_lanes, ADC_MAX=geometry.adc_max(cfg.adc_bits), ACC=cfg.acc_bits,
                   PB=max(1, (cfg.passes - 1).bit_length()))
     name, c = _named("xbar", consts), consts
     text = f"""

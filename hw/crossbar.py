@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 
+from ..contract import geometry
 from ..contract.images import ubits, xbar_field
 from ..contract.params import TileParams
 from . import behavioural
@@ -89,8 +90,9 @@ def is_linear(cfg: TileParams, lane_rows: list, fixed: bool) -> bool:
     within the ADC's range), a column value is a plain signed sum of single bits: the
     negative cells' bits enter inverted (-b = ~b - 1, the -1s folded into one constant)
     and every lane, slice and polarity goes into one carry-save tree."""
-    top = (2**cfg.dac_bits - 1) * (2**cfg.cell_bits - 1)
-    return fixed and all(len(rows) * top <= 2**cfg.adc_bits - 1 for rows in lane_rows)
+    top = geometry.dac_max(cfg.dac_bits) * (2**cfg.cell_bits - 1)
+    return fixed and all(len(rows) * top <= geometry.adc_max(cfg.adc_bits)
+                         for rows in lane_rows)
 
 
 class SlotBits:
@@ -242,7 +244,7 @@ def adc_column(m: Module, cfg: TileParams, e_out: int, lane_rows: list, lane_sli
     column sum of the lane's rows through its ADC, positive minus negative, shifted by the
     slice."""
     cb, ns, dac = cfg.cell_bits, cfg.n_slices, cfg.dac_bits
-    adc_max = 2**cfg.adc_bits - 1
+    adc_max = geometry.adc_max(cfg.adc_bits)
     acc_shape = signed(cfg.acc_bits)
     pass_gate = bits.pass_gate
 

@@ -5,7 +5,7 @@ pooling (`hw/maxpool.py`), flatten units and forks where a tensor has several co
 Every tile keeps its weights stationary in its own crossbars and double-buffers its input, so
 the tiles work on successive images at once (frame pipelining): throughput is set by the slowest
 tile. `docs/network.md` has the beat order, the unit rules and how the skip FIFOs are sized;
-`epim.sw.netcycles` models it cycle by cycle.
+`epim.sw.chip.netcycles` models it cycle by cycle.
 """
 
 from __future__ import annotations

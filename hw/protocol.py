@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import math
 
+from ..contract import beats
+
 IDENTIFY, IMAGE, OUTPUT, ERROR = b"?", b"I", b"O", b"!"
 MAGIC = b"EPIM"
 VERSION = 2
@@ -129,9 +131,7 @@ def decode_output(payload: bytes, manifest: dict) -> list[list[int]]:
     values = []
     for k in range(0, len(payload), nb):
         v = int.from_bytes(payload[k:k + nb], "little") & ((1 << bits) - 1)
-        if out["signed"] and v >> (bits - 1):
-            v -= 1 << bits
-        values.append(v)
+        values.append(beats.to_signed(v, bits) if out["signed"] else v)
     c = out["channels"]
     return [values[b * c:(b + 1) * c] for b in range(out["beats_per_image"])]
 

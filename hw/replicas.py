@@ -6,7 +6,7 @@ Copy `r` holds the same crossbar cells and tables and computes the output pixels
 `ready` is the AND of the copies' `ready`, each a register, so all copies load the same beat in
 the same cycle), and a merge takes output pixel `p` of an image from copy `p mod R`, so the
 outputs leave in raster order, as one tile's would. `docs/network.md` has the timing;
-`epim.sw.netcycles.ReplicatedTileModel` models it cycle by cycle.
+`epim.sw.chip.netcycles.ReplicatedTileModel` models it cycle by cycle.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ The adder trees live in `epim.hw.arith`; parameters and word layouts in `epim.co
 
 Pixel *slots* are the schedule unit: while the crossbar computes pixel `p` the gather fetches
 pixel `p+1`, across image boundaries too, so the crossbar stays busy. `docs/tile.md` has the beat
-order and the exact cycle schedule that `epim.sw.cyclemodel` predicts.
+order and the exact cycle schedule that `epim.sw.chip.cyclemodel` predicts.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Stream units that join the tiles of a network: fork, FIFO, residual add, global pooling and
 flatten. Every unit's `valid` outputs and its input `ready` come from registers, except the
 `add`, whose inputs are taken in the cycle both are valid and its output register is free (its
-`ready` depends on its inputs' `valid`, never the other way round). `sw/netcycles.py` models each
-of them cycle by cycle; `docs/network.md` gives the rules.
+`ready` depends on its inputs' `valid`, never the other way round).
+`sw/chip/netcycles.py` models each of them cycle by cycle; `docs/network.md` gives the rules.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..contract.files import NotOwned, atomic_write, read_owner, stamp_new_folder
-from ..sw.progress import bar as progress_bar
+from ..sw.chip.progress import bar as progress_bar
 from .verilator import setup_environment
 
 STAMP = "epim-build.json"

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import beats
 from ..contract.images import ProgTarget, network_prog_fields, pack, prog_fields
-from ..sw import cyclemodel, images
-from ..sw.netfile import Layer, Network
-from ..sw.progress import bar as progress_bar
+from ..sw.chip import cyclemodel, images
+from ..sw.chip.netfile import Layer, Network
+from ..sw.chip.progress import bar as progress_bar
 from . import buildcache
 
 VERILOG_NAME = "epim_tile.v"
@@ -47,22 +48,14 @@ def pack_beats(x: np.ndarray, bits: int, layer: Layer | None = None) -> list[int
     if layer is not None and layer.op == "linear":
         x = x.reshape(x.shape[0], -1, 1, 1)
     n, c = x.shape[:2]
-    pix = x.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
-    words = np.zeros(pix.shape[0], dtype=object)
-    for ch in range(c):
-        words += pix[:, ch].astype(object) << (ch * bits)
-    return [int(w) for w in words]
+    return beats.pack(x.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c).tolist(), bits)
 
 
-def unpack_beats(beats: list[int], layer: Layer) -> np.ndarray:
+def unpack_beats(words: list[int], layer: Layer) -> np.ndarray:
     """Output beats back to `(N, C, Ho, Wo)`, or `(N, F)` for a linear layer."""
     cout, ho, wo = layer.out_shape
-    b = layer.out_bits
-    mask = 2**b - 1
-    vals = np.array([[(w >> (o * b)) & mask for o in range(cout)] for w in beats],
+    vals = np.array([beats.unpack(w, cout, layer.out_bits, not layer.relu) for w in words],
                     dtype=np.int64).reshape(-1, cout)
-    if not layer.relu:
-        vals = np.where(vals >= 2 ** (b - 1), vals - 2**b, vals)
     y = vals.reshape(-1, ho, wo, cout).transpose(0, 3, 1, 2)
     return y.reshape(y.shape[0], -1) if layer.op == "linear" else y
 
@@ -125,8 +118,8 @@ def run_phases(generated, phases: list[dict], build_root: Path, stalls: bool = F
            "prog_port": top == "epim_tile" if prog_port is None else prog_port}
     n_out = sum(p["n_out"] for p in phases)
     with progress_bar(n_out // max(1, beats_per_image), "cosim", "img") as bar:
-        def show(beats: int) -> None:
-            bar.update(beats // max(1, beats_per_image) - bar.n)
+        def show(n: int) -> None:
+            bar.update(n // max(1, beats_per_image) - bar.n)
         results = run_job(runner, build_dir, build_root, "epim.sim.tb_tile", top,
                           "EPIM_COSIM_JOB", job, show, waves=waves,
                           plusargs=plusargs)["phases"]

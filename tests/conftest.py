@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from epim.sw import examples
+from epim.sw.chip import examples
 
 settings.register_profile("default", deadline=None, max_examples=40)
 settings.load_profile("default")

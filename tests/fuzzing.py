@@ -31,7 +31,7 @@ from epim.app.cli import main as cli
 from epim.contract.images import ImageError, canonical, manifest_digest, sha256_text
 from epim.hw import protocol
 from epim.hw.network import NetworkAccelerator, load_network
-from epim.sw import examples, images, netfile
+from epim.sw.chip import examples, images, netfile
 
 WEIRD = [None, True, -1, 0, 1, 3, 2**31, 10**9, 10**30, 1.5, float("nan"), "", "x", "../x",
          "a b", "/etc/passwd", "x" * 300, [], [0], [[1, 2]], {}, {"a": 1}]

@@ -26,7 +26,7 @@ from epim.contract.params import (
     unit_from_dict,
     unit_to_dict,
 )
-from epim.sw import examples, images, netfile
+from epim.sw.chip import examples, images, netfile
 from tests.helpers import tile_params
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [p for d in ("contract", "sw", "hw", "sim", "app") for p in (ROOT / d).glob("*.py")]
+SOURCES = [p for d in ("contract", "sw", "hw", "sim", "app") for p in (ROOT / d).rglob("*.py")]
 
 
 TREES = {path: ast.parse(path.read_text()) for path in SOURCES}
@@ -37,7 +37,7 @@ def test_each_contract_name_is_defined_once():
     for name in ("MEMORIES", "ubits", "BIAS_BITS", "MANIFEST_FORMAT", "NETWORK_FORMAT",
                  "NET_FORMAT", "NAME_RE", "ImageError", "TileParams", "needs_flatten"):
         where = [p for p in definitions(name) if not (name == "needs_flatten"
-                                                      and p == "sw/netcycles.py")]
+                                                      and p == "sw/chip/netcycles.py")]
         assert where == [definitions(name)[0]] and where[0].startswith("contract/"), \
             (name, definitions(name))
     assert definitions("TileConfig") == []
@@ -53,20 +53,47 @@ def test_hardware_files_and_elaborates_stay_small():
                 assert n <= 120, f"{path.name}: an elaborate of {n} lines"
 
 
+SW = r"amaranth|\.\.(hw|sim|app)\b"  # every wing of sw/
+RULES = {  # what a folder's modules must not import (docs/architecture.md, "Packages")
+    "contract": r"amaranth|torch|numpy|\.\.(sw|hw|sim|app)\b",
+    "sw/chip": rf"{SW}|torch|\.\.(ml|studies)\b",  # the NumPy chip: no torch, no training
+    "sw/ml": rf"{SW}|\.\.studies\b",  # the torch side: the chip, never the studies
+    "sw/studies": SW,  # the studies: anything in sw/
+    "sw": SW,
+    "hw": r"torch|\.\.(sw|sim|app)\b",
+    "sim": r"\.\.app\b",
+    "app": None,  # the application: anything below it
+}
+
+
 def test_layers_import_only_downwards():
-    """contract <- sw, hw <- sim <- app: sw never imports Amaranth, hw never torch, and no
-    library imports the application layer."""
-    rules = {"contract": r"amaranth|torch|numpy|\.\.(sw|hw|sim|app)\b",
-             "sw": r"amaranth|\.\.(hw|sim|app)\b", "hw": r"torch|\.\.(sw|sim|app)\b",
-             "sim": r"\.\.app\b"}
+    """contract <- sw (chip <- ml <- studies), hw <- sim <- app: sw never imports Amaranth, its
+    chip wing never torch, nothing in the library the studies, hw never torch, and no library
+    imports the application layer."""
     for path in SOURCES:
-        layer = path.parent.name
-        if layer not in rules:
+        layer = str(path.parent.relative_to(ROOT))
+        assert layer in RULES, f"{path.relative_to(ROOT)}: a folder without layout rules"
+        if RULES[layer] is None:
             continue
         for line in path.read_text().splitlines():
             if re.match(r"\s*(from|import) ", line):
-                assert not re.search(rf"(from|import) ({rules[layer]})", line), \
+                assert not re.search(rf"(from|import) ({RULES[layer]})", line), \
                     f"{path.relative_to(ROOT)}: {line.strip()}"
+
+
+def test_the_chip_wing_runs_without_torch():
+    """Every module of sw/chip imports with torch blocked (a lazy import would fail here)."""
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import importlib, pathlib\n"
+            f"for p in sorted(pathlib.Path({str(ROOT / 'sw' / 'chip')!r}).glob('*.py')):\n"
+            "    importlib.import_module('epim.sw.chip.' + p.stem)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_nothing_points_outside_the_repository():

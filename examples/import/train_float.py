@@ -19,7 +19,7 @@ import models  # noqa: E402  (the tutorial's models, next to this file)
 
 
 def main() -> int:
-    from epim.sw import data
+    from epim.sw.chip import data
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", choices=["small_vgg", "small_resnet"])

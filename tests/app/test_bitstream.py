@@ -11,7 +11,7 @@ import pytest
 
 from epim.app import fpga
 from epim.hw import bitstream
-from epim.sw import examples
+from epim.sw.chip import examples
 
 pytestmark = [pytest.mark.slow]
 

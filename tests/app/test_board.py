@@ -12,7 +12,7 @@ from epim.app.board import Board
 from epim.app.generate import network_digest
 from epim.app.verify import board_cosim
 from epim.hw import protocol
-from epim.sw import data, examples, netcycles, netfile, reference
+from epim.sw.chip import data, examples, netcycles, netfile, reference
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
 

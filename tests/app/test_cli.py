@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from epim.app.cli import main
-from epim.sw import examples, netfile, reference
+from epim.sw.chip import examples, netfile, reference
 from tests.helpers import residual_net
 
 
@@ -85,7 +85,7 @@ def test_generate_network_accelerator(tmp_path, net_obj, capsys):
 @pytest.mark.slow  # over 5 s
 def test_lanes_balanced_and_bad_lanes(tmp_path, capsys):
     """`--lanes balanced` gives each tile the lanes of `netcycles.balanced_lanes`."""
-    from epim.sw import netcycles
+    from epim.sw.chip import netcycles
 
     path = tmp_path / "res.json"  # a small residual network: generating it takes seconds
     path.write_text(json.dumps(examples.random_network_net(4)))
@@ -105,7 +105,7 @@ def test_lanes_balanced_and_bad_lanes(tmp_path, capsys):
 def test_replicas_option(tmp_path, capsys):
     """`--replicas auto` picks copies within the budget and writes them into the images; bad
     values name what is wrong."""
-    from epim.sw import replication
+    from epim.sw.chip import replication
 
     path = tmp_path / "res.json"
     path.write_text(json.dumps(examples.random_network_net(4)))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from epim.app import flow
-from epim.sw import data, netfile, reference
+from epim.sw.chip import data, netfile, reference
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
 

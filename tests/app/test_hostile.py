@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from epim.app.cli import main
-from epim.sw import examples, netfile
+from epim.sw.chip import examples, netfile
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST = ROOT / "examples" / "mnist-epim-cnn-r4" / "net.json"
@@ -254,7 +254,7 @@ def test_the_memory_estimate_bounds_what_the_reference_takes():
     code = r"""
 import sys, tracemalloc
 import numpy as np
-from epim.sw import examples, netfile, reference, workload
+from epim.sw.chip import examples, netfile, reference, workload
 obj = examples.conv_layer_net(np.random.default_rng(0), cin=4, cout=4, h=192, w=192)
 obj["pim"]["adc_bits"] = int(sys.argv[1])
 net = netfile.parse(obj)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from epim.app.cli import main
-from epim.sw import examples
+from epim.sw.chip import examples
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST = ROOT / "examples" / "mnist-epim-cnn-r4" / "net.json"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from amaranth.sim import Simulator
 
+from epim.contract import beats
+
 
 def simulate(tile, beats, n_out, program=(), ready=lambda cycle: True, max_cycles=100_000):
     """Drive beats (after programming beats) and collect output beats with their cycles.
@@ -59,5 +61,4 @@ def decode(words, cfg):
 
 def beats_of(x, bits):
     n, c = x.shape[:2]
-    pix = x.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
-    return [sum(int(v) << (ch * bits) for ch, v in enumerate(p)) for p in pix]
+    return beats.pack(x.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c).tolist(), bits)

@@ -8,7 +8,7 @@ import pytest
 
 from epim.contract.images import canonical, sha256_text
 from epim.hw import images as hw_images
-from epim.sw import images, netfile
+from epim.sw.chip import images, netfile
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_a_negative_hex_word_is_refused(tmp_path):
 
 def test_network_units_are_checked_before_use(tmp_path):
     from epim.hw.network import load_network
-    from epim.sw import examples
+    from epim.sw.chip import examples
 
     net = netfile.parse(examples.random_network_net(0))
     images.write_network(images.compile_network(net), tmp_path)
@@ -99,7 +99,7 @@ def test_network_units_are_checked_before_use(tmp_path):
                                   ("reuse", None, False), ("lanes", None, 3)])
 def test_every_field_of_the_network_manifest_is_checksummed(tmp_path, edit):
     from epim.hw.network import load_network
-    from epim.sw import examples
+    from epim.sw.chip import examples
 
     net = netfile.parse(examples.random_network_net(0))
     images.write_network(images.compile_network(net), tmp_path)

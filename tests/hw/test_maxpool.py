@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from epim.contract.images import ImageError
 from epim.contract.params import MaxPoolParams, unit_from_dict, unit_to_dict
 from epim.hw.maxpool import MaxPoolUnit
-from epim.sw import netcycles, reference
+from epim.sw.chip import netcycles, reference
 
 from .streams import beats_of, simulate
 

@@ -12,7 +12,7 @@ from amaranth.hdl import Elaboratable, Module
 from epim.contract.params import TileParams
 from epim.hw.replicas import ReplicatedTile
 from epim.hw.tile import PIMTile, walk_layout, walk_values
-from epim.sw import examples, images, netcycles, netfile, reference
+from epim.sw.chip import examples, images, netcycles, netfile, reference
 from tests.hw.streams import beats_of, decode, simulate
 
 CASES = {

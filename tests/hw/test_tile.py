@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from epim.contract.images import ProgTarget, pack, prog_fields
 from epim.hw import ostage as ostage_module
 from epim.hw.tile import PIMTile
-from epim.sw import cyclemodel, examples, images, netfile, reference
+from epim.sw.chip import cyclemodel, examples, images, netfile, reference
 from tests.hw.streams import beats_of, decode, simulate
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from epim.contract.images import ifat_fields, ofat_fields, ubits, unpack
 from epim.hw import arith, crossbar, gather, ofat, sequencer
-from epim.sw import epitome, examples, images, netfile, reference
+from epim.sw.chip import epitome, examples, images, netfile, reference
 
 LOSSY = dict(xbar_rows=8, xbar_cols=8, cell_bits=2, dac_bits=2, adc_bits=3)
 LINEAR = dict(xbar_rows=8, xbar_cols=8, cell_bits=1, dac_bits=1, adc_bits=4)

@@ -13,7 +13,7 @@ import pytest
 
 from epim.app import generate, verify
 from epim.sim import buildcache
-from epim.sw import examples, netfile, reference
+from epim.sw.chip import examples, netfile, reference
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from epim.app import generate, verify
 from epim.sim import cosim
 from epim.sim.verilator import ToolMissing, verilator_root
-from epim.sw import epitome, examples, netfile, reference
+from epim.sw.chip import epitome, examples, netfile, reference
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ import pytest
 
 from epim.app import verify
 from epim.contract.images import xbar_field
-from epim.sw import examples, faults, images, netfile, reference
+from epim.sw.chip import examples, faults, images, netfile, reference
 from tests.helpers import with_repeated_layer
 
 

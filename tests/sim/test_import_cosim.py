@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from epim.app import verify
-from epim.sw import export, importer, models, netfile, reference
+from epim.sw.chip import netfile, reference
+from epim.sw.ml import export, importer, models
 
 
 class Tiny(nn.Module):

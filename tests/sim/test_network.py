@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from epim.app import verify
 from epim.hw.images import ImageError
 from epim.hw.network import load_network
-from epim.sw import cyclemodel, examples, images, netcycles, netfile, reference
+from epim.sw.chip import cyclemodel, examples, images, netcycles, netfile, reference
 
 
 @given(st.integers(0, 10_000), st.sampled_from([None, 1, 2]))
@@ -157,7 +157,7 @@ def test_network_with_stalls_and_one_lane_loses_nothing(build_root):
 def test_replicated_network_with_stalls_on_verilator(build_root):
     """A residual network whose tiles have copies (the replication search under a budget),
     with random gaps and back-pressure: outputs bit-exact, every handshake as modelled."""
-    from epim.sw import replication
+    from epim.sw.chip import replication
 
     net = netfile.parse(examples.random_network_net(4))
     reps = replication.choose_replicas(net, replication.crossbars(net) * 2)
@@ -174,7 +174,7 @@ def test_replicated_network_with_stalls_on_verilator(build_root):
 def test_replication_search_stays_within_budget_and_never_slows(seed):
     """Copies chosen under twice the network's crossbars: within budget, and the network's
     modelled rate is at least as fast as without copies."""
-    from epim.sw import replication
+    from epim.sw.chip import replication
 
     net = netfile.parse(examples.random_network_net(seed))
     budget = 2 * replication.crossbars(net)

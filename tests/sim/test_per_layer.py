@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from epim.app.cli import main as cli
-from epim.sw import examples, netfile
+from epim.sw.chip import examples, netfile
 
 
 def _two_equal_tiles() -> dict:
@@ -46,7 +46,7 @@ def test_per_layer_cosim_checks_every_tile_and_shares_builds(tmp_path, jobs):
     assert all(r["match"] and r["cycles_match"] for r in rep["per_layer"])
     assert rep["distinct_builds"] == 1  # two tiles of one shape: one module, one build
     assert len(list((tmp_path / "b" / "modules").glob("tile-*.v"))) == 1  # emitted once
-    from epim.sw import reference
+    from epim.sw.chip import reference
 
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), reference.run_network(net, x))
 

@@ -15,7 +15,7 @@ from epim.app.generate import generate_network
 from epim.hw.generate import emit_network_verilog, memories_of, network_from_images, network_loader
 from epim.hw.network import load_network
 from epim.sim import cosim
-from epim.sw import examples, images, netfile, reference
+from epim.sw.chip import examples, images, netfile, reference
 from tests.helpers import with_repeated_layer
 
 
@@ -115,7 +115,7 @@ def test_programmable_network_loads_or_is_programmed_and_runs_bit_exact(tmp_path
 def test_replicated_tiles_are_programmed_through_the_port(tmp_path):
     """The copies of a replicated layer are instances of one module; a word for that layer
     goes to every copy at once, so the programmed network is bit-exact and cycle-exact."""
-    from epim.sw import replication
+    from epim.sw.chip import replication
 
     net = netfile.parse(examples.random_network_net(4))
     reps = replication.choose_replicas(net, replication.crossbars(net) * 2)

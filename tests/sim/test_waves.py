@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from epim.app.cli import main as cli
-from epim.sw import examples, netfile
+from epim.sw.chip import examples, netfile
 
 
 @pytest.mark.verilator

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from epim.sw import accuracy
+from epim.sw.studies import accuracy
 
 
 @pytest.mark.slow  # trains five models

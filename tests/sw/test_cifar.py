@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from epim.sw import cifar, compress, data, export, models, reference, train, workload
-from epim.sw.netfile import parse
+from epim.sw.chip import data, reference, workload
+from epim.sw.chip.netfile import parse
+from epim.sw.ml import compress, export, models, train
+from epim.sw.studies import cifar
 
 PIM = models.DEFAULT_PIM
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from epim.sw import compress, export, models
+from epim.sw.ml import compress, export, models
 
 PIM = {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
 

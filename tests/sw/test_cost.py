@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epim.app.cli import main as cli
-from epim.sw import cost, examples, export, models, netcycles, netfile, study
-from epim.sw.netfile import PIM, parse
+from epim.sw.chip import cost, examples, netcycles, netfile
+from epim.sw.chip.netfile import PIM, parse
+from epim.sw.ml import compress, export, models
+from epim.sw.studies import study
 
 
 def spec_crossbars(ce_in, ce_out, k, bits, pim):
@@ -109,7 +111,7 @@ def test_pytorch_shapes_cost_the_same_as_the_exported_file():
     pim = net.pim
     from_file = cost.network_cost(net)
     # the classifier reads the 8-bit pooled map
-    from_torch = cost.network_cost(cost.torch_layers(model, (1, 28, 28),
+    from_torch = cost.network_cost(compress.torch_layers(model, (1, 28, 28),
                                                      in_bits={"units.fc": 8}), pim)
     by_name = {c.name: c for c in from_torch.layers}
     assert len(by_name) == len(from_file.layers)
@@ -124,11 +126,11 @@ def test_plain_torch_modules_are_costed():
                               torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(16, 10))
-    layers = cost.torch_layers(net, (3, 16, 16))
+    layers = compress.torch_layers(net, (3, 16, 16))
     assert [la.out_shape for la in layers] == [(8, 16, 16), (16, 8, 8), (10, 1, 1)]
     assert layers[0].in_bits == 8 and layers[1].in_bits == 4
     with pytest.raises(ValueError, match="square, ungrouped"):
-        cost.torch_layers(torch.nn.Conv2d(4, 4, 3, groups=2), (4, 8, 8))
+        compress.torch_layers(torch.nn.Conv2d(4, 4, 3, groups=2), (4, 8, 8))
 
 
 @pytest.mark.slow  # over 5 s

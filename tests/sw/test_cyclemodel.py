@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from epim.sw import cyclemodel, examples, netfile
+from epim.sw.chip import cyclemodel, examples, netfile
 
 
 def timing(**kw):
@@ -58,7 +58,7 @@ def test_reuse_off_costs_steps():
 def test_balanced_lanes_keep_the_throughput_with_fewer_adder_trees(path):
     from pathlib import Path
 
-    from epim.sw import netcycles
+    from epim.sw.chip import netcycles
 
     root = Path(__file__).resolve().parents[2]
     net = (netfile.load(root / path) if path

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from epim.sw import data
+from epim.sw.chip import data
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from epim.sw import examples, netfile
+from epim.sw.chip import examples, netfile
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "epim_conv3x3.json"
 

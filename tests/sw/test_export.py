@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from epim.sw import export, models, netfile, reference
-from epim.sw.models import INPUT, QuantConfig
+from epim.sw.chip import netfile, reference
+from epim.sw.ml import export, models
+from epim.sw.ml.models import INPUT, QuantConfig
 
 PIM = {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
 

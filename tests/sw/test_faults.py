@@ -1,4 +1,4 @@
-"""Fault maps, the reference on stuck cells, and fault-aware remapping (`sw/faults.py`)."""
+"""Fault maps, the reference on stuck cells, and fault-aware remapping (`sw/chip/faults.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from epim.app.cli import main as cli
-from epim.sw import faults, netfile, noise, reference
+from epim.sw.chip import faults, netfile, noise, reference
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 MNIST = ROOT / "examples/mnist-epim-cnn-r4/net.json"

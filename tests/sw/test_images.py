@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from epim.contract.images import ubits
-from epim.sw import epitome, examples, images, netfile
+from epim.sw.chip import epitome, examples, images, netfile
 
 
 def field(word, i, width):

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epim.sw import export, importer, models, netfile, reference, resnets
-from epim.sw.importer import ModelImportError
+from epim.sw.chip import netfile, reference
+from epim.sw.ml import export, importer, models, resnets
+from epim.sw.ml.importer import ModelImportError
 
 PIM = dict(models.DEFAULT_PIM)
 

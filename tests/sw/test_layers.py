@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from epim.sw import epitome, netfile
-from epim.sw.layers import (
+from epim.sw.chip import epitome, netfile
+from epim.sw.ml.layers import (
     ActQuant,
     EpitomeConv2d,
     EpitomeLinear,

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from epim.sw import netfile
-from epim.sw.netfile import NetFileError
+from epim.sw.chip import netfile
+from epim.sw.chip.netfile import NetFileError
 from tests.helpers import residual_net
 
 

@@ -1,4 +1,4 @@
-"""Crossbar non-idealities (`sw/noise.py`, `epim reference --noise`)."""
+"""Crossbar non-idealities (`sw/chip/noise.py`, `epim reference --noise`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from epim.app.cli import main as cli
-from epim.sw import examples, netfile, noise, reference
+from epim.sw.chip import examples, netfile, noise, reference
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 MNIST = ROOT / "examples/mnist-epim-cnn-r4/net.json"

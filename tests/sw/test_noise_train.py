@@ -1,5 +1,6 @@
-"""Noise-aware training's forward (`sw/noise_train.py`) against the noisy reference
-(`sw/noise.py`): the same layer, the same integers, the same non-idealities, in distribution."""
+"""Noise-aware training's forward (`sw/ml/noise_train.py`) against the noisy reference
+(`sw/chip/noise.py`): the same layer, the same integers, the same non-idealities, in
+distribution."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from epim.sw import examples, netfile, noise, noise_train
-from epim.sw.layers import EpitomeConv2d
+from epim.sw.chip import examples, netfile, noise
+from epim.sw.ml import noise_train
+from epim.sw.ml.layers import EpitomeConv2d
 
 PIM = {"xbar_rows": 16, "xbar_cols": 16, "cell_bits": 2, "dac_bits": 1, "adc_bits": 12}
 SAMPLES = 300
@@ -88,7 +90,7 @@ def test_without_noise_the_training_forward_is_unchanged():
 
 
 def test_attach_gives_every_epitome_layer_its_input_and_trains_through_the_noise():
-    from epim.sw import models
+    from epim.sw.ml import models
 
     torch.manual_seed(0)
     model = models.build("resnet", ratio=4, width=8)

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from epim.sw import epitome, examples, netfile, reference
+from epim.sw.chip import epitome, examples, netfile, reference
 from tests.helpers import residual_net
 
 

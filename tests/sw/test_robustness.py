@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from epim.sw import robustness
+from epim.sw.studies import robustness
 
 
 @pytest.mark.slow  # per data set: three trainings and three noise-aware fine-tunes
@@ -47,8 +47,8 @@ def test_a_terminated_study_leaves_no_worker_behind(tmp_path):
 
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-m", "epim.sw.robustness", "--data", "mnist-5k",
-                             "fashion-mnist", "--jobs", "2", "--out", str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "epim.sw.studies.robustness", "--data",
+                             "mnist-5k", "fashion-mnist", "--jobs", "2", "--out", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         parent = psutil.Process(proc.pid)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from epim.sw import compress, cost, export, models, reference, search
-from epim.sw.netfile import parse
+from epim.sw.chip import cost, reference
+from epim.sw.chip.netfile import parse
+from epim.sw.ml import compress, export, models, search
 
 PIM = models.DEFAULT_PIM
 Q = models.QuantConfig(3, 4)

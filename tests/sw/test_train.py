@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from epim.app.cli import main
-from epim.sw import data, netfile, reference, train
+from epim.sw.chip import data, netfile, reference
+from epim.sw.ml import train
 
 SMALL = dict(data="mnist-5k", model="cnn", ratio=2.0, width=8, epochs=2, limit=2048,
              test_limit=200, batch_size=64)

@@ -5,7 +5,7 @@ builders write its `torchvision.models.resnet` classes out again: the same modul
 names (`conv1`, `bn1`, `relu`, `maxpool`, `layer1` .. `layer4` of `BasicBlock` or `Bottleneck`
 with `downsample`, `avgpool`, `fc`), the same forward (ResNet v1.5: the stride sits on the 3x3
 conv of a bottleneck) and the same initialisation. A `state_dict` saved from torchvision loads
-into them unchanged, and `epim.sw.importer` imports a real torchvision model the same way, since
+into them unchanged, and `epim.sw.ml.importer` imports a real torchvision model the same way, since
 it only reads `torch.nn` modules and the traced graph.
 """
 

@@ -7,14 +7,14 @@ an `AvgPool2d` over the whole map, or a mean over the spatial axes), flatten and
 (hidden ones followed by a ReLU, the last one giving logits); `Dropout` and `Identity` pass
 through. Anything else is refused with its name and type before any work is done.
 
-The result is a dense :class:`~epim.sw.models.EpimNet` whose float forward equals the module's in
+The result is a dense :class:`~epim.sw.ml.models.EpimNet` whose float forward equals the module's in
 eval mode (batch norm with its running statistics; a conv without batch norm gets one set to the
 identity plus the conv's bias; a negative batch-norm scale flips its channel's filter, which
-the integer output stage needs). `epim.sw.compress.epitomize` then replaces each conv and linear
+the integer output stage needs). `epim.sw.ml.compress.epitomize` then replaces each conv and linear
 layer by the epitome that is the least-squares projection of its weight, with the shapes given
 by a uniform ratio or per layer (the `search.json` of `epim search`); :func:`calibrate` re-estimates
-batch norm and sets the quantizer scales on calibration images; `epim.sw.train.fit` fine-tunes
-(quantization-aware) and `epim.sw.export.export` writes `epim-net-v1`.
+batch norm and sets the quantizer scales on calibration images; `epim.sw.ml.train.fit` fine-tunes
+(quantization-aware) and `epim.sw.ml.export.export` writes `epim-net-v1`.
 
 Names: a conv/linear node takes its module's path with dots as underscores (`layer1.0.conv1` ->
 `layer1_0_conv1`); an add takes its block's path (`layer1_0_add`).
@@ -36,8 +36,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..chip.epitome import Fill, strided_offsets
 from . import compress
-from .epitome import Fill, strided_offsets
 from .layers import ActQuant, EpitomeConv2d, EpitomeLinear, WeightQuant
 from .models import INPUT, EpimNet, Node, QuantConfig
 
@@ -48,7 +48,7 @@ class ModelImportError(ValueError):
 
 SUPPORTED = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d,
              nn.AvgPool2d, nn.Flatten, nn.Linear, nn.Dropout, nn.Identity,
-             # the project's own models (`epim.sw.models.EpimNet`, e.g. a float `epim train`)
+             # the project's own models (`epim.sw.ml.models.EpimNet`, e.g. a float `epim train`)
              EpitomeConv2d, ActQuant, WeightQuant)
 SUPPORTED_TEXT = ("Conv2d, BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d(1), AvgPool2d over "
                   "the whole map, Flatten, Linear, Dropout, Identity, residual add")
@@ -516,10 +516,10 @@ SPLITS = ("epim", "input", "balanced")
 
 
 def uniform_rule(ratio: float, fill: Fill, split: str = "epim", wrap: int = 1):
-    """Epitome shapes at a uniform `ratio` (the ResNet-50 study's rules, `epim.sw.study`):
+    """Epitome shapes at a uniform `ratio` (the ResNet-50 study's rules, `epim.sw.studies.study`):
     `split="epim"` the training code's rule (input side first; `wrap` shrinks the output side
     first), `"input"` only the input side, `"balanced"` both by `sqrt(ratio)`."""
-    from .epitome import epitome_shape
+    from ..chip.epitome import epitome_shape
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
@@ -538,7 +538,7 @@ def read_epitomes(path: str | Path, nodes: list[Node]) -> dict[str, dict]:
     """Per-layer genes from a search JSON (`epim search`'s `search.json`: `best.layers`, or an
     object with `layers`): `{layer: {ce_in, ce_out, p_in, p_out, d_r, bits}}`. Layer names
     may use the module's dots (`layer1.0.conv1`) or the node's underscores."""
-    from ..contract.files import load_json
+    from ...contract.files import load_json
 
     path = Path(path)
     obj = load_json(path, "a search JSON", error=ModelImportError)
@@ -657,7 +657,7 @@ def _quantizers(model: EpimNet):
 
 def load_module(spec: str, num_classes: int | None = None, in_channels: int | None = None):
     """A module by name: `resnet18`, `resnet34`, `resnet50` (torchvision's structure,
-    `epim.sw.resnets`), `FILE.py:FUNCTION`, a function of the user's file that returns the
+    `epim.sw.ml.resnets`), `FILE.py:FUNCTION`, a function of the user's file that returns the
     module (the file runs as Python: it is the user's own model code), or a checkpoint of
     `epim train` (its folder or `checkpoint.pt`: the project's own models)."""
     from . import resnets
@@ -706,7 +706,7 @@ def load_state_dict(module: nn.Module, path: str | Path) -> None:
     """Weights from a `state_dict` file (read with `weights_only=True`: nothing unpickled)."""
     import io
 
-    from ..contract.files import read_regular
+    from ...contract.files import read_regular
     from .train import MAX_CHECKPOINT_BYTES
 
     raw = read_regular(path, "a state_dict file", MAX_CHECKPOINT_BYTES, ModelImportError)
@@ -797,13 +797,13 @@ def import_to(out: str | Path, module: nn.Module, in_shape: tuple[int, int, int]
               finetune: dict | None = None, float_accuracy: bool = True, log=print,
               **kw) -> dict:
     """`epim import`: :func:`import_module`, then with `finetune` (the fields of
-    `epim.sw.train.Config`: `data`, `epochs`, ...) quantization-aware fine-tuning as `epim
+    `epim.sw.ml.train.Config`: `data`, `epochs`, ...) quantization-aware fine-tuning as `epim
     train --init` does, then export. Writes `out/net.json`, `out/checkpoint.pt` (loadable by
-    `epim.sw.train.load_checkpoint`) and `out/import.json` (the report); returns the report."""
+    `epim.sw.ml.train.load_checkpoint`) and `out/import.json` (the report); returns the report."""
     from dataclasses import asdict
 
-    from ..contract import files as owned
-    from . import data
+    from ...contract import files as owned
+    from ..chip import data
     from .export import export
     from .models import DEFAULT_PIM
     from .train import Config, evaluate, fit, pick_device

@@ -7,7 +7,7 @@ table such as :func:`resnet50`):
 - **activations** per image: output pixels x IFRT steps, with reuse and without (one step per
   block);
 - **latency**: the tile's cycles per image alone (latency of one image, and steady-state cycles
-  per image when images stream), from the RTL's own cycle model (`epim.sw.cyclemodel`, the
+  per image when images stream), from the RTL's own cycle model (`epim.sw.chip.cyclemodel`, the
   replay of the tile's slot schedule), so the estimate and the hardware cannot drift apart; in
   ns at the digital clock;
 - **energy** per image, split into DAC, cell array, ADC, shift-and-add, buffers and tables.
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...contract import geometry
 from .cyclemodel import TileTiming, replicas_for, row_chunks, schedule, tile_timing
 from .epitome import crossbar_count, n_slices, steps
 from .netfile import PIM, Epitome, Layer, Network, load
@@ -80,7 +81,7 @@ class Constants:
         """Defaults, overridden by the numbers of a JSON object in `path` (names as fields)."""
         if not path:
             return cls()
-        from ..contract.files import load_json
+        from ...contract.files import load_json
 
         obj = load_json(path, "a JSON object of constants", 2**20)
         known = {f.name for f in fields(cls)}
@@ -116,7 +117,7 @@ class LayerCost:
     cycles_per_image: float  # steady state, images streaming through the tile alone
     ideal_cycles: int  # crossbar-busy cycles per image (of the busiest copy)
     energy_pj: dict = field(default_factory=dict)
-    replicas: int = 1  # copies of the tile (`epim.sw.replication`)
+    replicas: int = 1  # copies of the tile (`epim.sw.chip.replication`)
 
     @property
     def energy_total_pj(self) -> float:
@@ -139,7 +140,6 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
     copies, and the cycles are those of the busiest copy (at least one per output pixel, the
     rate at which the copies' outputs merge)."""
     epi = layer.epitome
-    k2 = layer.kernel * layer.kernel
     _, ho, wo = layer.out_shape
     pixels = ho * wo
     st = steps(epi, reuse)
@@ -151,10 +151,10 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
     if copies > 1:
         steady = max(steady, pixels)
     xbars = crossbar_count(layer, pim.cell_bits, pim.xbar_rows, pim.xbar_cols) * copies
-    rows = epi.in_channels * k2
+    rows = geometry.epitome_rows(epi.in_channels, layer.kernel)
     cols = epi.out_channels * n_slices(layer, pim.cell_bits)
     chunks = row_chunks(layer, pim)
-    blocks = math.ceil(cols / pim.xbar_cols)
+    blocks = geometry.ceil_div(cols, pim.xbar_cols)
     n_t = t.n_t
     dac = acts * n_t * rows * blocks * 2
     cells = acts * n_t * rows * cols * 2
@@ -180,7 +180,7 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
                      acts, acts_plain, latency, steady, t.ideal, energy, copies)
 
 
-# The network cycle model (`epim.sw.netcycles`) steps every unit every cycle, a few
+# The network cycle model (`epim.sw.chip.netcycles`) steps every unit every cycle, a few
 # microseconds per unit and cycle in CPython: `epim cost` runs it only below this many
 # estimated unit-steps (about half a minute; `EPIM_COST_MODEL_LIMIT` overrides), else it shows
 # the slowest tile's rate alone. (The CIFAR-10 ResNet-20 example: 61 units, 3.5e7 estimated,
@@ -239,7 +239,7 @@ class NetworkCost:
 
     @cached_property
     def network(self) -> dict:
-        """The whole accelerator's cycles from the network cycle model (`epim.sw.netcycles`:
+        """The whole accelerator's cycles from the network cycle model (`epim.sw.chip.netcycles`:
         every unit's handshakes, stalls included, with the skip FIFO depths `epim generate`
         writes; what `epim cosim` measures on the RTL for as many images): steady cycles per
         image (mean distance of successive images' last output beats) and the first and last
@@ -383,59 +383,4 @@ def resnet50(epitome=None, weight_bits: int = 3, act_bits: int = 4, input_bits: 
         out_bits = 32 if op == "linear" else act_bits + 1 if signed else act_bits
         layers.append(shape_layer(name, ci, co, k, s, hwi, epi, in_bits, weight_bits, out_bits,
                                   op, wrap=wrap))
-    return layers
-
-
-def torch_layers(model, input_shape: tuple[int, int, int], weight_bits: int = 3,
-                 act_bits: int = 4, input_bits: int = 8,
-                 in_bits: dict[str, int] | None = None) -> list[Layer]:
-    """Weightless layers of a PyTorch model's `Conv2d` and `Linear` modules (groups 1, square
-    kernels), their input sizes found by one forward pass of zeros: cost any torchvision model
-    without its weights. Epitome layers of `epim.sw.layers` keep their epitome shapes. Inputs
-    are `input_bits` wide for the first layer, `act_bits` after, or `in_bits[module name]`."""
-    import torch
-
-    found = []
-
-    def hook(mod, args, _out):
-        found.append((mod, tuple(args[0].shape)))
-
-    handles = []
-    for mod in model.modules():
-        cls = type(mod).__name__
-        if cls in ("Conv2d", "Linear", "EpitomeConv2d", "EpitomeLinear"):
-            handles.append(mod.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        # an EpimNet in eval mode runs its integer network without calling its layers
-        run = getattr(model, "fake_quant_forward", model)
-        with torch.no_grad():
-            run(torch.zeros(1, *input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    names = {mod: name for name, mod in model.named_modules()}
-    layers, first = [], True
-    for mod, shape in found:
-        cls = type(mod).__name__
-        bits = (in_bits or {}).get(names[mod], input_bits if first else act_bits)
-        first = False
-        if cls in ("Linear", "EpitomeLinear"):
-            cin = mod.in_features if cls == "Linear" else mod.in_channels
-            cout = mod.out_features if cls == "Linear" else mod.out_channels
-            epi = None if cls == "Linear" or mod.dense else mod.epitome_shape
-            layers.append(shape_layer(names[mod], cin, cout, 1, 1, (1, 1), epi, bits,
-                                      weight_bits, 32, "linear"))
-            continue
-        k = mod.kernel_size if isinstance(mod.kernel_size, int) else mod.kernel_size[0]
-        s = mod.stride if isinstance(mod.stride, int) else mod.stride[0]
-        if cls == "Conv2d" and (mod.groups != 1 or mod.kernel_size[0] != mod.kernel_size[1]):
-            raise ValueError(f"{names[mod]}: only square, ungrouped convolutions map to crossbars")
-        epi = None if cls == "Conv2d" or mod.dense else mod.epitome_shape
-        pad = mod.padding if isinstance(mod.padding, int) else mod.padding[0]
-        layers.append(shape_layer(names[mod], mod.in_channels, mod.out_channels, k, s,
-                                  shape[2:], epi, bits, weight_bits, act_bits,
-                                  padding=pad))
     return layers

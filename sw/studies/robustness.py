@@ -5,17 +5,17 @@ corrupts every filter sampled from it? For each data set:
 
 1. train a dense 3-bit model; turn it into an EPIM 3-bit model (least-squares epitomes, ratio
    `--ratio`) and, separately, prune it to the EPIM model's crossbar count; fine-tune both with
-   the same recipe (as `epim.sw.accuracy` does);
-2. evaluate each exported integer network with the noisy reference (`epim.sw.noise`) over
+   the same recipe (as `epim.sw.studies.accuracy` does);
+2. evaluate each exported integer network with the noisy reference (`epim.sw.chip.noise`) over
    `--seeds` chips: against programming variation sigma (`--sigmas`, Gaussian, a fraction of
    the cell range) and against the stuck-at rate (`--rates`, half stuck at 0 and half at max),
-   the latter with and without fault-aware remapping (`epim.sw.faults`);
+   the latter with and without fault-aware remapping (`epim.sw.chip.faults`);
 3. fine-tune each model again on noisy chips (`--ft-sigma`, `epim train --noise`, peak learning
    rate `--ft-lr`) and evaluate that at every sigma too.
 
 Writes `robustness.json`, `robustness.md` and `robustness.png` into `--out`.
 
-    python -m epim.sw.robustness --data mnist fashion-mnist --seeds 5 --out build/robustness
+    python -m epim.sw.studies.robustness --data mnist fashion-mnist --seeds 5 --out build/robustness
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import compress, data, faults, models, netfile, noise, reference
-from .export import export
-from .train import Config, fit
+from ..chip import data, faults, netfile, noise, reference
+from ..ml import compress, models
+from ..ml.export import export
+from ..ml.train import Config, fit
 
 KINDS = ("dense 3-bit", "EPIM 3-bit", "pruned 3-bit")
 

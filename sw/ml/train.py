@@ -1,6 +1,6 @@
 """Train epitome CNNs with epitome-aware quantization-aware training, deterministically.
 
-`fit` trains an :class:`~epim.sw.models.EpimNet` on `uint8` images with Adam and a cosine
+`fit` trains an :class:`~epim.sw.ml.models.EpimNet` on `uint8` images with Adam and a cosine
 schedule, evaluates, writes a checkpoint per epoch (resumable) and, for quantized models, the
 exported `epim-net-v1` file. `epim train` is its command line.
 """
@@ -21,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..contract import files as owned
-from . import data, models
+from ...contract import files as owned
+from ..chip import data
+from ..chip.progress import bar as progress_bar
+from . import models
 from .compress import model_crossbars
 from .export import export, quantize_inputs
-from .progress import bar as progress_bar
 
 DEFAULT_PIM = models.DEFAULT_PIM
 
@@ -53,15 +54,15 @@ class Config:
     optimizer: str = "adam"  # adam | sgd (momentum 0.9, Nesterov)
     label_smoothing: float = 0.0
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
-    data_path: str | None = None  # CIFAR-10's files (see epim.sw.data)
+    data_path: str | None = None  # CIFAR-10's files (see epim.sw.chip.data)
     pct_start: float = 0.15  # warm-up fraction of the one-cycle schedule
     pool_bits: int = 8  # global average pooling's output
-    block: str = "relu"  # residual block of the ResNets: relu | standard (epim.sw.models)
+    block: str = "relu"  # residual block of the ResNets: relu | standard (epim.sw.ml.models)
     # an imported model (`epim import`): its graph as node dicts, input shape and classes
     graph: list | None = None
     in_shape: list | None = None
     num_classes: int = 10
-    # crossbar non-idealities while training (an `epim-noise-v1` object, `epim.sw.noise`)
+    # crossbar non-idealities while training (an `epim-noise-v1` object, `epim.sw.chip.noise`)
     noise: dict | None = None
 
     @property
@@ -76,7 +77,7 @@ TRAIN_THREADS = 2
 
 def seed_everything(seed: int, device: torch.device | None = None) -> None:
     """Seed every generator; on the CPU also fix the thread count and ask for deterministic
-    kernels (see `epim.sw.reproducible`; on a GPU determinism would slow training several-fold,
+    kernels (see `epim.sw.chip.reproducible`; on a GPU determinism would slow training several-fold,
     so GPU runs are seeded but not bit-reproducible)."""
     random.seed(seed)
     np.random.seed(seed)
@@ -148,7 +149,7 @@ def evaluate(model: models.EpimNet, images: np.ndarray, labels: np.ndarray,
 
 class Progress:
     """A bar per epoch with the batch rate, time left and running loss, on a terminal only
-    (`epim.sw.progress`); the epoch's summary line is logged by `fit`."""
+    (`epim.sw.chip.progress`); the epoch's summary line is logged by `fit`."""
 
     def __init__(self, total: int, label: str):
         self.bar = progress_bar(total, label, "batch")
@@ -258,7 +259,8 @@ def fit(cfg: Config, out_dir: str | Path | None = None, log=print,
         model = build_model(cfg)
     model = model.to(device)
     if cfg.noise:
-        from . import noise, noise_train
+        from ..chip import noise
+        from . import noise_train
 
         noise_train.attach(model, noise.parse(cfg.noise, "the noise configuration"), cfg.pim,
                            cfg.seed)

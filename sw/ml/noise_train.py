@@ -24,14 +24,13 @@ saturation. Where no sum reaches the ADC's ends, the two agree in distribution
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...contract import geometry
+from ..chip.noise import NoiseConfig
 from .layers import ActQuant, EpitomeConv2d, EpitomeLinear
-from .noise import NoiseConfig
 
 INPUT = "input"
 
@@ -45,8 +44,8 @@ class LayerNoise:
         self.in_scale = in_scale  # an ActQuant (its learned scale) or a float
         self.gen = generator
         ce_out, ce_in, k, _ = layer.E.shape
-        self.rows = ce_in * k * k
-        self.chunks = -(-self.rows // pim["xbar_rows"])
+        self.rows = geometry.epitome_rows(ce_in, k)
+        self.chunks = geometry.row_chunks(self.rows, pim["xbar_rows"])
 
     def scale_in(self) -> torch.Tensor | float:
         s = self.in_scale
@@ -62,7 +61,7 @@ class LayerNoise:
         w_int = torch.round(e_q.detach() / s_w).to(torch.int64)  # (Ce_out, Ce_in, k, k)
         cfg, cb = self.cfg, self.pim["cell_bits"]
         gmax = 2**cb - 1
-        ns = math.ceil((layer.wq.bits - 1) / cb)
+        ns = geometry.cell_slices(layer.wq.bits, cb)
         mag, neg = w_int.abs(), w_int < 0
         q = torch.arange(ns, device=w_int.device).view(-1, 1, 1, 1, 1)
         lev = (mag.unsqueeze(0) >> (q * cb)) & gmax  # (n_s, Ce_out, Ce_in, k, k)
@@ -93,9 +92,9 @@ class LayerNoise:
         """Read noise, ADC noise and ADC offset on the accumulators, in the output's units."""
         cfg, pim = self.cfg, self.pim
         gmax = 2 ** pim["cell_bits"] - 1
-        ns = math.ceil((layer.wq.bits - 1) / pim["cell_bits"])
+        ns = geometry.cell_slices(layer.wq.bits, pim["cell_bits"])
         d = pim["dac_bits"]
-        n_t = math.ceil(self.in_bits / d)
+        n_t = geometry.dac_slices(self.in_bits, d)
         w_q = sum(4 ** (qq * pim["cell_bits"]) for qq in range(ns))  # sum of squared weights
         w_t = [4 ** (t * d) for t in range(n_t)]
         s_in = self.scale_in()
@@ -132,9 +131,9 @@ class LayerNoise:
     def _offset_bias(self, layer: EpitomeConv2d, device) -> torch.Tensor:
         """The bias the ADC offsets add to each output channel (in accumulator units)."""
         pim, cfg = self.pim, self.cfg
-        ns = math.ceil((layer.wq.bits - 1) / pim["cell_bits"])
+        ns = geometry.cell_slices(layer.wq.bits, pim["cell_bits"])
         d = pim["dac_bits"]
-        n_t = math.ceil(self.in_bits / d)
+        n_t = geometry.dac_slices(self.in_bits, d)
         ce_out = layer.E.shape[0]
         off = cfg.adc_offset_sigma * self._normal((2, ns, self.chunks, ce_out), "cpu")
         diff = (off[0] - off[1]).numpy()  # (n_s, chunks, Ce_out)

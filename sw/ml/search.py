@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..contract import files as owned
-from . import cost
-from .epitome import strided_offsets
-from .netfile import PIM
+from ...contract import geometry
+from ..chip import cost
+from ..chip.epitome import strided_offsets
+from ..chip.netfile import PIM
 
 # PyTorch is imported where weights are used, so that a weightless search (the ResNet-50
 # study) runs without it.
@@ -131,7 +131,7 @@ class Search:
     def from_layers(cls, layers, pim: dict, budget: int, bits_choices=(3,),
                     weights=(1.0, 0.2, 0.2), act_bits: int = 4,
                     consts: cost.Constants = cost.CONSTANTS) -> Search:
-        """A search over weightless layers (`cost.resnet50()`, `cost.torch_layers`): the
+        """A search over weightless layers (`cost.resnet50()`, `compress.torch_layers`): the
         first layer stays dense, every other is searched, and the accuracy proxy is the share
         of distinct weights lost, `1 - Ce_in*Ce_out / (Cin*Cout)`, for lack of weights."""
         self = cls.__new__(cls)
@@ -156,7 +156,7 @@ class Search:
         self.seen: dict[tuple, Candidate] = {}
 
     def _slices(self, bits: int) -> int:
-        return math.ceil((bits - 1) / self.pim_d["cell_bits"])
+        return geometry.cell_slices(bits, self.pim_d["cell_bits"])
 
     def _layer(self, slot: Slot, gene: Gene | None, bits: int):
         epi = None if gene is None else (gene.ce_in, gene.ce_out, gene.p_in, gene.p_out)
@@ -262,7 +262,7 @@ class Search:
 
     def uniform(self, ratio: float) -> tuple[Gene, ...]:
         """The genes of the uniform rule (`epitome.epitome_shape`) at `ratio`, 3 bits."""
-        from .epitome import Fill, epitome_shape
+        from ..chip.epitome import Fill, epitome_shape
 
         fill = Fill.of(self.pim_d, 3)
         genes = []
@@ -315,136 +315,3 @@ def describe(c: Candidate, slots: list[Slot]) -> dict:
     return {"crossbars": c.crossbars, "cycles_per_image": c.cycles, "energy_uj": c.energy_uj,
             "proxy": c.proxy, "fitness": c.fitness,
             "layers": {s.name: vars(g) for s, g in zip(slots, c.genes, strict=True)}}
-
-
-def compare(data: str = "mnist", epochs: int = 3, ratio: float = 4, seed: int = 0,
-            out=None, population: int = 32, generations: int = 40, bits=(2, 3, 4),
-            log=print) -> dict:
-    """Searched layer-wise epitomes against uniform ones at the same crossbar budget: train a
-    dense 3-bit model, then fine-tune (a) the uniform EPIM model at `ratio` and (b) the
-    search's pick under the uniform model's crossbar count, each `epochs` epochs from the
-    dense weights; report accuracy (integer network), crossbars, cycles and energy of both
-    exported files."""
-    import json
-    from dataclasses import replace
-
-    from . import compress, models
-    from .export import export
-    from .netfile import parse
-    from .train import Config, fit
-
-    base = Config(data=data, epochs=epochs, seed=seed, weight_bits=3, act_bits=4)
-    log(f"dense 3-bit, {epochs} epochs")
-    dense = fit(base, None, log=lambda m: log("  " + m))["model"]
-    pim = base.pim
-    uni = compress.epitomize(dense, models.nodes("cnn", ratio, quant=base.quant, pim=pim))
-    budget = compress.model_crossbars(uni, pim)
-    srch = Search(dense, pim, budget, bits_choices=bits)
-    res = srch.run(population, generations, seed=seed, seeds=[srch.uniform(ratio)],
-                   log=lambda m: log("  " + m))
-    log(f"search: {res.evaluated} candidates, best {res.best.crossbars} crossbars, proxy "
-        f"{res.best.proxy:.4f}; Pareto front {len(res.front)}")
-    picked = compress.epitomize(dense, srch.nodes(res.best.genes))
-    rows = {}
-    for name, model in (("uniform", uni), ("searched", picked)):
-        log(f"fine-tune {name}, {epochs} epochs")
-        m = fit(replace(base, ratio=ratio), None, log=lambda s: log("  " + s), model=model)
-        net = export(m["model"].cpu(), pim)
-        nc = cost.network_cost(parse(net))
-        rows[name] = {"test_accuracy": m["test_accuracy"], **nc.summary(),
-                      "net": net}
-    result = {"data": data, "epochs": epochs, "ratio": ratio, "seed": seed, "budget": budget,
-              "search": {"population": population, "generations": generations,
-                         "bits": list(bits), "evaluated": res.evaluated,
-                         "best": describe(res.best, srch.slots),
-                         "front": [describe(c, srch.slots) for c in res.front],
-                         "history": res.history},
-              "uniform": {k: v for k, v in rows["uniform"].items() if k != "net"},
-              "searched": {k: v for k, v in rows["searched"].items() if k != "net"}}
-    if out:
-        owned.write_owned(out, {"search.json": json.dumps(result, indent=1), **{
-            f"{name}.net.json": json.dumps(rows[name]["net"]) + "\n" for name in rows}},
-            "search")
-    return result
-
-
-def main(argv=None) -> int:
-    import argparse
-    from pathlib import Path
-
-    ap = argparse.ArgumentParser(description="searched vs uniform epitomes at equal crossbars")
-    ap.add_argument("--data", default="mnist")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--ratio", type=float, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--population", type=int, default=32)
-    ap.add_argument("--generations", type=int, default=40)
-    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
-    ap.add_argument("--out", type=Path, default=Path("build/search"))
-    args = ap.parse_args(argv)
-    r = compare(args.data, args.epochs, args.ratio, args.seed, args.out, args.population,
-                args.generations, tuple(args.bits))
-    lines = ["| epitomes | crossbars | test accuracy | cycles / image | energy (uJ) |",
-             "|---|---|---|---|---|"]
-    for name in ("uniform", "searched"):
-        x = r[name]
-        lines.append(f"| {name} | {x['crossbars']} | {100 * x['test_accuracy']:.2f}% | "
-                     f"{x['cycles_per_image']:.0f} | {x['energy_uj']:.2f} |")
-    md = "\n".join(lines) + "\n"
-    owned.write_owned(args.out, {"search.md": md}, "search")
-    print(md)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-def search_checkpoint(init, out, ratio: float | None = None, budget: int | None = None,
-                      bits: tuple = (2, 3, 4), weights: tuple = (1.0, 0.2, 0.2),
-                      population: int = 32, generations: int = 40,
-                      mutation: float | None = None, seed: int = 0, finetune: int = 0,
-                      log=print) -> dict:
-    """`epim search`: per-layer epitome shapes for a trained quantized dense checkpoint
-    `init` within `budget` crossbars (default: what a uniform `ratio` needs), written to
-    `out/search.json` with the Pareto front; with `finetune` epochs, the best network is
-    fine-tuned and exported to `out/net.json`. Returns what search.json holds."""
-    import json
-    from dataclasses import replace
-
-    from . import compress, models
-    from .export import export
-    from .train import fit, load_checkpoint
-
-    cfg, dense = load_checkpoint(init)
-    if not dense.quantized:
-        raise ValueError(f"--init {init}: search from a trained quantized dense model "
-                         "(the float model has no integer form)")
-    owned.check_folder(out)  # (before the search)
-    pim = cfg.pim
-    if budget is None:
-        uni = compress.epitomize(dense, models.nodes(cfg.model, ratio, cfg.width,
-                                                     quant=cfg.quant, pim=pim))
-        budget = compress.model_crossbars(uni, pim)
-    srch = Search(dense, pim, budget, bits_choices=tuple(bits), weights=tuple(weights))
-    seeds = [srch.uniform(ratio)] if ratio else []
-    res = srch.run(population, generations, mutation=mutation, seed=seed,
-                   seeds=seeds, log=log)
-    out = owned.check_folder(out)
-    obj = {"budget": budget, "evaluated": res.evaluated,
-           "best": describe(res.best, srch.slots),
-           "front": [describe(c, srch.slots) for c in res.front]}
-    log(f"best: {res.best.crossbars} crossbars (budget {budget}), proxy "
-        f"{res.best.proxy:.4f}, {res.best.cycles:.0f} cycles/image, "
-        f"{res.best.energy_uj:.2f} uJ/image; Pareto front of {len(res.front)} in "
-        f"{out / 'search.json'}")
-    if finetune:
-        model = compress.epitomize(dense, srch.nodes(res.best.genes))
-        m = fit(replace(cfg, epochs=finetune), out, model=model)
-        owned.write_owned(out, {"net.json": json.dumps(export(m["model"].cpu(), pim)) + "\n"},
-                          "search")
-        obj["finetuned_test_accuracy"] = m["test_accuracy"]
-        log(f"fine-tuned {finetune} epochs: test accuracy {m['test_accuracy']:.4f}; "
-            f"wrote {out / 'net.json'}")
-    owned.write_owned(out, {"search.json": json.dumps(obj, indent=1) + "\n"}, "search")
-    return obj

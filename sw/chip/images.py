@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract.files import write_files_atomically
-from ..contract.images import (
+from ...contract import beats, geometry
+from ...contract.files import write_files_atomically
+from ...contract.images import (
     MANIFEST_FORMAT,
     MEMORIES,
     NETWORK_FORMAT,
@@ -33,7 +33,7 @@ from ..contract.images import (
     sha256_text,
     ubits,
 )
-from ..contract.params import (
+from ...contract.params import (
     AddParams,
     FlattenParams,
     MaxPoolParams,
@@ -92,7 +92,7 @@ def layer_params(net: Network, layer: Layer, max_steps: int | None = None,
         out_bits=layer.out_bits, relu=layer.relu, weight_bits=layer.weight_bits,
         ce_in=epi.in_channels, ce_out=epi.out_channels, patch_in=epi.patch_in,
         patch_out=epi.patch_out, g_in=g_in, g_out=g_out, n_slices=ns,
-        n_t=math.ceil(layer.in_bits / pim.dac_bits), max_steps=max_steps,
+        n_t=geometry.dac_slices(layer.in_bits, pim.dac_bits), max_steps=max_steps,
         acc_bits=acc_bound.bit_length() + 1, src_bits=ubits(cin),
         xbar_rows=pim.xbar_rows, xbar_cols=pim.xbar_cols, cell_bits=pim.cell_bits,
         dac_bits=pim.dac_bits, adc_bits=pim.adc_bits, lanes=lanes_for(layer, pim, lanes),
@@ -103,8 +103,8 @@ def compile_layer(net: Network, layer: Layer, reuse: bool = True,
                   max_steps: int | None = None, lanes: int | dict | None = None,
                   faults=None) -> LayerImage:
     """Memory images of one conv/linear layer (spec sections 3-5). `lanes`: row chunks the tile
-    computes at once (`epim.sw.cyclemodel.lanes_for`; default all). `faults`: the layer's
-    stuck cells (`epim.sw.faults`, physical coordinates), written into the crossbar image as
+    computes at once (`epim.sw.chip.cyclemodel.lanes_for`; default all). `faults`: the layer's
+    stuck cells (`epim.sw.chip.faults`, physical coordinates), written into the crossbar image as
     the levels they are stuck at, to run a faulty chip on the unchanged hardware."""
     epi = layer.epitome
     step_list = steps(epi, reuse)
@@ -173,7 +173,7 @@ def compile_network(net: Network, reuse: bool = True,
     The network manifest lists every unit of the accelerator with its parameters (tiles by
     folder and manifest checksum; `add` with its skip FIFO depths from the network cycle model
     and which inputs are signed; `avgpool_global`; `maxpool`), the input and the output beat.
-    A tile's `replicas` is the number of copies of it (`epim.sw.replication`). `faults`: stuck
+    A tile's `replicas` is the number of copies of it (`epim.sw.chip.replication`). `faults`: stuck
     cells per layer (`compile_layer`). :func:`write_network` writes it.
     """
     from .netcycles import fifo_depths as measure_depths
@@ -214,7 +214,7 @@ def compile_network(net: Network, reuse: bool = True,
         else:
             raise ImageError(f"layer {layer.name!r}: no hardware unit for op {layer.op!r}")
     out = net.output_layer
-    c, h, w = out.out_shape
+    c = out.out_shape[0]
     manifest = {
         "format": NETWORK_FORMAT,
         "input": {"name": net.input_name, "channels": net.input_shape[0],
@@ -222,7 +222,7 @@ def compile_network(net: Network, reuse: bool = True,
                   "bits": net.input_bits},
         "output": {"name": net.output, "channels": c, "bits": out.out_bits,
                    "signed": not out.relu,
-                   "beats_per_image": 1 if out.op in ("linear", "avgpool_global") else h * w},
+                   "beats_per_image": beats.beats_per_image(out.op, out.out_shape)},
         "units": [unit_to_dict(u) for u in units], "reuse": reuse, "lanes": lanes,
     }
     return {"manifest": manifest, "tiles": tiles}

@@ -5,7 +5,7 @@ elsewhere), and kernels of different widths add in different orders, so the same
 different weights on different x86 machines; and a reduction split over a different number of
 threads rounds differently. :func:`pin_cpu_kernels` caps both kernel libraries at AVX2 (which
 every x86-64 machine of the last decade has); it must run before `torch` is imported.
-`epim.sw.train` fixes the thread count (`TRAIN_THREADS`) and asks for deterministic
+`epim.sw.ml.train` fixes the thread count (`TRAIN_THREADS`) and asks for deterministic
 algorithms.
 """
 

@@ -1,7 +1,7 @@
-"""Export a trained, quantized :class:`~epim.sw.models.EpimNet` to an `epim-net-v1` object.
+"""Export a trained, quantized :class:`~epim.sw.ml.models.EpimNet` to an `epim-net-v1` object.
 
 Batch norm and the quantizer scales fold into the integer output stage of spec section 5
-(:func:`epim.sw.models.fold`); this module writes the folded integers in the file format. The
+(:func:`epim.sw.ml.models.fold`); this module writes the folded integers in the file format. The
 final linear layer gives logits in accumulator units (`mult = 1`, `shift = 0`).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..chip.netfile import parse
 from .models import INPUT, LOGIT_BITS, EpimNet, fold
-from .netfile import parse
 
 
 def epitome_fields(conv, e_int: torch.Tensor) -> dict:

@@ -1,11 +1,11 @@
 """The EPIM-ResNet50 study: crossbars, latency and energy of ResNet-50 (ImageNet shapes, no
 training) dense and with uniform epitomes, with and without IFRT reuse and output channel
-wrapping, from the cost model (`epim.sw.cost`). Writes `study.json`, `study.md`, `pareto.png`
+wrapping, from the cost model (`epim.sw.chip.cost`). Writes `study.json`, `study.md`, `pareto.png`
 and `layers.png`.
 
-    python -m epim.sw.study --out build/study
+    python -m epim.sw.studies.study --out build/study
 
-Epitome shapes follow `epim.sw.epitome.epitome_shape`: the input side shrinks first (crossbar
+Epitome shapes follow `epim.sw.chip.epitome.epitome_shape`: the input side shrinks first (crossbar
 rows set the row chunks), then the output side (output channel wrapping), each side filling
 the crossbars it occupies; the first conv stays dense (the classifier is a 1x1 epitome too).
 Without wrapping the output side cannot shrink (`Ce_out = Cout`), so all of the ratio goes to
@@ -18,9 +18,9 @@ import argparse
 import json
 from pathlib import Path
 
-from . import cost
-from .epitome import Fill, epitome_shape
-from .netfile import PIM
+from ..chip import cost
+from ..chip.epitome import Fill, epitome_shape
+from ..chip.netfile import PIM
 
 PIM_DEFAULT = PIM(32, 32, 2, 1, 8)
 PAPER_COMPRESSION = 30.65  # EPIM-ResNet50, 3-bit, DAC 2024
@@ -71,8 +71,8 @@ def evaluate(cfg: dict, pim: PIM, consts: cost.Constants) -> tuple[dict, cost.Ne
 def searched(pim: PIM, consts: cost.Constants, dense8: int, args) -> tuple[dict, cost.NetworkCost]:
     """The layer-wise search on ResNet-50's shapes under the paper's crossbar budget
     (`dense8 / 30.65`), seeded with uniform rules; weightless, so its accuracy proxy is the
-    share of distinct weights each layer loses (`epim.sw.search.Search.from_layers`)."""
-    from . import search
+    share of distinct weights each layer loses (`epim.sw.ml.search.Search.from_layers`)."""
+    from ..ml import search
 
     budget = int(dense8 / PAPER_COMPRESSION)
     pim_d = {"xbar_rows": pim.xbar_rows, "xbar_cols": pim.xbar_cols,

@@ -109,6 +109,8 @@ def check_reference(net: Network, images: int, max_memory: int | None = None) ->
     `max_memory` (default `default_max_memory()`), before anything is allocated."""
     est = estimate(net, images)
     limit = default_max_memory() if max_memory is None else max_memory
+    whose = ("three quarters of this machine's memory" if max_memory is None
+             and not os.environ.get("EPIM_MAX_MEMORY") else "as given")
     if est.reference_bytes > limit:
         one = estimate(net, 1).reference_bytes
         hint = (f"; one image at a time needs about {human_bytes(one)}"
@@ -117,8 +119,7 @@ def check_reference(net: Network, images: int, max_memory: int | None = None) ->
             f"{net.source}: the integer reference on {images} image(s) would need about "
             f"{human_bytes(est.reference_bytes)} of memory ({est.macs_per_image / 1e6:.4g} M "
             f"multiply-accumulates per image), more than the limit of {human_bytes(limit)} "
-            f"(three quarters of this machine's memory){hint}; give --max-memory to raise "
-            "the limit")
+            f"({whose}){hint}; give --max-memory to raise the limit")
     return est
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...contract import geometry
 from .epitome import steps
 from .netfile import PIM, Layer
 
@@ -63,8 +64,8 @@ class TileTiming:
 
 def row_chunks(layer: Layer, pim: PIM) -> int:
     """Row chunks of the layer's epitome matrix: `ceil(Ce_in * k * k / xbar_rows)`."""
-    rows = layer.epitome.in_channels * layer.kernel * layer.kernel
-    return -(-rows // pim.xbar_rows)
+    return geometry.row_chunks(geometry.epitome_rows(layer.epitome.in_channels, layer.kernel),
+                               pim.xbar_rows)
 
 
 def lanes_for(layer: Layer, pim: PIM, lanes: int | dict | None) -> int:
@@ -100,8 +101,8 @@ def tile_timing(layer: Layer, pim: PIM, reuse: bool = True,
     return TileTiming(pixels=replica_pixels(ho * wo, *replica), in_beats=h * w,
                       kernel=layer.kernel,
                       n_steps=len(steps(layer.epitome, reuse)),
-                      n_t=-(-layer.in_bits // pim.dac_bits),
-                      passes=-(-chunks // lanes_for(layer, pim, lanes)))
+                      n_t=geometry.dac_slices(layer.in_bits, pim.dac_bits),
+                      passes=geometry.ceil_div(chunks, lanes_for(layer, pim, lanes)))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ without). Crossbars follow spec section 3 and the
 compression is relative to the dense 8-bit network. Writes `accuracy.json`, `accuracy.md` and
 `accuracy.png` into the output folder.
 
-    python -m epim.sw.accuracy --data mnist fashion-mnist --seeds 0 1 --epochs 6
+    python -m epim.sw.studies.accuracy --data mnist fashion-mnist --seeds 0 1 --epochs 6
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from . import compress, models
-from .export import export
-from .train import Config, fit
+from ..ml import compress, models
+from ..ml.export import export
+from ..ml.train import Config, fit
 
 
 def run_one(cfg: Config, label: str, log, model=None, teacher=None,

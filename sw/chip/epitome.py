@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...contract import geometry
 from .netfile import Epitome, Layer
 
 
@@ -71,7 +72,7 @@ def ifat_sources(epi: Epitome, cin: int, step: Step) -> np.ndarray:
 
 def n_slices(layer: Layer, cell_bits: int) -> int:
     """Bit slices per weight magnitude: `ceil((weight_bits - 1) / cell_bits)`."""
-    return math.ceil((layer.weight_bits - 1) / cell_bits)
+    return geometry.cell_slices(layer.weight_bits, cell_bits)
 
 
 def crossbar_count(layer: Layer, cell_bits: int, xbar_rows: int, xbar_cols: int,
@@ -90,8 +91,7 @@ def crossbar_count(layer: Layer, cell_bits: int, xbar_rows: int, xbar_cols: int,
 def matrix_crossbars(rows: int, cols: int, weight_bits: int, cell_bits: int, xbar_rows: int,
                      xbar_cols: int) -> int:
     """Spec section 3 for one `rows x cols` weight matrix: row chunks x column blocks x 2."""
-    ns = math.ceil((weight_bits - 1) / cell_bits)
-    return math.ceil(rows / xbar_rows) * math.ceil(cols * ns / xbar_cols) * 2
+    return geometry.crossbars(rows, cols, weight_bits, cell_bits, xbar_rows, xbar_cols)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Fill:
 
     @classmethod
     def of(cls, pim: dict, weight_bits: int) -> Fill:
-        slices = math.ceil((weight_bits - 1) / pim["cell_bits"])
+        slices = geometry.cell_slices(weight_bits, pim["cell_bits"])
         return cls(pim["xbar_rows"], max(1, pim["xbar_cols"] // slices))
 
 

@@ -14,7 +14,7 @@ Independent runs go to `--jobs` worker processes at once (one GPU serves them al
 step is too small to fill it). With `--budget-s`, a short probe times training steps with all
 workers busy and sets the epochs to fit that many seconds (the report says what was run).
 
-    python -m epim.sw.cifar --data-path cifar10-jpeg.npz --epochs 30
+    python -m epim.sw.studies.cifar --data-path cifar10-jpeg.npz --epochs 30
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from . import compress, data, models
-from .train import Config, build_model, fit, load_checkpoint, pick_device
+from ..chip import data
+from ..ml import compress, models
+from ..ml.train import Config, build_model, fit, load_checkpoint, pick_device
 
 
 def recipe(args) -> Config:
@@ -291,8 +292,8 @@ def main(argv=None) -> int:
 def check(folder: Path, data_path: str | None) -> int:
     """`epim reference` on the best EPIM model at 8x or more (else the best EPIM model): its
     accuracy on the full test set must equal the reported one. Records it in cifar.json."""
-    from .netfile import load
-    from .reference import run_network
+    from ..chip.netfile import load
+    from ..chip.reference import run_network
 
     path = folder / "cifar.json"
     result = json.loads(path.read_text())

@@ -17,7 +17,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..contract import graph as unit_graph
+from ...contract import beats
+from ...contract import graph as unit_graph
 from . import cyclemodel
 from .cyclemodel import TileTiming, tile_timing
 from .netfile import Layer, Network
@@ -408,8 +409,8 @@ def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | N
                 lanes: int | dict | None = None, replicas: int | dict | None = None) -> Graph:
     """The unit graph for `n_images` images. `fifo_depths[add] = [depth_a, depth_b]`
     (0: no FIFO on that input; None: unbounded); default: unbounded on both inputs. `lanes`:
-    row-chunk lanes of the tiles (`epim.sw.cyclemodel.lanes_for`); `replicas`: copies of each
-    tile (`epim.sw.cyclemodel.replicas_for`)."""
+    row-chunk lanes of the tiles (`epim.sw.chip.cyclemodel.lanes_for`); `replicas`: copies of each
+    tile (`epim.sw.chip.cyclemodel.replicas_for`)."""
     _, h, w = net.input_shape
     nodes: list[Node] = []
     for plan in unit_plan(net, fifo_depths):
@@ -515,13 +516,12 @@ def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000) -> Run:
 
 
 def out_beats_per_image(net: Network) -> int:
-    layer = net.output_layer
-    return 1 if layer.op in ("linear", "avgpool_global") else _beats(layer.out_shape)
+    return layer_beats(net, net.output)
 
 
 def layer_beats(net: Network, name: str) -> int:
     layer = net.layer(name)
-    return 1 if layer.op in ("linear", "avgpool_global") else _beats(layer.out_shape)
+    return beats.beats_per_image(layer.op, layer.out_shape)
 
 
 def fifo_depths(net: Network, reuse: bool = True, images: int = 6,

@@ -3,7 +3,7 @@
 A model is a list of :class:`Node` s (conv, add, avgpool_global, linear), each naming its inputs,
 exactly like an `epim-net-v1` file. Conv nodes are conv + batch norm + ReLU + activation
 quantizer; `add` and `avgpool_global` re-quantize their result; the last `linear` gives logits.
-Batch norm folds into the integer output stage at export (`epim.sw.export`).
+Batch norm folds into the integer output stage at export (`epim.sw.ml.export`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .epitome import Fill
-from .epitome import epitome_shape as _epi
+from ..chip.epitome import Fill
+from ..chip.epitome import epitome_shape as _epi
+from ..chip.netfile import MULT_LIMIT
 from .layers import ActQuant, EpitomeConv2d, EpitomeLinear, WeightQuant
-from .netfile import MULT_LIMIT
 
 INPUT = "input"
 
@@ -512,7 +512,7 @@ def build(model: str, ratio: float | None = None, quant: QuantConfig = QuantConf
           pim: dict | None = None, wrap: int = 1, block: str = "relu") -> EpimNet:
     """A model by name; epitomes (for `ratio > 1`) are fitted to the crossbars of `pim`
     (default :data:`DEFAULT_PIM`) at the model's weight bits; `wrap > 1` shrinks their output
-    side that many times (`epim.sw.epitome.epitome_shape`); `block` the residual block of the
+    side that many times (`epim.sw.chip.epitome.epitome_shape`); `block` the residual block of the
     ResNets (:func:`resnet`)."""
     return EpimNet(nodes(model, ratio, width, num_classes, quant, pim, wrap, block), in_shape,
                    num_classes, quant)

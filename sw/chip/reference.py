@@ -14,12 +14,12 @@ or float64, exact while every partial sum stays below 2**24 or 2**53, else in in
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ...contract import geometry
 from . import workload
 from .epitome import ifat_sources, n_slices, sample_indices, steps
 from .netfile import PIM, Layer, Network
@@ -75,14 +75,13 @@ def crossbar_activation(x: np.ndarray, cells: np.ndarray, pim: PIM, in_bits: int
 def chunk_activation(x: np.ndarray, cells: np.ndarray, pim: PIM, in_bits: int) -> np.ndarray:
     """One row chunk's part of the column values: `x (P, rows)` and `cells (2, n_s, rows, C)`,
     every DAC slice, with the ADC saturating each slice's column sum (spec section 4)."""
-    n_t = math.ceil(in_bits / pim.dac_bits)
-    adc_max = 2**pim.adc_bits - 1
+    n_t = geometry.dac_slices(in_bits, pim.dac_bits)
     cells_f = cells.astype(np.float64)  # a chunk's sums stay far below 2**53: exact
     v = np.zeros((x.shape[0], cells.shape[3]), dtype=np.int64)
     for t in range(n_t):
-        x_t = ((x >> (t * pim.dac_bits)) & (2**pim.dac_bits - 1)).astype(np.float64)
+        x_t = ((x >> (t * pim.dac_bits)) & geometry.dac_max(pim.dac_bits)).astype(np.float64)
         s = np.rint(np.matmul(x_t, cells_f)).astype(np.int64)  # (2, n_s, P, C)
-        a = np.minimum(s, adc_max)  # ADC saturation
+        a = geometry.saturate(s, pim.adc_bits)
         for q in range(cells.shape[1]):
             v += (a[0, q] - a[1, q]) << (t * pim.dac_bits + q * pim.cell_bits)
     return v
@@ -94,12 +93,12 @@ def saturable(layer: Layer, pim: PIM) -> np.ndarray:
     its maximum `2**dac_bits - 1`. Elsewhere the ADC is lossless for every input."""
     cells = crossbar_slices(layer, pim.cell_bits)  # (2, n_s, R, Ce_out)
     r = cells.shape[2]
-    chunks = -(-r // pim.xbar_rows)
+    chunks = geometry.row_chunks(r, pim.xbar_rows)
     pad = chunks * pim.xbar_rows - r
     c = np.pad(cells, ((0, 0), (0, 0), (0, pad), (0, 0)))
     sums = c.reshape(2, cells.shape[1], chunks, pim.xbar_rows, -1).sum(axis=3)
-    top = sums.max(axis=(0, 1)) * (2**pim.dac_bits - 1)
-    return top > 2**pim.adc_bits - 1
+    top = sums.max(axis=(0, 1)) * geometry.dac_max(pim.dac_bits)
+    return top > geometry.adc_max(pim.adc_bits)
 
 
 def lossless_weight(layer: Layer, pim: PIM, sat: np.ndarray) -> np.ndarray:

@@ -37,11 +37,11 @@ always may be.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import numpy as np
 
+from ...contract import geometry
 from .epitome import n_slices, sample_indices
 from .netfile import PIM, Layer, Network
 
@@ -58,10 +58,10 @@ class FaultMapError(ValueError):
 def crossbar_extent(layer: Layer, pim: PIM) -> tuple[int, int]:
     """`(rows, cols)` of the layer's crossbars laid side by side: whole crossbars."""
     e = layer.epitome
-    rows = e.in_channels * layer.kernel**2
+    rows = geometry.epitome_rows(e.in_channels, layer.kernel)
     cols = e.out_channels * n_slices(layer, pim.cell_bits)
-    return (math.ceil(rows / pim.xbar_rows) * pim.xbar_rows,
-            math.ceil(cols / pim.xbar_cols) * pim.xbar_cols)
+    return (geometry.row_chunks(rows, pim.xbar_rows) * pim.xbar_rows,
+            geometry.ceil_div(cols, pim.xbar_cols) * pim.xbar_cols)
 
 
 def tiles(net: Network) -> list[Layer]:
@@ -129,7 +129,7 @@ def parse(obj, net: Network, source: str = "fault map") -> dict[str, np.ndarray]
 
 
 def load(path: str | Path, net: Network) -> dict[str, np.ndarray]:
-    from ..contract.files import load_json
+    from ...contract.files import load_json
 
     obj = load_json(path, "a fault map", MAX_FILE_BYTES, FaultMapError)
     return parse(obj, net, str(path))
@@ -190,10 +190,11 @@ def damage(layer: Layer, pim: PIM, fmap: np.ndarray, weights: np.ndarray | None 
 def _lossless(weights: np.ndarray, pim: PIM, ns: int) -> bool:
     cells = _cells(weights, pim.cell_bits, ns)
     r = cells.shape[2]
-    chunks = -(-r // pim.xbar_rows)
+    chunks = geometry.row_chunks(r, pim.xbar_rows)
     c = np.pad(cells, ((0, 0), (0, 0), (0, chunks * pim.xbar_rows - r), (0, 0)))
     sums = c.reshape(2, ns, chunks, pim.xbar_rows, -1).sum(axis=3)
-    return int(sums.max(initial=0)) * (2**pim.dac_bits - 1) <= 2**pim.adc_bits - 1
+    return int(sums.max(initial=0)) * geometry.dac_max(pim.dac_bits) <= geometry.adc_max(
+        pim.adc_bits)
 
 
 def best_rotation(layer: Layer, pim: PIM, fmap: np.ndarray) -> tuple[int, int, float, float]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract.files import load_json
-from ..contract.images import NAME_RE
-from ..contract.images import NET_FORMAT as FORMAT
+from ...contract.files import load_json
+from ...contract.images import NAME_RE
+from ...contract.images import NET_FORMAT as FORMAT
 
 OPS = ("conv", "linear", "add", "avgpool_global", "maxpool")
 

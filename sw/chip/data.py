@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract.files import make_readable
+from ...contract.files import make_readable
 
 NAMES = ("mnist", "fashion-mnist", "mnist-5k", "cifar10")
 SPLITS = ("train", "test")
@@ -336,7 +336,7 @@ def read_cifar10(split: str, path: str | Path | None = None) -> tuple[np.ndarray
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One python batch: `(N, 3, 32, 32)` uint8 images and `(N,)` labels 0..9."""
-    from ..contract.files import open_regular
+    from ...contract.files import open_regular
 
     with open_regular(path, "a CIFAR-10 batch", MAX_CIFAR_FILE) as fh:
         try:
@@ -363,7 +363,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read_cifar_archive(src: Path, split: str):
     """The JPEG bytes, offsets and labels of one split of a JPEG `.npz`, checked."""
-    from ..contract.files import open_regular
+    from ...contract.files import open_regular
 
     with open_regular(src, "a CIFAR-10 JPEG archive", MAX_CIFAR_FILE) as fh:
         try:

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...contract import geometry
 from .epitome import ifat_sources, steps
 from .netfile import PIM, Layer, Network
 from .reference import crossbar_slices, im2col
@@ -140,7 +141,7 @@ def parse(obj, source: str = "noise configuration") -> NoiseConfig:
 
 def load(path: str | Path) -> NoiseConfig:
     """Read and check a noise configuration file (bounded in size before it is read)."""
-    from ..contract.files import load_json
+    from ...contract.files import load_json
 
     obj = load_json(path, "a noise configuration", MAX_CONFIG_BYTES, NoiseConfigError)
     return parse(obj, str(path))
@@ -215,7 +216,7 @@ class NoisyChip:
 
                 fmap = cell_faults(layer, self.pim, self.faults[layer.name])
                 g = faulty_levels(g, fmap, self.pim.cell_bits).astype(np.float64)
-            chunks = -(-cells.shape[2] // self.pim.xbar_rows)
+            chunks = geometry.row_chunks(cells.shape[2], self.pim.xbar_rows)
             shape = (2, cells.shape[1], chunks, cells.shape[3])
             gain = 1.0 + self.cfg.adc_gain_sigma * streams[2].standard_normal(shape)
             offset = self.cfg.adc_offset_sigma * streams[3].standard_normal(shape)
@@ -256,11 +257,11 @@ class NoisyChip:
         conductances `g (2, n_s, rows, C)`, with read noise and the ADC's errors."""
         pim, cfg = self.pim, self.cfg
         gmax = 2**pim.cell_bits - 1
-        n_t = math.ceil(in_bits / pim.dac_bits)
-        adc_max = 2**pim.adc_bits - 1
+        n_t = geometry.dac_slices(in_bits, pim.dac_bits)
         v = np.zeros((x.shape[0], g.shape[3]), dtype=np.int64)
         for t in range(n_t):
-            x_t = ((x >> (t * pim.dac_bits)) & (2**pim.dac_bits - 1)).astype(np.float64)
+            x_t = ((x >> (t * pim.dac_bits)) & geometry.dac_max(pim.dac_bits)).astype(
+                np.float64)
             s = np.matmul(x_t, g)  # (2, n_s, P, C)
             if cfg.read_sigma:
                 # independent noise on every cell read: the column sum's noise is Gaussian with
@@ -270,7 +271,7 @@ class NoisyChip:
             if cfg.adc_noise_sigma:  # input-referred: at the ADC's input, before its gain
                 s = s + cfg.adc_noise_sigma * self._adc.standard_normal(s.shape)
             s = s * gain[:, :, None, :] + offset[:, :, None, :]
-            a = np.clip(np.rint(s), 0, adc_max).astype(np.int64)
+            a = geometry.saturate(np.rint(s), pim.adc_bits).astype(np.int64)
             for q in range(g.shape[1]):
                 v += (a[0, q] - a[1, q]) << (t * pim.dac_bits + q * pim.cell_bits)
         return v

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .epitome import matrix_crossbars
+from ..chip.cost import shape_layer
+from ..chip.epitome import matrix_crossbars
+from ..chip.netfile import Layer
 from .layers import project
 from .models import INPUT, ConvUnit, EpimNet, Node
 
@@ -179,3 +181,58 @@ def _copy_common_pruned(src: EpimNet, dst: EpimNet, kept: dict[str, torch.Tensor
             b.bias.copy_(a.bias)
         if nd.op in ("add", "avgpool_global") and outs is None:
             kept[nd.name] = kept.get(nd.inputs[0])
+
+
+def torch_layers(model, input_shape: tuple[int, int, int], weight_bits: int = 3,
+                 act_bits: int = 4, input_bits: int = 8,
+                 in_bits: dict[str, int] | None = None) -> list[Layer]:
+    """Weightless layers of a PyTorch model's `Conv2d` and `Linear` modules (groups 1, square
+    kernels), their input sizes found by one forward pass of zeros: cost any torchvision model
+    without its weights. Epitome layers of `epim.sw.ml.layers` keep their epitome shapes. Inputs
+    are `input_bits` wide for the first layer, `act_bits` after, or `in_bits[module name]`."""
+    import torch
+
+    found = []
+
+    def hook(mod, args, _out):
+        found.append((mod, tuple(args[0].shape)))
+
+    handles = []
+    for mod in model.modules():
+        cls = type(mod).__name__
+        if cls in ("Conv2d", "Linear", "EpitomeConv2d", "EpitomeLinear"):
+            handles.append(mod.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        # an EpimNet in eval mode runs its integer network without calling its layers
+        run = getattr(model, "fake_quant_forward", model)
+        with torch.no_grad():
+            run(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    names = {mod: name for name, mod in model.named_modules()}
+    layers, first = [], True
+    for mod, shape in found:
+        cls = type(mod).__name__
+        bits = (in_bits or {}).get(names[mod], input_bits if first else act_bits)
+        first = False
+        if cls in ("Linear", "EpitomeLinear"):
+            cin = mod.in_features if cls == "Linear" else mod.in_channels
+            cout = mod.out_features if cls == "Linear" else mod.out_channels
+            epi = None if cls == "Linear" or mod.dense else mod.epitome_shape
+            layers.append(shape_layer(names[mod], cin, cout, 1, 1, (1, 1), epi, bits,
+                                      weight_bits, 32, "linear"))
+            continue
+        k = mod.kernel_size if isinstance(mod.kernel_size, int) else mod.kernel_size[0]
+        s = mod.stride if isinstance(mod.stride, int) else mod.stride[0]
+        if cls == "Conv2d" and (mod.groups != 1 or mod.kernel_size[0] != mod.kernel_size[1]):
+            raise ValueError(f"{names[mod]}: only square, ungrouped convolutions map to crossbars")
+        epi = None if cls == "Conv2d" or mod.dense else mod.epitome_shape
+        pad = mod.padding if isinstance(mod.padding, int) else mod.padding[0]
+        layers.append(shape_layer(names[mod], mod.in_channels, mod.out_channels, k, s,
+                                  shape[2:], epi, bits, weight_bits, act_bits,
+                                  padding=pad))
+    return layers
