@@ -217,14 +217,33 @@ def refuse_foreign(out_dir: Path) -> None:
                              "folder")
     if not any(out_dir.iterdir()):
         return
-    if owned.read_owner(out_dir) is None:
+    if owned.read_owner(out_dir) is not None:
+        extra = owned.unlisted(out_dir)
+    elif _legacy_generation(out_dir):  # an earlier version's generation stamp
+        extra = sorted(p.name for p in out_dir.iterdir() if p.name not in LEGACY_NAMES)
+    else:
         owned.claim_folder(out_dir, "generate")  # (refuses, naming the files)
-    extra = owned.unlisted(out_dir)
+        return
     if extra:
         shown = ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else "")
         raise owned.NotOwned(f"{out_dir}: holds files that EPIM did not write ({shown}); "
                              "generation replaces the folder whole, so move them or give "
                              "another folder")
+
+
+LEGACY_NAMES = {GENERATE_STAMP, "network.json", NETWORK_VERILOG, "tiles", BOARD_VERILOG}
+
+
+def _legacy_generation(out_dir: Path) -> bool:
+    """A folder that an EPIM version before the ownership stamp generated: it carries that
+    version's generation stamp (a digest key and the Verilog's digest). Replaced only when it
+    holds nothing but the names generation writes (`refuse_foreign`)."""
+    try:
+        stamp = json.loads((out_dir / GENERATE_STAMP).read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return (isinstance(stamp, dict) and set(stamp) == {"key", "verilog_digest"}
+            and all(isinstance(v, str) and len(v) == 64 for v in stamp.values()))
 
 
 def network_digest(net: Network) -> tuple[dict, str]:

@@ -74,6 +74,23 @@ def test_generate_never_deletes_a_users_folder(tmp_path, small_net, capsys):
     assert "notes.txt" in line and (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_generation_of_an_earlier_version_is_replaced_but_not_with_extras(tmp_path,
+                                                                             small_net, capsys):
+    """A folder generated before the ownership stamp (its `.epim-generate.json`, nothing but
+    the names generation writes) is replaced; with anything else in it, refused."""
+    from epim.contract import files
+
+    out = tmp_path / "old"
+    assert main(["generate", str(small_net), "--out", str(out)]) == 0
+    (out / files.OWNER_STAMP).unlink()  # as an earlier version left it
+    assert main(["generate", str(small_net), "--out", str(out), "--no-reuse"]) == 0
+    assert files.read_owner(out) is not None
+    (out / files.OWNER_STAMP).unlink()
+    (out / "notes.txt").write_text("mine")
+    assert "notes.txt" in one_line(capsys, "generate", small_net, "--out", out, "--no-reuse")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_generate_tile_never_overwrites_a_users_file(tmp_path, small_net, capsys):
     d = tmp_path / "t"
     d.mkdir()
