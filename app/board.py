@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from ..contract import beats
+from ..contract.ops import Op
 from ..hw import protocol
 from ..sw.chip import reference
 from ..sw.chip.netfile import Network
@@ -31,7 +32,7 @@ def to_array(answers: list[list[list[int]]], net: Network) -> np.ndarray:
 def reference_shape(net: Network) -> tuple[int, ...]:
     out = net.output_layer
     c, h, w = out.out_shape
-    return (c,) if out.op == "linear" else (c, h, w)
+    return (c,) if out.op == Op.LINEAR else (c, h, w)
 
 
 class Board:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract.ops import Op
 from . import reports
 
 EXIT_BAD_INPUT = 2
@@ -256,7 +257,7 @@ def cmd_generate(args) -> int:
                            replicas=replicas, fixed=args.fixed)
     units = gen.manifest["units"]
     tiles = sum("folder" in u for u in units)
-    fifos = {u["name"]: u["fifo"] for u in units if u["op"] == "add"}
+    fifos = {u["name"]: u["fifo"] for u in units if u["op"] == Op.ADD}
     copies = {u["name"]: u["replicas"] for u in units if u.get("replicas", 1) > 1}
     verb = "kept (unchanged)" if gen.cached else "wrote"
     modules = gen.verilog.read_text().count("\nmodule epim_tile_")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import files as owned
+from ..contract.ops import TILE_OPS
 from ..sw.chip import cost, data, netcycles, netfile, reference, replication
 from ..sw.chip.epitome import crossbar_count
 from ..sw.chip.progress import bar as progress_bar
@@ -41,7 +42,7 @@ def layer_rows(net: netfile.Network, timing: dict, replicas: dict[str, int]) -> 
     rows = []
     for la in net.layers:
         row = {"layer": la.name, "op": la.op, "out_shape": list(la.out_shape)}
-        if la.op in ("conv", "linear"):
+        if la.op in TILE_OPS:
             epi = la.epitome
             row.update(
                 epitome=None if epi.dense else [epi.in_channels, epi.out_channels,

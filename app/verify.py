@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import files as owned
+from ..contract.ops import TILE_OPS, Op
 from ..hw import protocol
 from ..sim.cosim import (
     build_model,
@@ -116,7 +117,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
                            faults=faults)
     n = x.shape[0]
     per = netcycles.out_beats_per_image(net)
-    depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == "add"}
+    depths = {u["name"]: u["fifo"] for u in gen.manifest["units"] if u["op"] == Op.ADD}
     pred = netcycles.predict(net, n, depths, reuse, stalls_seed=seed if stalls else None,
                              lanes=lanes, replicas=replicas)
     prog = []
@@ -150,7 +151,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     # pipelining can reach
     alone = {la.name: replication.alone_cycles(la, net, cyclemodel.replicas_for(la, replicas),
                                                reuse, lanes)
-             for la in net.layers if la.op in ("conv", "linear")}
+             for la in net.layers if la.op in TILE_OPS}
     for name, cyc in alone.items():
         pred.layers[name]["alone_cycles_per_image"] = cyc
     slowest = max(alone, key=alone.get) if alone else None  # (a network of pools alone)
@@ -167,7 +168,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
         "throughput_ratio": (steady / alone[slowest]) if steady and alone else None,
         "fifo_depths": depths, "stalls": stalls, "ifrt_reuse": reuse, "lanes": lanes,
         "replicas": {la.name: cyclemodel.replicas_for(la, replicas)
-                     for la in net.layers if la.op in ("conv", "linear")},
+                     for la in net.layers if la.op in TILE_OPS},
         "tiles": "fixed" if fixed else "programmable",
         "programmed_via_port": program, "prog_beats": result["prog_beats"],
         "stuck_cells": {k: int((f != 0).sum()) for k, f in faults.items()} if faults else None,
@@ -272,7 +273,7 @@ def cosim_per_layer(net: Network, x: np.ndarray, build_root: str | Path, program
     build_root = owned.claim_folder(Path(build_root).resolve(), "cosim")
     options = {"stalls": stalls, "seed": seed, "program": program, "reuse": reuse,
                "lanes": lanes}
-    tiles = [la for la in net.layers if la.op in ("conv", "linear")]
+    tiles = [la for la in net.layers if la.op in TILE_OPS]
     args = [(layer_network(net, la), tensors[la.inputs[0]], tensors[la.name], build_root,
              build_root / "layers" / la.name, options) for la in tiles]
 
@@ -293,14 +294,14 @@ def cosim_per_layer(net: Network, x: np.ndarray, build_root: str | Path, program
     out = next((y for (y, r) in results if r["layer"] == net.output), None)
     if out is None:
         out = tensors[net.output]
-        if net.output_layer.op == "linear":
+        if net.output_layer.op == Op.LINEAR:
             out = out.reshape(out.shape[0], -1)
     builds = {p.name for p in build_root.glob("tile-*")}  # Verilator builds, by digest
     rep = {"network": net.source, "images": int(x.shape[0]), "per_layer": rows,
            "match": all(r["match"] for r in rows),
            "cycles_match": all(r["cycles_match"] in (True, None) for r in rows),
            "tiles": len(rows), "distinct_builds": len(builds), "programmed_via_port": program,
-           "outputs_from": "tile" if net.output_layer.op in ("conv", "linear") else "reference",
+           "outputs_from": "tile" if net.output_layer.op in TILE_OPS else "reference",
            "stalls": stalls, "jobs": jobs, "scheduler": scheduler,
            "seconds": round(time.time() - t0, 2)}
     return out, rep

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-ONE_BEAT_OPS = ("linear", "avgpool_global")  # ops whose output is one beat per image
+from .ops import spec
 
 
 def beats_per_image(op: str, shape: Sequence[int]) -> int:
     """Beats of one image on the stream out of a unit of `op` with output `(C, H, W)`."""
-    return 1 if op in ONE_BEAT_OPS else shape[1] * shape[2]
+    return 1 if spec(op).one_beat else shape[1] * shape[2]
 
 
 def pack(pixels: Iterable[Sequence[int]], bits: int) -> list[int]:

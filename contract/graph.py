@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .ops import REGISTRY, Op
+
 OUTPUT = "<output>"  # the reader that stands for the network output
 
 
@@ -35,13 +37,12 @@ class Node:
     port: int = 0  # a fifo's add input (0: a, 1: b)
 
 
-KINDS = {"conv": "tile", "linear": "tile", "add": "add", "avgpool_global": "pool",
-         "maxpool": "maxpool"}
+KINDS = {name: s.unit for name, s in REGISTRY.items()}  # the unit that carries each op
 
 
 def needs_flatten(op: str, in_shape: Sequence[int]) -> bool:
     """A linear layer reading a map of more than one pixel `(C, H, W)` needs a flatten unit."""
-    return op == "linear" and in_shape[1] * in_shape[2] > 1
+    return op == Op.LINEAR and in_shape[1] * in_shape[2] > 1
 
 
 def readers(input_name: str, layers: Sequence[tuple[str, str, Sequence[str]]],

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from . import geometry
 from .images import FIELDS, MEMORIES, NAME_RE, ImageError, ubits
+from .ops import TILE_OPS, Op
 
 # bounds on any size in a manifest (far above a ResNet-50's, far below what exhausts memory)
 MAX_DIM = 2**16
@@ -24,7 +25,7 @@ class TileParams:
     """Shape and PIM parameters of one conv/linear layer's tile."""
 
     name: str
-    op: str  # "conv" or "linear"
+    op: str  # a tile's op: `Op.CONV` or `Op.LINEAR`
     cin: int
     cout: int
     h: int  # input feature map
@@ -149,7 +150,7 @@ class TileParams:
     def __post_init__(self):
         if not NAME_RE.match(self.name):
             raise ValueError(f"name {self.name!r} is not an identifier")
-        if self.op not in ("conv", "linear"):
+        if self.op not in TILE_OPS:
             raise ValueError(f"op {self.op!r} has no crossbar tile")
         positive = ("cin", "cout", "h", "w", "ho", "wo", "kernel", "stride", "in_bits",
                     "out_bits", "weight_bits", "ce_in", "ce_out", "patch_in", "patch_out",
@@ -303,8 +304,8 @@ class MaxPoolParams:
             raise ValueError("the window is larger than the padded map")
 
 
-UNIT_TYPES = {"conv": TileUnit, "linear": TileUnit, "add": AddParams, "avgpool_global": PoolParams,
-              "maxpool": MaxPoolParams}
+UNIT_TYPES = {Op.CONV: TileUnit, Op.LINEAR: TileUnit, Op.ADD: AddParams,
+              Op.AVGPOOL_GLOBAL: PoolParams, Op.MAXPOOL: MaxPoolParams}
 Unit = TileUnit | AddParams | PoolParams | MaxPoolParams
 MAX_INT = 2**62  # multipliers and shifts of the network file are far below
 MAX_MULT = 2**31

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..contract import beats
 from ..contract.images import ProgTarget, network_prog_fields, pack, prog_fields
+from ..contract.ops import TILE_OPS, Op
 from ..sw.chip import cyclemodel, images
 from ..sw.chip.netfile import Layer, Network
 from ..sw.chip.progress import bar as progress_bar
@@ -32,7 +33,7 @@ class UnsupportedNetwork(ValueError):
 def tile_layer(net: Network) -> Layer:
     """The one conv/linear layer a single-tile network holds."""
     layer = net.layers[0]
-    if len(net.layers) != 1 or layer.op not in ("conv", "linear"):
+    if len(net.layers) != 1 or layer.op not in TILE_OPS:
         raise UnsupportedNetwork(
             f"{net.source}: a single tile (--tile, --program) holds one conv or linear layer; "
             f"this network has {len(net.layers)} layer(s), the first {layer.name!r} "
@@ -45,7 +46,7 @@ def pack_beats(x: np.ndarray, bits: int, layer: Layer | None = None) -> list[int
 
     A linear layer takes its whole input, flattened in (C, H, W) order, as one beat per image.
     """
-    if layer is not None and layer.op == "linear":
+    if layer is not None and layer.op == Op.LINEAR:
         x = x.reshape(x.shape[0], -1, 1, 1)
     n, c = x.shape[:2]
     return beats.pack(x.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c).tolist(), bits)
@@ -57,7 +58,7 @@ def unpack_beats(words: list[int], layer: Layer) -> np.ndarray:
     vals = np.array([beats.unpack(w, cout, layer.out_bits, not layer.relu) for w in words],
                     dtype=np.int64).reshape(-1, cout)
     y = vals.reshape(-1, ho, wo, cout).transpose(0, 3, 1, 2)
-    return y.reshape(y.shape[0], -1) if layer.op == "linear" else y
+    return y.reshape(y.shape[0], -1) if layer.op == Op.LINEAR else y
 
 
 def program_beats(image: images.LayerImage) -> list[int]:

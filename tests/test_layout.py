@@ -118,3 +118,21 @@ def test_missing_torch_fails_with_the_install_command():
                          text=True)
     assert out.returncode != 0
     assert "PyTorch is not installed" in out.stdout and "pip install -e '.[ml]'" in out.stdout
+
+
+def test_op_names_live_in_the_registry():
+    """No library code names an op as a string: it asks the registry (`contract/ops.py`) or
+    uses `Op`; only the registry spells them (the network-file parser too reads them through
+    `Op`). (`add` and `maxpool` are also unit kinds of `contract/graph.py`, compared as
+    `kind`, and `add` a torch method the importer recognises.)"""
+    op_string = re.compile(r"\"(conv|linear|add|avgpool_global|maxpool)\"")
+    allowed = {"contract/ops.py", "contract/graph.py"}
+    for path in SOURCES:
+        rel = str(path.relative_to(ROOT))
+        if rel in allowed:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if op_string.search(code) and "kind" not in code and "__add__" not in code \
+                    and not re.match(r"\s*name: str = \"conv\"", code):
+                raise AssertionError(f"{rel}:{n}: an op name as a string: {line.strip()}")

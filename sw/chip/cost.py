@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ...contract import geometry
+from ...contract.ops import TILE_OPS, Op
 from .cyclemodel import TileTiming, replicas_for, row_chunks, schedule, tile_timing
 from .epitome import crossbar_count, n_slices, steps
 from .netfile import PIM, Epitome, Layer, Network, load
@@ -234,7 +235,7 @@ class NetworkCost:
         _, h, w = net.input_shape
         per_image = max([h * w] + [c.cycles_per_image for c in self.layers])
         cycles = NETWORK_MODEL_IMAGES * per_image + self.cycles_latency
-        runs = 3 if any(la.op == "add" for la in net.layers) else 1
+        runs = 3 if any(la.op == Op.ADD for la in net.layers) else 1
         return int(len(unit_plan(net, None)) * cycles * runs)
 
     @cached_property
@@ -304,11 +305,11 @@ def network_cost(net: Network | list[Layer], pim: PIM | None = None,
         pim, layers = net.pim, net.layers
     else:
         layers = net
-    if not any(la.op in ("conv", "linear") for la in layers):
+    if not any(la.op in TILE_OPS for la in layers):
         raise ValueError(f"{getattr(net, 'source', 'the network')}: no conv or linear layer, "
                          "so no crossbars to cost")
     return NetworkCost([layer_cost(la, pim, consts, reuse, lanes, replicas) for la in layers
-                        if la.op in ("conv", "linear")], consts, reuse, whole, lanes, replicas)
+                        if la.op in TILE_OPS], consts, reuse, whole, lanes, replicas)
 
 
 def cost_file(path: str | Path, consts: Constants = CONSTANTS, reuse: bool = True,
@@ -320,7 +321,7 @@ def cost_file(path: str | Path, consts: Constants = CONSTANTS, reuse: bool = Tru
 
 def shape_layer(name: str, cin: int, cout: int, kernel: int, stride: int, hw: tuple[int, int],
                 epitome: tuple[int, int, int, int] | None = None, in_bits: int = 4,
-                weight_bits: int = 3, out_bits: int = 4, op: str = "conv",
+                weight_bits: int = 3, out_bits: int = 4, op: str = Op.CONV,
                 offsets: tuple[np.ndarray, np.ndarray] | None = None,
                 wrap: bool = True, padding: int | None = None) -> Layer:
     """A weightless :class:`Layer` for costing: `epitome = (Ce_in, Ce_out, p_in, p_out)` or
@@ -341,12 +342,12 @@ def shape_layer(name: str, cin: int, cout: int, kernel: int, stride: int, hw: tu
         offsets = strided_offsets(cin, cout, ce_in, ce_out, p_in, p_out)
     epi = Epitome(ce_in, ce_out, p_in, p_out, offsets[0], offsets[1],
                   np.zeros((0,), np.int64), dense)
-    if op == "linear":
+    if op == Op.LINEAR:
         in_shape, out_shape = (cin, 1, 1), (cout, 1, 1)
     else:
         in_shape, out_shape = (cin, h, w), (cout, ho, wo)
     return Layer(name, op, ("x",), in_shape, out_shape, in_bits, out_bits, kernel=kernel,
-                 stride=stride, padding=padding if op == "conv" else 0,
+                 stride=stride, padding=padding if op == Op.CONV else 0,
                  weight_bits=weight_bits, epitome=epi)
 
 
@@ -378,9 +379,9 @@ def resnet50(epitome=None, weight_bits: int = 3, act_bits: int = 4, input_bits: 
     for name, ci, co, k, s, hwi in spec:
         epi = epitome(name, ci, co, k) if epitome else None
         in_bits = input_bits if name == "conv1" else pool_bits if name == "fc" else act_bits
-        op = "linear" if name == "fc" else "conv"
+        op = Op.LINEAR if name == "fc" else Op.CONV
         signed = name.endswith((".conv3", ".downsample.0"))
-        out_bits = 32 if op == "linear" else act_bits + 1 if signed else act_bits
+        out_bits = 32 if op == Op.LINEAR else act_bits + 1 if signed else act_bits
         layers.append(shape_layer(name, ci, co, k, s, hwi, epi, in_bits, weight_bits, out_bits,
                                   op, wrap=wrap))
     return layers

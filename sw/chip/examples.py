@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ...contract.ops import Op
 from .epitome import sample_weight, strided_offsets
 from .netfile import parse
 
@@ -31,7 +32,7 @@ def conv_layer_net(
     d_c: int = 1,
     pim: dict | None = None,
     relu: bool = True,
-    name: str = "conv",
+    name: str = "conv",  # (the layer's name)
 ) -> dict:
     """One conv layer as a network object.
 
@@ -40,7 +41,7 @@ def conv_layer_net(
     parameters are chosen so that outputs spread over the whole `out_bits` range.
     """
     wmax = 2 ** (weight_bits - 1) - 1
-    layer: dict = {"name": name, "op": "conv", "inputs": ["input"], "out_channels": cout,
+    layer: dict = {"name": name, "op": Op.CONV, "inputs": ["input"], "out_channels": cout,
                    "kernel": kernel, "stride": stride, "padding": padding,
                    "weight_bits": weight_bits}
     if epitome is None:
@@ -112,10 +113,10 @@ def random_layer_net(seed: int) -> dict:
 
 def _conv(r: np.random.Generator, name: str, src: str, shape, cout: int, kernel: int,
           stride: int, padding: int, in_bits: int, out_bits: int, pim: dict,
-          relu: bool = True, op: str = "conv") -> tuple[dict, tuple[int, int, int]]:
+          relu: bool = True, op: str = Op.CONV) -> tuple[dict, tuple[int, int, int]]:
     """One random conv (or linear) layer reading `src` of `shape`, and its output shape."""
     cin, h, w = shape
-    if op == "linear":
+    if op == Op.LINEAR:
         cin, h, w, kernel, stride, padding = cin * h * w, 1, 1, 1, 1, 0
     if r.random() < 0.3:
         epi = None
@@ -128,10 +129,10 @@ def _conv(r: np.random.Generator, name: str, src: str, shape, cout: int, kernel:
                          offsets="random" if r.random() < 0.5 else "strided", pim=pim,
                          relu=relu, name=name)["layers"][0]
     lay["inputs"] = [src]
-    if op == "linear":
+    if op == Op.LINEAR:
         for key in ("kernel", "stride", "padding"):
             del lay[key]
-        lay["op"] = "linear"
+        lay["op"] = Op.LINEAR
         lay["out_features"] = lay.pop("out_channels")
         return lay, (cout, 1, 1)
     ho, wo = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
@@ -166,7 +167,7 @@ def random_network_net(seed: int, v11: bool = False) -> dict:
         pk = int(r.integers(2, 4))
         ps = int(r.integers(1, 3))
         pp = int(r.integers(0, pk // 2 + 1))
-        layers.append({"name": "pool", "op": "maxpool", "inputs": ["stem"], "kernel": pk,
+        layers.append({"name": "pool", "op": Op.MAXPOOL, "inputs": ["stem"], "kernel": pk,
                        "stride": ps, "padding": pp})
         shape = (shape[0], (shape[1] + 2 * pp - pk) // ps + 1,
                  (shape[2] + 2 * pp - pk) // ps + 1)
@@ -189,7 +190,7 @@ def random_network_net(seed: int, v11: bool = False) -> dict:
             layers.append(sc)
             skip = f"b{b}sc"
         out_bits = int(r.integers(2, 6))
-        layers.append({"name": f"b{b}add", "op": "add", "inputs": [f"b{b}c2", skip],
+        layers.append({"name": f"b{b}add", "op": Op.ADD, "inputs": [f"b{b}c2", skip],
                        "ma": int(r.integers(1, 8)), "mb": int(r.integers(-2, 8)),
                        "shift": int(r.integers(1, 4)), "out_bits": out_bits})
         prev, shape, bits = f"b{b}add", s2, out_bits
@@ -197,15 +198,15 @@ def random_network_net(seed: int, v11: bool = False) -> dict:
     if end == 0:  # pool, then a linear classifier
         pool_bits = int(r.integers(3, 9))
         shift = 12
-        layers.append({"name": "gap", "op": "avgpool_global", "inputs": [prev],
+        layers.append({"name": "gap", "op": Op.AVGPOOL_GLOBAL, "inputs": [prev],
                        "mult": max(1, round(2**shift / (shape[1] * shape[2]))),
                        "shift": shift, "out_bits": pool_bits})
         lay, _ = _conv(r, "fc", "gap", (shape[0], 1, 1), int(r.integers(2, 11)), 1, 1, 0,
-                       pool_bits, 16, pim, relu=False, op="linear")
+                       pool_bits, 16, pim, relu=False, op=Op.LINEAR)
         layers.append(lay)
     elif end == 1:  # a linear layer on the flattened map
         lay, _ = _conv(r, "fc", prev, shape, int(r.integers(2, 8)), 1, 1, 0, bits, 12, pim,
-                       relu=False, op="linear")
+                       relu=False, op=Op.LINEAR)
         layers.append(lay)
     net = {"format": "epim-net-v1", "pim": pim, "input": net_in, "layers": layers,
            "output": layers[-1]["name"]}

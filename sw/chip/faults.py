@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ...contract import geometry
+from ...contract.ops import TILE_OPS
 from .epitome import n_slices, sample_indices
 from .netfile import PIM, Layer, Network
 
@@ -65,7 +66,7 @@ def crossbar_extent(layer: Layer, pim: PIM) -> tuple[int, int]:
 
 
 def tiles(net: Network) -> list[Layer]:
-    return [la for la in net.layers if la.op in ("conv", "linear")]
+    return [la for la in net.layers if la.op in TILE_OPS]
 
 
 def sample(net: Network, stuck_at_zero: float, stuck_at_max: float, seed: int = 0

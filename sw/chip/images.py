@@ -33,6 +33,7 @@ from ...contract.images import (
     sha256_text,
     ubits,
 )
+from ...contract.ops import TILE_OPS, Op
 from ...contract.params import (
     AddParams,
     FlattenParams,
@@ -73,7 +74,7 @@ def layer_params(net: Network, layer: Layer, max_steps: int | None = None,
                  lanes: int | dict | None = None, n_steps: int = 0,
                  reuse: bool = True) -> TileParams:
     """Shape and PIM parameters of a conv/linear layer's tile (everything but the contents)."""
-    if layer.op not in ("conv", "linear"):
+    if layer.op not in TILE_OPS:
         raise ValueError(f"layer {layer.name!r}: op {layer.op!r} has no crossbar tile")
     pim, epi = net.pim, layer.epitome
     k = layer.kernel
@@ -185,7 +186,7 @@ def compile_network(net: Network, reuse: bool = True,
     units = []
     for layer in net.layers:
         head = {"name": layer.name, "op": layer.op, "inputs": tuple(layer.inputs)}
-        if layer.op in ("conv", "linear"):
+        if layer.op in TILE_OPS:
             tiles[layer.name] = compile_layer(net, layer, reuse=reuse, lanes=lanes,
                                               faults=(faults or {}).get(layer.name))
             src = shape_of(net, layer.inputs[0])
@@ -193,19 +194,19 @@ def compile_network(net: Network, reuse: bool = True,
                     if needs_flatten(net, layer) else None)
             units.append(TileUnit(**head, folder=f"tiles/{layer.name}", flatten=flat,
                                   replicas=replicas_for(layer, replicas)))
-        elif layer.op == "add":
+        elif layer.op == Op.ADD:
             units.append(AddParams(
                 **head, channels=layer.out_shape[0], a_bits=stream_bits(net, layer.inputs[0]),
                 b_bits=stream_bits(net, layer.inputs[1]), out_bits=layer.out_bits,
                 ma=int(layer.ma), mb=int(layer.mb), shift=int(layer.add_shift),
                 fifo=tuple(fifo_depths[layer.name]), a_signed=net.signed(layer.inputs[0]),
                 b_signed=net.signed(layer.inputs[1])))
-        elif layer.op == "maxpool":
+        elif layer.op == Op.MAXPOOL:
             c, h, w = shape_of(net, layer.inputs[0])
             units.append(MaxPoolParams(**head, channels=c, height=h, width=w,
                                        bits=layer.out_bits, kernel=layer.kernel,
                                        stride=layer.stride, padding=layer.padding))
-        elif layer.op == "avgpool_global":
+        elif layer.op == Op.AVGPOOL_GLOBAL:
             c, h, w = shape_of(net, layer.inputs[0])
             units.append(PoolParams(**head, channels=c, pixels=h * w,
                                     in_bits=stream_bits(net, layer.inputs[0]),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ...contract import beats
 from ...contract import graph as unit_graph
+from ...contract.ops import TILE_OPS, Op
 from . import cyclemodel
 from .cyclemodel import TileTiming, tile_timing
 from .netfile import Layer, Network
@@ -536,7 +537,7 @@ def fifo_depths(net: Network, reuse: bool = True, images: int = 6,
     simulated again to confirm it; should it deadlock or lose throughput (not seen so far),
     every FIFO falls back to its peak plus one image of beats.
     """
-    adds = [la for la in net.layers if la.op == "add"]
+    adds = [la for la in net.layers if la.op == Op.ADD]
     if not adds:
         return {}
     per = out_beats_per_image(net)
@@ -594,7 +595,7 @@ def predict(net: Network, n_images: int, depths: dict[str, list[int]] | None = N
         row = {"op": la.op,
                "steady_cycles_per_image": ((outs[-1] - outs[0]) / (n_images - 1))
                if n_images > 1 and len(outs) == n_images else None}
-        if la.op in ("conv", "linear"):
+        if la.op in TILE_OPS:
             n = cyclemodel.replicas_for(la, replicas)
             t = tile_timing(la, net.pim, reuse, lanes, (0, n))  # (the busiest copy)
             row.update(ideal_cycles_per_image=t.ideal, slot_cycles=t.slot,
@@ -614,7 +615,7 @@ def balanced_lanes(net: Network, reuse: bool = True) -> dict[str, int]:
         return cyclemodel.schedule(cyclemodel.tile_timing(layer, net.pim, reuse, lanes),
                                    8).steady
 
-    tiles = [la for la in net.layers if la.op in ("conv", "linear")]
+    tiles = [la for la in net.layers if la.op in TILE_OPS]
     bound = max(alone(la, None) for la in tiles)
     out = {}
     for la in tiles:

@@ -18,8 +18,9 @@ import numpy as np
 from ...contract.files import load_json
 from ...contract.images import NAME_RE
 from ...contract.images import NET_FORMAT as FORMAT
+from ...contract.ops import NAMES, Op, spec
 
-OPS = ("conv", "linear", "add", "avgpool_global", "maxpool")
+OPS = NAMES
 
 # Ranges the spec leaves open; chosen for hardware and written in docs/spec-notes.md.
 MAX_BITS = 32
@@ -94,7 +95,7 @@ class Layer:
     @property
     def in_channels(self) -> int:
         """Cin as the crossbar sees it (a linear layer flattens its input)."""
-        return int(np.prod(self.in_shape)) if self.op == "linear" else self.in_shape[0]
+        return int(np.prod(self.in_shape)) if self.op == Op.LINEAR else self.in_shape[0]
 
     @property
     def out_channels(self) -> int:
@@ -102,7 +103,7 @@ class Layer:
 
     @property
     def in_hw(self) -> tuple[int, int]:
-        return (1, 1) if self.op == "linear" else (self.in_shape[1], self.in_shape[2])
+        return (1, 1) if self.op == Op.LINEAR else (self.in_shape[1], self.in_shape[2])
 
     @property
     def g_in(self) -> int:
@@ -245,13 +246,13 @@ def _int_array(val) -> np.ndarray | None:
 
 _COMMON = {"name", "op", "inputs"}
 _ALLOWED = {
-    "conv": _COMMON | {"out_channels", "kernel", "stride", "padding", "weight_bits", "epitome",
+    Op.CONV: _COMMON | {"out_channels", "kernel", "stride", "padding", "weight_bits", "epitome",
                        "weights", "bias", "mult", "shift", "relu", "out_bits"},
-    "linear": _COMMON | {"out_features", "weight_bits", "epitome", "weights", "bias", "mult",
+    Op.LINEAR: _COMMON | {"out_features", "weight_bits", "epitome", "weights", "bias", "mult",
                          "shift", "relu", "out_bits"},
-    "add": _COMMON | {"ma", "mb", "shift", "out_bits"},
-    "avgpool_global": _COMMON | {"mult", "shift", "out_bits"},
-    "maxpool": _COMMON | {"kernel", "stride", "padding"},
+    Op.ADD: _COMMON | {"ma", "mb", "shift", "out_bits"},
+    Op.AVGPOOL_GLOBAL: _COMMON | {"mult", "shift", "out_bits"},
+    Op.MAXPOOL: _COMMON | {"kernel", "stride", "padding"},
 }
 _EPITOME_KEYS = {"in_channels", "out_channels", "patch_in", "patch_out", "row_offset",
                  "col_offset", "weights"}
@@ -315,7 +316,7 @@ def parse(obj, source: str = "<net>") -> Network:
                            f"{', '.join(OPS)})")
         ctx.keys(lay, _ALLOWED[op])
         ins = ctx.get(lay, "inputs")
-        want = 2 if op == "add" else 1
+        want = spec(op).inputs
         if (not isinstance(ins, list) or len(ins) != want
                 or not all(isinstance(i, str) for i in ins)):
             raise ctx.fail("inputs", f"must be a list of {want} tensor name(s)")
@@ -332,7 +333,7 @@ def parse(obj, source: str = "<net>") -> Network:
         ctx = _Ctx(source, f"layer '{name}'")
         srcs = [shapes[i] for i in lay["inputs"]]
         for i, (_, _, unsigned) in zip(lay["inputs"], srcs, strict=True):
-            if not unsigned and lay["op"] != "add":
+            if not unsigned and not spec(lay["op"]).reads_signed:
                 raise ctx.fail("inputs", f"input {i!r} is signed (its producer has relu: "
                                f"false); only add layers may read a signed tensor, a "
                                f"{lay['op']} reads unsigned values")
@@ -378,10 +379,10 @@ def _topo_order(by_name: dict[str, dict], input_name: str, source: str) -> list[
 def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:
     op = lay["op"]
     (shape, in_bits, _) = srcs[0]
-    out_bits = in_bits if op == "maxpool" else ctx.int(lay, "out_bits", 1, MAX_BITS)
+    out_bits = in_bits if spec(op).keeps_bits else ctx.int(lay, "out_bits", 1, MAX_BITS)
     common = dict(name=lay["name"], op=op, inputs=tuple(lay["inputs"]), in_shape=shape,
                   in_bits=in_bits, out_bits=out_bits)
-    if op == "add":
+    if op == Op.ADD:
         if srcs[1][0] != shape:
             raise ctx.fail("inputs", f"inputs differ in shape: {list(shape)} and "
                            f"{list(srcs[1][0])}")
@@ -389,14 +390,14 @@ def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:
                      ma=ctx.int(lay, "ma", -MULT_LIMIT + 1, MULT_LIMIT - 1),
                      mb=ctx.int(lay, "mb", -MULT_LIMIT + 1, MULT_LIMIT - 1),
                      add_shift=ctx.int(lay, "shift", 0, MAX_SHIFT))
-    if op == "maxpool":
+    if op == Op.MAXPOOL:
         return _parse_maxpool(ctx, lay, common)
-    if op == "avgpool_global":
+    if op == Op.AVGPOOL_GLOBAL:
         return Layer(**common, out_shape=(shape[0], 1, 1),
                      pool_mult=ctx.int(lay, "mult", 1, MULT_LIMIT - 1),
                      pool_shift=ctx.int(lay, "shift", 0, MAX_SHIFT))
     # conv / linear
-    if op == "conv":
+    if op == Op.CONV:
         cin, h, w = shape
         cout = ctx.int(lay, "out_channels", 1, MAX_CHANNELS)
         k = ctx.int(lay, "kernel", 1, 15)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ...contract import geometry
+from ...contract.ops import Op
 from .epitome import ifat_sources, steps
 from .netfile import PIM, Layer, Network
 from .reference import crossbar_slices, im2col
@@ -226,7 +227,7 @@ class NoisyChip:
     def acc(self, layer: Layer, pim: PIM, x: np.ndarray, reuse: bool = True) -> np.ndarray:
         """Accumulators `(N, Cout, Ho, Wo)` of a conv or linear layer on this chip."""
         n = x.shape[0]
-        if layer.op == "linear":
+        if layer.op == Op.LINEAR:
             x = x.reshape(n, -1, 1, 1)
         epi = layer.epitome
         cout = layer.out_channels

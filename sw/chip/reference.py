@@ -20,6 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ...contract import geometry
+from ...contract.ops import TILE_OPS, Op
 from . import workload
 from .epitome import ifat_sources, n_slices, sample_indices, steps
 from .netfile import PIM, Layer, Network
@@ -140,7 +141,7 @@ def layer_acc(layer: Layer, pim: PIM, x: np.ndarray, reuse: bool = True,
     The lossless part is one convolution; the row chunks and columns that can saturate run
     step by step (`literal=True`: every chunk and column does, the spec read literally)."""
     n = x.shape[0]
-    if layer.op == "linear":
+    if layer.op == Op.LINEAR:
         x = x.reshape(n, -1, 1, 1)
     cout = layer.out_channels
     _, ho, wo = layer.out_shape
@@ -216,19 +217,19 @@ def run_layer(layer: Layer, pim: PIM, *xs: np.ndarray, reuse: bool = True,
     """One layer's output tensor `(N, C, H, W)` from its input tensor(s); `noise`, a
     `noise.NoisyChip`, computes the crossbars' part on a chip with non-idealities."""
     hi = 2**layer.out_bits - 1
-    if layer.op in ("conv", "linear"):
+    if layer.op in TILE_OPS:
         if noise is not None:
             return output_stage(noise.acc(layer, pim, xs[0], reuse), layer)
         return output_stage(layer_acc(layer, pim, xs[0], reuse, literal), layer)
-    if layer.op == "add":
+    if layer.op == Op.ADD:
         a, b = xs
         if _exact(a, layer.ma) or _exact(b, layer.mb):
             a, b = a.astype(object), b.astype(object)
         return requantize(a * layer.ma + b * layer.mb, 1, layer.add_shift, 0, hi)
-    if layer.op == "avgpool_global":
+    if layer.op == Op.AVGPOOL_GLOBAL:
         s = xs[0].sum(axis=(2, 3), keepdims=True)  # (int64: requantize widens if needed)
         return requantize(s, layer.pool_mult, layer.pool_shift, 0, hi)
-    if layer.op == "maxpool":
+    if layer.op == Op.MAXPOOL:
         return maxpool(xs[0], layer.kernel, layer.stride, layer.padding)
     raise ValueError(f"layer {layer.name!r}: unknown op {layer.op!r}")
 
@@ -293,4 +294,4 @@ def _run_chunk(net: Network, x: np.ndarray, reuse: bool, keep: bool, literal: bo
     if keep:
         return tensors
     out = tensors[net.output]
-    return out.reshape(out.shape[0], -1) if net.output_layer.op == "linear" else out
+    return out.reshape(out.shape[0], -1) if net.output_layer.op == Op.LINEAR else out

@@ -15,13 +15,14 @@ optimal: no assignment within the budget can be faster without replicating the s
 
 from __future__ import annotations
 
+from ...contract.ops import TILE_OPS
 from .cyclemodel import schedule, tile_timing
 from .epitome import crossbar_count
 from .netfile import Layer, Network
 
 
 def tiles(net: Network) -> list[Layer]:
-    return [la for la in net.layers if la.op in ("conv", "linear")]
+    return [la for la in net.layers if la.op in TILE_OPS]
 
 
 def layer_crossbars(layer: Layer, net: Network, weight_bits: int | None = None,

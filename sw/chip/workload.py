@@ -19,6 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from ...contract.ops import TILE_OPS, Op
 from .netfile import Layer, Network
 
 BYTES_PER_WINDOW = 40  # peak bytes per im2col element of a chunk (measured 5-35)
@@ -35,7 +36,7 @@ class WorkTooLarge(ValueError):
 
 def windows_per_image(layer: Layer) -> int:
     """im2col elements of one image through a conv or linear layer."""
-    if layer.op == "linear":
+    if layer.op == Op.LINEAR:
         return layer.in_channels
     _, ho, wo = layer.out_shape
     return ho * wo * layer.in_channels * layer.kernel**2
@@ -44,12 +45,12 @@ def windows_per_image(layer: Layer) -> int:
 def chunk_size(net: Network) -> int:
     """Images per reference chunk, so the largest layer's windows hold `CHUNK_ELEMENTS`."""
     per_image = max([1] + [windows_per_image(la) for la in net.layers
-                           if la.op in ("conv", "linear")])
+                           if la.op in TILE_OPS])
     return max(1, CHUNK_ELEMENTS // per_image)
 
 
 def macs_per_image(layer: Layer) -> int:
-    if layer.op not in ("conv", "linear"):
+    if layer.op not in TILE_OPS:
         return 0
     return windows_per_image(layer) * layer.out_channels
 
@@ -71,7 +72,7 @@ class Estimate:
 def estimate(net: Network, images: int = 1) -> Estimate:
     chunk = min(images, chunk_size(net))
     windows = max([0] + [windows_per_image(la) for la in net.layers
-                         if la.op in ("conv", "linear")])
+                         if la.op in TILE_OPS])
     per_image_values = math.prod(net.input_shape) + sum(math.prod(la.out_shape)
                                                         for la in net.layers)
     io_values = images * (math.prod(net.input_shape) + math.prod(net.output_layer.out_shape))
@@ -79,7 +80,7 @@ def estimate(net: Network, images: int = 1) -> Estimate:
            + BYTES_PER_VALUE * io_values)
     tiles = {}
     for la in net.layers:
-        if la.op in ("conv", "linear"):
+        if la.op in TILE_OPS:
             _, ho, wo = la.out_shape
             tiles[(la.in_hw, ho, wo, la.kernel, la.stride)] = ho * wo
     steps = SCHEDULE_IMAGES * sum(tiles.values())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ...contract.ops import TILE_OPS, Op
 from ..chip.cost import shape_layer
 from ..chip.epitome import matrix_crossbars
 from ..chip.netfile import Layer
@@ -45,11 +46,11 @@ def _copy_common(src: EpimNet, dst: EpimNet) -> None:
         a, b = src.units[nd.name], dst.units[nd.name]
         if isinstance(a, ConvUnit):
             b.bn.load_state_dict(a.bn.state_dict())
-        if nd.op in ("conv", "linear"):
+        if nd.op in TILE_OPS:
             dst.layer(nd.name).wq.load_state_dict(src.layer(nd.name).wq.state_dict())
         if hasattr(a, "aq"):
             b.aq.load_state_dict(a.aq.state_dict())
-        if nd.op == "linear":
+        if nd.op == Op.LINEAR:
             dst.layer(nd.name).bias.data.copy_(src.layer(nd.name).bias.data)
 
 
@@ -88,12 +89,12 @@ def tied_groups(model: EpimNet) -> list[list[str]]:
         return n
 
     for nd in model.nodes:
-        if nd.op == "add":
+        if nd.op == Op.ADD:
             for i in nd.inputs:
                 parent[root(i)] = root(nd.name)
     groups: dict[str, list[str]] = {}
     for nd in model.nodes:
-        if nd.op == "conv":
+        if nd.op == Op.CONV:
             groups.setdefault(root(nd.name), []).append(nd.name)
     return list(groups.values())
 
@@ -157,11 +158,11 @@ def _copy_common_pruned(src: EpimNet, dst: EpimNet, kept: dict[str, torch.Tensor
         a, b = src.units[nd.name], dst.units[nd.name]
         outs = kept.get(nd.name)
         ins = kept.get(nd.inputs[0]) if nd.inputs[0] != INPUT else None
-        if nd.op in ("conv", "linear"):
-            conv_a = a.conv if nd.op == "conv" else a
-            conv_b = b.conv if nd.op == "conv" else b
+        if nd.op in TILE_OPS:
+            conv_a = a.conv if nd.op == Op.CONV else a
+            conv_b = b.conv if nd.op == Op.CONV else b
             w = conv_a.sampled_weight()
-            if nd.op == "linear" and ins is not None:
+            if nd.op == Op.LINEAR and ins is not None:
                 # the classifier reads the pooled (C, 1, 1) map: features are channels
                 w = w[:, ins]
             elif ins is not None:
@@ -170,16 +171,16 @@ def _copy_common_pruned(src: EpimNet, dst: EpimNet, kept: dict[str, torch.Tensor
                 w = w[outs]
             conv_b.E.copy_(w)
             conv_b.wq.load_state_dict(conv_a.wq.state_dict())
-        if nd.op == "conv":
+        if nd.op == Op.CONV:
             sd = a.bn.state_dict()
             if outs is not None:
                 sd = {k: (v[outs] if v.ndim == 1 else v) for k, v in sd.items()}
             b.bn.load_state_dict(sd)
         if hasattr(a, "aq"):
             b.aq.load_state_dict(a.aq.state_dict())
-        if nd.op == "linear":
+        if nd.op == Op.LINEAR:
             b.bias.copy_(a.bias)
-        if nd.op in ("add", "avgpool_global") and outs is None:
+        if nd.op in (Op.ADD, Op.AVGPOOL_GLOBAL) and outs is None:
             kept[nd.name] = kept.get(nd.inputs[0])
 
 
@@ -224,7 +225,7 @@ def torch_layers(model, input_shape: tuple[int, int, int], weight_bits: int = 3,
             cout = mod.out_features if cls == "Linear" else mod.out_channels
             epi = None if cls == "Linear" or mod.dense else mod.epitome_shape
             layers.append(shape_layer(names[mod], cin, cout, 1, 1, (1, 1), epi, bits,
-                                      weight_bits, 32, "linear"))
+                                      weight_bits, 32, Op.LINEAR))
             continue
         k = mod.kernel_size if isinstance(mod.kernel_size, int) else mod.kernel_size[0]
         s = mod.stride if isinstance(mod.stride, int) else mod.stride[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...contract.ops import Op
 from ..chip.netfile import parse
 from .models import INPUT, LOGIT_BITS, EpimNet, fold
 
@@ -33,7 +34,7 @@ def export(model: EpimNet, pim: dict, source: str = "<export>") -> dict:
     for nd in model.nodes:
         p = params[nd.name]
         head = {"name": nd.name, "op": nd.op, "inputs": list(nd.inputs)}
-        if nd.op == "conv":
+        if nd.op == Op.CONV:
             conv = model.units[nd.name].conv
             layers.append({**head, "out_channels": conv.out_channels,
                            "kernel": conv.kernel_size, "stride": conv.stride,
@@ -41,14 +42,14 @@ def export(model: EpimNet, pim: dict, source: str = "<export>") -> dict:
                            **epitome_fields(conv, p["e_int"]), "bias": p["bias"].tolist(),
                            "mult": p["mult"], "shift": p["shift"], "relu": nd.relu,
                            "out_bits": q.act_bits if nd.relu else q.signed_bits})
-        elif nd.op == "maxpool":
+        elif nd.op == Op.MAXPOOL:
             u = model.units[nd.name]
             layers.append({**head, "kernel": u.kernel, "stride": u.stride,
                            "padding": u.padding})
-        elif nd.op == "add":
+        elif nd.op == Op.ADD:
             layers.append({**head, "ma": p["ma"], "mb": p["mb"], "shift": p["shift"],
                            "out_bits": q.act_bits})
-        elif nd.op == "avgpool_global":
+        elif nd.op == Op.AVGPOOL_GLOBAL:
             layers.append({**head, "mult": p["mult"], "shift": p["shift"],
                            "out_bits": q.pool_bits})
         else:

@@ -36,6 +36,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ...contract.ops import TILE_OPS, Op
 from ..chip.epitome import Fill, strided_offsets
 from . import compress
 from .layers import ActQuant, EpitomeConv2d, EpitomeLinear, WeightQuant
@@ -105,11 +106,11 @@ class Imported:
         model = EpimNet(self.nodes, self.in_shape, self.num_classes, quant)
         with torch.no_grad():
             for nd in self.nodes:
-                if nd.op not in ("conv", "linear"):
+                if nd.op not in TILE_OPS:
                     continue
                 p, layer = self.params[nd.name], model.layer(nd.name)
                 w = p.weight.detach().double().clone()
-                if nd.op == "linear":
+                if nd.op == Op.LINEAR:
                     layer.E.copy_(w.reshape(layer.E.shape))
                     if p.bias is not None:
                         layer.bias.copy_(p.bias.detach())
@@ -266,7 +267,7 @@ class _Reader:
         if not isinstance(output, torch.fx.Node) or self.val.get(output) is None:
             raise ModelImportError("the module must return one tensor (the logits)")
         last = self.by_name.get(self.val[output].node)
-        if last is None or last.op != "linear" or last is not self.nodes[-1] or last.relu:
+        if last is None or last.op != Op.LINEAR or last is not self.nodes[-1] or last.relu:
             raise ModelImportError("the module's output must be its last layer, a Linear "
                                    "classifier without ReLU")
         self.finish()
@@ -317,7 +318,7 @@ class _Reader:
             raise self.fail(n, "reads a flattened tensor")
         if isinstance(mod, EpitomeConv2d):  # an EpimNet's layer: its sampled (float) weight
             name = _node_name(str(n.target))
-            self.val[n] = self.add_node(Node(name, "conv", [rec.node], mod.out_channels,
+            self.val[n] = self.add_node(Node(name, Op.CONV, [rec.node], mod.out_channels,
                                              mod.kernel_size, mod.stride, None,
                                              padding=mod.padding, relu=False), str(n.target))
             self.params[self.val[n].node] = _Layer(mod.sampled_weight().detach(), None, None,
@@ -339,7 +340,7 @@ class _Reader:
         if p > k - 1:
             raise ModelImportError(f"{where}: padding {p} larger than kernel - 1")
         name = _safe(str(n.target))
-        self.val[n] = self.add_node(Node(name, "conv", [rec.node], mod.out_channels, k, s,
+        self.val[n] = self.add_node(Node(name, Op.CONV, [rec.node], mod.out_channels, k, s,
                                          None, padding=p, relu=False), str(n.target))
         self.params[self.val[n].node] = _Layer(mod.weight, mod.bias, None, str(n.target))
 
@@ -347,7 +348,7 @@ class _Reader:
         arg = n.args[0]
         rec = self.src(n, arg)
         nd = self.by_name.get(rec.node)
-        if (nd is None or nd.op != "conv" or self.params[nd.name].bn is not None
+        if (nd is None or nd.op != Op.CONV or self.params[nd.name].bn is not None
                 or nd.relu or len(arg.users) != 1):
             raise ModelImportError(f"{where}: a batch norm must directly follow a conv whose "
                                    "output nothing else reads")
@@ -374,7 +375,7 @@ class _Reader:
             raise self.fail(n, "max pooling reads an unsigned map (after a ReLU)")
         if p > k // 2:
             raise self.fail(n, f"padding {p} larger than kernel // 2")
-        self.val[n] = self.add_node(Node(_safe(name), "maxpool", [rec.node], 0, k, s,
+        self.val[n] = self.add_node(Node(_safe(name), Op.MAXPOOL, [rec.node], 0, k, s,
                                          padding=p), fx=n)
 
     def gap(self, n, name: str, keep: bool) -> None:
@@ -382,7 +383,7 @@ class _Reader:
         nd = self.by_name.get(rec.node)
         if rec.flat or (nd is not None and not nd.relu):
             raise self.fail(n, "global pooling reads an unsigned map (after a ReLU)")
-        self.val[n] = self.add_node(Node(_safe(name), "avgpool_global", [rec.node]), fx=n)
+        self.val[n] = self.add_node(Node(_safe(name), Op.AVGPOOL_GLOBAL, [rec.node]), fx=n)
         self.val[n].flat = not keep
 
     def flatten(self, n, start: int, end: int) -> None:
@@ -400,7 +401,7 @@ class _Reader:
             raise ModelImportError(f"{where}: reads a {shape} tensor; flatten it to "
                                    "(N, features) first")
         nd = self.by_name.get(rec.node)
-        if nd is not None and nd.op in ("conv", "linear") and not nd.relu:
+        if nd is not None and nd.op in TILE_OPS and not nd.relu:
             raise ModelImportError(f"{where}: reads {nd.name!r}, which has no ReLU; the "
                                    "crossbars read unsigned activations")
         name = _node_name(str(n.target))
@@ -408,7 +409,7 @@ class _Reader:
             weight, out = mod.sampled_weight().detach().flatten(1), mod.out_channels
         else:
             weight, out = mod.weight, mod.out_features
-        self.val[n] = self.add_node(Node(name, "linear", [rec.node], out, 1, 1, None,
+        self.val[n] = self.add_node(Node(name, Op.LINEAR, [rec.node], out, 1, 1, None,
                                          relu=False), str(n.target))
         self.params[self.val[n].node] = _Layer(weight, mod.bias, None, str(n.target))
 
@@ -467,7 +468,7 @@ class _Reader:
             raise self.fail(n, "adds flattened tensors")
         if _shape(a) != _shape(b):
             raise self.fail(n, f"adds tensors of shapes {_shape(a)} and {_shape(b)}")
-        rec = self.add_node(Node(_safe(n.name), "add", [ra.node, rb.node], relu=False), fx=n)
+        rec = self.add_node(Node(_safe(n.name), Op.ADD, [ra.node, rb.node], relu=False), fx=n)
         self.adds[rec.node] = n
         self.val[n] = rec
 
@@ -480,7 +481,7 @@ class _Reader:
                 readers.setdefault(i, []).append(nd)
         renames = {}
         for nd in self.nodes:
-            if nd.op == "add":
+            if nd.op == Op.ADD:
                 n = self.adds[nd.name]
                 if not nd.relu:
                     raise self.fail(n, "a residual add must be followed by a ReLU (the "
@@ -491,10 +492,10 @@ class _Reader:
             unit = _unit_of(self.origin.get(nd.name))
             if unit:  # an EpimNet's op: its node's own name
                 renames[nd.name] = unit
-            if nd.op == "conv" and not nd.relu:
+            if nd.op == Op.CONV and not nd.relu:
                 bad = [f"module {self.modules[r.name]!r}" if r.name in self.modules
                        else f"{r.op} {r.name!r}"
-                       for r in readers.get(nd.name, []) if r.op != "add"]
+                       for r in readers.get(nd.name, []) if r.op != Op.ADD]
                 if bad or not readers.get(nd.name):
                     raise ModelImportError(
                         f"module {self.params[nd.name].module!r} (Conv2d) has no ReLU and is "
@@ -546,7 +547,7 @@ def read_epitomes(path: str | Path, nodes: list[Node]) -> dict[str, dict]:
     if not isinstance(layers, dict):
         raise ModelImportError(f"{path}: no 'best.layers' or 'layers' object (the search.json "
                                "of epim search)")
-    names = {nd.name for nd in nodes if nd.op in ("conv", "linear")}
+    names = {nd.name for nd in nodes if nd.op in TILE_OPS}
     out = {}
     for key, gene in layers.items():
         name = _safe(str(key))
@@ -573,12 +574,12 @@ def with_epitomes(imp: Imported, rule=None, genes: dict[str, dict] | None = None
     `rule(cin, cout, k)` for every conv and linear layer except those in `dense` (default:
     the first conv, as in the study)."""
     shapes = _in_channels(imp)
-    first = next(nd.name for nd in imp.nodes if nd.op == "conv")
+    first = next(nd.name for nd in imp.nodes if nd.op == Op.CONV)
     dense = {first} if dense is None else dense
     out = []
     for nd in imp.nodes:
         nd = dataclasses.replace(nd, inputs=list(nd.inputs), extra=dict(nd.extra))
-        if nd.op in ("conv", "linear"):
+        if nd.op in TILE_OPS:
             cin, cout = shapes[nd.name], nd.out_channels
             if genes is not None:
                 g = genes.get(nd.name)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...contract.ops import TILE_OPS, Op
 from ..chip.epitome import Fill
 from ..chip.epitome import epitome_shape as _epi
 from ..chip.netfile import MULT_LIMIT
@@ -167,9 +168,9 @@ class EpimNet(nn.Module):
         for nd in nodes:
             src = nd.inputs[0]
             cin, (h, w) = channels[src], spatial[src]
-            if nd.op in ("conv", "maxpool"):
+            if nd.op in (Op.CONV, Op.MAXPOOL):
                 pad = nd.pad
-                if nd.op == "conv":
+                if nd.op == Op.CONV:
                     conv = EpitomeConv2d(cin, nd.out_channels, nd.kernel, nd.stride, pad,
                                          nd.epitome, *nd.extra.get("offsets", (None, None)),
                                          weight_bits=layer_bits(nd, quant))
@@ -180,13 +181,13 @@ class EpimNet(nn.Module):
                     channels[nd.name] = cin
                 spatial[nd.name] = ((h + 2 * pad - nd.kernel) // nd.stride + 1,
                                     (w + 2 * pad - nd.kernel) // nd.stride + 1)
-            elif nd.op == "add":
+            elif nd.op == Op.ADD:
                 self.units[nd.name] = AddUnit(quant.act_bits)
                 channels[nd.name], spatial[nd.name] = cin, (h, w)
-            elif nd.op == "avgpool_global":
+            elif nd.op == Op.AVGPOOL_GLOBAL:
                 self.units[nd.name] = PoolUnit(quant.pool_bits if quant.act_bits else None)
                 channels[nd.name], spatial[nd.name] = cin, (1, 1)
-            elif nd.op == "linear":
+            elif nd.op == Op.LINEAR:
                 lin = EpitomeLinear(cin * h * w, nd.out_channels, nd.epitome,
                                     *nd.extra.get("offsets", (None, None)),
                                     weight_bits=layer_bits(nd, quant))
@@ -195,12 +196,12 @@ class EpimNet(nn.Module):
                 channels[nd.name], spatial[nd.name] = nd.out_channels, (1, 1)
             else:
                 raise ValueError(f"node {nd.name!r}: unknown op {nd.op!r}")
-        if nodes[-1].op != "linear" or nodes[-1].out_channels != num_classes:
+        if nodes[-1].op != Op.LINEAR or nodes[-1].out_channels != num_classes:
             raise ValueError("the last node must be a linear classifier with num_classes outputs")
-        self.signed = {nd.name for nd in nodes if nd.op == "conv" and not nd.relu}
+        self.signed = {nd.name for nd in nodes if nd.op == Op.CONV and not nd.relu}
         for nd in nodes:
             for i in nd.inputs:
-                if i in self.signed and nd.op != "add":
+                if i in self.signed and nd.op != Op.ADD:
                     raise ValueError(f"node {nd.name!r} reads {i!r}, a conv without ReLU: only "
                                      "an add may read a signed tensor")
         self.shapes = {n: (channels[n], *spatial[n]) for n in channels}
@@ -240,7 +241,7 @@ class EpimNet(nn.Module):
         t, scales = {INPUT: x}, {INPUT: 1.0 / (2**self.quant.input_bits - 1)}
         for nd in self.nodes:
             unit, xs = self.units[nd.name], [t[i] for i in nd.inputs]
-            if nd.op == "conv":
+            if nd.op == Op.CONV:
                 bn, conv = unit.bn, unit.conv
                 g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                 b = bn.bias - bn.running_mean * g
@@ -254,14 +255,14 @@ class EpimNet(nn.Module):
                 w = lin.sampled_weight(lin.wq(lin.E)).flatten(1)
                 bias = torch.round(lin.bias / acc_unit) * acc_unit
                 t[nd.name] = unit.aq(torch.relu(F.linear(xs[0].flatten(1), w) + bias))
-            elif nd.op == "linear":
+            elif nd.op == Op.LINEAR:
                 acc_unit = scales[nd.inputs[0]] * unit.wq.scale
                 w = unit.sampled_weight(unit.wq(unit.E)).flatten(1)
                 bias = torch.round(unit.bias / acc_unit) * acc_unit
                 t[nd.name] = F.linear(xs[0].flatten(1), w) + bias
             else:
                 t[nd.name] = unit(*xs)
-            if nd.op == "maxpool":
+            if nd.op == Op.MAXPOOL:
                 scales[nd.name] = scales[nd.inputs[0]]
             elif hasattr(unit, "aq"):
                 scales[nd.name] = float(unit.aq.scale)
@@ -277,11 +278,11 @@ class EpimNet(nn.Module):
         t = {INPUT: torch.round(x * qmax_in).to(torch.int64)}
         for nd in self.nodes:
             p, xs = params[nd.name], [t[i] for i in nd.inputs]
-            if nd.op in ("conv", "linear"):
+            if nd.op in TILE_OPS:
                 conv = self.layer(nd.name)
                 w = conv.sampled_weight(p["e_int"])
                 xin = xs[0]
-                if nd.op == "linear":
+                if nd.op == Op.LINEAR:
                     xin = xin.flatten(1)[:, :, None, None]
                 # float32 holds integers below 2**24 exactly: keep a margin for the conv algorithm
                 bound = int(xin.abs().max()) * int(w.abs().max()) * w[0].numel()
@@ -291,10 +292,10 @@ class EpimNet(nn.Module):
                 acc = torch.round(acc).to(torch.int64)
                 t[nd.name] = requantize(acc + p["bias"][:, None, None], p["mult"], p["shift"],
                                         p["lo"], p["hi"])
-            elif nd.op == "add":
+            elif nd.op == Op.ADD:
                 t[nd.name] = requantize(xs[0] * p["ma"] + xs[1] * p["mb"], 1, p["shift"], 0,
                                         p["hi"])
-            elif nd.op == "maxpool":
+            elif nd.op == Op.MAXPOOL:
                 u = self.units[nd.name]  # exact in float64: the values are small integers
                 t[nd.name] = F.max_pool2d(xs[0].double(), u.kernel, u.stride,
                                           u.padding).to(torch.int64)
@@ -315,7 +316,7 @@ class EpimNet(nn.Module):
     def epitome_layers(self):
         """(name, EpitomeConv2d) of every conv and linear node."""
         for nd in self.nodes:
-            if nd.op in ("conv", "linear"):
+            if nd.op in TILE_OPS:
                 yield nd.name, self.layer(nd.name)
 
     def constrain_(self) -> None:
@@ -375,7 +376,7 @@ def fold(model: EpimNet) -> dict[str, dict]:
     for nd in model.nodes:
         unit, where = model.units[nd.name], f"layer {nd.name!r}"
         s_x = scales[nd.inputs[0]]
-        if nd.op == "conv":
+        if nd.op == Op.CONV:
             conv, bn = unit.conv, unit.bn
             s_w = float(conv.wq.scale)
             sigma = torch.sqrt(bn.running_var.double() + bn.eps)
@@ -392,7 +393,7 @@ def fold(model: EpimNet) -> dict[str, dict]:
                             "mult": [a for a, _ in ms], "shift": [c for _, c in ms],
                             "lo": lo, "hi": hi}
             scales[nd.name] = s_y
-        elif nd.op == "maxpool":
+        elif nd.op == Op.MAXPOOL:
             out[nd.name] = {}
             scales[nd.name] = s_x
         elif isinstance(unit, LinearUnit):
@@ -404,14 +405,14 @@ def fold(model: EpimNet) -> dict[str, dict]:
                             "mult": [a for a, _ in ms], "shift": [c for _, c in ms],
                             "lo": 0, "hi": 2**q.act_bits - 1}
             scales[nd.name] = s_y
-        elif nd.op == "add":
+        elif nd.op == Op.ADD:
             s_y = float(unit.aq.scale)
             ra, rb = scales[nd.inputs[0]] / s_y, scales[nd.inputs[1]] / s_y
             shift = min(62, max(0, 29 - math.floor(math.log2(max(ra, rb)))))
             out[nd.name] = {"ma": round(ra * 2**shift), "mb": round(rb * 2**shift),
                             "shift": shift, "hi": 2**q.act_bits - 1}
             scales[nd.name] = s_y
-        elif nd.op == "avgpool_global":
+        elif nd.op == Op.AVGPOOL_GLOBAL:
             _, ph, pw = model.shapes[nd.inputs[0]]
             s_y = float(unit.aq.scale)
             mult, shift = mult_shift(s_x / (ph * pw * s_y), where)
@@ -443,10 +444,10 @@ def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10
     nodes, prev = [], INPUT
     for name, cin, cout, stride in spec:
         epi = None if name == "c1" else _epi(cin, cout, ratio, 3, fill, wrap)
-        nodes.append(Node(name, "conv", [prev], cout, 3, stride, epi))
+        nodes.append(Node(name, Op.CONV, [prev], cout, 3, stride, epi))
         prev = name
-    nodes.append(Node("gap", "avgpool_global", [prev]))
-    nodes.append(Node("fc", "linear", ["gap"], num_classes))
+    nodes.append(Node("gap", Op.AVGPOOL_GLOBAL, [prev]))
+    nodes.append(Node("fc", Op.LINEAR, ["gap"], num_classes))
     return nodes
 
 
@@ -483,24 +484,24 @@ def resnet(stages: list[tuple[int, int, int]], ratio: float | None, width: int,
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r} (expected one of {', '.join(BLOCKS)})")
     relu = block == "relu"
-    nodes = [Node("stem", "conv", [INPUT], width, 3, 1)]
+    nodes = [Node("stem", Op.CONV, [INPUT], width, 3, 1)]
     prev, cin = "stem", width
     for stage, (cout, stride, blocks) in enumerate(stages, 1):
         for block in range(1, blocks + 1):
             s = stride if block == 1 else 1
             tag = f"s{stage}b{block}"
-            nodes.append(Node(f"{tag}c1", "conv", [prev], cout, 3, s,
+            nodes.append(Node(f"{tag}c1", Op.CONV, [prev], cout, 3, s,
                               _epi(cin, cout, ratio, 3, fill, wrap)))
-            nodes.append(Node(f"{tag}c2", "conv", [f"{tag}c1"], cout, 3, 1,
+            nodes.append(Node(f"{tag}c2", Op.CONV, [f"{tag}c1"], cout, 3, 1,
                               _epi(cout, cout, ratio, 3, fill, wrap), relu=relu))
             skip = prev
             if s != 1 or cin != cout:
                 skip = f"{tag}sc"
-                nodes.append(Node(skip, "conv", [prev], cout, 1, s, None, relu=relu))
-            nodes.append(Node(f"{tag}add", "add", [f"{tag}c2", skip]))
+                nodes.append(Node(skip, Op.CONV, [prev], cout, 1, s, None, relu=relu))
+            nodes.append(Node(f"{tag}add", Op.ADD, [f"{tag}c2", skip]))
             prev, cin = f"{tag}add", cout
-    nodes.append(Node("gap", "avgpool_global", [prev]))
-    nodes.append(Node("fc", "linear", ["gap"], num_classes))
+    nodes.append(Node("gap", Op.AVGPOOL_GLOBAL, [prev]))
+    nodes.append(Node("fc", Op.LINEAR, ["gap"], num_classes))
     return nodes
 
 

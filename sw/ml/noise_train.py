@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ...contract import geometry
+from ...contract.ops import TILE_OPS, Op
 from ..chip.noise import NoiseConfig
 from .layers import ActQuant, EpitomeConv2d, EpitomeLinear
 
@@ -165,14 +166,14 @@ def attach(model, cfg: NoiseConfig, pim: dict, seed: int = 0) -> torch.Generator
                                         1.0 / (2**model.quant.input_bits - 1))}
     for nd in model.nodes:
         unit = model.units[nd.name]
-        if nd.op in ("conv", "linear"):
-            layer = unit.conv if nd.op == "conv" else getattr(unit, "lin", unit)
+        if nd.op in TILE_OPS:
+            layer = unit.conv if nd.op == Op.CONV else getattr(unit, "lin", unit)
             bits, scale = source[nd.inputs[0]]
             if layer.wq.bits is None or bits is None:
                 raise ValueError(f"layer {nd.name!r}: noise-aware training needs quantized "
                                  "weights and activations")
             layer.noise = LayerNoise(layer, cfg, pim, bits, scale, gen)
-        if nd.op == "maxpool":
+        if nd.op == Op.MAXPOOL:
             source[nd.name] = source[nd.inputs[0]]
         elif hasattr(unit, "aq"):
             source[nd.name] = (unit.aq.bits, unit.aq)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...contract import geometry
+from ...contract.ops import TILE_OPS, Op
 from ..chip import cost
 from ..chip.epitome import strided_offsets
 from ..chip.netfile import PIM
@@ -106,20 +107,20 @@ class Search:
         by_name = {nd.name: nd for nd in dense.nodes}
         first = True
         for nd in dense.nodes:
-            if nd.op not in ("conv", "linear"):
+            if nd.op not in TILE_OPS:
                 continue
             conv = dense.layer(nd.name)
             src_shape = dense.shapes[nd.inputs[0]]
             in_bits = self.input_bits if nd.inputs[0] == "input" else (
-                q.pool_bits if by_name[nd.inputs[0]].op == "avgpool_global"
+                q.pool_bits if by_name[nd.inputs[0]].op == Op.AVGPOOL_GLOBAL
                 else self.act_bits)
-            hw = (1, 1) if nd.op == "linear" else src_shape[1:]
+            hw = (1, 1) if nd.op == Op.LINEAR else src_shape[1:]
             k = conv.kernel_size
             w = conv.sampled_weight().detach().double()
-            out_bits = 0 if nd.relu or nd.op == "linear" else q.signed_bits
+            out_bits = 0 if nd.relu or nd.op == Op.LINEAR else q.signed_bits
             slot = Slot(nd.name, nd.op, conv.in_channels, conv.out_channels, k, conv.stride,
                         tuple(hw), in_bits, w, [], [], out_bits)
-            searchable = not first and (nd.op == "conv" or include_linear)
+            searchable = not first and (nd.op == Op.CONV or include_linear)
             first = False
             if not searchable:
                 self.fixed.append(slot)
@@ -163,7 +164,7 @@ class Search:
         offs = None if gene is None else gene.offsets(slot.cin, slot.cout)
         return cost.shape_layer(slot.name, slot.cin, slot.cout, slot.kernel, slot.stride,
                                 slot.hw, epi, slot.in_bits, bits,
-                                slot.out_bits or (32 if slot.op == "linear" else self.act_bits),
+                                slot.out_bits or (32 if slot.op == Op.LINEAR else self.act_bits),
                                 slot.op, offs)
 
     def _cost(self, genes, dense_bits: int = 3) -> cost.NetworkCost:
