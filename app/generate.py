@@ -130,9 +130,12 @@ def _sha256_file(path: Path) -> str | None:
 def network_is_current(out_dir: Path, key: str, manifest_text: str) -> bool:
     """True when `out_dir` holds a complete generation with this key: its stamp, its
     `network.json`, Verilog and every tile image still as they were written."""
+    def read(path: Path, limit: int = 2**30) -> bytes:  # (a regular file: a FIFO would block)
+        return owned.read_regular(path, "a generated file", limit)
+
     try:
-        stamp = json.loads((out_dir / GENERATE_STAMP).read_text())
-        if stamp.get("key") != key or (out_dir / "network.json").read_text() != manifest_text:
+        stamp = json.loads(read(out_dir / GENERATE_STAMP, 2**16))
+        if stamp.get("key") != key or read(out_dir / "network.json") != manifest_text.encode():
             return False
     except (OSError, ValueError, AttributeError):
         return False
@@ -143,12 +146,11 @@ def network_is_current(out_dir: Path, key: str, manifest_text: str) -> bool:
             continue
         folder = out_dir / unit["folder"]
         try:
-            raw = (folder / "manifest.json").read_bytes()
+            raw = read(folder / "manifest.json")
             if hashlib.sha256(raw).hexdigest() != unit["manifest_sha256"]:
                 return False
             for mem in json.loads(raw)["memories"].values():
-                if hashlib.sha256((folder / mem["file"]).read_bytes()).hexdigest() \
-                        != mem["sha256"]:
+                if hashlib.sha256(read(folder / mem["file"])).hexdigest() != mem["sha256"]:
                     return False
         except (OSError, ValueError, KeyError, TypeError):
             return False
@@ -239,7 +241,7 @@ def _legacy_generation(out_dir: Path) -> bool:
     version's generation stamp (a digest key and the Verilog's digest). Replaced only when it
     holds nothing but the names generation writes (`refuse_foreign`)."""
     try:
-        stamp = json.loads((out_dir / GENERATE_STAMP).read_text())
+        stamp = json.loads(owned.read_regular(out_dir / GENERATE_STAMP, "a stamp", 2**16))
     except (OSError, ValueError, RecursionError):
         return False
     return (isinstance(stamp, dict) and set(stamp) == {"key", "verilog_digest"}

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
-from ..contract.files import NotOwned, atomic_write, read_owner, stamp_new_folder
+from ..contract.files import NotOwned, atomic_write, load_json, read_owner, stamp_new_folder
 from ..sw.chip.progress import bar as progress_bar
 from .verilator import setup_environment
 
@@ -83,8 +83,8 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def read_stamp(folder: Path) -> dict | None:
-    try:
-        stamp = json.loads((folder / STAMP).read_text())
+    try:  # (a regular file only: a FIFO in its place would block)
+        stamp = load_json(folder / STAMP, "a build stamp", 2**20)
     except (OSError, ValueError):
         return None
     return stamp if isinstance(stamp, dict) else None

@@ -194,6 +194,18 @@ def test_fifos_devices_and_folders_are_refused_without_blocking(tmp_path, small_
         assert r.returncode == 2 and len(lines) == 1 and want in lines[0], (args, r.stderr)
 
 
+def test_fifos_in_an_earlier_output_folder_do_not_block_a_rerun(tmp_path, small_net):
+    out = tmp_path / "gen"
+    assert main(["generate", str(small_net), "--out", str(out)]) == 0
+    (tile,) = (out / "tiles").iterdir()
+    for path in (out / ".epim-generate.json", tile / "manifest.json"):
+        path.unlink()
+        os.mkfifo(path)
+    r = run_with_timeout("generate", small_net, "--out", out, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (out / ".epim-generate.json").is_file()  # regenerated, the FIFOs replaced
+
+
 def chain(n: int) -> dict:
     obj = examples.conv_layer_net(np.random.default_rng(0), cin=1, cout=2, h=4, w=4)
     prev = obj["layers"][0]["name"]
