@@ -8,8 +8,7 @@ import time
 
 import numpy as np
 
-from ..contract import beats
-from ..contract.ops import Op
+from ..contract.ops import Op, spec
 from ..hw import protocol
 from ..sw.chip import reference
 from ..sw.chip.netfile import Network
@@ -23,7 +22,7 @@ def to_array(answers: list[list[list[int]]], net: Network) -> np.ndarray:
     """Decoded answers in the integer reference's layout (N, C, H, W) or (N, F)."""
     out = net.output_layer
     arr = np.array(answers, dtype=np.int64)  # (N, beats, C)
-    if out.op in beats.ONE_BEAT_OPS:
+    if spec(out.op).one_beat:
         return arr[:, 0, :].reshape(len(answers), *reference_shape(net))
     c, h, w = out.out_shape
     return arr.reshape(len(answers), h, w, c).transpose(0, 3, 1, 2)

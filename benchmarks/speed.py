@@ -113,12 +113,20 @@ def reference_at(rev: str):
     """`epim.sw.chip.reference` as it was at git revision `rev` (to time the code it replaced)."""
     import importlib.util
 
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:sw/chip/reference.py"],
-                            capture_output=True, text=True, check=True).stdout
-    spec = importlib.util.spec_from_loader("epim.sw._reference_before", loader=None)
+    # (sw/reference.py before sw/ had wings; its siblings `.epitome`, `.netfile` are in chip)
+    where = {"sw/chip/reference.py": "epim.sw.chip", "sw/reference.py": "epim.sw.chip"}
+    for path in where:
+        shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"],
+                               capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"{rev}: no sw/chip/reference.py or sw/reference.py there")
+    package = where[path]
+    spec = importlib.util.spec_from_loader(f"{package}._reference_before", loader=None)
     module = importlib.util.module_from_spec(spec)
-    module.__package__ = "epim.sw"
-    exec(compile(source, f"{rev}:sw/chip/reference.py", "exec"), module.__dict__)
+    module.__package__ = package
+    exec(compile(shown.stdout, f"{rev}:{path}", "exec"), module.__dict__)
     return module
 
 
