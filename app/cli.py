@@ -145,10 +145,9 @@ def cmd_remap(args) -> int:
     from ..sw.chip import faults, netfile
     from .generate import write_json
 
-    net = _load_net(args.net)
+    obj = netfile.read(args.net)  # (read once: parsed here, remapped below)
+    net = netfile.parse(obj, source=str(args.net))
     fmap = faults.load(args.faults, net)
-    obj = netfile.load_json(args.net, "a network file", netfile.MAX_FILE_BYTES,
-                            netfile.NetFileError)
     new, report = faults.remap(obj, net, fmap)
     netfile.parse(new, args.out)  # the remapped file is a valid network file
     write_json(args.out, new)

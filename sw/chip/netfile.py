@@ -261,8 +261,12 @@ _EPITOME_KEYS = {"in_channels", "out_channels", "patch_in", "patch_out", "row_of
 def load(path: str | Path) -> Network:
     """Read and validate a network file (a regular file of at most `MAX_FILE_BYTES`, UTF-8
     JSON without duplicate keys, nested at most `MAX_JSON_DEPTH` deep)."""
-    obj = load_json(path, "a network file", MAX_FILE_BYTES, NetFileError)
-    return parse(obj, source=str(path))
+    return parse(read(path), source=str(path))
+
+
+def read(path: str | Path):
+    """A network file's decoded JSON, not yet validated (`load` validates it)."""
+    return load_json(path, "a network file", MAX_FILE_BYTES, NetFileError)
 
 
 def parse(obj, source: str = "<net>") -> Network:
