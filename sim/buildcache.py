@@ -293,7 +293,8 @@ def remove_leftovers(target: Path) -> None:
         for p in target.parent.glob(pattern):
             if not p.is_dir() or p.is_symlink():
                 continue
-            if read_owner(p) is not None:
+            # EPIM's stamp, or (killed before the stamp was in place) nothing but the
+            # writer's temporary files
+            if read_owner(p) is not None or all(
+                    q.name.startswith(".") and q.name.endswith(".tmp") for q in p.iterdir()):
                 shutil.rmtree(p, ignore_errors=True)
-            elif not any(p.iterdir()):  # (killed before its stamp was written)
-                p.rmdir()
