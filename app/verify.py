@@ -81,7 +81,7 @@ def report(net, layer, x, y, ref, result, stalls, program, reuse, seconds, lanes
         "cycles_match": (latency == sched.latency and steady == pred_steady) if not stalls
         else None,
         "steps_per_pixel": timing.n_steps, "n_t": timing.n_t, "passes": timing.passes,
-        "slot_cycles": timing.slot,
+        "pixel_cycles": timing.pixel_cycles,
         "stalls": stalls, "programmed_via_port": program, "prog_beats": result["prog_beats"],
         "ifrt_reuse": reuse, "seconds": round(seconds, 2),
     }
@@ -96,19 +96,19 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
                   ) -> tuple[np.ndarray, dict]:
     """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
 
-    Programmable tiles load their images at start-up (`+epim_images=`), or with `program`
-    start blank and are written word by word through the network's programming port first;
-    `fixed` builds weight-baked tiles instead. The report compares outputs with the integer
-    reference and the cycles of every handshake with the network cycle model
-    (`epim.sw.chip.netcycles`), which replays the testbench's random gaps and back-pressure too when
-    `stalls` is set. `faults` (a fault map, `epim.sw.chip.faults`) writes stuck cells into the
+    Programmable tiles start blank, as an unprogrammed chip, and are written word by word
+    through the network's programming port first (`program` is implied);
+    `fixed` builds weight-baked tiles (memories initialised with the images) instead. The
+    report compares outputs with the integer reference and the cycles of every handshake with
+    the network cycle model (`epim.sw.chip.netcycles`), which replays the testbench's random
+    gaps and back-pressure too when `stalls` is set. `faults` (a fault map, `epim.sw.chip.faults`) writes stuck cells into the
     crossbar images and checks against the reference on the same faulty chip."""
-    from ..hw.generate import IMAGE_PLUSARG
     from ..sw.chip import netcycles
 
     if program and fixed:
         raise ValueError("fixed tiles have no programming port: leave out one of program "
                          "and fixed")
+    program = not fixed
     x = reference.check_inputs(net, x)
     build_root = owned.claim_folder(Path(build_root).resolve(), "cosim")
     t0 = time.time()
@@ -131,9 +131,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
                         max_cycles=2 * pred.run.cycles + 10 * len(prog) + 10_000,
                         top="epim_net", log=log, beats_per_image=per, waves=waves,
                         prog_port=not fixed and any("folder" in u
-                                                    for u in gen.manifest["units"]),
-                        plusargs=[] if fixed or program else [
-                            f"+{IMAGE_PLUSARG}={gen.folder}"])[0]
+                                                    for u in gen.manifest["units"]))[0]
     y = unpack_beats(result["outputs"], net.output_layer)
     chip = None
     if faults:

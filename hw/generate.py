@@ -21,15 +21,13 @@ def tile_from_images(images: Images | str | Path, blank: bool = False) -> PIMTil
     words = images.words
     if blank:
         words = {name: [0] * len(ws) for name, ws in words.items()}
-    return PIMTile(cfg, words, verilog_xbar=True)
+    return PIMTile(cfg, words)
 
 
 def emit_verilog(tile: PIMTile, name: str = TOP) -> str:
     """The tile as Verilog text; the top module is `name` with ports `clk`, `rst` and the
-    flattened streams (`i__payload`, `i__valid`, `i__ready`, ...), followed by the modules it
-    instantiates (its behavioural crossbar)."""
-    return verilog.convert(tile, name=name, emit_src=False) + "".join(
-        tile.verilog_modules.values())
+    flattened streams (`i__payload`, `i__valid`, `i__ready`, ...)."""
+    return verilog.convert(tile, name=name, emit_src=False)
 
 
 NETWORK_TOP = "epim_net"
@@ -44,60 +42,15 @@ def network_from_images(folder: str | Path, shared: bool = True, fixed: bool = F
     return NetworkAccelerator(load_network(folder), shared=shared, fixed=fixed)
 
 
-IMAGE_PLUSARG = "epim_images"
-MEMORY_NAMES = ("xbar", "ifrt", "ifat", "ofat", "ostage")
-
-
-def memories_of(text: str) -> list[str]:
-    """The image memories a module's Verilog declares (`<mem>_table`)."""
-    return [name for name in MEMORY_NAMES if f" {name}_table [" in text]
-
-
-def network_loader(text: str, top: str, loads: list[tuple[str, list[str], str]]) -> str:
-    """The accelerator's Verilog with its image loader in the top module `top`: when the
-    simulation is started with `+epim_images=DIR`, at the first rising clock edge (after
-    every module's own initialisation, while the testbench holds reset) it reads
-    `DIR/<folder>/<mem>.hex` into memory `<mem>_table` of each instance, for each
-    `(instance path, memories, folder)` of `loads`. The instance path is a hierarchical
-    reference below the top, so the tile modules have no parameter of their own and
-    Verilator builds each shared module once. Without the plusarg the memories start at
-    zero, as an unprogrammed chip, for the programming port."""
-    head = text.find(f"module {top}(")
-    end = text.find("endmodule", head)
-    if head < 0 or end < 0:
-        raise ValueError(f"no module {top!r} in the text")
-    if not loads:
-        return text
-    reads = "".join(
-        f'        $readmemh({{epim_dir, "/{folder}/{mem}.hex"}}, {path}.{mem}_table);\n'
-        for path, mems, folder in loads for mem in mems)
-    hook = ("  // EPIM image loader (epim.hw.generate.network_loader)\n"
-            "  reg epim_images_loaded = 1'b0;\n"
-            "  always @(posedge clk) begin : epim_load_images\n"
-            "    string epim_dir;\n"
-            "    if (!epim_images_loaded) begin\n"
-            "      epim_images_loaded <= 1'b1;\n"
-            f'      if ($value$plusargs("{IMAGE_PLUSARG}=%s", epim_dir)) begin\n'
-            + reads + "      end\n    end\n  end\n")
-    return text[:end] + hook + text[end:]
-
-
 def emit_network_verilog(acc, name: str = NETWORK_TOP) -> str:
     """The accelerator as Verilog; top `name` with `clk`, `rst`, `i__*`, `o__*`, `prog__*`
     (programmable tiles) and `idle`, followed by the modules that tiles of a shared shape
-    and copies of replicated layers instantiate; the top module of a programmable one has
-    the image loader (`network_loader`)."""
+    and copies of replicated layers instantiate. Programmable tiles start blank, as an
+    unprogrammed chip does: the testbench writes their images through the programming port."""
     text = verilog.convert(acc, name=name, emit_src=False)
-    extra, mems = {}, {}
     for module, tile in acc.shared_modules.items():
-        part = verilog.convert(tile, name=module, emit_src=False)
-        text += part
-        mems[module] = memories_of(part)
-        extra.update(tile.verilog_modules)
-    if not acc.fixed:
-        text = network_loader(text, name, [(path, mems[module], folder)
-                                           for path, folder, module in acc.image_loads])
-    return text + "".join(extra.values())
+        text += verilog.convert(tile, name=module, emit_src=False)
+    return text
 
 
 BOARD_TOP = "epim_board"

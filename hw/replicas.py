@@ -91,7 +91,7 @@ class ReplicatedTile(wiring.Component):
             # (a shared programmable module starts blank: each instance loads its images)
             words = init if fixed else {k: [0] * len(v) for k, v in init.items()}
             self._shared = PIMTile(replace(walks[0], name="tile") if not fixed else walks[0],
-                                   words, fixed, walk_port=True, verilog_xbar=not fixed)
+                                   words, fixed, walk_port=True)
             self._copies = []
         else:
             self._shared = None

@@ -1,66 +1,91 @@
-"""A PIM tile: one conv/linear layer on emulated crossbars, with IFRT, IFAT and OFAT units.
+"""The PIM tile: one conv/linear layer whose cells, tables, input and accumulators all sit in
+memories, with a datapath per cycle bounded by the physical crossbar.
 
-Dataflow (signal prefixes name the stage, as in Minerva), each stage a unit in its own module:
+Every cycle computes at most `lanes` row chunks of `xbar_rows` rows (one pass) on the crossbar
+cells of those rows, whatever the layer's `Cin`, `Cout` or `Ce_in * k * k`. The units:
 
-- ``l_`` loader and ``g_`` window gather (`epim.hw.gather`): input beats into a
-  double-buffered input feature buffer; `k` read ports fetch one window column per cycle for
-  the next pixel;
-- slot controller, IFRT sequencer and IFAT row selection (`epim.hw.sequencer`);
-- ``x_``/``d_``/``p_`` crossbar (`epim.hw.crossbar`): bit-serial DAC slices drive bit-sliced
-  differential cells, ADCs saturate per row chunk, and a shift-and-add (most significant slice
-  first) builds the step's column values;
-- ``r_`` OFAT routing and accumulation (`epim.hw.ofat`): each output channel takes its
-  (wrapped) column if its group is served;
-- ``q_`` output stage of spec section 5 (`epim.hw.ostage`); ``o_`` the output stream register.
+- ``l_`` loader: an input beat goes into the input memory `ifm` as `in_blocks` words of
+  `in_word` channels (`epim.contract.tileplan`), one word a cycle, in one of two banks (one
+  image each);
+- ``f_`` fill: before a pass, the pass's row registers (a shift register) take one epitome input
+  channel a cycle: the IFAT names the input channel, whose word address (`src // in_word`)
+  addresses `ifm` through `k*k` read ports, one per window position, and whose place in the word
+  (`src % in_word`) picks its value;
+- ``x_``/``p_`` crossbar: per DAC slice (most significant first) the pass's rows drive the cells
+  of their row chunk, read from `lanes * xbar_rows` cell memories (one per row of a pass, one
+  word per pass), ADCs saturate per chunk and polarity, and a Horner sum adds the slice into the
+  step's column values;
+- ``a_`` OFAT accumulation: after a step, one output group a cycle: its accumulator word (the
+  `p_out` channels of the group) is read from the accumulator memory, the column values rotated
+  by the group's OFAT base (`log2(Ce_out)` stages) are added, and the word is written back;
+- ``q_`` output stage: one output channel a cycle, `(acc + bias) * mult` then the rounding shift
+  and the clamp, into the output shift register; ``o_`` the output stream register.
 
-The adder trees live in `epim.hw.arith`; parameters and word layouts in `epim.contract`.
-
-Pixel *slots* are the schedule unit: while the crossbar computes pixel `p` the gather fetches
-pixel `p+1`, across image boundaries too, so the crossbar stays busy. `docs/tile.md` has the beat
-order and the exact cycle schedule that `epim.sw.chip.cyclemodel` predicts.
+A pixel runs its steps and its output stage one after another (the schedule of
+`epim.contract.tileplan.pixel_cycles`), so `epim.sw.chip.cyclemodel` follows it exactly.
+`docs/tile.md` has the block diagram and the cycle counts.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
+from types import SimpleNamespace
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..contract.images import ProgTarget, prog_fields, ubits
+from ..contract import tileplan
+from ..contract.images import ProgTarget, ifrt_fields, offsets, prog_fields, ubits
 from ..contract.params import TileParams
-from . import behavioural, crossbar, gather, ofat, ostage, sequencer
-from .gather import base_bits
-from .sequencer import walk_values
+from .crossbar import accumulate_passes, column_values
+from .fill import fill, row_slices
+from .loader import load_input
+from .ofat import accumulate
+from .ostage import output_stage
 
 __all__ = ["PIMTile", "TileParams", "base_bits", "prog_layout", "walk_layout", "walk_values"]
 
 
+def walk_values(cfg: TileParams) -> dict[str, int]:
+    """The `walk` of a tile that computes pixels `pix_first, pix_first + pix_step, ...`."""
+    oy0, ox0 = divmod(cfg.pix_first, cfg.wo)
+    oy1, ox1 = divmod(cfg.last_pixel, cfg.wo)
+    corner = -(cfg.padding * cfg.w + cfg.padding)
+    return {"first_oy": oy0, "first_ox": ox0,
+            "first_base": corner + (oy0 * cfg.w + ox0) * cfg.stride,
+            "last_oy": oy1, "last_ox": ox1}
+
+
+def base_bits(cfg: TileParams) -> int:
+    """Width of the window's base pixel address `g_base` (signed, bank included)."""
+    return ubits(2 * cfg.h * cfg.w + cfg.kernel * cfg.w + cfg.kernel) + 2
+
+
 def walk_layout(cfg: TileParams) -> data.StructLayout:
-    """The `walk` port of a tile whose pixel walk is set from outside (`walk_port=True`): the
-    first pixel (`first_oy`, `first_ox` and its window's base address `first_base`) and the last
-    one of each image. Copies of a replicated layer share one module and differ only here."""
+    """The `walk` port (`walk_port=True`): first and last pixel of a copy's walk."""
     return data.StructLayout({"first_oy": ubits(cfg.ho), "first_ox": ubits(cfg.wo),
                               "first_base": signed(base_bits(cfg)),
                               "last_oy": ubits(cfg.ho), "last_ox": ubits(cfg.wo)})
 
 
 def prog_layout(cfg: TileParams) -> data.StructLayout:
-    """Payload of the programming port (`epim.contract.images.prog_fields`): target memory,
-    word address, word."""
+    """Payload of the programming port: target memory, word address, word."""
     return data.StructLayout(dict(prog_fields(cfg)))
 
 
 class PIMTile(wiring.Component):
-    """One layer's PIM tile.
+    """One layer's PIM tile, memories throughout (see the module's text).
 
     Parameters
     ----------
     cfg : TileParams
-        Layer shape and PIM parameters.
     init : dict of str to list of int
-        Initial memory words per target (``xbar``, ``ifrt``, ``ifat``, ``ofat``, ``ostage``),
-        laid out as in `docs/memory-images.md`.
+        Initial words of ``xbar``, ``ifrt``, ``ifat``, ``ofat``, ``ostage``.
+    fixed : bool
+        The memories are ROMs holding `init` (no programming port writes).
+    walk_port : bool
+        The pixel walk's first and last pixel come from the `walk` port.
 
     Members
     -------
@@ -73,33 +98,22 @@ class PIMTile(wiring.Component):
     prog : In(stream.Signature(prog_layout(cfg)))
         Programming port: writes word `data` at `addr` of memory `mem` (see `ProgTarget`).
         Ready only while the tile is idle, never for a fixed tile.
-
-    A *fixed* tile (``fixed=True``, the network accelerator's tiles, which are never
-    programmed) has the same cycle behaviour and outputs, but its crossbar cells are constants
-    (zero cells drop out of the adder trees), its tables are ROMs, and an output of at most
-    `THRESHOLD_BITS` bits is computed by comparing the accumulator with per-channel thresholds
-    precomputed from the output-stage words, instead of a 32x31-bit multiply per channel.
     idle : Out(1)
         No image is buffered, in flight or waiting in the output register.
-
-    With ``verilog_xbar=True`` (the Verilog generator's programmable tiles) the crossbar's
-    column sums are a behavioural Verilog module (:attr:`verilog_modules`) instead of gates:
-    the same arithmetic, with text and build time independent of the crossbar's size, but
-    Amaranth's simulator cannot run it.
+    walk : In(walk_layout(cfg))
+        Only with `walk_port=True`: the copies of a replicated layer share one module and
+        differ only here.
     """
 
-
     def __new__(cls, cfg: TileParams, init: dict[str, list[int]], *args, **kwargs):
-        # refused before the object exists, so a refused tile does not count as unused
         if not isinstance(cfg, TileParams):
             raise TypeError(f"cfg must be TileParams, not {type(cfg).__name__}")
         cfg.check_words(init)
         return super().__new__(cls)
 
     def __init__(self, cfg: TileParams, init: dict[str, list[int]], fixed: bool = False,
-                 walk_port: bool = False, verilog_xbar: bool = False):
+                 walk_port: bool = False):
         self._cfg, self._fixed, self._walk_port = cfg, fixed, walk_port
-        self._verilog_xbar = verilog_xbar and not fixed
         self._init = {k: list(v) for k, v in init.items()}
         super().__init__({
             "i": In(stream.Signature(cfg.cin * cfg.in_bits)),
@@ -114,106 +128,200 @@ class PIMTile(wiring.Component):
         return self._cfg
 
     @property
-    def verilog_modules(self) -> dict[str, str]:
-        """Verilog modules the tile instantiates, by name (`verilog_xbar=True`: its row
-        selection, crossbar, OFAT routing and output stage, `epim.hw.behavioural`); the
-        Verilog generator emits them beside it."""
-        if not self._verilog_xbar:
-            return {}
-        cfg = self._cfg
-        return dict([behavioural.rows_module(cfg), behavioural.xbar_module(cfg),
-                     behavioural.ofat_module(cfg), behavioural.ostage_module(cfg)])
-
-    @property
     def init(self) -> dict[str, list[int]]:
         return {k: list(v) for k, v in self._init.items()}
 
-    def memories(self, m: Module):
-        """The tile's memories with the programming port's writes: crossbar cells and output-
-        stage words as registers (every row is read at once, as an analog crossbar does), the
-        IFRT, IFAT and OFAT as tables. A fixed tile's are constants and ROMs."""
-        cfg, widths, init, fixed = self._cfg, self._cfg.widths, self._init, self._fixed
-        prog_we = {}
+    # --- memories ------------------------------------------------------------------------------
+    def _table(self, m, name, prog_we, depth=None, init=None):
+        """A memory of the tile's images, written by the programming port unless fixed."""
+        cfg = self._cfg
+        width = cfg.widths[name]
+        depth = cfg.depths[name] if depth is None else depth
+        mem = Memory(shape=unsigned(width), depth=depth,
+                     init=self._init[name] if init is None else init)
+        m.submodules[f"{name}_table"] = mem
+        if not self._fixed:
+            wp = mem.write_port()
+            addr, word = self.prog.payload.addr, self.prog.payload.data
+            m.d.comb += [wp.en.eq(prog_we[name] & (addr < depth)), wp.addr.eq(addr),
+                         wp.data.eq(word[:width])]
+        return mem
+
+    def _cells(self, m, prog_we):
+        """Cell memories: one per row of a pass (`lanes * xbar_rows`), one word per pass;
+        row `rho` is word `rho // n` of memory `rho % n`. Returns their read ports (None for
+        a row that no pass has)."""
+        cfg = self._cfg
+        n, rows, n_pass = tileplan.pass_rows(cfg), cfg.rows, cfg.passes
+        width = cfg.widths["xbar"]
+        addr, word = self.prog.payload.addr, self.prog.payload.data
+        # the programming address as (pass, row of the pass), by comparisons
+        pq = Signal(range(max(2, n_pass)), name="prog_pass")
+        pr = Signal(range(max(2, n + 1)) if n_pass > 1 else len(addr), name="prog_row")
+        m.d.comb += [pq.eq(0), pr.eq(addr)]
+        for q in range(1, n_pass):
+            with m.If(addr >= q * n):
+                m.d.comb += [pq.eq(q), pr.eq(addr - q * n)]
+        ports = []
+        for r in range(n):
+            valid = [q for q in range(n_pass) if q * n + r < rows]
+            if not valid:
+                ports.append(None)
+                continue
+            words = [self._init["xbar"][q * n + r] if q * n + r < rows else 0
+                     for q in range(n_pass)]
+            mem = Memory(shape=unsigned(width), depth=n_pass, init=words)
+            m.submodules[f"cells_{r}"] = mem
+            if not self._fixed:
+                wp = mem.write_port()
+                m.d.comb += [wp.en.eq(prog_we["xbar"] & (pr == r) & (addr < rows)),
+                             wp.addr.eq(pq), wp.data.eq(word[:width])]
+            ports.append(mem.read_port())
+        return ports
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        m = Module()
         prog_fire = self.prog.valid & self.prog.ready
+        prog_we = {}
         for target in ProgTarget:
             name = target.name.lower()
             prog_we[name] = Signal(name=f"prog_we_{name}")
             m.d.comb += prog_we[name].eq(prog_fire & (self.prog.payload.mem == target))
-        prog_addr, prog_data = self.prog.payload.addr, self.prog.payload.data
-
-        def table(name):
-            mem = Memory(shape=unsigned(widths[name]), depth=cfg.depths[name], init=init[name])
-            m.submodules[f"{name}_table"] = mem
-            if fixed:
-                return mem.read_port(domain="comb")
-            wp = mem.write_port()
-            m.d.comb += [wp.en.eq(prog_we[name] & (prog_addr < cfg.depths[name])),
-                         wp.addr.eq(prog_addr),
-                         wp.data.eq(prog_data[:widths[name]])]
-            return mem.read_port(domain="comb")
-
-        def registers(name):
-            """Every word at once (as an analog crossbar reads every row): a memory with one
-            read port per word, so `$readmemh` can load it; like non-volatile crossbar
-            cells, programmed contents survive a reset."""
-            if fixed:
-                return [Const(v, widths[name]) for v in init[name]]
-            mem = Memory(shape=unsigned(widths[name]), depth=cfg.depths[name], init=init[name])
-            m.submodules[f"{name}_table"] = mem
-            wp = mem.write_port()
-            m.d.comb += [wp.en.eq(prog_we[name] & (prog_addr < cfg.depths[name])),
-                         wp.addr.eq(prog_addr), wp.data.eq(prog_data[:widths[name]])]
-            words = []
-            for n in range(cfg.depths[name]):
-                rp = mem.read_port(domain="comb")
-                m.d.comb += rp.addr.eq(n)
-                words.append(rp.data)
-            return words
-
-        cells, words = registers("xbar"), registers("ostage")
-        return cells, words, table("ifrt"), table("ifat"), table("ofat")
-
-    def elaborate(self, platform):
-        cfg, init, fixed = self._cfg, self._init, self._fixed
-        m = Module()
-        cells, words, ifrt, ifat, ofat_port = self.memories(m)
-        ld = gather.load_input(m, cfg, self.i)
-        s = sequencer.slot_control(m, cfg, ifrt, ifat, self.walk if self._walk_port else None)
-        g = gather.window_gather(m, cfg, ld.ifm, s, self.walk if self._walk_port else None)
-        sequencer.step_sequencer(m, cfg, s)
-        sequencer.slot_boundary(m, cfg, s, g, ld)
-        # behavioural modules (their text comes from `verilog_modules`), or gates
-        modules = {} if self._verilog_xbar else None
-        if modules is not None:
-            x_rows = behavioural.verilog_rows(m, cfg, ifat, g.x_window, s.x_t, modules)
-        else:
-            x_rows = sequencer.ifat_rows(m, cfg, ifat, g.x_window, s.x_step, init, fixed)
-        xb = crossbar.crossbar(m, cfg, x_rows, s, cells, init, fixed, modules)
-        r = ofat.route(m, cfg, xb.p, ofat_port, s.stall)
-        tables, table_ports = ostage.output_tables(m, cfg, init, fixed)
-        q = ofat.accumulate(m, cfg, r, ofat_port, init, fixed, tables, table_ports, s.stall,
-                            modules)
-
-        # Output register: the output stage's values wait here for the stream's consumer;
-        # the whole pipeline stalls while a finished pixel cannot move in.
-        q_valid = Signal()
+        ifrt, ifat, ofat, ostage_port = (self._table(m, name, prog_we).read_port()
+                                         for name in ("ifrt", "ifat", "ofat", "ostage"))
+        cells = self._cells(m, prog_we)
+        ld = load_input(m, cfg, self.i)
+        s = self._state(m)
+        fr = offsets(ifrt_fields(cfg))
+        s.ifrt_last = ifrt.data[fr["last"][0]] | (s.x_step == cfg.max_steps - 1)
+        mask = ifrt.data[fr["mask"][0]:fr["mask"][0] + cfg.g_out]
+        m.d.comb += [ifrt.addr.eq(s.x_step), ifat.addr.eq(s.x_step),
+                     ofat.addr.eq(ifrt.data[fr["gi"][0]:])]
+        m.d.comb += [port.addr.eq(s.x_p) for port in cells if port is not None]
+        f_sr = fill(m, cfg, ld.ifm, ifat, s, base_bits(cfg))
+        x_v = column_values(m, cfg, row_slices(m, cfg, f_sr, s.x_p, s.x_t), cells)
+        x_col = accumulate_passes(m, cfg, x_v, s.x_valid, s.x_t, s.x_p)
+        acc = accumulate(m, cfg, x_col, ofat, mask, s.a_issue, s.c, s.clear)
+        q_sr = output_stage(m, cfg, acc.rp, acc.live, ostage_port, s.q_issue, s.q_go, s.q_j)
+        m.d.comb += [ostage_port.addr.eq(s.c), acc.rp.addr.eq(Mux(s.q_issue, s.q_go, s.c))]
+        # the output register
         o_valid = Signal()
-        o_payload = Signal(cfg.cout * cfg.out_bits)
-        q_move = Signal()
-        m.d.comb += [q_move.eq(q_valid & (~o_valid | self.o.ready)),
-                     s.stall.eq(q_valid & ~q_move)]
-        ys = ([behavioural.verilog_outputs(m, cfg, q.q_acc, words, modules)]
-              if modules is not None else
-              ostage.output_values(m, cfg, q.q_acc, words, init, fixed, q.table_y))
+        o_payload = Signal(len(q_sr))
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(o_payload)]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += o_valid.eq(0)
-        with m.If(q_move):
-            m.d.sync += [o_valid.eq(1), o_payload.eq(Cat(*ys)), q_valid.eq(0)]
-        with m.If(r.r_valid & ~s.stall & r.r_last):
-            m.d.sync += q_valid.eq(1)
-        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(o_payload)]
-
-        busy = (ld.full.any() | s.s_g | s.s_x | xb.d.d_valid | xb.d.d_step_end | xb.p.p_valid
-                | xb.p.p_step_end | r.r_valid | q_valid | o_valid | (ld.l_addr != 0))
-        m.d.comb += [self.idle.eq(~busy), self.prog.ready.eq(~busy & (not fixed))]
+        with m.If(s.move):
+            m.d.sync += [o_payload.eq(q_sr), o_valid.eq(1)]
+        s.o_free = ~o_valid | self.o.ready
+        waiting = self._sequencer(m, s, ld)
+        busy = ld.full.any() | ~waiting | o_valid | ld.busy
+        m.d.comb += [self.idle.eq(~busy), self.prog.ready.eq(~busy & (not self._fixed))]
         return m
+
+    def _state(self, m: Module) -> SimpleNamespace:
+        """The sequencer's counters and the pixel walk's registers."""
+        cfg = self._cfg
+        wv = walk_values(cfg)
+        port = self._walk_port
+        s = SimpleNamespace(
+            x_step=Signal(range(cfg.max_steps)), x_p=Signal(range(max(2, cfg.passes))),
+            x_t=Signal(range(cfg.n_t), init=cfg.n_t - 1),
+            f_i=Signal(range(tileplan.fill_depth(cfg) + 1)),
+            c=Signal(range(max(cfg.g_out, cfg.cout) + 2)),
+            q_go=Signal(range(cfg.g_out)), q_j=Signal(range(cfg.patch_out)),
+            f_issue=Signal(), x_valid=Signal(), a_issue=Signal(), q_issue=Signal(),
+            clear=Signal(), move=Signal(),
+            walk=self.walk if port else wv, g_bank=Signal(),
+            g_oy=Signal(range(cfg.ho), init=0 if port else wv["first_oy"]),
+            g_ox=Signal(range(cfg.wo), init=0 if port else wv["first_ox"]),
+            g_base=Signal(signed(base_bits(cfg)), init=0 if port else wv["first_base"]))
+        if port:  # the walk's first pixel, loaded in the cycle after reset
+            start = Signal(init=1)
+            with m.If(start):
+                m.d.sync += [start.eq(0), s.g_oy.eq(s.walk.first_oy),
+                             s.g_ox.eq(s.walk.first_ox), s.g_base.eq(s.walk.first_base)]
+        return s
+
+    def _next_pixel(self, m: Module, s: SimpleNamespace, ld: SimpleNamespace) -> None:
+        """The walk moves `pix_step` pixels on in raster order; after the image's last pixel
+        its bank is released and the walk starts the next image in the other bank."""
+        cfg, walk = self._cfg, s.walk
+        dy, dx = divmod(cfg.pix_step, cfg.wo)
+        wrap = s.g_ox >= cfg.wo - dx if dx else Const(0)
+        with m.If(s.g_last):
+            m.d.comb += ld.release.eq(Cat(~s.g_bank, s.g_bank))
+            m.d.sync += [s.g_bank.eq(~s.g_bank), s.g_oy.eq(walk["first_oy"]),
+                         s.g_ox.eq(walk["first_ox"]),
+                         s.g_base.eq(Mux(s.g_bank, 0, cfg.h * cfg.w) + walk["first_base"])]
+        with m.Elif(wrap):
+            m.d.sync += [s.g_ox.eq(s.g_ox + dx - cfg.wo), s.g_oy.eq(s.g_oy + dy + 1),
+                         s.g_base.eq(s.g_base + ((dy + 1) * cfg.w + dx - cfg.wo)
+                                     * cfg.stride)]
+        with m.Else():
+            m.d.sync += [s.g_ox.eq(s.g_ox + dx), s.g_oy.eq(s.g_oy + dy),
+                         s.g_base.eq(s.g_base + (dy * cfg.w + dx) * cfg.stride)]
+
+    def _sequencer(self, m: Module, s: SimpleNamespace, ld: SimpleNamespace):
+        """The pixel's phases (`epim.contract.tileplan`): per IFRT step a cycle to read its
+        tables, per pass the fill and the DAC slices, the OFAT accumulation; then the
+        output stage and the move into the output register. Returns "waiting for an image"."""
+        cfg = self._cfg
+        f_count = Array(Const(n, range(tileplan.fill_depth(cfg) + 1))
+                        for _, n in tileplan.fill_plan(cfg))
+        s.g_last = (s.g_oy == s.walk["last_oy"]) & (s.g_ox == s.walk["last_ox"])
+        with m.FSM(name="seq") as fsm:
+            with m.State("WAIT"):
+                with m.If(ld.full.bit_select(s.g_bank, 1)):
+                    m.d.sync += s.x_step.eq(0)
+                    m.next = "STEP"
+            with m.State("STEP"):  # the step's IFRT and IFAT words are read
+                m.d.comb += s.clear.eq(s.x_step == 0)
+                m.d.sync += [s.x_p.eq(0), s.f_i.eq(0)]
+                m.next = "FILL"
+            with m.State("FILL"):
+                with m.If(s.f_i < f_count[s.x_p]):
+                    m.d.comb += s.f_issue.eq(1)
+                    m.d.sync += s.f_i.eq(s.f_i + 1)
+                with m.Else():
+                    m.d.sync += s.x_t.eq(cfg.n_t - 1)
+                    m.next = "COMPUTE"
+            with m.State("COMPUTE"):
+                m.d.comb += s.x_valid.eq(1)
+                with m.If(s.x_t != 0):
+                    m.d.sync += s.x_t.eq(s.x_t - 1)
+                with m.Elif(s.x_p != cfg.passes - 1):
+                    m.d.sync += [s.x_p.eq(s.x_p + 1), s.f_i.eq(0)]
+                    m.next = "FILL"
+                with m.Else():
+                    m.d.sync += s.c.eq(0)
+                    m.next = "OFAT"
+            with m.State("OFAT"):
+                m.d.comb += s.a_issue.eq(s.c < cfg.g_out)
+                m.d.sync += s.c.eq(s.c + 1)
+                with m.If(s.c == cfg.g_out):
+                    with m.If(s.ifrt_last):
+                        m.d.sync += [s.c.eq(0), s.q_go.eq(0), s.q_j.eq(0)]
+                        m.next = "OUTPUT"
+                    with m.Else():
+                        m.d.sync += s.x_step.eq(s.x_step + 1)
+                        m.next = "STEP"
+            with m.State("OUTPUT"):
+                m.d.comb += s.q_issue.eq(s.c < cfg.cout)
+                m.d.sync += s.c.eq(s.c + 1)
+                with m.If(s.q_issue):
+                    with m.If(s.q_j == cfg.patch_out - 1):
+                        m.d.sync += [s.q_j.eq(0), s.q_go.eq(s.q_go + 1)]
+                    with m.Else():
+                        m.d.sync += s.q_j.eq(s.q_j + 1)
+                with m.If(s.c == cfg.cout + 1):
+                    m.next = "MOVE"
+            with m.State("MOVE"):
+                with m.If(s.o_free):
+                    m.d.comb += s.move.eq(1)
+                    m.d.sync += s.x_step.eq(0)
+                    self._next_pixel(m, s, ld)
+                    m.next = "STEP"
+                    with m.If(s.g_last):
+                        m.next = "WAIT"
+        return fsm.ongoing("WAIT")

@@ -1,14 +1,14 @@
 """Cycle model of the PIM tile: latency per image and steady-state cycles per image, exactly.
 
-The tile (`epim.hw.tile`, described in `docs/tile.md`) works in pixel *slots*. A slot computes one
-pixel on the crossbar (`T_c = steps * n_t * passes` cycles: per IFRT step and DAC slice, one cycle
-per pass over the row chunks, `passes = ceil(chunks / lanes)`, 1 by default) while
-the window gather fetches the next pixel (`k + 1` cycles: `k` column reads and one read latency).
-A slot lasts as long as the longer of the two it holds. At the end of a slot the next pixel to
-gather is taken if its input bank is full; otherwise the tile idles until it is, then spends one
-cycle to start. A pixel's output beat leaves 5 cycles after its last crossbar cycle (the DAC
-register, the pipeline register after the column sums, OFAT routing, output stage, output
-register). The loader takes one beat per cycle into the free bank.
+The tile (`epim.hw.tile`, described in `docs/tile.md`) computes one output pixel after another.
+A pixel takes `pixel_cycles` cycles from its first IFRT step to the cycle that moves its result
+into the output register: per step, one cycle to read the step's tables, per pass over the row
+chunks a fill (one epitome input channel a cycle, plus the read latency) and the `n_t` DAC
+slices, then the OFAT accumulation (`g_out + 1`); after the last step the output stage
+(`cout + 2`) and the move (`epim.contract.tileplan`). The output beat leaves the cycle after the
+move. The loader writes `in_blocks` input-memory words per input beat, one a cycle, into the
+bank of its image; the tile waits for a full bank before an image's first pixel (one cycle to
+see it, one to start) and releases the bank when the image's last pixel moves out.
 
 This module replays that schedule image by image (no stalls: inputs always valid, outputs always
 ready) and also gives the closed forms for the common case.
@@ -17,49 +17,45 @@ ready) and also gives the closed forms for the common case.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
-from ...contract import geometry
+from ...contract import geometry, tileplan
 from .epitome import steps
 from .netfile import PIM, Layer
-
-# last crossbar cycle -> DAC register -> column-sum register -> route -> output stage ->
-# output register/beat
-OUTPUT_PIPELINE = 5
 
 
 @dataclass(frozen=True)
 class TileTiming:
     """The figures that fix a tile's schedule."""
 
-    pixels: int  # Ho * Wo output pixels per image
+    pixels: int  # output pixels per image (of this copy)
     in_beats: int  # H * W input beats per image
-    kernel: int
     n_steps: int  # IFRT steps per pixel
     n_t: int  # DAC slices per activation
-    passes: int = 1  # cycles per DAC slice: row chunks / chunk lanes, rounded up
+    passes: int = 1  # passes over the row chunks per step: row chunks / chunk lanes, rounded up
+    step: int = 0  # cycles of one IFRT step (`tileplan.step_cycles`)
+    output: int = 0  # cycles of a pixel's output stage (`tileplan.output_cycles`)
+    blocks: int = 1  # input-memory words per input beat (`tileplan.in_blocks`)
 
     @property
-    def cycles_per_step(self) -> int:
-        return self.n_t * self.passes
+    def pixel_cycles(self) -> int:
+        """Cycles from a pixel's first step to the move of its result (`tileplan.pixel_cycles`)."""
+        return self.n_steps * self.step + self.output + 1
 
     @property
-    def compute(self) -> int:
-        """Crossbar cycles per pixel, `T_c = steps * n_t * passes`."""
-        return self.n_steps * self.n_t * self.passes
+    def load(self) -> int:
+        """Cycles the loader takes for one image: `in_beats * blocks`."""
+        return self.in_beats * self.blocks
 
     @property
-    def gather(self) -> int:
-        return self.kernel + 1
-
-    @property
-    def slot(self) -> int:
-        """Cycles of a slot that both computes and gathers."""
-        return max(self.compute, self.gather)
+    def busy(self) -> int:
+        """Crossbar cycles per pixel: `steps * passes * n_t` (a DAC slice of a pass each)."""
+        return self.n_steps * self.passes * self.n_t
 
     @property
     def ideal(self) -> int:
-        """Crossbar-busy cycles per image: `Ho * Wo * steps * n_t`."""
-        return self.pixels * self.compute
+        """Crossbar-busy cycles per image: `pixels * steps * passes * n_t`."""
+        return self.pixels * self.busy
 
 
 def row_chunks(layer: Layer, pim: PIM) -> int:
@@ -98,11 +94,16 @@ def tile_timing(layer: Layer, pim: PIM, reuse: bool = True,
     h, w = layer.in_hw
     _, ho, wo = layer.out_shape
     chunks = row_chunks(layer, pim)
+    n_lanes = lanes_for(layer, pim, lanes)
+    p = SimpleNamespace(kernel=layer.kernel, ce_in=layer.epitome.in_channels,
+                        xbar_rows=pim.xbar_rows, lanes=n_lanes,
+                        n_t=geometry.dac_slices(layer.in_bits, pim.dac_bits),
+                        g_out=layer.g_out, cout=layer.out_channels)
     return TileTiming(pixels=replica_pixels(ho * wo, *replica), in_beats=h * w,
-                      kernel=layer.kernel,
-                      n_steps=len(steps(layer.epitome, reuse)),
-                      n_t=geometry.dac_slices(layer.in_bits, pim.dac_bits),
-                      passes=geometry.ceil_div(chunks, lanes_for(layer, pim, lanes)))
+                      n_steps=len(steps(layer.epitome, reuse)), n_t=p.n_t,
+                      passes=geometry.ceil_div(chunks, n_lanes),
+                      step=tileplan.step_cycles(p), output=tileplan.output_cycles(p),
+                      blocks=tileplan.in_blocks(layer.in_channels))
 
 
 @dataclass(frozen=True)
@@ -125,54 +126,32 @@ class Schedule:
 
 
 def schedule(t: TileTiming, n_images: int) -> Schedule:
-    """Replay the tile's slot schedule for `n_images` images arriving back to back."""
+    """Replay the tile's schedule for `n_images` images arriving back to back."""
     first_in: list[int] = []
     full_at: list[int] = []  # first cycle the image's bank reads as full
     release: list[int] = []  # cycle at whose end the image's bank is released
-
-    def loaded(n: int) -> int:
-        while len(full_at) <= n:
-            m = len(full_at)
-            start = 0 if m == 0 else full_at[m - 1]  # the cycle after the previous last beat
-            if m >= 2:
-                start = max(start, release[m - 2] + 1)
-            first_in.append(start)
-            full_at.append(start + t.in_beats)
-        return full_at[n]
-
-    last_out = [0] * n_images
-    total = n_images * t.pixels  # pixel `m` of the batch is (image, pixel) divmod(m, pixels)
-    computing, gathering = None, (0, 0)
-    start = loaded(0) + 1  # the idle tile sees the full bank, then starts a gather-only slot
-    taken = 1
-    while computing or gathering:
-        end = start + max(t.compute if computing else 0, t.gather if gathering else 0) - 1
-        if computing:
-            last_out[computing[0]] = start + t.compute - 1 + OUTPUT_PIPELINE
-        if gathering and gathering[1] == t.pixels - 1:
-            release.append(end)
-        # Slot boundary: the gathered pixel is computed next; the next gather is taken if its
-        # bank already reads full, otherwise the tile goes idle until it does.
-        computing, gathering = gathering, None
-        start = end + 1
-        if taken < total:
-            avail = loaded(taken // t.pixels)
-            if avail <= end or not computing:
-                gathering = divmod(taken, t.pixels)
-                taken += 1
-                if avail > end:
-                    start = avail + 1
-    return Schedule(first_in[:n_images], last_out)
+    last_out: list[int] = []
+    moved = -1  # the cycle that moved the previous image's last pixel out
+    for n in range(n_images):
+        start = 0 if n == 0 else first_in[n - 1] + t.load
+        if n >= 2:
+            start = max(start, release[n - 2] + 1)
+        first_in.append(start)
+        full_at.append(start + t.load)
+        # waiting from the cycle after the last move, it sees the bank full, then starts
+        first_step = max(moved + 1, full_at[n]) + 1
+        moved = first_step + t.pixels * t.pixel_cycles - 1
+        release.append(moved)
+        last_out.append(moved + 1)
+    return Schedule(first_in, last_out)
 
 
 def closed_form(t: TileTiming) -> tuple[int, int]:
-    """`(latency, steady cycles per image)` when the crossbar is the bottleneck.
-
-    Latency: `H*W` input beats, one cycle to start, the first gather (`k+1`), `Ho*Wo - 1` full
-    slots, the last pixel's compute and the output pipeline. Steady state: one slot per pixel.
+    """`(latency, steady cycles per image)`: an image arriving at an idle tile takes its load,
+    one cycle to see the full bank, then `pixels * pixel_cycles`; back to back, an image that
+    is loaded while the previous one computes starts one cycle after its last move.
     Valid when loading the next image hides under computing this one; :func:`schedule` is exact
     in every case.
     """
-    latency = (t.in_beats + 1 + t.gather + (t.pixels - 1) * t.slot + t.compute - 1
-               + OUTPUT_PIPELINE)
-    return latency, t.pixels * t.slot
+    run = t.pixels * t.pixel_cycles
+    return t.load + 1 + run, run + 1

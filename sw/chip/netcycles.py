@@ -44,100 +44,68 @@ class Unit:
 
 
 class TileModel(Unit):
-    """`hw/tile.py: PIMTile` control: loader, slot controller, crossbar steps, output stages."""
+    """`hw/tile.py: PIMTile` control: the loader, the sequencer (waiting for a full bank,
+    `pixel_cycles` per pixel, the move into the output register) and the output register."""
 
     def __init__(self, t: TileTiming):
         self.t = t
-        self.l_bank = self.l_addr = 0
+        self.l_bank = self.l_pix = self.l_blk = 0
         self.full = [False, False]
-        self.s_g = self.s_x = False
-        self.g_phase = self.g_bank = self.g_pix = 0
-        self.x_step = 0
-        self.x_t = t.cycles_per_step - 1
-        self.x_done = False
-        self.d_step_end = self.d_last = False  # the DAC register
-        self.p_step_end = self.p_last = False  # the pipeline register after the column sums
-        self.r_valid = self.r_last = False
-        self.q_valid = self.o_valid = False
-        self.busy_cycles = 0  # cycles the crossbar computes (a step's DAC slice)
+        self.state = "wait"
+        self.count = 0  # cycles left before the move
+        self.g_bank = self.g_pix = 0
+        self.o_valid = False
+        self.busy_cycles = 0  # crossbar cycles of the pixels moved out so far
 
     def valid(self, port):
         return self.o_valid
 
     def ready(self, port, in_valid, out_ready):
-        return not self.full[self.l_bank]
+        return not self.full[self.l_bank] and self.l_blk == 0
 
     def step(self, in_fire, out_fire, out_ready):
         t = self.t
-        q_move = self.q_valid and (not self.o_valid or out_ready[0])
-        stall = self.q_valid and not q_move
-        ifrt_last = self.x_step == t.n_steps - 1
-        x_step_end = self.s_x and not self.x_done and self.x_t == 0
-        x_end = (not self.s_x) or self.x_done or (x_step_end and ifrt_last)
-        g_end = (not self.s_g) or self.g_phase == t.kernel
-        boundary = (self.s_x or self.s_g) and x_end and g_end and not stall
-        g_last = self.g_pix == t.pixels - 1
-        next_bank = (1 - self.g_bank) if (self.s_g and g_last) else self.g_bank
         full_old = list(self.full)
-        if self.s_x and not self.x_done and not stall:
-            self.busy_cycles += 1
-        # loader
         set_full = [False, False]
-        if in_fire[0]:
-            if self.l_addr == t.in_beats - 1:
-                set_full[self.l_bank] = True
-                self.l_addr = 0
-                self.l_bank = 1 - self.l_bank
-            else:
-                self.l_addr += 1
         release = [False, False]
-        if boundary and self.s_g and g_last:
-            release[self.g_bank] = True
-        self.full = [(full_old[b] or set_full[b]) and not release[b] for b in (0, 1)]
-        # routing and output registers (read the pre-update crossbar state)
-        r_valid_old, r_last_old = self.r_valid, self.r_last
-        if not stall:
-            self.r_valid = self.p_step_end
-            if self.p_step_end:
-                self.r_last = self.p_last
-            self.p_step_end, self.p_last = self.d_step_end, self.d_last
-            self.d_step_end, self.d_last = x_step_end, ifrt_last
+        # loader: a beat's first word in the cycle of its handshake, the others after it
+        pixel_done = False
+        if in_fire[0]:
+            if t.blocks == 1:
+                pixel_done = True
+            else:
+                self.l_blk = 1
+        elif self.l_blk:
+            if self.l_blk == t.blocks - 1:
+                pixel_done, self.l_blk = True, 0
+            else:
+                self.l_blk += 1
+        if pixel_done:
+            if self.l_pix == t.in_beats - 1:
+                set_full[self.l_bank] = True
+                self.l_pix, self.l_bank = 0, 1 - self.l_bank
+            else:
+                self.l_pix += 1
+        o_free = not self.o_valid or out_ready[0]
         if out_fire[0]:
             self.o_valid = False
-        if q_move:
+        if self.state == "wait":
+            if full_old[self.g_bank]:
+                self.state, self.count = "run", t.pixel_cycles - 1
+        elif self.state == "run":
+            self.count -= 1
+            if self.count == 0:
+                self.state = "move"
+        elif o_free:  # the move
             self.o_valid = True
-            self.q_valid = False
-        if r_valid_old and not stall and r_last_old:
-            self.q_valid = True
-        # gather and crossbar
-        if not stall:
-            if self.s_g and not g_end:
-                self.g_phase += 1
-            if x_step_end and ifrt_last:
-                self.x_done = True
-            if self.s_x and not x_end:
-                if self.x_t == 0:
-                    self.x_t = t.cycles_per_step - 1
-                    self.x_step += 1
-                else:
-                    self.x_t -= 1
-        if boundary:
-            s_g_old = self.s_g
-            self.s_x = s_g_old
-            self.g_phase = 0
-            self.x_step = 0
-            self.x_t = t.cycles_per_step - 1
-            self.x_done = False
-            self.s_g = full_old[next_bank]
-            if s_g_old:
-                if g_last:
-                    self.g_bank = 1 - self.g_bank
-                    self.g_pix = 0
-                else:
-                    self.g_pix += 1
-        elif not self.s_x and not self.s_g:
-            self.s_g = full_old[self.g_bank]
-            self.g_phase = 0
+            self.busy_cycles += t.busy
+            if self.g_pix == t.pixels - 1:
+                release[self.g_bank] = True
+                self.g_bank, self.g_pix, self.state = 1 - self.g_bank, 0, "wait"
+            else:
+                self.g_pix += 1
+                self.state, self.count = "run", t.pixel_cycles - 1
+        self.full = [(full_old[b] or set_full[b]) and not release[b] for b in (0, 1)]
 
 
 class ReplicatedTileModel(Unit):
@@ -598,7 +566,7 @@ def predict(net: Network, n_images: int, depths: dict[str, list[int]] | None = N
         if la.op in TILE_OPS:
             n = cyclemodel.replicas_for(la, replicas)
             t = tile_timing(la, net.pim, reuse, lanes, (0, n))  # (the busiest copy)
-            row.update(ideal_cycles_per_image=t.ideal, slot_cycles=t.slot,
+            row.update(ideal_cycles_per_image=t.ideal, pixel_cycles=t.pixel_cycles,
                        steps_per_pixel=t.n_steps, n_t=t.n_t, passes=t.passes, replicas=n,
                        busy_fraction=run.busy[la.name] / max(1, run.cycles),
                        utilisation=(t.ideal / steady) if steady else None)

@@ -8,7 +8,6 @@ from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
 from epim.contract.images import ProgTarget, pack, prog_fields
-from epim.hw import ostage as ostage_module
 from epim.hw.tile import PIMTile
 from epim.sw.chip import cyclemodel, examples, images, netfile, reference
 from tests.hw.streams import beats_of, decode, simulate
@@ -44,6 +43,10 @@ CASES = {
                            offsets="random",
                            pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=1, dac_bits=1,
                                     adc_bits=4)),
+    # more input channels than an input-memory word holds: 2 and 3 words per input beat
+    "wide-input": dict(cin=12, cout=5, h=4, w=5, epitome=(5, 4, 3, 2), offsets="random"),
+    "wide-1x1-stride2": dict(cin=20, cout=7, h=3, w=3, kernel=1, padding=0, epitome=None,
+                             stride=2),
     "lanes-3-epitome": dict(cin=5, cout=4, h=4, w=4, epitome=(3, 3, 2, 2), in_bits=3, _lanes=3,
                             offsets="random",
                             pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=1, dac_bits=1,
@@ -51,23 +54,17 @@ CASES = {
 }
 
 
-# the slowest cases in Amaranth's simulator (8-22 s each): in the full suite only
-SLOW_CASES = {("default", "no-tables"), ("lanes-1-linear", "no-tables"),
-              ("lanes-3-epitome", False)}
-FIXED = {False: "programmable", True: "fixed", "no-tables": "fixed-no-tables"}
+# the slowest cases in Amaranth's simulator: in the full suite only
+SLOW_CASES = {("default", True), ("lanes-1-linear", True)}
+FIXED = {False: "programmable", True: "fixed"}
 TILE_CASES = [pytest.param(name, fixed, id=f"{name}-{ident}",
                            marks=[pytest.mark.slow] if (name, fixed) in SLOW_CASES else [])
               for fixed, ident in FIXED.items() for name in CASES]
 
 
 @pytest.mark.parametrize(("name", "fixed"), TILE_CASES)
-def test_tile_matches_reference_and_cycle_model(name, fixed, rng, monkeypatch):
-    """Every datapath: programmable cells, and a network's fixed tile (constant cells, one
-    signed carry-save tree per column where no ADC can saturate, output stages from block-RAM
-    tables, or by thresholds in logic where a table would be too deep)."""
-    if fixed == "no-tables":
-        monkeypatch.setattr(ostage_module, "TABLE_DEPTH_MAX", 0)
-        fixed = True
+def test_tile_matches_reference_and_cycle_model(name, fixed, rng):
+    """Programmable memories, and a network's fixed tile (the same tile on ROMs)."""
     kw = dict(CASES[name])
     lanes = kw.pop("_lanes", None)
     if name == "default":

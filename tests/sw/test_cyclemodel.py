@@ -30,19 +30,32 @@ def test_closed_form_equals_schedule_when_compute_bound(kw):
 
 
 def test_load_bound_layer_is_limited_by_input_beats():
-    # stride 3 on a 9x9 map: 9 pixels of 4 cycles cannot hide 81 input beats
-    t = timing(h=9, w=9, stride=3, padding=0, epitome=(2, 4, 2, 4), d_c=0)
+    # a 1x1 conv of stride 8 on a 16x16 map: 4 pixels cannot hide 256 input beats
+    t = timing(h=16, w=16, kernel=1, stride=8, padding=0, epitome=None, cout=4)
+    assert t.pixels * t.pixel_cycles < t.load
     sched = cyclemodel.schedule(t, 6)
-    assert sched.steady > t.pixels * t.slot
-    assert sched.steady >= t.in_beats
+    assert sched.steady > t.pixels * t.pixel_cycles + 1
+    assert sched.steady >= t.load
 
 
-def test_default_layer_keeps_the_crossbar_busy():
+def test_wide_inputs_take_one_cycle_per_input_word():
+    """An input beat of more channels than an input-memory word holds is written in several
+    cycles: the loader's time per image is `in_beats * blocks`."""
+    t = timing(cin=20, cout=4, h=4, w=4, kernel=1, padding=0, epitome=None)
+    assert t.blocks == 3 and t.load == 48
+    assert cyclemodel.schedule(t, 1).latency[0] == cyclemodel.closed_form(t)[0]
+
+
+def test_default_layer_cycles_per_pixel():
+    """The default layer (2 steps of one pass, 4 DAC slices): per step 1 + (4 + 1) + 4 + (2 +
+    1) cycles, then 16 + 2 for the output stage and 1 to move: 45 cycles a pixel, of which the
+    crossbar computes 8."""
     net = netfile.parse(examples.default_layer_net())
     t = cyclemodel.tile_timing(net.layers[0], net.pim)
-    assert (t.kernel, t.n_steps, t.n_t) == (3, 2, 4)
+    assert (t.n_steps, t.n_t, t.passes, t.step, t.output) == (2, 4, 1, 13, 18)
+    assert t.pixel_cycles == 45 and t.busy == 8
     sched = cyclemodel.schedule(t, 4)
-    assert t.ideal / sched.steady >= 0.9
+    assert sched.steady == t.pixels * 45 + 1
 
 
 def test_reuse_off_costs_steps():
@@ -50,7 +63,9 @@ def test_reuse_off_costs_steps():
     on = cyclemodel.tile_timing(net.layers[0], net.pim, reuse=True)
     off = cyclemodel.tile_timing(net.layers[0], net.pim, reuse=False)
     assert (on.n_steps, off.n_steps) == (2, 4)
-    assert cyclemodel.closed_form(off)[1] == 2 * cyclemodel.closed_form(on)[1]
+    # each step costs the same; the output stage is paid once per pixel
+    assert (cyclemodel.closed_form(off)[1] - cyclemodel.closed_form(on)[1]
+            == on.pixels * 2 * on.step)
 
 
 @pytest.mark.slow  # over 5 s
