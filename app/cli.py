@@ -468,9 +468,9 @@ def cmd_train(args) -> int:
 
 DATA_PATH_HELP = ("cifar10: its files (the python-batch folder cifar-10-batches-py, its parent, or "
                   "a JPEG .npz); default $EPIM_CIFAR10, ./data, the cache folder")
-LANES_HELP = ("row chunks each tile computes at once (default: all); fewer lanes mean fewer "
-              "adder trees and ADCs and ceil(chunks / lanes) cycles per DAC slice; 'balanced': "
-              "per tile the fewest that keep the network's throughput (what the FPGA build uses)")
+LANES_HELP = ("row chunks each tile computes in a cycle (default 1: one crossbar's rows); more "
+              "lanes mean more adder trees and ADCs and ceil(chunks / lanes) passes per step; "
+              "'balanced': per tile the fewest that keep the throughput of every chunk at once")
 
 
 class Parser(argparse.ArgumentParser):

@@ -12,8 +12,9 @@ import argparse
 from pathlib import Path
 
 from ..contract import files as owned
+from ..contract.ops import TILE_OPS
 from ..hw import bitstream, protocol
-from ..sw.chip import images, netcycles, netfile
+from ..sw.chip import cyclemodel, images, netcycles, netfile
 
 # relative to the repository's root, where nox runs
 DEFAULT_NETS = {
@@ -74,7 +75,8 @@ def fit_lanes(net, lanes: str | int) -> dict | int | None:
     if lanes == "balanced":
         return netcycles.balanced_lanes(net)
     if lanes == "all":
-        return None
+        return {la.name: cyclemodel.row_chunks(la, net.pim) for la in net.layers
+                if la.op in TILE_OPS}
     return int(lanes)
 
 

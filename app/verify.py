@@ -101,8 +101,9 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     `fixed` builds weight-baked tiles (memories initialised with the images) instead. The
     report compares outputs with the integer reference and the cycles of every handshake with
     the network cycle model (`epim.sw.chip.netcycles`), which replays the testbench's random
-    gaps and back-pressure too when `stalls` is set. `faults` (a fault map, `epim.sw.chip.faults`) writes stuck cells into the
-    crossbar images and checks against the reference on the same faulty chip."""
+    gaps and back-pressure too when `stalls` is set. `faults` (a fault map,
+    `epim.sw.chip.faults`) writes stuck cells into the crossbar images and checks against the
+    reference on the same faulty chip."""
     from ..sw.chip import netcycles
 
     if program and fixed:

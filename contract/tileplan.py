@@ -30,6 +30,23 @@ def in_blocks(cin: int) -> int:
     return geometry.ceil_div(cin, in_word(cin))
 
 
+def col_blocks(p) -> int:
+    """Column blocks of the epitome's `Ce_out * n_s` physical columns: the crossbars side by
+    side (contract section 3), computed one after another, `xbar_cols` columns a cycle."""
+    return geometry.column_blocks(p.ce_out, p.n_slices, p.xbar_cols)
+
+
+def block_cols(p) -> int:
+    """Physical columns computed in a cycle: `xbar_cols`, or fewer when the epitome has
+    fewer."""
+    return min(p.xbar_cols, p.ce_out * p.n_slices)
+
+
+def column_place(p, e: int, q: int) -> tuple[int, int]:
+    """`(block, slot)` of epitome column `e`'s cell slice `q`: physical column `e*n_s + q`."""
+    return divmod(e * p.n_slices + q, block_cols(p))
+
+
 def pass_rows(p) -> int:
     """Crossbar rows computed in one pass: `lanes` row chunks of `xbar_rows`."""
     return p.lanes * p.xbar_rows
@@ -68,12 +85,13 @@ def row_source(p, q: int, r: int) -> int | None:
     return (count - 1 - (i - first)) * k2 + pos
 
 
-def step_cycles(p, passes_fill: list[tuple[int, int]] | None = None) -> int:
+def step_cycles(p) -> int:
     """Cycles of one IFRT step: one to read the step's tables, then per pass its fill
-    (`count + 1`: one channel a cycle and the read latency) and its `n_t` DAC slices, then the
-    OFAT accumulation (`g_out + 1`: one output group a cycle and the read latency)."""
-    plan = passes_fill if passes_fill is not None else fill_plan(p)
-    return 1 + sum(count + 1 + p.n_t for _, count in plan) + p.g_out + 1
+    (`count + 1`: one channel a cycle and the read latency) and, per column block, its `n_t`
+    DAC slices, then the OFAT accumulation (`g_out + 1`: one output group a cycle and the read
+    latency)."""
+    return (1 + sum(count + 1 + col_blocks(p) * p.n_t for _, count in fill_plan(p))
+            + p.g_out + 1)
 
 
 def output_cycles(p) -> int:

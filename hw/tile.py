@@ -200,8 +200,8 @@ class PIMTile(wiring.Component):
                      ofat.addr.eq(ifrt.data[fr["gi"][0]:])]
         m.d.comb += [port.addr.eq(s.x_p) for port in cells if port is not None]
         f_sr = fill(m, cfg, ld.ifm, ifat, s, base_bits(cfg))
-        x_v = column_values(m, cfg, row_slices(m, cfg, f_sr, s.x_p, s.x_t), cells)
-        x_col = accumulate_passes(m, cfg, x_v, s.x_valid, s.x_t, s.x_p)
+        x_v = column_values(m, cfg, row_slices(m, cfg, f_sr, s.x_p, s.x_t), cells, s.x_b)
+        x_col = accumulate_passes(m, cfg, x_v, s.x_valid, s.x_t, s.x_p, s.x_b)
         acc = accumulate(m, cfg, x_col, ofat, mask, s.a_issue, s.c, s.clear)
         q_sr = output_stage(m, cfg, acc.rp, acc.live, ostage_port, s.q_issue, s.q_go, s.q_j)
         m.d.comb += [ostage_port.addr.eq(s.c), acc.rp.addr.eq(Mux(s.q_issue, s.q_go, s.c))]
@@ -227,6 +227,7 @@ class PIMTile(wiring.Component):
         s = SimpleNamespace(
             x_step=Signal(range(cfg.max_steps)), x_p=Signal(range(max(2, cfg.passes))),
             x_t=Signal(range(cfg.n_t), init=cfg.n_t - 1),
+            x_b=Signal(range(max(2, tileplan.col_blocks(cfg)))),
             f_i=Signal(range(tileplan.fill_depth(cfg) + 1)),
             c=Signal(range(max(cfg.g_out, cfg.cout) + 2)),
             q_go=Signal(range(cfg.g_out)), q_j=Signal(range(cfg.patch_out)),
@@ -284,12 +285,14 @@ class PIMTile(wiring.Component):
                     m.d.comb += s.f_issue.eq(1)
                     m.d.sync += s.f_i.eq(s.f_i + 1)
                 with m.Else():
-                    m.d.sync += s.x_t.eq(cfg.n_t - 1)
+                    m.d.sync += [s.x_t.eq(cfg.n_t - 1), s.x_b.eq(0)]
                     m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 m.d.comb += s.x_valid.eq(1)
                 with m.If(s.x_t != 0):
                     m.d.sync += s.x_t.eq(s.x_t - 1)
+                with m.Elif(s.x_b != tileplan.col_blocks(cfg) - 1):
+                    m.d.sync += [s.x_t.eq(cfg.n_t - 1), s.x_b.eq(s.x_b + 1)]
                 with m.Elif(s.x_p != cfg.passes - 1):
                     m.d.sync += [s.x_p.eq(s.x_p + 1), s.f_i.eq(0)]
                     m.next = "FILL"

@@ -36,6 +36,7 @@ class TileTiming:
     step: int = 0  # cycles of one IFRT step (`tileplan.step_cycles`)
     output: int = 0  # cycles of a pixel's output stage (`tileplan.output_cycles`)
     blocks: int = 1  # input-memory words per input beat (`tileplan.in_blocks`)
+    blocks_x: int = 1  # column blocks of the crossbar, one after another (`tileplan.col_blocks`)
 
     @property
     def pixel_cycles(self) -> int:
@@ -49,12 +50,13 @@ class TileTiming:
 
     @property
     def busy(self) -> int:
-        """Crossbar cycles per pixel: `steps * passes * n_t` (a DAC slice of a pass each)."""
-        return self.n_steps * self.passes * self.n_t
+        """Crossbar cycles per pixel: `steps * passes * column blocks * n_t` (a DAC slice of a
+        column block of a pass each)."""
+        return self.n_steps * self.passes * self.blocks_x * self.n_t
 
     @property
     def ideal(self) -> int:
-        """Crossbar-busy cycles per image: `pixels * steps * passes * n_t`."""
+        """Crossbar-busy cycles per image: `pixels * busy`."""
         return self.pixels * self.busy
 
 
@@ -65,12 +67,13 @@ def row_chunks(layer: Layer, pim: PIM) -> int:
 
 
 def lanes_for(layer: Layer, pim: PIM, lanes: int | dict | None) -> int:
-    """Chunk lanes of a tile: `lanes` (an int for every tile, or a dict by layer name) capped
-    at the layer's row chunks; None or 0 (or a missing name) computes every chunk at once."""
+    """Chunk lanes of a tile (row chunks computed in one cycle): `lanes` (an int for every
+    tile, or a dict by layer name) capped at the layer's row chunks; None or 0 (or a missing
+    name) gives one lane, one crossbar's rows a cycle."""
     if isinstance(lanes, dict):
         lanes = lanes.get(layer.name)
     chunks = row_chunks(layer, pim)
-    return min(lanes, chunks) if lanes else chunks
+    return min(lanes, chunks) if lanes else 1
 
 
 def replicas_for(layer: Layer, replicas: int | dict | None) -> int:
@@ -96,12 +99,14 @@ def tile_timing(layer: Layer, pim: PIM, reuse: bool = True,
     chunks = row_chunks(layer, pim)
     n_lanes = lanes_for(layer, pim, lanes)
     p = SimpleNamespace(kernel=layer.kernel, ce_in=layer.epitome.in_channels,
-                        xbar_rows=pim.xbar_rows, lanes=n_lanes,
+                        ce_out=layer.epitome.out_channels,
+                        n_slices=geometry.cell_slices(layer.weight_bits, pim.cell_bits),
+                        xbar_rows=pim.xbar_rows, xbar_cols=pim.xbar_cols, lanes=n_lanes,
                         n_t=geometry.dac_slices(layer.in_bits, pim.dac_bits),
                         g_out=layer.g_out, cout=layer.out_channels)
     return TileTiming(pixels=replica_pixels(ho * wo, *replica), in_beats=h * w,
                       n_steps=len(steps(layer.epitome, reuse)), n_t=p.n_t,
-                      passes=geometry.ceil_div(chunks, n_lanes),
+                      passes=geometry.ceil_div(chunks, n_lanes), blocks_x=tileplan.col_blocks(p),
                       step=tileplan.step_cycles(p), output=tileplan.output_cycles(p),
                       blocks=tileplan.in_blocks(layer.in_channels))
 

@@ -104,7 +104,7 @@ def compile_layer(net: Network, layer: Layer, reuse: bool = True,
                   max_steps: int | None = None, lanes: int | dict | None = None,
                   faults=None) -> LayerImage:
     """Memory images of one conv/linear layer (spec sections 3-5). `lanes`: row chunks the tile
-    computes at once (`epim.sw.chip.cyclemodel.lanes_for`; default all). `faults`: the layer's
+    computes in a cycle (`epim.sw.chip.cyclemodel.lanes_for`; default 1). `faults`: the layer's
     stuck cells (`epim.sw.chip.faults`, physical coordinates), written into the crossbar image as
     the levels they are stuck at, to run a faulty chip on the unchanged hardware."""
     epi = layer.epitome

@@ -576,25 +576,24 @@ def predict(net: Network, n_images: int, depths: dict[str, list[int]] | None = N
 
 def balanced_lanes(net: Network, reuse: bool = True) -> dict[str, int]:
     """Per tile, the fewest chunk lanes that keep its cycles per image (fed alone, back to
-    back) within the slowest tile's with every lane: the throughput stays, and tiles with
-    time to spare compute their row chunks in turns on fewer adder trees (an FPGA build's
-    area)."""
+    back) within the slowest tile's with every lane: the network's throughput with every row
+    chunk computed at once, on the fewest adder trees and ADCs."""
     def alone(layer, lanes):
         return cyclemodel.schedule(cyclemodel.tile_timing(layer, net.pim, reuse, lanes),
                                    8).steady
 
     tiles = [la for la in net.layers if la.op in TILE_OPS]
-    bound = max(alone(la, None) for la in tiles)
+    every = {la.name: cyclemodel.row_chunks(la, net.pim) for la in tiles}
+    bound = max(alone(la, every) for la in tiles)
     out = {}
     for la in tiles:
-        chunks = cyclemodel.row_chunks(la, net.pim)
-        out[la.name] = next(n for n in range(1, chunks + 1)
+        out[la.name] = next(n for n in range(1, every[la.name] + 1)
                             if alone(la, {la.name: n}) <= bound)
     # tiles near the bound can still slow the chain a little: give the busiest tile that lost
-    # lanes one back until the network's steady rate is the full-lane one
-    target = predict(net, 6, reuse=reuse).steady
+    # lanes one back until the network's steady rate is the every-lane one
+    target = predict(net, 6, reuse=reuse, lanes=every).steady
     while predict(net, 6, reuse=reuse, lanes=out).steady > target:
-        cut = [la for la in tiles if out[la.name] < cyclemodel.row_chunks(la, net.pim)]
+        cut = [la for la in tiles if out[la.name] < every[la.name]]
         worst = max(cut, key=lambda la: alone(la, out))
         out[worst.name] += 1
     return out

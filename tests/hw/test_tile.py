@@ -47,6 +47,11 @@ CASES = {
     "wide-input": dict(cin=12, cout=5, h=4, w=5, epitome=(5, 4, 3, 2), offsets="random"),
     "wide-1x1-stride2": dict(cin=20, cout=7, h=3, w=3, kernel=1, padding=0, epitome=None,
                              stride=2),
+    # 15 physical columns in 5 blocks of 3, two lanes of 8 rows, lossy 2-bit ADCs
+    "column-blocks": dict(cin=4, cout=6, h=4, w=4, epitome=(3, 5, 2, 3), in_bits=3, _lanes=2,
+                          offsets="random",
+                          pim=dict(xbar_rows=8, xbar_cols=3, cell_bits=1, dac_bits=1,
+                                   adc_bits=2)),
     "lanes-3-epitome": dict(cin=5, cout=4, h=4, w=4, epitome=(3, 3, 2, 2), in_bits=3, _lanes=3,
                             offsets="random",
                             pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=1, dac_bits=1,
