@@ -188,10 +188,14 @@ class PIMTile(wiring.Component):
             name = target.name.lower()
             prog_we[name] = Signal(name=f"prog_we_{name}")
             m.d.comb += prog_we[name].eq(prog_fire & (self.prog.payload.mem == target))
-        ifrt, ifat, ofat, ostage_port = (self._table(m, name, prog_we).read_port()
+        # each unit its own module (the Verilog's hierarchy: resources by unit, docs/tile.md)
+        u = {name: Module() for name in ("loader", "ifrt", "ifat", "crossbar", "ofat", "ostage")}
+        for name, unit in u.items():
+            m.submodules[name] = unit
+        ifrt, ifat, ofat, ostage_port = (self._table(u[name], name, prog_we).read_port()
                                          for name in ("ifrt", "ifat", "ofat", "ostage"))
-        cells = self._cells(m, prog_we)
-        ld = load_input(m, cfg, self.i)
+        cells = self._cells(u["crossbar"], prog_we)
+        ld = load_input(u["loader"], cfg, self.i)
         s = self._state(m)
         fr = offsets(ifrt_fields(cfg))
         s.ifrt_last = ifrt.data[fr["last"][0]] | (s.x_step == cfg.max_steps - 1)
@@ -199,11 +203,13 @@ class PIMTile(wiring.Component):
         m.d.comb += [ifrt.addr.eq(s.x_step), ifat.addr.eq(s.x_step),
                      ofat.addr.eq(ifrt.data[fr["gi"][0]:])]
         m.d.comb += [port.addr.eq(s.x_p) for port in cells if port is not None]
-        f_sr = fill(m, cfg, ld.ifm, ifat, s, base_bits(cfg))
-        x_v = column_values(m, cfg, row_slices(m, cfg, f_sr, s.x_p, s.x_t), cells, s.x_b)
-        x_col = accumulate_passes(m, cfg, x_v, s.x_valid, s.x_t, s.x_p, s.x_b)
-        acc = accumulate(m, cfg, x_col, ofat, mask, s.a_issue, s.c, s.clear)
-        q_sr = output_stage(m, cfg, acc.rp, acc.live, ostage_port, s.q_issue, s.q_go, s.q_j)
+        f_sr = fill(u["ifat"], cfg, ld.ifm, ifat, s, base_bits(cfg))
+        xb = u["crossbar"]
+        x_v = column_values(xb, cfg, row_slices(xb, cfg, f_sr, s.x_p, s.x_t), cells, s.x_b)
+        x_col = accumulate_passes(xb, cfg, x_v, s.x_valid, s.x_t, s.x_p, s.x_b)
+        acc = accumulate(u["ofat"], cfg, x_col, ofat, mask, s.a_issue, s.c, s.clear)
+        q_sr = output_stage(u["ostage"], cfg, acc.rp, acc.live, ostage_port, s.q_issue,
+                            s.q_go, s.q_j)
         m.d.comb += [ostage_port.addr.eq(s.c), acc.rp.addr.eq(Mux(s.q_issue, s.q_go, s.c))]
         # the output register
         o_valid = Signal()
