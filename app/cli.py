@@ -701,10 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --tile: zeroed memories in the Verilog, to program through the "
                         "port")
     g.add_argument("--fixed", action="store_true",
-                   help="weight-baked tiles (constant cells, ROM tables): smaller and faster "
-                        "on an FPGA, but one module per layer and no programming port (default: "
-                        "programmable tiles, one module per distinct tile shape, loading the "
-                        "images at start-up)")
+                   help="weight-baked tiles (every memory a ROM holding its images), as the "
+                        "FPGA build uses them: one module per layer and no programming port "
+                        "(default: programmable tiles, one module per distinct tile shape, "
+                        "blank until programmed through the port)")
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("cosim", help="run the accelerator's Verilog on Verilator and check "

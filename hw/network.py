@@ -90,16 +90,15 @@ def shape_module(cfg: TileParams, walk_port: bool = False) -> str:
 class NetworkAccelerator(wiring.Component):
     """The accelerator of one network.
 
-    Programmable tiles by default: crossbar cells and tables in memories, loaded from the
-    image files at start-up (`$readmemh`, see `epim.hw.generate`) or written through the
-    network's programming port. `fixed=True` gives weight-baked tiles (constant cells, ROM
-    tables, threshold output stages), smaller and faster on an FPGA, and no port.
+    Programmable tiles by default: crossbar cells and tables in memories, blank in the shared
+    modules of `shared=True` (the testbench writes them through the network's programming
+    port), else initialised from the images. `fixed=True` gives weight-baked tiles (every
+    memory a ROM holding its images) and no port.
 
     With `shared=True` tiles of equal shape are instances of one module
     (:attr:`shared_modules`), emitted once, so the Verilog grows with the number of distinct
     layer shapes, and so does the Verilator build: no instance has a parameter of its own
-    (Verilator compiles a module once per distinct parameter value), and the image loader of
-    the top module reads each instance's folder into it (:attr:`image_loads`). The copies of a
+    (Verilator compiles a module once per distinct parameter value). The copies of a
     replicated layer share one module too. Otherwise each tile is elaborated in
     place (Amaranth's simulator needs that).
 
@@ -138,8 +137,7 @@ class NetworkAccelerator(wiring.Component):
                 if shared:
                     module = (f"epim_{name}_copy" if fixed else
                               shape_module(replace(cfg, pix_first=0, pix_step=n), True))
-                tile = ReplicatedTile(cfg, img.words, n, fixed=fixed, module=module,
-                                      images=None if fixed else self._folders[name])
+                tile = ReplicatedTile(cfg, img.words, n, fixed=fixed, module=module)
                 if tile.shared:
                     self._modules.setdefault(*tile.shared)
             elif shared and not fixed:
@@ -183,22 +181,6 @@ class NetworkAccelerator(wiring.Component):
         """Tiles that instances name by module (`shared=True`): the Verilog generator emits
         each once beside the accelerator (a programmable one with its image loader)."""
         return dict(self._modules)
-
-    @property
-    def image_loads(self) -> list[tuple[str, str, str]]:
-        """`(instance path, image folder, module)` of every instance of a shared programmable
-        module: the path below the accelerator's top (`<layer>_tile`, or
-        `<layer>_tile.copy<r>` for a copy of a replicated layer), the folder relative to the
-        network's (`tiles/<layer>`). The Verilog generator's image loader reads each folder's
-        hex files into that instance's memories (`epim.hw.generate.network_loader`)."""
-        out = []
-        for name, tile in self._tiles.items():
-            if isinstance(tile, tuple):
-                out.append((f"{name}_tile", self._folders[name], tile[0]))
-            elif isinstance(tile, ReplicatedTile):
-                out += [(f"{name}_tile.{inst}", folder, module)
-                        for inst, folder, module in tile.image_loads]
-        return out
 
     def _tile_unit(self, m: Module, name: str):
         """The tile of layer `name` as a submodule: `(unit, input, output, prog)`, `prog`

@@ -48,10 +48,6 @@ class ReplicatedTile(wiring.Component):
         Copies, at least 2 and at most the layer's output pixels per image.
     fixed : bool
         Fixed tiles (`PIMTile`).
-    images : str or None
-        A programmable tile's image folder, relative to the network's, which the network's
-        image loader reads into every copy that instantiates a shared module
-        (:attr:`image_loads`).
     module : str or None
         With a name, the copies are instances of one Verilog module of that name, a tile whose
         pixel walk comes from its `walk` port (:attr:`shared`, which the Verilog generator
@@ -71,8 +67,7 @@ class ReplicatedTile(wiring.Component):
     """
 
     def __new__(cls, cfg: TileParams, init: dict[str, list[int]], replicas: int,
-                fixed: bool = True, module: str | None = None, images: str | None = None,
-                **kwargs):
+                fixed: bool = True, module: str | None = None, **kwargs):
         # (refused before the object exists: an elaboratable that was made is one to use)
         pixels = cfg.ho * cfg.wo
         if isinstance(replicas, bool) or not isinstance(replicas, int) \
@@ -82,13 +77,13 @@ class ReplicatedTile(wiring.Component):
         return super().__new__(cls, **kwargs)
 
     def __init__(self, cfg: TileParams, init: dict[str, list[int]], replicas: int,
-                 fixed: bool = True, module: str | None = None, images: str | None = None):
+                 fixed: bool = True, module: str | None = None):
         self._cfg, self._replicas, self._module = cfg, replicas, module
-        self._fixed, self._images = fixed, images
+        self._fixed = fixed
         walks = [replace(cfg, pix_first=r, pix_step=replicas) for r in range(replicas)]
         self._walks = walks
         if module:
-            # (a shared programmable module starts blank: each instance loads its images)
+            # (a shared programmable module starts blank: the programming port writes it)
             words = init if fixed else {k: [0] * len(v) for k, v in init.items()}
             self._shared = PIMTile(replace(walks[0], name="tile") if not fixed else walks[0],
                                    words, fixed, walk_port=True)
@@ -105,14 +100,6 @@ class ReplicatedTile(wiring.Component):
     def copies(self) -> list[PIMTile]:
         """The elaborated copies (none when they are instances of :attr:`shared`)."""
         return list(self._copies)
-
-    @property
-    def image_loads(self) -> list[tuple[str, str, str]]:
-        """`(instance, image folder, module)` of each copy that loads images (instances of a
-        shared programmable module): what the network's image loader reads into each."""
-        if not self._module or self._fixed:
-            return []
-        return [(f"copy{r}", self._images or "", self._module) for r in range(self._replicas)]
 
     @property
     def shared(self) -> tuple[str, PIMTile] | None:
