@@ -8,7 +8,7 @@ table such as :func:`resnet50`):
   block);
 - **latency**: the tile's cycles per image alone (latency of one image, and steady-state cycles
   per image when images stream), from the RTL's own cycle model (`epim.sw.chip.cyclemodel`, the
-  replay of the tile's slot schedule), so the estimate and the hardware cannot drift apart; in
+  replay of the tile's schedule), so the estimate and the hardware cannot drift apart; in
   ns at the digital clock;
 - **energy** per image, split into DAC, cell array, ADC, shift-and-add, buffers and tables.
 
@@ -127,7 +127,7 @@ class LayerCost:
 
 @lru_cache(maxsize=4096)
 def tile_cycles(t: TileTiming) -> tuple[int, float]:
-    """(latency, steady cycles per image) of a tile alone, from the slot schedule."""
+    """(latency, steady cycles per image) of a tile alone, from the tile schedule."""
     s = schedule(t, 3)
     return s.latency[0], (s.last_out[2] - s.last_out[0]) / 2
 

@@ -46,7 +46,7 @@ def crossbars(net: Network, replicas: dict[str, int] | None = None) -> int:
 def alone_cycles(layer: Layer, net: Network, copies: int, reuse: bool = True,
                  lanes: int | dict | None = None) -> float:
     """Steady cycles per image of a layer's tile with `copies` copies, fed back to back: the
-    busiest copy's slot schedule, and at least one cycle per output beat for the merge."""
+    busiest copy's schedule, and at least one cycle per output beat for the merge."""
     t = tile_timing(layer, net.pim, reuse, lanes, (0, copies))
     steady = schedule(t, 8).steady
     _, ho, wo = layer.out_shape
