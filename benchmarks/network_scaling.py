@@ -47,10 +47,13 @@ def _record(path: Path, row: dict) -> None:
 def run_mode(net_path: str, x: np.ndarray, mode: str, root: Path, progress: Path) -> dict:
     """Run one mode in this process, writing the figures to `progress` after every phase."""
     from epim.app import generate, verify
+    from epim.contract import files as owned
     from epim.sim import buildcache
     from epim.sw.chip import netfile
 
     net = netfile.load(net_path)
+    # the cosim's build folder, EPIM's own (its stamp), beside the progress file
+    root = owned.claim_folder(root / "work", "cosim")
     fixed = mode == "fixed"
     row: dict = {"mode": mode, "images": int(x.shape[0]), "finished": []}
     row["started_generate"] = time.time()

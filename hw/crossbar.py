@@ -13,7 +13,7 @@ slices of that block, shifted by the slice, into the step's column values `x_col
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 
 from ..contract import geometry, tileplan
 from ..contract.images import xbar_field
@@ -29,27 +29,35 @@ def column_values(m: Module, cfg: TileParams, slices: list, cells: list, x_b) ->
     n_rows, n_cols = tileplan.pass_rows(cfg), tileplan.block_cols(cfg)
     n_blocks, total = tileplan.col_blocks(cfg), cfg.ce_out * cfg.n_slices
     width = (cfg.lanes * adc_max).bit_length() + 1
+    # per row, the cells of the cycle's block in one word (polarity, then slot): one
+    # multiplexer per row on `x_b`, rather than one per row, column and polarity
+    def field(r, pol, b, c):
+        j = b * n_cols + c
+        return cells[r].data[xbar_field(cfg, pol, *divmod(j, cfg.n_slices)):][:cb] \
+            if j < total else Const(0, cb)
+
+    block = {}
+    for r, port in enumerate(cells):
+        if port is None:
+            continue
+        words = [Cat(*[field(r, pol, b, c) for pol in range(2) for c in range(n_cols)])
+                 for b in range(n_blocks)]
+        w = Signal(2 * n_cols * cb, name=f"x_cells_{r}")
+        m.d.comb += w.eq(words[0] if n_blocks == 1 else Array(words)[x_b])
+        block[r] = w
     x_v = []
     for c in range(n_cols):
-        # the cell field of physical column `b * n_cols + c` in each block (None: none)
-        places = [divmod(b * n_cols + c, cfg.n_slices) if b * n_cols + c < total else None
-                  for b in range(n_blocks)]
         terms = []
         for j in range(cfg.lanes):
             rows = [r for r in range(j * cfg.xbar_rows, (j + 1) * cfg.xbar_rows)
-                    if r < n_rows and cells[r] is not None]
+                    if r < n_rows and r in block]
             if not rows:
                 continue
             s_bits = (len(rows) * geometry.dac_max(dac) * (2**cb - 1)).bit_length() or 1
             adc = []
             for pol in range(2):
-                prods = []
-                for r in rows:
-                    fields = [cells[r].data[xbar_field(cfg, pol, *pl):][:cb] if pl else 0
-                              for pl in places]
-                    cell = fields[0] if n_blocks == 1 else Array(fields)[x_b]
-                    prods.append(slices[r] * cell)
-                s = tree_sum(prods, s_bits)
+                at = (pol * n_cols + c) * cb
+                s = tree_sum([slices[r] * block[r][at:at + cb] for r in rows], s_bits)
                 a = Signal(min(s_bits, cfg.adc_bits), name=f"x_adc_{j}_{pol}_{c}")
                 m.d.comb += a.eq(Mux(s > adc_max, adc_max, s))
                 adc.append(a)

@@ -19,15 +19,21 @@ from ..contract.images import ubits
 from ..contract.params import TileParams
 
 
-def rotate(values: list, amount, n: int) -> list:
+def rotate(m: Module, values: list, amount, n: int) -> list:
     """`values` (length `n`) rotated down by `amount` (`out[i] = values[(i + amount) % n]`),
-    for `amount < n`, in `ubits(n)` stages of two-way multiplexers."""
+    for `amount < n`, in `ubits(n)` stages of two-way multiplexers, each stage a row of
+    signals (as one expression, every stage would copy the one before it twice)."""
     out = list(values)
     for s in range(len(amount)):
         a = 1 << s
         if a >= n:
             break
-        out = [Mux(amount[s], out[(i + a) % n], out[i]) for i in range(n)]
+        nxt = []
+        for i in range(n):
+            sig = Signal.like(values[i], name=f"a_rot{s}_{i}")
+            m.d.comb += sig.eq(Mux(amount[s], out[(i + a) % n], out[i]))
+            nxt.append(sig)
+        out = nxt
     return out
 
 
@@ -47,7 +53,7 @@ def accumulate(m: Module, cfg: TileParams, x_col: list, ofat, mask, issue, go,
     with m.If(issue):
         m.d.sync += a_go.eq(go)
     base = ofat.data.word_select(a_go, ubits(cfg.ce_out))
-    rotated = rotate(x_col, base, cfg.ce_out)
+    rotated = rotate(m, x_col, base, cfg.ce_out)
     old = Signal(cfg.patch_out * cfg.acc_bits)
     m.d.comb += old.eq(Mux(live.bit_select(a_go, 1), rp.data, 0))
     new = Cat(*[(old.word_select(j, cfg.acc_bits).as_signed() + rotated[j])[:cfg.acc_bits]

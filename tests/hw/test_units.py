@@ -56,7 +56,7 @@ def test_rotate_takes_each_column_from_its_wrapped_place(values, data):
     ins = [Signal(signed(10), name=f"v{i}") for i in range(n)]
     a = Signal(ubits(n))
     outs = [Signal(signed(10), name=f"o{i}") for i in range(n)]
-    m.d.comb += [o.eq(r) for o, r in zip(outs, rotate(ins, a, n), strict=True)]
+    m.d.comb += [o.eq(r) for o, r in zip(outs, rotate(m, ins, a, n), strict=True)]
 
     async def bench(ctx):
         for sig, v in zip(ins, values, strict=True):
