@@ -1,6 +1,6 @@
 """The memory tile's static plan: how input words, crossbar rows and passes line up.
 
-The memory tile (`epim.hw.mtile`, `docs/tile.md`) computes one pass of `lanes` row chunks at a
+The tile (`epim.hw.tile`, `docs/tile.md`) computes one pass of `lanes` row chunks at a
 time. Before a pass it *fills* the pass's row registers one epitome input channel per cycle:
 the IFAT names the input channel, which addresses the input memory, and the `k*k` window
 positions of that channel arrive at once (one read port per position). These rules fix the
@@ -99,7 +99,8 @@ def output_cycles(p) -> int:
     return p.cout + 2
 
 
-def pixel_cycles(p, n_steps: int) -> int:
-    """Cycles from a pixel's first step to its output register's load (`n_steps` IFRT steps,
-    the output stage and the cycle that moves the result to the output register)."""
-    return n_steps * step_cycles(p) + output_cycles(p) + 1
+def pixel_cycles(n_steps: int, step: int, output: int) -> int:
+    """Cycles from a pixel's first step to its output register's load: `n_steps` IFRT steps
+    of `step` cycles (`step_cycles`), the output stage (`output_cycles`) and the cycle that
+    moves the result to the output register."""
+    return n_steps * step + output + 1

@@ -126,7 +126,6 @@ class NetworkAccelerator(wiring.Component):
         self._units = loaded["units"]
         tile_units = [u for u in self._units if isinstance(u, TileUnit)]
         self._tile_index = {u.name: k for k, u in enumerate(tile_units)}
-        self._folders = {u.name: u.folder for u in tile_units}
         replicas = {u.name: u.replicas for u in tile_units}
         # a layer with `replicas` > 1 gets that many copies of its tile (`ReplicatedTile`)
         self._tiles, self._modules = {}, {}

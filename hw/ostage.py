@@ -4,7 +4,7 @@ output channel a cycle, two pipeline stages deep."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 
 from ..contract.images import BIAS_BITS, MULT_BITS, ostage_fields, unpack
 from ..contract.params import TileParams
@@ -60,8 +60,7 @@ def output_stage(m: Module, cfg: TileParams, acc_rp, live, ostage, issue, go, j)
     m.d.sync += [q2_valid.eq(q1_valid), q2_prod.eq((acc + bias) * mult), q2_shift.eq(shift)]
     lo, hi = output_range(cfg)
     y = Signal(signed(len(q2_prod) + 2))
-    # rounded_shift: ((prod << 1) + (1 << shift)) >> (shift + 1)
-    m.d.comb += y.eq(((q2_prod << 1) + (Const(1, 64) << q2_shift)) >> (q2_shift + 1))
+    m.d.comb += y.eq(rounded_shift(q2_prod, q2_shift))
     q_y = Mux(y < lo, lo, Mux(y > hi, hi, y))[:ob]
     q_sr = Signal(ob * cfg.cout)
     with m.If(q2_valid):

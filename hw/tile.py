@@ -132,13 +132,11 @@ class PIMTile(wiring.Component):
         return {k: list(v) for k, v in self._init.items()}
 
     # --- memories ------------------------------------------------------------------------------
-    def _table(self, m, name, prog_we, depth=None, init=None):
+    def _table(self, m, name, prog_we):
         """A memory of the tile's images, written by the programming port unless fixed."""
         cfg = self._cfg
-        width = cfg.widths[name]
-        depth = cfg.depths[name] if depth is None else depth
-        mem = Memory(shape=unsigned(width), depth=depth,
-                     init=self._init[name] if init is None else init)
+        width, depth = cfg.widths[name], cfg.depths[name]
+        mem = Memory(shape=unsigned(width), depth=depth, init=self._init[name])
         m.submodules[f"{name}_table"] = mem
         if not self._fixed:
             wp = mem.write_port()

@@ -40,8 +40,8 @@ class TileTiming:
 
     @property
     def pixel_cycles(self) -> int:
-        """Cycles from a pixel's first step to the move of its result (`tileplan.pixel_cycles`)."""
-        return self.n_steps * self.step + self.output + 1
+        """Cycles from a pixel's first step to the move of its result."""
+        return tileplan.pixel_cycles(self.n_steps, self.step, self.output)
 
     @property
     def load(self) -> int:
