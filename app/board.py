@@ -28,6 +28,22 @@ def to_array(answers: list[list[list[int]]], net: Network) -> np.ndarray:
     return arr.reshape(len(answers), h, w, c).transpose(0, 3, 1, 2)
 
 
+def network_program(net: Network, lanes: int | dict | None = None) -> tuple[list[int], int]:
+    """`(words, bits)`: every memory word of every tile of the network's images compiled with
+    `lanes` (as the bitstream was built), as programming words of `bits` bits."""
+    import tempfile
+
+    from ..hw.network import load_network
+    from ..sim.cosim import network_program_beats
+    from ..sw.chip import images
+    from .verify import program_bits
+
+    with tempfile.TemporaryDirectory(prefix="epim-program-") as tmp:
+        images.write_network(images.compile_network(net, lanes=lanes), tmp)
+        loaded = load_network(tmp)
+        return network_program_beats(loaded), program_bits(loaded)
+
+
 def reference_shape(net: Network) -> tuple[int, ...]:
     out = net.output_layer
     c, h, w = out.out_shape
@@ -63,6 +79,14 @@ class Board:
         self.port.write(protocol.IDENTIFY)
         protocol.check_ident(self._read(protocol.IDENT_BYTES), self.digest)
         self.seq = 0
+
+    def program(self, words: list[int], prog_bits: int) -> None:
+        """Write `words` (the network's programming words, `network_program`) through the link
+        and check the board's programming checksum: a word lost or corrupted on the line is a
+        ProtocolError. Identify first (it restarts the checksum)."""
+        self.port.write(protocol.encode_program(words, prog_bits))
+        self.port.write(protocol.CHECK)
+        protocol.check_checksum(self._read(protocol.CHECK_BYTES), words, prog_bits)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = reference.check_inputs(self.net, x)

@@ -307,6 +307,15 @@ def cmd_board_run(args) -> int:
         board = Board(port, net, timeout=args.timeout)
         try:
             board.identify()
+            if args.program:
+                from .board import network_program
+                from .fpga import fit_lanes
+
+                words, bits = network_program(net, fit_lanes(net, args.lanes))
+                t0 = time.time()
+                board.program(words, bits)
+                print(f"programmed {len(words)} words in {time.time() - t0:.2f} s, checksum "
+                      "ok")
             t0 = time.time()
             y = board.infer(x)
         except ProtocolError as exc:
@@ -790,6 +799,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds to wait for an answer")
     br.add_argument("--check", action="store_true",
                     help="compare with the integer reference; exit 1 on a difference")
+    br.add_argument("--program", action="store_true",
+                    help="first write the network's images through the link (a programmable "
+                         "bitstream; checked by the board's checksum)")
+    br.add_argument("--lanes", default="balanced",
+                    help="with --program: the chunk lanes the bitstream was built with "
+                         "(default: balanced, as epim bitstream)")
     br.set_defaults(func=cmd_board_run)
 
     t = sub.add_parser("train", help="train an epitome CNN (quantization-aware) and export it")

@@ -257,12 +257,14 @@ def network_digest(net: Network) -> tuple[dict, str]:
 
 
 def generate_board(net: Network, out_dir: str | Path, divisor: int,
-                   lanes: int | dict | None = None) -> Path:
-    """Images, the accelerator and the board top's Verilog (`epim_board.v`) in `out_dir`."""
+                   lanes: int | dict | None = None, blank: bool = True) -> Path:
+    """Images, the accelerator and the board top's Verilog (`epim_board.v`) in `out_dir`:
+    programmable tiles, blank (`blank=True`: the host programs them through the link) or
+    initialised from the images."""
     from ..hw.generate import board_from_images, emit_board_verilog
 
-    gen = generate_network(net, out_dir, lanes=lanes, fixed=True)
-    text = emit_board_verilog(board_from_images(gen.folder, divisor))
+    gen = generate_network(net, out_dir, lanes=lanes)
+    text = emit_board_verilog(board_from_images(gen.folder, divisor, blank=blank))
     owned.write_owned(Path(out_dir), {BOARD_VERILOG: text}, "generate")
     return Path(out_dir) / BOARD_VERILOG
 

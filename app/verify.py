@@ -181,21 +181,32 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
 def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: int = 8,
                 lanes: int | dict | None = None) -> tuple[np.ndarray, dict]:
     """Run images through the board top's UART pins on Verilator; returns outputs and report.
+    The board's tiles start blank: the bench programs every memory word through the link
+    (``P`` commands), checks the board's programming checksum (``C``), then sends the images.
     `lanes` as the FPGA build uses them (`epim.app.fpga.fit_lanes`)."""
+    from ..hw.network import load_network
+    from ..sim.cosim import network_program_beats
+
     x = reference.check_inputs(net, x)
     build_root = owned.claim_folder(Path(build_root).resolve(), "cosim")
     t0 = time.time()
-    verilog = generate_board(net, build_root / "generated-board", divisor, lanes)
-    manifest = json.loads((build_root / "generated-board" / "network.json").read_text())
+    folder = build_root / "generated-board"
+    verilog = generate_board(net, folder, divisor, lanes)
+    manifest = json.loads((folder / "network.json").read_text())
+    loaded = load_network(folder)
+    words = network_program_beats(loaded)
+    prog_bits = program_bits(loaded)
     n = x.shape[0]
-    sends = [protocol.IDENTIFY, BAD_COMMAND] + [protocol.encode_image(img, manifest)
-                                                 for img in x]
-    expect = protocol.IDENT_BYTES + 1 + n * protocol.answer_bytes(manifest)
+    sends = [protocol.IDENTIFY, BAD_COMMAND, protocol.encode_program(words, prog_bits),
+             protocol.CHECK] + [protocol.encode_image(img, manifest) for img in x]
+    head = protocol.IDENT_BYTES + 1 + protocol.CHECK_BYTES
+    expect = head + n * protocol.answer_bytes(manifest)
     bits_per_image = 10 * len(sends[-1])
     runner, build_dir = build_model(verilog, build_root, top="epim_board")
     t1 = time.time()
     job = {"divisor": divisor, "send": [s.hex() for s in sends], "expect_bytes": expect,
-           "max_cycles": (n + 4) * (bits_per_image * divisor + 200_000)}
+           "max_cycles": (n + 4) * (bits_per_image * divisor + 200_000)
+           + 10 * len(sends[2]) * divisor}
     result = run_job(runner, build_dir, build_root, "epim.sim.tb_board", "epim_board",
                      "EPIM_BOARD_JOB", job)
     data = bytes(b for b, _ in result["received"])
@@ -209,23 +220,37 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
     if bad != protocol.ERROR:
         raise protocol.ProtocolError(f"the board answered {bad!r} to a byte that is no "
                                      f"command, not {protocol.ERROR!r}")
-    answers = protocol.parse_answers(data[protocol.IDENT_BYTES + 1:], manifest, n)
+    protocol.check_checksum(data[protocol.IDENT_BYTES + 1:head], words, prog_bits)
+    answers = protocol.parse_answers(data[head:], manifest, n)
     y = to_array(answers, net)
     ref = reference.run_network(net, x)
     match = bool(y.shape == ref.shape and (y == ref).all())
     # cycles from the last image byte sent to the last answer byte: the answer's latency
     ends = [c for _, c in result["received"]]
     size = protocol.answer_bytes(manifest)
-    last_bytes = [ends[protocol.IDENT_BYTES + 1 + (k + 1) * size - 1] for k in range(n)]
+    last_bytes = [ends[head + (k + 1) * size - 1] for k in range(n)]
     rep = {"network": net.source, "images": n, "match": match,
            "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n))),
            "identify": "ok", "bad_command": "answered '!'",
+           "programmed_words": len(words), "programming_checksum": "ok",
            "error_led": bool(result["leds"] >> 3 & 1), "divisor": divisor, "lanes": lanes,
            "bytes_sent": sum(len(s) for s in sends), "bytes_received": len(data),
-           "cycles_sent_to_answered": [e - s for s, e in zip(result["sent_at"][2:], last_bytes,
+           "cycles_sent_to_answered": [e - s for s, e in zip(result["sent_at"][4:], last_bytes,
                                                              strict=True)],
            "seconds_build": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2)}
     return y, rep
+
+
+def program_bits(loaded: dict) -> int:
+    """Bits of the network's programming word (`network_prog_fields`); 0 without tiles."""
+    from ..contract.images import network_prog_fields
+    from ..contract.params import TileUnit
+
+    names = [u.name for u in loaded["units"] if isinstance(u, TileUnit)]
+    if not names:
+        return 0
+    return sum(bits for _, bits in network_prog_fields([loaded["tiles"][k].params
+                                                        for k in names]))
 
 
 def layer_network(net: Network, layer) -> Network:

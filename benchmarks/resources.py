@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -43,9 +44,27 @@ def unit_of(module: str, tiles: set[str]) -> str:
     tail = module.rsplit(".", 1)[-1]
     if tail in UNITS:
         return tail
+    if is_array(module):
+        return "crossbar"
     if module in tiles:
         return "sequencer"
     return "network"
+
+
+def is_array(module: str) -> bool:
+    """A crossbar array (`epim.hw.crossbar.CrossbarArray`): a tile's own, or a module that
+    tiles of one physical crossbar share."""
+    return module.rsplit(".", 1)[-1] == "array" or module.startswith("epim_array_")
+
+
+def kept(modules: list[str], top: str) -> list[str]:
+    """The modules synthesized as modules of their own (the rest, such as the layers of an
+    array's adders, are flattened into them): the top, the tiles, their units and the
+    crossbar arrays."""
+    names = set(modules)
+    tiles = {n for n in names if any(f"{n}.{u}" in names for u in UNITS)}
+    return sorted(n for n in names if n == top or n in tiles or is_array(n)
+                  or n.rsplit(".", 1)[-1] in UNITS)
 
 
 def kind_of(cell_type: str) -> str | None:
@@ -63,8 +82,13 @@ def yosys() -> str:
 
 
 def synthesize(verilog: Path, top: str, log: Path) -> dict:
-    """`{module: {cell type: count}}` from `synth_ecp5 -noflatten` and `stat -json`."""
-    script = (f"read_verilog -sv {verilog.name}; synth_ecp5 -noabc9 -noflatten -top {top}; "
+    """`{module: {cell type: count}}` from `synth_ecp5` and `stat -json`, every module of
+    `kept` synthesized on its own (`keep_hierarchy`), the others flattened into them."""
+    modules = re.findall(r"^module (\S+?)\s*\(", verilog.read_text(), re.M)
+    keep = " ".join("\\" + n.lstrip("\\") for n in kept([n.lstrip("\\") for n in modules],
+                                                          top))
+    script = (f"read_verilog -sv {verilog.name}; hierarchy -top {top}; "
+              f"setattr -mod -set keep_hierarchy 1 {keep}; synth_ecp5 -noabc9 -top {top}; "
               "tee -q -o stat.json stat -json")
     proc = subprocess.run([yosys(), "-q", "-l", log.name, "-p", script],
                           cwd=verilog.parent, capture_output=True, text=True)

@@ -38,6 +38,9 @@ class Board:
     pnr_opts: str = ""
     # nextpnr report cell types, grouped as the report shows them
     resources: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # programmable tiles (cells and tables in writable block RAM, initialised from the images
+    # and rewritten by the link's `P` commands), or weight-baked ones (ROMs)
+    programmable: bool = True
 
 
 BOARDS = {
@@ -54,6 +57,8 @@ BOARDS = {
     "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker", "ICEBreakerPlatform", None,
                         "bin", ("YOSYS", "NEXTPNR_ICE40", "ICEPACK"),
                         synth_opts="-dsp",
+                        # (the iCE40UP5K holds one weight-baked layer, not a programmable one)
+                        programmable=False,
                         resources=(("LUT4", ("ICESTORM_LC",)),
                                    ("DSP (SB_MAC16)", ("ICESTORM_DSP",)),
                                    ("BRAM (SB_RAM40_4K)", ("ICESTORM_RAM",)),
@@ -105,9 +110,11 @@ def platform_of(board: Board):
 
 def build(images: str | Path, board: str, out_dir: str | Path, clock_mhz: float | None = None,
           baud: int = 115200, seed: int = 1, cycles_per_image: float | None = None,
-          network: str | None = None, overrides: dict | None = None) -> dict:
+          network: str | None = None, overrides: dict | None = None,
+          programmable: bool | None = None) -> dict:
     """Build the bitstream of the board top around the network images in `images` for `board`
-    into `out_dir`; returns the report (also written as `report.json` and `report.md`)."""
+    into `out_dir`; returns the report (also written as `report.json` and `report.md`).
+    `programmable`: writable tiles initialised from the images (default: the board's)."""
     if board not in BOARDS:
         raise ValueError(f"unknown board {board!r}: one of {', '.join(BOARDS)}")
     b = BOARDS[board]
@@ -117,7 +124,9 @@ def build(images: str | Path, board: str, out_dir: str | Path, clock_mhz: float 
     loaded = load_network(images)
     manifest = loaded["manifest"]
     mhz = clock_mhz if clock_mhz is not None else b.clock_mhz
-    top = BoardTop(NetworkAccelerator(loaded, fixed=True), manifest, baud=baud, clock_mhz=mhz)
+    programmable = b.programmable if programmable is None else programmable
+    top = BoardTop(NetworkAccelerator(loaded, fixed=not programmable), manifest, baud=baud,
+                   clock_mhz=mhz)
     target = top.clock_mhz(platform)
     report_file = f"{TOP}.report.json"
     t0 = time.time()
@@ -142,7 +151,7 @@ def build(images: str | Path, board: str, out_dir: str | Path, clock_mhz: float 
     rep.update({"network": network or str(images), "images": str(images),
                 "lanes": manifest.get("lanes"),
                 "bitstream": str(out_dir / f"{TOP}.{b.product}"), "seconds": round(seconds, 1),
-                "seed": seed})
+                "seed": seed, "programmable": programmable})
     write_files_atomically(out_dir, {"report.json": json.dumps(rep, indent=1) + "\n",
                                      "report.md": markdown(rep)})
     return rep
@@ -198,6 +207,9 @@ def markdown(rep: dict) -> str:
     lines = [f"# Bitstream report: {rep['board']}", "",
              f"- network: `{rep['network']}` (images in `{rep['images']}`, chunk lanes "
              f"{rep['lanes'] or 'all'})",
+             "- tiles: " + ("programmable (cells and tables in writable block RAM, initialised "
+                            "from the images; `epim board run --program` rewrites them)"
+                            if rep.get("programmable") else "weight-baked (ROMs)"),
              f"- bitstream: `{rep['bitstream']}` (built in {rep['seconds']} s, nextpnr seed "
              f"{rep['seed']})",
              f"- clock: constraint {rep['clock_constraint_mhz']:g} MHz, achieved Fmax "

@@ -5,108 +5,47 @@
 clock (a PLL on the ULX3S) and pins. The cocotb board test drives `BoardLink`'s `rx`/`tx` pins.
 
 LEDs: 0 heartbeat (about 1.5 Hz), 1 the accelerator is busy, 2 toggles per image received,
-3 error (a byte that is no command, a bad stop bit, or an input byte lost to back-pressure).
+3 error (a byte that is no command, a bad stop bit, an input byte lost to back-pressure, or a
+programming word that came before the one before it was taken).
+
+A programmable accelerator (one with a `prog` port) is written word by word by ``P``
+commands; a weight-baked one answers ``P`` as a byte that is no command.
 """
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 from amaranth.build import ResourceError
-from amaranth.hdl import Array, Cat, ClockDomain, Const, Elaboratable, Instance, Module, Mux, Signal
-from amaranth.lib import crc, enum, io, stream, wiring
-from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
+from amaranth.hdl import (
+    Array,
+    Cat,
+    ClockDomain,
+    Const,
+    Elaboratable,
+    Instance,
+    Module,
+    Mux,
+    Signal,
+    Value,
+)
+from amaranth.lib import crc, enum, io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from . import protocol
+from .uart import UARTRx, UARTTx, check_divisor
 
 
-class Sending(enum.Enum, shape=2):
+class Sending(enum.Enum, shape=3):
     """What the board is sending to the host."""
 
     IDLE = 0
     IDENTITY = 1  # the identity reply
     OUTPUT = 2  # an output beat ('O' first when it starts an image's answer)
     ERROR = 3  # the error mark
-
-
-def check_divisor(divisor: int) -> None:
-    if divisor < 4:
-        raise ValueError(f"UART divisor {divisor}: at least 4 clock cycles per bit")
-
-
-class UARTRx(wiring.Component):
-    """8N1 receiver. `rx` is synchronised, each bit sampled in its middle; `valid` pulses for
-    one cycle with `data` per byte received with a good stop bit, `frame_error` otherwise."""
-
-    def __new__(cls, divisor: int, **kwargs):
-        check_divisor(divisor)  # refused before the object exists: not an unused component
-        return super().__new__(cls, **kwargs)
-
-    def __init__(self, divisor: int):
-        self._div = divisor
-        super().__init__({"rx": In(1, init=1), "data": Out(8), "valid": Out(1),
-                          "frame_error": Out(1)})
-
-    def elaborate(self, platform):
-        m = Module()
-        div = self._div
-        line = Signal(init=1)  # the line, synchronised to the clock (two flip-flops)
-        m.submodules.rx_sync = FFSynchronizer(self.rx, line, init=1)
-        busy = Signal()
-        cnt = Signal(range(div))
-        bit = Signal(range(10))
-        shreg = Signal(8)
-        m.d.sync += [self.valid.eq(0), self.frame_error.eq(0)]
-        with m.If(~busy):
-            with m.If(~line):
-                m.d.sync += [busy.eq(1), cnt.eq(div // 2 - 1), bit.eq(0)]
-        with m.Elif(cnt != 0):
-            m.d.sync += cnt.eq(cnt - 1)
-        with m.Else():
-            m.d.sync += [cnt.eq(div - 1), bit.eq(bit + 1)]
-            with m.If(bit == 0):
-                with m.If(line):  # a glitch, not a start bit
-                    m.d.sync += busy.eq(0)
-            with m.Elif(bit <= 8):
-                m.d.sync += shreg.eq(Cat(shreg[1:], line))
-            with m.Else():
-                m.d.sync += [busy.eq(0), self.data.eq(shreg), self.valid.eq(line),
-                             self.frame_error.eq(~line)]
-        return m
-
-
-class UARTTx(wiring.Component):
-    """8N1 transmitter: takes a byte from `i` when idle."""
-
-    def __new__(cls, divisor: int, **kwargs):
-        check_divisor(divisor)
-        return super().__new__(cls, **kwargs)
-
-    def __init__(self, divisor: int):
-        self._div = divisor
-        super().__init__({"i": In(stream.Signature(8)), "tx": Out(1, init=1)})
-
-    def elaborate(self, platform):
-        m = Module()
-        div = self._div
-        busy = Signal()
-        cnt = Signal(range(div))
-        left = Signal(range(10))
-        shreg = Signal(9)
-        m.d.comb += self.i.ready.eq(~busy)
-        with m.If(self.i.valid & ~busy):
-            m.d.sync += [busy.eq(1), self.tx.eq(0), shreg.eq(Cat(self.i.payload, Const(1, 1))),
-                         cnt.eq(div - 1), left.eq(9)]
-        with m.Elif(busy):
-            with m.If(cnt != 0):
-                m.d.sync += cnt.eq(cnt - 1)
-            with m.Elif(left == 0):
-                m.d.sync += busy.eq(0)
-            with m.Else():
-                m.d.sync += [self.tx.eq(shreg[0]), shreg.eq(shreg[1:]), left.eq(left - 1),
-                             cnt.eq(div - 1)]
-        return m
+    CHECK = 4  # the programming checksum
 
 
 class BoardLink(wiring.Component):
@@ -135,16 +74,17 @@ class BoardLink(wiring.Component):
         m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx)]
         error = Signal()
         received = Signal()
-        ident_req, bad_req = self.receive(m, rx, acc, error, received)
-        self.send(m, tx, acc, ident_req, bad_req)
+        req = self.receive(m, rx, acc, error, received)
+        self.send(m, tx, acc, req)
         hb = Signal(self._hb)
         m.d.sync += hb.eq(hb + 1)
         m.d.comb += self.leds.eq(Cat(hb[-1], ~acc.idle, received, error))
         return m
 
     def receive(self, m: Module, rx, acc, error, received):
-        """Host to board: commands, and image bytes into pixel beats. Returns the pending
-        identify and bad-command requests."""
+        """Host to board: commands, image bytes into pixel beats, programming bytes into
+        programming words. Returns the pending identify, bad-command and checksum requests
+        and the programming checksum."""
         inp = self._man["input"]
         c, pixels, bits = inp["channels"], inp["height"] * inp["width"], inp["bits"]
         in_image = Signal()
@@ -154,12 +94,39 @@ class BoardLink(wiring.Component):
         beat_valid = Signal()
         ident_req = Signal()
         bad_req = Signal()
+        check_req = Signal()
         m.d.comb += [acc.i.payload.eq(Cat(*lanes)), acc.i.valid.eq(beat_valid)]
         with m.If(acc.i.valid & acc.i.ready):
             m.d.sync += beat_valid.eq(0)
         with m.If(rx.frame_error):
             m.d.sync += error.eq(1)
-        with m.If(rx.valid):
+        # programming words: bytes into `p_word` (least significant first), then the word
+        # into `p_out`, held on the port until the tiles take it; `prog_crc` follows them
+        has_prog = "prog" in acc.signature.members
+        m.submodules.prog_crc = pcrc = CRC16.create()
+        in_prog = Signal()
+        if has_prog:
+            pw = len(Value.cast(acc.prog.payload))
+            nb = protocol.prog_bytes(pw)
+            p_idx = Signal(range(nb))
+            p_word = Signal(nb * 8)
+            p_out = Signal(pw)
+            p_valid = Signal()
+            m.d.comb += [acc.prog.valid.eq(p_valid), acc.prog.payload.eq(p_out)]
+            with m.If(acc.prog.valid & acc.prog.ready):
+                m.d.sync += p_valid.eq(0)
+        with m.If(rx.valid & in_prog):
+            m.d.comb += [pcrc.data.eq(rx.data), pcrc.valid.eq(1)]
+            if has_prog:
+                word = Cat(p_word[8:], rx.data)
+                m.d.sync += p_word.eq(word)
+                with m.If(p_idx == nb - 1):
+                    m.d.sync += [in_prog.eq(0), p_out.eq(word[:pw]), p_valid.eq(1)]
+                    with m.If(p_valid & ~acc.prog.ready):  # the word before still waits
+                        m.d.sync += error.eq(1)
+                with m.Else():
+                    m.d.sync += p_idx.eq(p_idx + 1)
+        with m.Elif(rx.valid):
             with m.If(in_image):
                 for k in range(c):
                     with m.If(ch == k):
@@ -178,14 +145,22 @@ class BoardLink(wiring.Component):
                 m.d.sync += [in_image.eq(1), ch.eq(0), pix.eq(0)]
             with m.Elif(rx.data == protocol.IDENTIFY[0]):
                 m.d.sync += ident_req.eq(1)
+                m.d.comb += pcrc.start.eq(1)
+            with m.Elif(rx.data == protocol.CHECK[0]):
+                m.d.sync += check_req.eq(1)
+            with m.Elif((rx.data == protocol.PROGRAM[0]) & has_prog):
+                m.d.sync += in_prog.eq(1)
+                if has_prog:
+                    m.d.sync += p_idx.eq(0)
             with m.Else():
                 m.d.sync += [bad_req.eq(1), error.eq(1)]
-        return ident_req, bad_req
+        return SimpleNamespace(ident=ident_req, bad=bad_req, check=check_req, crc=pcrc.crc)
 
-    def send(self, m: Module, tx, acc, ident_req, bad_req):
-        """Board to host: the identity, the error mark, and each image's answer frame (header
-        with the first beat, CRC after the last; the CRC register follows every byte sent
-        between them)."""
+    def send(self, m: Module, tx, acc, req):
+        """Board to host: the identity, the error mark, the programming checksum, and each
+        image's answer frame (header with the first beat, CRC after the last; the CRC register
+        follows every byte sent between them)."""
+        ident_req, bad_req = req.ident, req.bad
         man, out = self._man, self._man["output"]
         ident = protocol.ident_reply(man["units_sha256"])
         nb = protocol.value_bytes(out["bits"])
@@ -232,6 +207,9 @@ class BoardLink(wiring.Component):
                 m.d.comb += last.eq(at == n_out - 1 + Mux(tail, n_crc, 0))
             with m.Case(Sending.ERROR):
                 m.d.comb += [byte.eq(protocol.ERROR[0]), last.eq(1)]
+            with m.Case(Sending.CHECK):
+                check = Array([Const(protocol.CHECK[0], 8), req.crc[:8], req.crc[8:]])
+                m.d.comb += [byte.eq(check[idx]), last.eq(idx == protocol.CHECK_BYTES - 1)]
         m.d.comb += [tx.i.payload.eq(byte), tx.i.valid.eq(sending != Sending.IDLE)]
         with m.If(tx.i.valid & tx.i.ready):
             with m.If(last):
@@ -251,6 +229,8 @@ class BoardLink(wiring.Component):
             with m.Elif(ident_req):
                 m.d.sync += [sending.eq(Sending.IDENTITY), ident_req.eq(0), idx.eq(0),
                              seq.eq(0)]
+            with m.Elif(req.check):
+                m.d.sync += [sending.eq(Sending.CHECK), req.check.eq(0), idx.eq(0)]
             with m.Elif(acc.o.valid):
                 m.d.comb += acc.o.ready.eq(1)
                 m.d.sync += [sending.eq(Sending.OUTPUT), idx.eq(0), beat.eq(acc.o.payload),

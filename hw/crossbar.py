@@ -5,67 +5,221 @@ A cycle computes one column block (`xbar_cols` physical columns, `epim.contract.
 one pass (`lanes` row chunks): every row of lane `j` (row chunk `lanes * pass + j`) drives its
 DAC slice into the cells of its row that lie in the block, read from the row's cell memory; a
 physical column's sum per lane and polarity goes through its ADC (saturating at
-`2**adc_bits - 1`), and positive minus negative, summed over the lanes, is the column's value
-(`column_values`). The `p_` register takes the values; a Horner sum over the DAC slices (most
-significant first) follows, and after a block's last slice every epitome column adds its cell
-slices of that block, shifted by the slice, into the step's column values `x_col`
-(`accumulate_passes`)."""
+`2**adc_bits - 1`), and positive minus negative, summed over the lanes, is the column's value.
+That array (`CrossbarArray`) depends only on the physical crossbar (`ArraySpec`), not on the
+layer, so every tile of a network with the same crossbar can instantiate one Verilog module
+(`PIMTile(share_array=True)`). The `p_` register takes the values; a Horner sum over the DAC
+slices (most significant first) follows, and after a block's last slice every epitome column
+adds its cell slices of that block, shifted by the slice, into the step's column values
+`x_col` (`accumulate_passes`).
+
+The cell memories hold a row's cells by block, then cell bit, then polarity, then column
+(`cell_word_order`), so a block's word is one slice of the memory word and each bit plane of
+it one slice again: the column sums are carry-save adders over whole bit planes
+(`epim.hw.arith.csa_sums`)."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Const, Instance, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 
 from ..contract import geometry, tileplan
 from ..contract.images import xbar_field
 from ..contract.params import TileParams
-from .arith import tree_sum
+from .arith import csa_sums, tree_sum
 
 
-def column_values(m: Module, cfg: TileParams, slices: list, cells: list, x_b) -> list:
-    """Each physical column's value in block `x_b` of this DAC slice and pass (signed),
-    from the rows' slices and their cell memories' read ports (None: no row)."""
-    dac, cb = cfg.dac_bits, cfg.cell_bits
-    adc_max = geometry.adc_max(cfg.adc_bits)
-    n_rows, n_cols = tileplan.pass_rows(cfg), tileplan.block_cols(cfg)
-    n_blocks, total = tileplan.col_blocks(cfg), cfg.ce_out * cfg.n_slices
-    width = (cfg.lanes * adc_max).bit_length() + 1
-    # per row, the cells of the cycle's block in one word (polarity, then slot): one
-    # multiplexer per row on `x_b`, rather than one per row, column and polarity
-    def field(r, pol, b, c):
-        j = b * n_cols + c
-        return cells[r].data[xbar_field(cfg, pol, *divmod(j, cfg.n_slices)):][:cb] \
-            if j < total else Const(0, cb)
+@dataclass(frozen=True)
+class ArraySpec:
+    """The physical crossbar array that one cycle computes: `lanes` row chunks of `xbar_rows`
+    rows, of which the first `used_rows` have cells (fewer than all for a layer smaller than
+    a pass), `cols` columns per polarity, `dac_bits`-bit DAC slices, `cell_bits`-bit cells
+    and `adc_bits`-bit ADCs."""
+    xbar_rows: int
+    lanes: int
+    used_rows: int
+    cols: int
+    dac_bits: int
+    cell_bits: int
+    adc_bits: int
 
-    block = {}
+    @classmethod
+    def of(cls, cfg: TileParams) -> ArraySpec:
+        return cls(cfg.xbar_rows, cfg.lanes, min(cfg.rows, tileplan.pass_rows(cfg)),
+                   tileplan.block_cols(cfg), cfg.dac_bits, cfg.cell_bits, cfg.adc_bits)
+
+    @property
+    def rows(self) -> int:
+        return self.lanes * self.xbar_rows
+
+    @property
+    def word(self) -> int:
+        """Bits of a row's cells in one block: cell bit, then polarity, then column."""
+        return self.cell_bits * 2 * self.cols
+
+    @property
+    def width(self) -> int:
+        """Bits of a column's value (signed): the lanes' ADC differences added."""
+        return (self.lanes * geometry.adc_max(self.adc_bits)).bit_length() + 1
+
+    @property
+    def module(self) -> str:
+        """The Verilog module name that tiles sharing this array instantiate."""
+        used = "" if self.used_rows == self.rows else f"u{self.used_rows}"
+        return (f"epim_array_{self.lanes}x{self.xbar_rows}{used}x{self.cols}_d{self.dac_bits}"
+                f"c{self.cell_bits}a{self.adc_bits}")
+
+
+def cell_word_order(cfg: TileParams) -> list[int | None]:
+    """Per bit of a cell memory's word, the bit of the crossbar image's row word that it holds
+    (`epim.contract.images.xbar_field`), or None for a column past the epitome's: block `b`,
+    cell bit `j`, polarity `pol`, column `c` at `((b * cell_bits + j) * 2 + pol) * cols + c`,
+    column `c` of block `b` being physical column `b * cols + c`, epitome column `e` slice
+    `q` for `divmod(b * cols + c, n_slices)`."""
+    n_cols, total = tileplan.block_cols(cfg), cfg.ce_out * cfg.n_slices
+    order: list[int | None] = []
+    for b in range(tileplan.col_blocks(cfg)):
+        for j in range(cfg.cell_bits):
+            for pol in range(2):
+                for c in range(n_cols):
+                    phys = b * n_cols + c
+                    order.append(xbar_field(cfg, pol, *divmod(phys, cfg.n_slices)) + j
+                                 if phys < total else None)
+    return order
+
+
+def to_cell_word(order: list[int | None], word: int) -> int:
+    """A crossbar image's row word in the cell memories' order."""
+    if not word:
+        return 0
+    return sum(((word >> src) & 1) << i for i, src in enumerate(order) if src is not None)
+
+
+def cell_memories(m: Module, cfg: TileParams, image: list[int], prog, prog_we,
+                  fixed: bool) -> list:
+    """Cell memories: one per row of a pass (`lanes * xbar_rows`), one word per pass; row
+    `rho` is word `rho // n` of memory `rho % n`, its bits in the order of `cell_word_order`,
+    initialised from the crossbar `image` and written by the programming port (payload
+    `prog`, `prog_we` its `xbar` writes) unless `fixed`. Returns their read ports (None for a
+    row that no pass has)."""
+    n, rows, n_pass = tileplan.pass_rows(cfg), cfg.rows, cfg.passes
+    order = cell_word_order(cfg)
+    width = len(order)
+    addr, word = prog.addr, prog.data
+    # the programming word in the memories' order, and its address as (pass, row of the
+    # pass), by comparisons
+    p_word = Signal(width, name="prog_cells")
+    m.d.comb += p_word.eq(Cat(*[word[src] if src is not None else Const(0, 1)
+                                for src in order]))
+    pq = Signal(range(max(2, n_pass)), name="prog_pass")
+    pr = Signal(range(max(2, n + 1)) if n_pass > 1 else len(addr), name="prog_row")
+    m.d.comb += [pq.eq(0), pr.eq(addr)]
+    for q in range(1, n_pass):
+        with m.If(addr >= q * n):
+            m.d.comb += [pq.eq(q), pr.eq(addr - q * n)]
+    ports = []
+    for r in range(n):
+        if r >= rows:
+            ports.append(None)
+            continue
+        words = [to_cell_word(order, image[q * n + r]) if q * n + r < rows else 0
+                 for q in range(n_pass)]
+        mem = Memory(shape=unsigned(width), depth=n_pass, init=words)
+        m.submodules[f"cells_{r}"] = mem
+        if not fixed:
+            wp = mem.write_port()
+            m.d.comb += [wp.en.eq(prog_we & (pr == r) & (addr < rows)), wp.addr.eq(pq),
+                         wp.data.eq(p_word)]
+        ports.append(mem.read_port())
+    return ports
+
+
+class CrossbarArray(wiring.Component):
+    """One cycle of the physical crossbar (combinational): each row's DAC slice into its cells
+    of the block, per lane and polarity a column's sum through its ADC, positive minus
+    negative, summed over the lanes.
+
+    Members
+    -------
+    slices : In(ArrayLayout(unsigned(dac_bits), rows))
+        Each row's DAC slice (0 for a row that the pass does not have).
+    cells : In(ArrayLayout(unsigned(word), rows))
+        Each row's cells of the block, by cell bit, then polarity, then column.
+    values : Out(ArrayLayout(signed(width), cols))
+        Each column's value.
+    """
+
+    def __init__(self, spec: ArraySpec):
+        self.spec = spec
+        super().__init__({
+            "slices": In(data.ArrayLayout(unsigned(spec.dac_bits), spec.rows)),
+            "cells": In(data.ArrayLayout(unsigned(spec.word), spec.rows)),
+            "values": Out(data.ArrayLayout(signed(spec.width), spec.cols)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        sp = self.spec
+        k, cb, dac = sp.cols, sp.cell_bits, sp.dac_bits
+        adc_max = geometry.adc_max(sp.adc_bits)
+        terms: list[list] = [[] for _ in range(k)]
+        for lane in range(sp.lanes):
+            rows = range(lane * sp.xbar_rows, min((lane + 1) * sp.xbar_rows, sp.used_rows))
+            if not rows:
+                continue
+            # the partial products as bit planes, both polarities and every column side by side
+            s_bits = (len(rows) * geometry.dac_max(dac) * (2**cb - 1)).bit_length()
+            words: dict[int, list] = {}
+            for r in rows:
+                cells, sl = self.cells[r], self.slices[r]
+                for i in range(dac):
+                    bit = sl[i]
+                    for j in range(cb):
+                        words.setdefault(i + j, []).append(
+                            Mux(bit, cells[j * 2 * k:(j + 1) * 2 * k], 0))
+            sums = csa_sums(m, words, 2 * k, s_bits, f"x_s{lane}")
+            adc = []
+            for n, s in enumerate(sums):
+                if s_bits > sp.adc_bits:
+                    a = Signal(sp.adc_bits, name=f"x_adc{lane}_{n}")
+                    m.d.comb += a.eq(Mux(s > adc_max, adc_max, s))
+                    s = a
+                adc.append(s)
+            for c in range(k):
+                terms[c].append((adc[c] - adc[k + c]).as_signed())
+        for c in range(k):
+            m.d.comb += self.values[c].eq(tree_sum(terms[c], sp.width, is_signed=True))
+        return m
+
+
+def column_values(m: Module, cfg: TileParams, slices: list, cells: list, x_b,
+                  share: bool) -> list:
+    """Each physical column's value in block `x_b` of this DAC slice and pass (signed), from
+    the rows' slices and their cell memories' read ports (None: no row): the block's word of
+    each row into the array, an instance of the shared module `ArraySpec.module` (`share`) or
+    a `CrossbarArray` of its own."""
+    spec = ArraySpec.of(cfg)
+    n_blocks = tileplan.col_blocks(cfg)
+    a_slices = Signal(data.ArrayLayout(unsigned(spec.dac_bits), spec.rows), name="x_slices")
+    a_cells = Signal(data.ArrayLayout(unsigned(spec.word), spec.rows), name="x_cells")
+    a_values = Signal(data.ArrayLayout(signed(spec.width), spec.cols), name="x_values")
     for r, port in enumerate(cells):
         if port is None:
             continue
-        words = [Cat(*[field(r, pol, b, c) for pol in range(2) for c in range(n_cols)])
-                 for b in range(n_blocks)]
-        w = Signal(2 * n_cols * cb, name=f"x_cells_{r}")
-        m.d.comb += w.eq(words[0] if n_blocks == 1 else Array(words)[x_b])
-        block[r] = w
-    x_v = []
-    for c in range(n_cols):
-        terms = []
-        for j in range(cfg.lanes):
-            rows = [r for r in range(j * cfg.xbar_rows, (j + 1) * cfg.xbar_rows)
-                    if r < n_rows and r in block]
-            if not rows:
-                continue
-            s_bits = (len(rows) * geometry.dac_max(dac) * (2**cb - 1)).bit_length() or 1
-            adc = []
-            for pol in range(2):
-                at = (pol * n_cols + c) * cb
-                s = tree_sum([slices[r] * block[r][at:at + cb] for r in rows], s_bits)
-                a = Signal(min(s_bits, cfg.adc_bits), name=f"x_adc_{j}_{pol}_{c}")
-                m.d.comb += a.eq(Mux(s > adc_max, adc_max, s))
-                adc.append(a)
-            terms.append((adc[0] - adc[1]).as_signed())
-        v = Signal(signed(width), name=f"x_v_{c}")
-        m.d.comb += v.eq(tree_sum(terms, width, is_signed=True) if terms else 0)
-        x_v.append(v)
-    return x_v
+        word = port.data if n_blocks == 1 else port.data.word_select(x_b, spec.word)
+        m.d.comb += [a_slices[r].eq(slices[r]), a_cells[r].eq(word)]
+    if share:
+        m.submodules.array = Instance(spec.module, i_slices=a_slices.as_value(),
+                                      i_cells=a_cells.as_value(), o_values=a_values.as_value())
+    else:
+        m.submodules.array = array = CrossbarArray(spec)
+        m.d.comb += [array.slices.eq(a_slices), array.cells.eq(a_cells),
+                     a_values.eq(array.values)]
+    return [a_values[c] for c in range(spec.cols)]
 
 
 def accumulate_passes(m: Module, cfg: TileParams, x_v: list, x_valid, x_t, x_p, x_b) -> list:

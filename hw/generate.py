@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from amaranth.back import verilog
 
+from .crossbar import CrossbarArray
 from .images import Images, load
 from .tile import PIMTile
 
@@ -45,25 +47,42 @@ def network_from_images(folder: str | Path, shared: bool = True, fixed: bool = F
 def emit_network_verilog(acc, name: str = NETWORK_TOP) -> str:
     """The accelerator as Verilog; top `name` with `clk`, `rst`, `i__*`, `o__*`, `prog__*`
     (programmable tiles) and `idle`, followed by the modules that tiles of a shared shape
-    and copies of replicated layers instantiate. Programmable tiles start blank, as an
+    and copies of replicated layers instantiate, and the crossbar arrays that those tiles
+    share (one module per physical crossbar). Programmable tiles start blank, as an
     unprogrammed chip does: the testbench writes their images through the programming port."""
     text = verilog.convert(acc, name=name, emit_src=False)
+    arrays = {}
     for module, tile in acc.shared_modules.items():
         text += verilog.convert(tile, name=module, emit_src=False)
+        arrays.update(tile.arrays)
+    for module, spec in sorted(arrays.items()):
+        text += verilog.convert(CrossbarArray(spec), name=module, emit_src=False)
     return text
 
 
 BOARD_TOP = "epim_board"
 
 
-def board_from_images(folder: str | Path, divisor: int):
+def board_from_images(folder: str | Path, divisor: int, fixed: bool = False,
+                      blank: bool = False):
     """`BoardLink` (UART, protocol, LEDs) around the accelerator of the images in `folder`,
-    at `divisor` clock cycles per UART bit: the board top without a platform, for simulation."""
+    at `divisor` clock cycles per UART bit: the board top without a platform, for simulation.
+    Programmable tiles (cells and tables in writable memories, written by the link's ``P``
+    commands) initialised from the images, or blank (`blank=True`, as an unprogrammed chip,
+    for a test that programs them through the link); `fixed=True` for weight-baked tiles."""
     from .board import BoardLink
     from .network import NetworkAccelerator, load_network
 
     loaded = load_network(folder)
-    return BoardLink(NetworkAccelerator(loaded, fixed=True), loaded["manifest"], divisor)
+    return BoardLink(NetworkAccelerator(blanked(loaded) if blank else loaded, fixed=fixed),
+                     loaded["manifest"], divisor)
+
+
+def blanked(loaded: dict) -> dict:
+    """`load_network`'s result with every tile memory zeroed."""
+    tiles = {name: replace(img, words={k: [0] * len(v) for k, v in img.words.items()})
+             for name, img in loaded["tiles"].items()}
+    return {**loaded, "tiles": tiles}
 
 
 def emit_board_verilog(link, name: str = BOARD_TOP) -> str:

@@ -143,7 +143,8 @@ class NetworkAccelerator(wiring.Component):
                 module = shape_module(cfg)
                 if module not in self._modules:
                     blank = {k: [0] * len(v) for k, v in img.words.items()}
-                    self._modules[module] = PIMTile(replace(cfg, name="tile"), blank)
+                    self._modules[module] = PIMTile(replace(cfg, name="tile"), blank,
+                                                    share_array=True)
                 tile = (module, cfg)
             else:
                 tile = PIMTile(cfg, img.words, fixed=fixed)

@@ -3,10 +3,18 @@
 
 Host to board, one command byte each:
 
-- ``?`` (0x3F) identify. The board answers ``EPIM``, the protocol version (2) and the first
+- ``?`` (0x3F) identify. The board answers ``EPIM``, the protocol version (3) and the first
   8 bytes of the `units_sha256` of the network images it was built from (13 bytes), so the host
   can refuse to talk to a board that holds another network. It also restarts the answers'
-  sequence numbers at 0: identify before sending images.
+  sequence numbers at 0 and the programming checksum: identify before programming or sending
+  images.
+- ``P`` (0x50) program one word. `prog_bytes` bytes follow: the accelerator's programming word
+  (`epim.contract.images.network_prog_fields`: tile, memory, address, data), least significant
+  byte first. The board writes it through the network's programming port; the tiles take words
+  only while they are idle, so program before sending images.
+- ``C`` (0x43) checksum. The board answers ``C`` and the CRC-16 (below) of every ``P`` word's
+  bytes since the last identify, two bytes, least significant first: the host compares it with
+  its own, so a word corrupted on the line is caught before any image is computed.
 - ``I`` (0x49) image. Exactly `height * width * channels` bytes follow, pixels in raster order
   (y, then x) and channels within a pixel, one byte per value (the low `bits` bits; the host
   refuses larger values). Several images may follow each other without waiting.
@@ -35,8 +43,9 @@ import math
 from ..contract import beats
 
 IDENTIFY, IMAGE, OUTPUT, ERROR = b"?", b"I", b"O", b"!"
+PROGRAM, CHECK = b"P", b"C"
 MAGIC = b"EPIM"
-VERSION = 2
+VERSION = 3
 DIGEST_BYTES = 8
 IDENT_BYTES = len(MAGIC) + 1 + DIGEST_BYTES
 HEADER_BYTES = 4  # "O", sequence number, length (2)
@@ -48,6 +57,42 @@ MAX_PAYLOAD = 2**16 - 1
 
 class ProtocolError(RuntimeError):
     """The board answered something the protocol does not allow."""
+
+
+CHECK_BYTES = 3  # "C", CRC (2)
+
+
+def prog_bytes(prog_bits: int) -> int:
+    """Bytes of one programming word of `prog_bits` bits after the ``P``."""
+    return max(1, math.ceil(prog_bits / 8))
+
+
+def encode_program(words: list[int], prog_bits: int) -> bytes:
+    """The ``P`` commands writing `words` (programming words of `prog_bits` bits)."""
+    n = prog_bytes(prog_bits)
+    out = bytearray()
+    for w in words:
+        if not 0 <= w < 2**prog_bits:
+            raise ValueError(f"programming word {w:#x} does not fit {prog_bits} bits")
+        out += PROGRAM + w.to_bytes(n, "little")
+    return bytes(out)
+
+
+def program_checksum(words: list[int], prog_bits: int) -> int:
+    """The CRC-16 that ``C`` answers after `words` were programmed (from an identify)."""
+    n = prog_bytes(prog_bits)
+    return crc16(b"".join(w.to_bytes(n, "little") for w in words))
+
+
+def check_checksum(reply: bytes, words: list[int], prog_bits: int) -> None:
+    """Refuse a ``C`` answer that is malformed or does not match the words sent."""
+    if len(reply) != CHECK_BYTES or reply[:1] != CHECK:
+        raise ProtocolError(f"the board answered {reply!r} to 'C', not 'C' and a CRC")
+    got, want = int.from_bytes(reply[1:], "little"), program_checksum(words, prog_bits)
+    if got != want:
+        raise ProtocolError(f"the board's programming checksum is {got:#06x}, the words sent "
+                            f"give {want:#06x}: a word was lost or corrupted on the line "
+                            "(program again)")
 
 
 def ident_reply(units_sha256: str) -> bytes:

@@ -86,7 +86,7 @@ class ReplicatedTile(wiring.Component):
             # (a shared programmable module starts blank: the programming port writes it)
             words = init if fixed else {k: [0] * len(v) for k, v in init.items()}
             self._shared = PIMTile(replace(walks[0], name="tile") if not fixed else walks[0],
-                                   words, fixed, walk_port=True)
+                                   words, fixed, walk_port=True, share_array=True)
             self._copies = []
         else:
             self._shared = None

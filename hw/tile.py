@@ -38,7 +38,7 @@ from amaranth.lib.wiring import In, Out
 from ..contract import tileplan
 from ..contract.images import ProgTarget, ifrt_fields, offsets, prog_fields, ubits
 from ..contract.params import TileParams
-from .crossbar import accumulate_passes, column_values
+from .crossbar import ArraySpec, accumulate_passes, cell_memories, column_values
 from .fill import fill, row_slices
 from .loader import load_input
 from .ofat import accumulate
@@ -86,6 +86,9 @@ class PIMTile(wiring.Component):
         The memories are ROMs holding `init` (no programming port writes).
     walk_port : bool
         The pixel walk's first and last pixel come from the `walk` port.
+    share_array : bool
+        The crossbar array is an instance of the module :attr:`arrays` names (emitted once
+        for every tile with the same physical crossbar), not a submodule of its own.
 
     Members
     -------
@@ -112,8 +115,9 @@ class PIMTile(wiring.Component):
         return super().__new__(cls)
 
     def __init__(self, cfg: TileParams, init: dict[str, list[int]], fixed: bool = False,
-                 walk_port: bool = False):
+                 walk_port: bool = False, share_array: bool = False):
         self._cfg, self._fixed, self._walk_port = cfg, fixed, walk_port
+        self._share_array = share_array
         self._init = {k: list(v) for k, v in init.items()}
         super().__init__({
             "i": In(stream.Signature(cfg.cin * cfg.in_bits)),
@@ -126,6 +130,15 @@ class PIMTile(wiring.Component):
     @property
     def cfg(self) -> TileParams:
         return self._cfg
+
+    @property
+    def arrays(self) -> dict[str, ArraySpec]:
+        """`{module name: spec}` of the crossbar array module that this tile instantiates
+        (`share_array=True`; `CrossbarArray(spec)` is that module), else empty."""
+        if not self._share_array:
+            return {}
+        spec = ArraySpec.of(self._cfg)
+        return {spec.module: spec}
 
     @property
     def init(self) -> dict[str, list[int]]:
@@ -145,38 +158,6 @@ class PIMTile(wiring.Component):
                          wp.data.eq(word[:width])]
         return mem
 
-    def _cells(self, m, prog_we):
-        """Cell memories: one per row of a pass (`lanes * xbar_rows`), one word per pass;
-        row `rho` is word `rho // n` of memory `rho % n`. Returns their read ports (None for
-        a row that no pass has)."""
-        cfg = self._cfg
-        n, rows, n_pass = tileplan.pass_rows(cfg), cfg.rows, cfg.passes
-        width = cfg.widths["xbar"]
-        addr, word = self.prog.payload.addr, self.prog.payload.data
-        # the programming address as (pass, row of the pass), by comparisons
-        pq = Signal(range(max(2, n_pass)), name="prog_pass")
-        pr = Signal(range(max(2, n + 1)) if n_pass > 1 else len(addr), name="prog_row")
-        m.d.comb += [pq.eq(0), pr.eq(addr)]
-        for q in range(1, n_pass):
-            with m.If(addr >= q * n):
-                m.d.comb += [pq.eq(q), pr.eq(addr - q * n)]
-        ports = []
-        for r in range(n):
-            valid = [q for q in range(n_pass) if q * n + r < rows]
-            if not valid:
-                ports.append(None)
-                continue
-            words = [self._init["xbar"][q * n + r] if q * n + r < rows else 0
-                     for q in range(n_pass)]
-            mem = Memory(shape=unsigned(width), depth=n_pass, init=words)
-            m.submodules[f"cells_{r}"] = mem
-            if not self._fixed:
-                wp = mem.write_port()
-                m.d.comb += [wp.en.eq(prog_we["xbar"] & (pr == r) & (addr < rows)),
-                             wp.addr.eq(pq), wp.data.eq(word[:width])]
-            ports.append(mem.read_port())
-        return ports
-
     def elaborate(self, platform):
         cfg = self._cfg
         m = Module()
@@ -192,7 +173,8 @@ class PIMTile(wiring.Component):
             m.submodules[name] = unit
         ifrt, ifat, ofat, ostage_port = (self._table(u[name], name, prog_we).read_port()
                                          for name in ("ifrt", "ifat", "ofat", "ostage"))
-        cells = self._cells(u["crossbar"], prog_we)
+        cells = cell_memories(u["crossbar"], cfg, self._init["xbar"], self.prog.payload,
+                              prog_we["xbar"], self._fixed)
         ld = load_input(u["loader"], cfg, self.i)
         s = self._state(m)
         fr = offsets(ifrt_fields(cfg))
@@ -203,7 +185,8 @@ class PIMTile(wiring.Component):
         m.d.comb += [port.addr.eq(s.x_p) for port in cells if port is not None]
         f_sr = fill(u["ifat"], cfg, ld.ifm, ifat, s, base_bits(cfg))
         xb = u["crossbar"]
-        x_v = column_values(xb, cfg, row_slices(xb, cfg, f_sr, s.x_p, s.x_t), cells, s.x_b)
+        x_v = column_values(xb, cfg, row_slices(xb, cfg, f_sr, s.x_p, s.x_t), cells, s.x_b,
+                            self._share_array)
         x_col = accumulate_passes(xb, cfg, x_v, s.x_valid, s.x_t, s.x_p, s.x_b)
         acc = accumulate(u["ofat"], cfg, x_col, ofat, mask, s.a_issue, s.c, s.clear)
         q_sr = output_stage(u["ostage"], cfg, acc.rp, acc.live, ostage_port, s.q_issue,

@@ -8,7 +8,7 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Cat, Fragment, Module, Signal, signed
+from amaranth.hdl import Cat, Fragment, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epim.hw import protocol
-from epim.hw.board import BoardLink, UARTRx, UARTTx, pll_ecp5, pll_settings
+from epim.hw.board import BoardLink, pll_ecp5, pll_settings
+from epim.hw.uart import UARTRx, UARTTx
 from epim.hw.units import exact_scale, scale_clamped
 
 
@@ -149,10 +150,10 @@ class _EchoAccelerator(wiring.Component):
     """A stand-in accelerator: each input beat (pixel) comes out as one output beat, its
     channels' values widened and negated into `f` signed `bits`-bit values."""
 
-    def __init__(self, c: int, bits_in: int, f: int, bits: int):
+    def __init__(self, c: int, bits_in: int, f: int, bits: int, extra: dict | None = None):
         self._p = (c, bits_in, f, bits)
         super().__init__({"i": In(stream.Signature(c * bits_in)),
-                          "o": Out(stream.Signature(f * bits)), "idle": Out(1)})
+                          "o": Out(stream.Signature(f * bits)), "idle": Out(1), **(extra or {})})
 
     def elaborate(self, platform):
         c, bits_in, f, bits = self._p
@@ -168,6 +169,94 @@ class _EchoAccelerator(wiring.Component):
             for k in range(f):
                 m.d.sync += vals[k].eq(-self.i.payload.word_select(k % c, bits_in) * (k + 1))
         return m
+
+
+class _ProgAccelerator(_EchoAccelerator):
+    """The echo accelerator with a programming port of `prog_bits` bits that takes a word
+    every third cycle (the link must hold a word until it is taken)."""
+
+    def __init__(self, c, bits_in, f, bits, prog_bits):
+        super().__init__(c, bits_in, f, bits, {"prog": In(stream.Signature(prog_bits))})
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        tick = Signal(2)
+        m.d.sync += tick.eq(Mux(tick == 2, 0, tick + 1))
+        m.d.comb += self.prog.ready.eq(tick == 0)
+        return m
+
+
+def _run_link(link, sends, divisor=4, gap=1000):
+    """Bytes the link sends while `sends` go in, each followed by `gap` cycles; also the
+    programming words its accelerator took."""
+    got, taken = [], []
+
+    async def bench(ctx):
+        for data in sends:
+            for byte in data:
+                for level in [0, *((byte >> b) & 1 for b in range(8)), 1]:
+                    ctx.set(link.rx, level)
+                    await ctx.tick().repeat(divisor)
+            await ctx.tick().repeat(gap)
+
+    async def receiver(ctx):
+        while True:
+            await ctx.negedge(link.tx)
+            await ctx.tick().repeat(divisor // 2)
+            value = 0
+            for b in range(8):
+                await ctx.tick().repeat(divisor)
+                value |= ctx.get(link.tx) << b
+            await ctx.tick().repeat(divisor)
+            got.append(value)
+
+    async def prog_watch(ctx):
+        acc = link._acc
+        async for _clk, _rst, valid, ready, payload in ctx.tick().sample(
+                acc.prog.valid, acc.prog.ready, acc.prog.payload):
+            if valid and ready:
+                taken.append(payload)
+
+    sim = Simulator(link)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.add_testbench(receiver, background=True)
+    if "prog" in link._acc.signature.members:
+        sim.add_testbench(prog_watch, background=True)
+    sim.run()
+    return bytes(got), taken
+
+
+def test_board_link_programs_words_and_answers_their_checksum():
+    """``P`` words reach the accelerator's programming port whole and in order, ``C`` answers
+    the CRC of their bytes since the identify (the host's `check_checksum` accepts it and
+    refuses another word list), then an image is still answered."""
+    manifest = {"input": {"channels": 1, "height": 1, "width": 1, "bits": 4},
+                "output": {"channels": 1, "bits": 8, "signed": True, "beats_per_image": 1},
+                "units_sha256": "ef" * 32}
+    prog_bits = 19
+    words = [0x7_1234, 0x0_0001, 0x4_ABCD, 0x7_FFFF]
+    link = BoardLink(_ProgAccelerator(1, 4, 1, 8, prog_bits), manifest, divisor=4,
+                     heartbeat_bits=4)
+    sends = [protocol.IDENTIFY, protocol.encode_program(words, prog_bits), protocol.CHECK,
+             protocol.encode_image(np.array([[[5]]]), manifest)]
+    data, taken = _run_link(link, sends)
+    assert taken == words
+    ident = protocol.IDENT_BYTES
+    reply = data[ident:ident + protocol.CHECK_BYTES]
+    protocol.check_checksum(reply, words, prog_bits)
+    with pytest.raises(protocol.ProtocolError, match="programming checksum"):
+        protocol.check_checksum(reply, words[:-1], prog_bits)
+    assert protocol.parse_answers(data[ident + protocol.CHECK_BYTES:], manifest, 1) == [[[-5]]]
+
+
+def test_a_weight_baked_board_refuses_programming_words():
+    manifest = {"input": {"channels": 1, "height": 1, "width": 1, "bits": 4},
+                "output": {"channels": 1, "bits": 8, "signed": True, "beats_per_image": 1},
+                "units_sha256": "ef" * 32}
+    link = BoardLink(_EchoAccelerator(1, 4, 1, 8), manifest, divisor=4, heartbeat_bits=4)
+    data, _ = _run_link(link, [protocol.PROGRAM], gap=200)
+    assert data == protocol.ERROR
 
 
 def test_board_link_frames_answers_the_host_checks():

@@ -44,6 +44,11 @@ def test_equal_shapes_share_one_module_with_blank_memories(tmp_path):
     assert len(acc.shared_modules) == len(tiles) - 1
     text = emit_network_verilog(acc)
     assert text.count("\nmodule epim_tile_") == len(tiles) - 1
+    # every tile module instantiates the crossbar array of its physical crossbar, emitted once
+    arrays = {name for tile in acc.shared_modules.values() for name in tile.arrays}
+    assert 1 <= len(arrays) < len(tiles) - 1
+    assert sorted(re.findall(r"^module (epim_array_\S+)\(", text, re.M)) == sorted(arrays)
+    assert len(re.findall(r"^\s+(epim_array_\S+) array \(", text, re.M)) == len(tiles) - 1
     assert "parameter" not in text
     for banned in ("$readmemh", "$value$plusargs", "string ", "unroll_disable", "epim_xbar_"):
         assert banned not in text
