@@ -78,7 +78,8 @@ class BoardLink(wiring.Component):
         self.send(m, tx, acc, req)
         hb = Signal(self._hb)
         m.d.sync += hb.eq(hb + 1)
-        m.d.comb += self.leds.eq(Cat(hb[-1], ~acc.idle, received, error))
+        # (registered: the accelerator's idle gathers every tile's, far apart on a chip)
+        m.d.sync += self.leds.eq(Cat(hb[-1], ~acc.idle, received, error))
         return m
 
     def receive(self, m: Module, rx, acc, error, received):

@@ -110,17 +110,21 @@ def cell_memories(m: Module, cfg: TileParams, image: list[int], prog, prog_we,
     order = cell_word_order(cfg)
     width = len(order)
     addr, word = prog.addr, prog.data
-    # the programming word in the memories' order, and its address as (pass, row of the
-    # pass), by comparisons
+    # the programming word in the memories' order and its address as (pass, row of the
+    # pass), by comparisons, registered: the write lands a cycle after the handshake (the
+    # tile takes words only while idle). (The register keeps the permutation, which is only
+    # wiring, in one place: else the Verilog repeats it at every memory's write port.)
     p_word = Signal(width, name="prog_cells")
-    m.d.comb += p_word.eq(Cat(*[word[src] if src is not None else Const(0, 1)
-                                for src in order]))
     pq = Signal(range(max(2, n_pass)), name="prog_pass")
     pr = Signal(range(max(2, n + 1)) if n_pass > 1 else len(addr), name="prog_row")
-    m.d.comb += [pq.eq(0), pr.eq(addr)]
-    for q in range(1, n_pass):
-        with m.If(addr >= q * n):
-            m.d.comb += [pq.eq(q), pr.eq(addr - q * n)]
+    p_we = Signal(name="prog_cells_we")
+    if not fixed:
+        m.d.sync += [p_word.eq(Cat(*[word[src] if src is not None else Const(0, 1)
+                                     for src in order])),
+                     p_we.eq(prog_we & (addr < rows)), pq.eq(0), pr.eq(addr)]
+        for q in range(1, n_pass):
+            with m.If(addr >= q * n):
+                m.d.sync += [pq.eq(q), pr.eq(addr - q * n)]
     ports = []
     for r in range(n):
         if r >= rows:
@@ -132,8 +136,7 @@ def cell_memories(m: Module, cfg: TileParams, image: list[int], prog, prog_we,
         m.submodules[f"cells_{r}"] = mem
         if not fixed:
             wp = mem.write_port()
-            m.d.comb += [wp.en.eq(prog_we & (pr == r) & (addr < rows)), wp.addr.eq(pq),
-                         wp.data.eq(p_word)]
+            m.d.comb += [wp.en.eq(p_we & (pr == r)), wp.addr.eq(pq), wp.data.eq(p_word)]
         ports.append(mem.read_port())
     return ports
 
