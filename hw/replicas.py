@@ -18,21 +18,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..contract.params import TileParams
-from .tile import PIMTile, prog_layout, walk_layout, walk_values
-
-
-class _Ports:
-    """The stream and idle signals of one copy, however it is built."""
-
-    def __init__(self, cfg: TileParams, name: str):
-        self.i_valid, self.i_ready = Signal(name=f"{name}_i_valid"), Signal(name=f"{name}_i_ready")
-        self.i_payload = Signal(cfg.cin * cfg.in_bits, name=f"{name}_i_payload")
-        self.o_valid, self.o_ready = Signal(name=f"{name}_o_valid"), Signal(name=f"{name}_o_ready")
-        self.o_payload = Signal(cfg.cout * cfg.out_bits, name=f"{name}_o_payload")
-        self.idle = Signal(name=f"{name}_idle")
-        self.prog_valid = Signal(name=f"{name}_prog_valid")
-        self.prog_ready = Signal(name=f"{name}_prog_ready")
-        self.prog_payload = Signal(prog_layout(cfg).size, name=f"{name}_prog_payload")
+from .tile import PIMTile, TileSignature, prog_layout, walk_layout, walk_values
 
 
 class ReplicatedTile(wiring.Component):
@@ -106,28 +92,24 @@ class ReplicatedTile(wiring.Component):
         """`(module name, tile)` of the module every copy instantiates, or None."""
         return (self._module, self._shared) if self._module else None
 
-    def _copy(self, m: Module, r: int) -> _Ports:
-        ports = _Ports(self._cfg, f"copy{r}")
+    def _copy(self, m: Module, r: int):
+        """Copy `r`'s ports as seen from here (a flipped `TileSignature`): an instance of the
+        shared module, or a tile of its own connected to them."""
+        ports = TileSignature(self._cfg).flip().create(path=(f"copy{r}",))
         if self._module:
             cfg = self._walks[r]
             walk = walk_layout(cfg).const(walk_values(cfg)).as_value()
             m.submodules[f"copy{r}"] = Instance(
                 self._module, i_clk=ClockSignal(), i_rst=ResetSignal(),
-                i_i__payload=ports.i_payload, i_i__valid=ports.i_valid,
-                o_i__ready=ports.i_ready, o_o__payload=ports.o_payload,
-                o_o__valid=ports.o_valid, i_o__ready=ports.o_ready,
-                i_prog__payload=ports.prog_payload, i_prog__valid=ports.prog_valid,
-                o_prog__ready=ports.prog_ready, o_idle=ports.idle,
-                i_walk=walk)
+                i_i__payload=ports.i.payload, i_i__valid=ports.i.valid,
+                o_i__ready=ports.i.ready, o_o__payload=ports.o.payload,
+                o_o__valid=ports.o.valid, i_o__ready=ports.o.ready,
+                i_prog__payload=ports.prog.payload, i_prog__valid=ports.prog.valid,
+                o_prog__ready=ports.prog.ready, o_idle=ports.idle, i_walk=walk)
             return ports
         tile = self._copies[r]
         m.submodules[f"copy{r}"] = tile
-        m.d.comb += [tile.prog.valid.eq(ports.prog_valid), tile.prog.payload.eq(ports.prog_payload),
-                     ports.prog_ready.eq(tile.prog.ready),
-                     tile.i.payload.eq(ports.i_payload), tile.i.valid.eq(ports.i_valid),
-                     ports.i_ready.eq(tile.i.ready), ports.o_payload.eq(tile.o.payload),
-                     ports.o_valid.eq(tile.o.valid), tile.o.ready.eq(ports.o_ready),
-                     ports.idle.eq(tile.idle)]
+        wiring.connect(m, ports, tile)
         return ports
 
     def elaborate(self, platform):
@@ -135,18 +117,18 @@ class ReplicatedTile(wiring.Component):
         n, pixels = self._replicas, self._cfg.ho * self._cfg.wo
         copies = [self._copy(m, r) for r in range(n)]
         # broadcast: a beat goes into every copy at once
-        ready = Cat(*[c.i_ready for c in copies]).all()
+        ready = Cat(*[c.i.ready for c in copies]).all()
         m.d.comb += self.i.ready.eq(ready)
         for c in copies:
-            m.d.comb += [c.i_valid.eq(self.i.valid & ready), c.i_payload.eq(self.i.payload)]
+            m.d.comb += [c.i.valid.eq(self.i.valid & ready), c.i.payload.eq(self.i.payload)]
         # merge: pixel p of an image from copy p mod R
         m_sel = Signal(range(n))
         m_pix = Signal(range(pixels))
-        valids = Array(c.o_valid for c in copies)
-        payloads = Array(c.o_payload for c in copies)
+        valids = Array(c.o.valid for c in copies)
+        payloads = Array(c.o.payload for c in copies)
         m.d.comb += [self.o.valid.eq(valids[m_sel]), self.o.payload.eq(payloads[m_sel])]
         for r, c in enumerate(copies):
-            m.d.comb += c.o_ready.eq(self.o.ready & (m_sel == r))
+            m.d.comb += c.o.ready.eq(self.o.ready & (m_sel == r))
         with m.If(self.o.valid & self.o.ready):
             with m.If(m_pix == pixels - 1):
                 m.d.sync += [m_pix.eq(0), m_sel.eq(0)]
@@ -155,12 +137,12 @@ class ReplicatedTile(wiring.Component):
                              m_sel.eq(Mux(m_sel == n - 1, 0, m_sel + 1))]
         # programming: a word into every copy at once (the copies hold the same words)
         if self._fixed:
-            m.d.comb += [c.prog_valid.eq(0) for c in copies]
+            m.d.comb += [c.prog.valid.eq(0) for c in copies]
         else:
-            p_ready = Cat(*[c.prog_ready for c in copies]).all()
+            p_ready = Cat(*[c.prog.ready for c in copies]).all()
             m.d.comb += self.prog.ready.eq(p_ready)
             for c in copies:
-                m.d.comb += [c.prog_valid.eq(self.prog.valid & p_ready),
-                             c.prog_payload.eq(self.prog.payload)]
+                m.d.comb += [c.prog.valid.eq(self.prog.valid & p_ready),
+                             c.prog.payload.eq(self.prog.payload)]
         m.d.comb += self.idle.eq(Cat(*[c.idle for c in copies]).all())
         return m

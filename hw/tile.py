@@ -44,7 +44,8 @@ from .loader import load_input
 from .ofat import accumulate
 from .ostage import output_stage
 
-__all__ = ["PIMTile", "TileParams", "base_bits", "prog_layout", "walk_layout", "walk_values"]
+__all__ = ["PIMTile", "TileParams", "TileSignature", "base_bits", "prog_layout", "walk_layout",
+           "walk_values"]
 
 
 def walk_values(cfg: TileParams) -> dict[str, int]:
@@ -72,6 +73,20 @@ def walk_layout(cfg: TileParams) -> data.StructLayout:
 def prog_layout(cfg: TileParams) -> data.StructLayout:
     """Payload of the programming port: target memory, word address, word."""
     return data.StructLayout(dict(prog_fields(cfg)))
+
+
+class TileSignature(wiring.Signature):
+    """The ports of a tile of `cfg` (see `PIMTile`): input and output pixel streams, the
+    programming port, `idle`, and with `walk_port` the pixel walk's first and last pixel."""
+
+    def __init__(self, cfg: TileParams, walk_port: bool = False):
+        super().__init__({
+            "i": In(stream.Signature(cfg.cin * cfg.in_bits)),
+            "o": Out(stream.Signature(cfg.cout * cfg.out_bits)),
+            "prog": In(stream.Signature(prog_layout(cfg))),
+            "idle": Out(1),
+            **({"walk": In(walk_layout(cfg))} if walk_port else {}),
+        })
 
 
 class PIMTile(wiring.Component):
@@ -119,13 +134,7 @@ class PIMTile(wiring.Component):
         self._cfg, self._fixed, self._walk_port = cfg, fixed, walk_port
         self._share_array = share_array
         self._init = {k: list(v) for k, v in init.items()}
-        super().__init__({
-            "i": In(stream.Signature(cfg.cin * cfg.in_bits)),
-            "o": Out(stream.Signature(cfg.cout * cfg.out_bits)),
-            "prog": In(stream.Signature(prog_layout(cfg))),
-            "idle": Out(1),
-            **({"walk": In(walk_layout(cfg))} if walk_port else {}),
-        })
+        super().__init__(TileSignature(cfg, walk_port))
 
     @property
     def cfg(self) -> TileParams:
