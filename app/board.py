@@ -34,14 +34,13 @@ def network_program(net: Network, lanes: int | dict | None = None) -> tuple[list
     import tempfile
 
     from ..hw.network import load_network
-    from ..sim.cosim import network_program_beats
+    from ..sim.cosim import network_program_beats, network_program_bits
     from ..sw.chip import images
-    from .verify import program_bits
 
     with tempfile.TemporaryDirectory(prefix="epim-program-") as tmp:
         images.write_network(images.compile_network(net, lanes=lanes), tmp)
         loaded = load_network(tmp)
-        return network_program_beats(loaded), program_bits(loaded)
+        return network_program_beats(loaded), network_program_bits(loaded)
 
 
 def reference_shape(net: Network) -> tuple[int, ...]:

@@ -309,9 +309,8 @@ def cmd_board_run(args) -> int:
             board.identify()
             if args.program:
                 from .board import network_program
-                from .fpga import fit_lanes
 
-                words, bits = network_program(net, fit_lanes(net, args.lanes))
+                words, bits = network_program(net, resolve_lanes(net, args.lanes))
                 t0 = time.time()
                 board.program(words, bits)
                 print(f"programmed {len(words)} words in {time.time() - t0:.2f} s, checksum "
@@ -802,9 +801,9 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--program", action="store_true",
                     help="first write the network's images through the link (a programmable "
                          "bitstream; checked by the board's checksum)")
-    br.add_argument("--lanes", default="balanced",
+    br.add_argument("--lanes", type=lanes_arg, default="balanced",
                     help="with --program: the chunk lanes the bitstream was built with "
-                         "(default: balanced, as epim bitstream)")
+                         "(default: balanced, as epim bitstream builds it)")
     br.set_defaults(func=cmd_board_run)
 
     t = sub.add_parser("train", help="train an epitome CNN (quantization-aware) and export it")

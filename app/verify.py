@@ -185,7 +185,7 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
     (``P`` commands), checks the board's programming checksum (``C``), then sends the images.
     `lanes` as the FPGA build uses them (`epim.app.fpga.fit_lanes`)."""
     from ..hw.network import load_network
-    from ..sim.cosim import network_program_beats
+    from ..sim.cosim import network_program_beats, network_program_bits
 
     x = reference.check_inputs(net, x)
     build_root = owned.claim_folder(Path(build_root).resolve(), "cosim")
@@ -195,7 +195,7 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
     manifest = json.loads((folder / "network.json").read_text())
     loaded = load_network(folder)
     words = network_program_beats(loaded)
-    prog_bits = program_bits(loaded)
+    prog_bits = network_program_bits(loaded)
     n = x.shape[0]
     sends = [protocol.IDENTIFY, BAD_COMMAND, protocol.encode_program(words, prog_bits),
              protocol.CHECK] + [protocol.encode_image(img, manifest) for img in x]
@@ -239,18 +239,6 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
                                                              strict=True)],
            "seconds_build": round(t1 - t0, 2), "seconds_simulate": round(time.time() - t1, 2)}
     return y, rep
-
-
-def program_bits(loaded: dict) -> int:
-    """Bits of the network's programming word (`network_prog_fields`); 0 without tiles."""
-    from ..contract.images import network_prog_fields
-    from ..contract.params import TileUnit
-
-    names = [u.name for u in loaded["units"] if isinstance(u, TileUnit)]
-    if not names:
-        return 0
-    return sum(bits for _, bits in network_prog_fields([loaded["tiles"][k].params
-                                                        for k in names]))
 
 
 def layer_network(net: Network, layer) -> Network:

@@ -8,7 +8,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from .crossbar import CrossbarArray
-from .images import Images, load
+from .images import Images, load, zeroed
 from .tile import PIMTile
 
 TOP = "epim_tile"
@@ -22,7 +22,7 @@ def tile_from_images(images: Images | str | Path, blank: bool = False) -> PIMTil
     cfg = images.params
     words = images.words
     if blank:
-        words = {name: [0] * len(ws) for name, ws in words.items()}
+        words = zeroed(words)
     return PIMTile(cfg, words)
 
 
@@ -80,7 +80,7 @@ def board_from_images(folder: str | Path, divisor: int, fixed: bool = False,
 
 def blanked(loaded: dict) -> dict:
     """`load_network`'s result with every tile memory zeroed."""
-    tiles = {name: replace(img, words={k: [0] * len(v) for k, v in img.words.items()})
+    tiles = {name: replace(img, words=zeroed(img.words))
              for name, img in loaded["tiles"].items()}
     return {**loaded, "tiles": tiles}
 

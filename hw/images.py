@@ -33,6 +33,11 @@ class Images:
     folder: Path
 
 
+def zeroed(words: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Memory contents of the same depths, every word 0: an unprogrammed chip's."""
+    return {name: [0] * len(ws) for name, ws in words.items()}
+
+
 def load(folder: str | Path) -> Images:
     """Load and verify the images in `folder` (the one holding `manifest.json`)."""
     folder = Path(folder)

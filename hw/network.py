@@ -29,7 +29,7 @@ from ..contract.params import (
     check_network_io,
     unit_from_dict,
 )
-from .images import load
+from .images import load, zeroed
 from .maxpool import MaxPoolUnit
 from .replicas import ReplicatedTile
 from .tile import PIMTile, prog_layout
@@ -142,8 +142,7 @@ class NetworkAccelerator(wiring.Component):
             elif shared and not fixed:
                 module = shape_module(cfg)
                 if module not in self._modules:
-                    blank = {k: [0] * len(v) for k, v in img.words.items()}
-                    self._modules[module] = PIMTile(replace(cfg, name="tile"), blank,
+                    self._modules[module] = PIMTile(replace(cfg, name="tile"), zeroed(img.words),
                                                     share_array=True)
                 tile = (module, cfg)
             else:

@@ -18,6 +18,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..contract.params import TileParams
+from .images import zeroed
 from .tile import PIMTile, TileSignature, prog_layout, walk_layout, walk_values
 
 
@@ -70,7 +71,7 @@ class ReplicatedTile(wiring.Component):
         self._walks = walks
         if module:
             # (a shared programmable module starts blank: the programming port writes it)
-            words = init if fixed else {k: [0] * len(v) for k, v in init.items()}
+            words = init if fixed else zeroed(init)
             self._shared = PIMTile(replace(walks[0], name="tile") if not fixed else walks[0],
                                    words, fixed, walk_port=True, share_array=True)
             self._copies = []

@@ -69,13 +69,26 @@ def program_beats(image: images.LayerImage) -> list[int]:
             for target in ProgTarget for addr, word in enumerate(image.words[target.name.lower()])]
 
 
+def _tile_names(loaded: dict) -> list[str]:
+    from ..contract.params import TileUnit
+
+    return [u.name for u in loaded["units"] if isinstance(u, TileUnit)]
+
+
+def network_program_bits(loaded: dict) -> int:
+    """Bits of the network's programming word (`network_prog_fields`); 0 without tiles."""
+    names = _tile_names(loaded)
+    if not names:
+        return 0
+    return sum(bits for _, bits in network_prog_fields([loaded["tiles"][n].params
+                                                        for n in names]))
+
+
 def network_program_beats(loaded: dict) -> list[int]:
     """Beats of a network accelerator's programming port (`network_prog_fields`) writing
     every word of every memory of every tile, tiles in `network.json` order; `loaded` is
     `epim.hw.network.load_network`'s (or anything with its `units` and `tiles`)."""
-    from ..contract.params import TileUnit
-
-    names = [u.name for u in loaded["units"] if isinstance(u, TileUnit)]
+    names = _tile_names(loaded)
     if not names:  # (a network of pools alone: nothing to program)
         return []
     layout = network_prog_fields([loaded["tiles"][n].params for n in names])
