@@ -54,9 +54,10 @@ class Board:
     `read(n) -> bytes` (a `serial.Serial`, or a test double). Every read waits at most
     `timeout` seconds in all, whatever the port's own timeout."""
 
-    def __init__(self, port, net: Network, timeout: float = 10.0):
+    def __init__(self, port, net: Network, timeout: float = 10.0,
+                 lanes: int | dict | None = None):
         self.port, self.net, self.timeout = port, net, timeout
-        self.manifest, self.digest = network_digest(net)
+        self.manifest, self.digest = network_digest(net, lanes)
         protocol.check_board(self.manifest)
         self.seq = 0  # the sequence number of the next answer
 

@@ -108,7 +108,7 @@ def cmd_search(args) -> int:
 def cmd_cost(args) -> int:
     from ..sw.chip import cost
 
-    net = _load_net(args.net)
+    net = with_cols(_load_net(args.net), args.cols)
     consts = cost.Constants.from_file(args.constants)
     lanes = resolve_lanes(net, args.lanes)
     replicas = resolve_replicas(net, args.replicas, args.budget, lanes, not args.no_reuse)
@@ -236,7 +236,7 @@ def cmd_data(args) -> int:
 def cmd_generate(args) -> int:
     from .generate import generate, generate_network
 
-    net = _load_net(args.net)
+    net = with_cols(_load_net(args.net), args.cols)
     args.lanes = resolve_lanes(net, args.lanes)
     replicas = resolve_replicas(net, args.replicas, args.budget, args.lanes, not args.no_reuse)
     if args.fixed and (args.tile or args.blank):
@@ -276,7 +276,7 @@ def cmd_bitstream(args) -> int:
     out = Path(args.out)
     try:
         rep = build_board(args.net, args.board, out, clock_mhz=args.clock_mhz, baud=args.baud,
-                          seed=args.seed)
+                          seed=args.seed, lanes=args.lanes, cols=args.cols)
     except bitstream.ToolMissing as exc:
         from ..sim.verilator import ToolMissing
 
@@ -301,16 +301,20 @@ def cmd_board_run(args) -> int:
     except ImportError:
         raise ToolMissing("pyserial is not installed: pip install 'pyserial>=3.5' (or install "
                           "EPIM with its 'board' extra)") from None
-    net = _load_net(args.net)
+    from .fpga import board_build, fit_lanes
+
+    lanes, cols = board_build(args.board, args.lanes, args.cols)
+    net = with_cols(_load_net(args.net), cols)
+    lanes = fit_lanes(net, lanes)
     x = _load_inputs(args.inputs)
     with serial.Serial(args.port, args.baud, timeout=args.timeout) as port:
-        board = Board(port, net, timeout=args.timeout)
+        board = Board(port, net, timeout=args.timeout, lanes=lanes)
         try:
             board.identify()
             if args.program:
                 from .board import network_program
 
-                words, bits = network_program(net, resolve_lanes(net, args.lanes))
+                words, bits = network_program(net, lanes)
                 t0 = time.time()
                 board.program(words, bits)
                 print(f"programmed {len(words)} words in {time.time() - t0:.2f} s, checksum "
@@ -342,7 +346,7 @@ def cmd_cosim(args) -> int:
     from .generate import save_npy, write_json
     from .verify import cosim, cosim_network
 
-    net = _load_net(args.net)
+    net = with_cols(_load_net(args.net), args.cols)
     x = _load_inputs(args.inputs)
     from ..sw.chip import reference, workload
 
@@ -479,6 +483,19 @@ DATA_PATH_HELP = ("cifar10: its files (the python-batch folder cifar-10-batches-
 LANES_HELP = ("row chunks each tile computes in a cycle (default 1: one crossbar's rows); more "
               "lanes mean more adder trees and ADCs and ceil(chunks / lanes) passes per step; "
               "'balanced': per tile the fewest that keep the throughput of every chunk at once")
+
+
+COLS_HELP = ("physical columns each tile computes in a cycle (default: all of a crossbar's); "
+             "fewer mean that many times fewer adders and ADCs and a cell memory word that "
+             "narrow (block RAM), and the crossbar's columns read out in turn")
+
+
+def with_cols(net, cols):
+    """The network built with `--cols` columns a cycle (ValueError: exit 2 when out of
+    range)."""
+    from ..sw.chip.netfile import with_cols as _with_cols
+
+    return _with_cols(net, cols)
 
 
 class Parser(argparse.ArgumentParser):
@@ -626,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("net")
     c.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
     c.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
+    c.add_argument("--cols", type=COUNT, help=COLS_HELP)
     add_replicas_args(c)
     c.add_argument("--constants", help="JSON object overriding cost constants (docs/cost.md)")
     c.add_argument("--max-steps", type=COUNT,
@@ -701,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
     g.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
+    g.add_argument("--cols", type=COUNT, help=COLS_HELP)
     add_replicas_args(g)
     g.add_argument("--tile", action="store_true",
                    help="a single-layer network as one tile with its programming port "
@@ -754,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer; slower to build)")
     s.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
     s.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
+    s.add_argument("--cols", type=COUNT, help=COLS_HELP)
     s.add_argument("--faults", metavar="FAULTS.json",
                    help="write these stuck cells (epim-faults-v1) into the crossbar images "
                         "and check against the reference on the same faulty chip (whole "
@@ -780,6 +800,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--baud", type=int_in(300, 100_000_000),
                    help="UART rate (default: constraints/<board>.json's, else 115200)")
     b.add_argument("--seed", type=SEED, default=1, help="nextpnr placement seed")
+    b.add_argument("--lanes", type=lanes_arg,
+                   help=LANES_HELP + " (default: constraints/<board>.json's, else balanced)")
+    b.add_argument("--cols", type=COUNT,
+                   help=COLS_HELP.replace("default: all of a crossbar's",
+                                          "default: constraints/<board>.json's, else all"))
     b.add_argument("--require-fmax", type=POSITIVE,
                    help="exit 1 when the achieved Fmax is below this many MHz")
     b.add_argument("--out", default="build/bitstream")
@@ -801,9 +826,14 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--program", action="store_true",
                     help="first write the network's images through the link (a programmable "
                          "bitstream; checked by the board's checksum)")
-    br.add_argument("--lanes", type=lanes_arg, default="balanced",
-                    help="with --program: the chunk lanes the bitstream was built with "
-                         "(default: balanced, as epim bitstream builds it)")
+    br.add_argument("--lanes", type=lanes_arg,
+                    help="the chunk lanes the bitstream was built with (default: as epim "
+                         "bitstream builds it for --board)")
+    br.add_argument("--board", default="ulx3s-85f",
+                    help="the board the bitstream was built for (its default --lanes, --cols)")
+    br.add_argument("--cols", type=COUNT,
+                    help="the columns per cycle the bitstream was built with (default: as "
+                         "epim bitstream builds it for --board)")
     br.set_defaults(func=cmd_board_run)
 
     t = sub.add_parser("train", help="train an epitome CNN (quantization-aware) and export it")

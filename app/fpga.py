@@ -35,7 +35,7 @@ def board_constraints(board: str, folder: str | Path = "constraints") -> dict:
         data = owned.load_json(path, "a board's settings")
     except ValueError as exc:
         raise ValueError(str(exc)) from None
-    unknown = set(data) - {"board", "clock_mhz", "baud", "why", "add_preferences",
+    unknown = set(data) - {"board", "clock_mhz", "baud", "lanes", "cols", "why", "add_preferences",
                            "add_pre_pack"}
     if unknown:
         raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
@@ -44,13 +44,17 @@ def board_constraints(board: str, folder: str | Path = "constraints") -> dict:
 
 def build_board(net_path: str | Path, board: str, out: str | Path,
                 clock_mhz: float | None = None, baud: int | None = None, seed: int = 1,
-                lanes: str | int = "balanced", constraints: str | Path = "constraints") -> dict:
+                lanes: str | int | None = None, constraints: str | Path = "constraints",
+                cols: int | None = None) -> dict:
     """Images of the network into `out/images`, then the bitstream and its report in `out`.
 
     `lanes`: "balanced" (`netcycles.balanced_lanes`: the fewest chunk lanes per tile that keep
-    the network's throughput), "all" (every row chunk at once), or a number for every tile."""
-    net = netfile.load(net_path)
+    the network's throughput), "all" (every row chunk at once), or a number for every tile;
+    `cols`: physical columns per cycle (`netfile.with_cols`); by default the constraints
+    file's `lanes` and `cols` (`board_build`)."""
     cons = board_constraints(board, constraints)
+    lanes, cols = board_build(board, lanes, cols, constraints)
+    net = netfile.with_cols(netfile.load(net_path), cols)
     clock_mhz = clock_mhz or cons.get("clock_mhz")
     baud = baud or cons.get("baud", 115200)
     extra = {k: "\n".join(cons[k]) for k in ("add_preferences", "add_pre_pack")
@@ -69,6 +73,16 @@ def build_board(net_path: str | Path, board: str, out: str | Path,
     steady = netcycles.predict(net, 4, lanes=lanes).steady
     return bitstream.build(folder, board, out, clock_mhz=clock_mhz, baud=baud, seed=seed,
                            cycles_per_image=steady, network=str(net_path), overrides=extra)
+
+
+def board_build(board: str, lanes: str | int | None = None, cols: int | None = None,
+                constraints: str | Path = "constraints") -> tuple[str | int, int | None]:
+    """`(lanes, cols)` a board's bitstream is built with: those given, else its constraints
+    file's, else "balanced" lanes and every column a cycle."""
+    if board not in bitstream.BOARDS:
+        raise ValueError(f"--board {board!r}: one of {', '.join(sorted(bitstream.BOARDS))}")
+    cons = board_constraints(board, constraints)
+    return lanes or cons.get("lanes", "balanced"), cols or cons.get("cols")
 
 
 def fit_lanes(net, lanes: str | int) -> dict | int | None:
@@ -107,9 +121,11 @@ def main(argv=None) -> int:
     ap.add_argument("--constraints", type=Path, default=Path("constraints"),
                     help="folder of <board>.json settings (default: constraints)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
-    ap.add_argument("--lanes", default="balanced",
-                    help="chunk lanes: balanced (default: fewest that keep the throughput), "
-                         "all, or a number")
+    ap.add_argument("--lanes", help="chunk lanes: balanced (fewest that keep the "
+                                     "throughput), all, or a number (default: the constraints "
+                                     "file's, else balanced)")
+    ap.add_argument("--cols", type=int, help="physical columns per cycle (default: the "
+                                             "constraints file's, else all)")
     ap.add_argument("--out", type=Path, default=Path("build/bitstream"))
     args = ap.parse_args(argv)
     boards = args.board or list(DEFAULT_NETS)
@@ -121,7 +137,7 @@ def main(argv=None) -> int:
         net = args.net or DEFAULT_NETS[b]
         print(f"building {b} with {net} ...", flush=True)
         rep = build_board(net, b, args.out / b, args.clock_mhz, args.baud, args.seed,
-                          args.lanes, args.constraints)
+                          args.lanes, args.constraints, args.cols)
         print((args.out / b / "report.md").read_text(), flush=True)
         reports.append(rep)
     text = summary(reports)

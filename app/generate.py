@@ -248,10 +248,11 @@ def _legacy_generation(out_dir: Path) -> bool:
             and all(isinstance(v, str) and len(v) == 64 for v in stamp.values()))
 
 
-def network_digest(net: Network) -> tuple[dict, str]:
-    """The network images' manifest and `units_sha256`, as `epim generate` would write them."""
+def network_digest(net: Network, lanes: int | dict | None = None) -> tuple[dict, str]:
+    """The network images' manifest and `units_sha256`, as `epim generate` would write them
+    with `lanes` (and the columns per cycle of `net.pim`)."""
     with tempfile.TemporaryDirectory(prefix="epim-digest-") as tmp:
-        images.write_network(images.compile_network(net), tmp)
+        images.write_network(images.compile_network(net, lanes=lanes), tmp)
         manifest = json.loads((Path(tmp) / "network.json").read_text())
     return manifest, manifest["units_sha256"]
 

@@ -56,6 +56,7 @@ class TileParams:
     dac_bits: int
     adc_bits: int
     lanes: int  # row chunks computed at once
+    cols: int  # physical columns computed at once (at most xbar_cols)
     n_steps: int  # IFRT steps in use
     reuse: bool  # IFRT reuse on (spec section 4)
     # Not in the manifest: a copy of a replicated layer computes the output pixels
@@ -155,7 +156,7 @@ class TileParams:
         positive = ("cin", "cout", "h", "w", "ho", "wo", "kernel", "stride", "in_bits",
                     "out_bits", "weight_bits", "ce_in", "ce_out", "patch_in", "patch_out",
                     "g_in", "g_out", "n_slices", "n_t", "max_steps", "acc_bits", "src_bits",
-                    "xbar_rows", "xbar_cols", "cell_bits", "dac_bits", "adc_bits", "lanes",
+                    "xbar_rows", "xbar_cols", "cell_bits", "dac_bits", "adc_bits", "lanes", "cols",
                     "pix_step")
         for key in positive:
             if getattr(self, key) < 1:
@@ -166,6 +167,9 @@ class TileParams:
                 raise ValueError(f"{key!r} must be at most {MAX_BITS}")
         if self.src_bits < ubits(self.cin):
             raise ValueError(f"'src_bits' {self.src_bits} cannot name {self.cin} channels")
+        if self.cols > self.xbar_cols:
+            raise ValueError(f"'cols' {self.cols} exceeds the crossbar's {self.xbar_cols} "
+                             "columns")
         if self.lanes > self.chunks:
             raise ValueError(f"'lanes' {self.lanes} exceeds the {self.chunks} row chunks")
         if self.n_steps > self.max_steps:

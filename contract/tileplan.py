@@ -31,15 +31,16 @@ def in_blocks(cin: int) -> int:
 
 
 def col_blocks(p) -> int:
-    """Column blocks of the epitome's `Ce_out * n_s` physical columns: the crossbars side by
-    side (contract section 3), computed one after another, `xbar_cols` columns a cycle."""
-    return geometry.column_blocks(p.ce_out, p.n_slices, p.xbar_cols)
+    """Column blocks of the epitome's `Ce_out * n_s` physical columns, computed one after
+    another, `cols` columns a cycle (`cols = xbar_cols`: the crossbars side by side of
+    contract section 3, each a cycle; fewer: each crossbar's columns read out in turn, as
+    when columns share an ADC through a multiplexer)."""
+    return geometry.column_blocks(p.ce_out, p.n_slices, p.cols)
 
 
 def block_cols(p) -> int:
-    """Physical columns computed in a cycle: `xbar_cols`, or fewer when the epitome has
-    fewer."""
-    return min(p.xbar_cols, p.ce_out * p.n_slices)
+    """Physical columns computed in a cycle: `cols`, or fewer when the epitome has fewer."""
+    return min(p.cols, p.ce_out * p.n_slices)
 
 
 def column_place(p, e: int, q: int) -> tuple[int, int]:

@@ -1,9 +1,9 @@
 """The crossbar emulation of one pass: DAC slices, bit-sliced differential cells, ADCs and the
 sums over slices, column blocks and passes.
 
-A cycle computes one column block (`xbar_cols` physical columns, `epim.contract.tileplan`) of
+A cycle computes one column block (`cols` physical columns, `epim.contract.tileplan`) of
 one pass (`lanes` row chunks): every row of lane `j` (row chunk `lanes * pass + j`) drives its
-DAC slice into the cells of its row that lie in the block, read from the row's cell memory; a
+DAC slice into the cells of its row that lie in the block, read from the lane's cell memory; a
 physical column's sum per lane and polarity goes through its ADC (saturating at
 `2**adc_bits - 1`), and positive minus negative, summed over the lanes, is the column's value.
 That array (`CrossbarArray`) depends only on the physical crossbar (`ArraySpec`), not on the
@@ -13,10 +13,10 @@ slices (most significant first) follows, and after a block's last slice every ep
 adds its cell slices of that block, shifted by the slice, into the step's column values
 `x_col` (`accumulate_passes`).
 
-The cell memories hold a row's cells by block, then cell bit, then polarity, then column
-(`cell_word_order`), so a block's word is one slice of the memory word and each bit plane of
-it one slice again: the column sums are carry-save adders over whole bit planes
-(`epim.hw.arith.csa_sums`)."""
+A lane's cell memory has a word per pass and column block holding the block's cells of
+every row of the lane (`lane_words`); a row's part of it is by cell bit, then polarity, then
+column (`cell_word_order`), so each bit plane is one slice: the column sums are carry-save
+adders over whole bit planes (`epim.hw.arith.csa_sums`)."""
 
 from __future__ import annotations
 
@@ -99,46 +99,108 @@ def to_cell_word(order: list[int | None], word: int) -> int:
     return sum(((word >> src) & 1) << i for i, src in enumerate(order) if src is not None)
 
 
-def cell_memories(m: Module, cfg: TileParams, image: list[int], prog, prog_we,
-                  fixed: bool) -> list:
-    """Cell memories: one per row of a pass (`lanes * xbar_rows`), one word per pass; row
-    `rho` is word `rho // n` of memory `rho % n`, its bits in the order of `cell_word_order`,
-    initialised from the crossbar `image` and written by the programming port (payload
-    `prog`, `prog_we` its `xbar` writes) unless `fixed`. Returns their read ports (None for a
-    row that no pass has)."""
-    n, rows, n_pass = tileplan.pass_rows(cfg), cfg.rows, cfg.passes
+@dataclass
+class CellMemories:
+    """The cell memories of a tile (`cell_memories`): per lane its read port (None for a lane
+    that no pass has), the address the compute side drives, and `busy` while a programming
+    write is in progress."""
+    ports: list
+    addr: Signal
+    busy: Signal
+
+
+def lane_rows(cfg: TileParams, lane: int) -> range:
+    """The rows of a pass that lane `lane` holds cells for."""
+    used = min(cfg.rows, tileplan.pass_rows(cfg))
+    return range(lane * cfg.xbar_rows, min((lane + 1) * cfg.xbar_rows, used))
+
+
+def lane_words(cfg: TileParams, image: list[int], lane: int) -> list[int]:
+    """Initial words of lane `lane`'s cell memory: word `pass * col_blocks + block` holds,
+    for each row `r` of the lane, that row's cells of the block (`ArraySpec.word` bits each,
+    row by row)."""
+    n, nb, rows = tileplan.pass_rows(cfg), tileplan.col_blocks(cfg), cfg.rows
+    bw = ArraySpec.of(cfg).word
     order = cell_word_order(cfg)
-    width = len(order)
-    addr, word = prog.addr, prog.data
-    # the programming word in the memories' order and its address as (pass, row of the
-    # pass), by comparisons, registered: the write lands a cycle after the handshake (the
-    # tile takes words only while idle). (The register keeps the permutation, which is only
-    # wiring, in one place: else the Verilog repeats it at every memory's write port.)
-    p_word = Signal(width, name="prog_cells")
-    pq = Signal(range(max(2, n_pass)), name="prog_pass")
-    pr = Signal(range(max(2, n + 1)) if n_pass > 1 else len(addr), name="prog_row")
-    p_we = Signal(name="prog_cells_we")
-    if not fixed:
-        m.d.sync += [p_word.eq(Cat(*[word[src] if src is not None else Const(0, 1)
-                                     for src in order])),
-                     p_we.eq(prog_we & (addr < rows)), pq.eq(0), pr.eq(addr)]
-        for q in range(1, n_pass):
-            with m.If(addr >= q * n):
-                m.d.sync += [pq.eq(q), pr.eq(addr - q * n)]
-    ports = []
-    for r in range(n):
-        if r >= rows:
-            ports.append(None)
+    mask = (1 << bw) - 1
+    words = []
+    for q in range(cfg.passes):
+        row_words = [to_cell_word(order, image[q * n + r]) if q * n + r < rows else 0
+                     for r in lane_rows(cfg, lane)]
+        for b in range(nb):
+            words.append(sum(((w >> (b * bw)) & mask) << (i * bw)
+                             for i, w in enumerate(row_words)))
+    return words
+
+
+def cell_memories(m: Module, cfg: TileParams, image: list[int], prog, prog_we,
+                  fixed: bool) -> CellMemories:
+    """Cell memories: one per lane, one word per (pass, column block), address
+    `pass * col_blocks + block`, that word holding the block's cells of every row of the lane
+    (`lane_words`): a cycle reads exactly the cells it computes with, so the word is as wide as
+    the physical crossbar's block and block RAM can hold it. Initialised from the crossbar
+    `image`; unless `fixed`, the programming port (payload `prog`, `prog_we` its `xbar`
+    writes) writes a crossbar row: its word is registered in the memories' bit order
+    (`cell_word_order`), then each block of the row is merged into its word by a
+    read-modify-write, one block a cycle (`busy` meanwhile: `col_blocks + 1` cycles after the
+    handshake)."""
+    nb, rows, xr = tileplan.col_blocks(cfg), cfg.rows, cfg.xbar_rows
+    bw = ArraySpec.of(cfg).word
+    depth = cfg.passes * nb
+    addr = Signal(range(max(2, depth)), name="x_cell_addr")
+    busy = Signal(name="prog_cells_busy")
+    lanes = [lane_rows(cfg, j) for j in range(cfg.lanes)]
+    mems = []
+    for j, lrows in enumerate(lanes):
+        if not lrows:
+            mems.append(None)
             continue
-        words = [to_cell_word(order, image[q * n + r]) if q * n + r < rows else 0
-                 for q in range(n_pass)]
-        mem = Memory(shape=unsigned(width), depth=n_pass, init=words)
-        m.submodules[f"cells_{r}"] = mem
-        if not fixed:
-            wp = mem.write_port()
-            m.d.comb += [wp.en.eq(p_we & (pr == r)), wp.addr.eq(pq), wp.data.eq(p_word)]
-        ports.append(mem.read_port())
-    return ports
+        mem = Memory(shape=unsigned(len(lrows) * bw), depth=depth,
+                     init=lane_words(cfg, image, j))
+        m.submodules[f"cells_{j}"] = mem
+        mems.append(mem)
+    ports = [mem.read_port() if mem is not None else None for mem in mems]
+    if fixed:
+        m.d.comb += [p.addr.eq(addr) for p in ports if p is not None]
+        return CellMemories(ports, addr, Const(0))
+    order = cell_word_order(cfg)
+    # the row's word in the memories' order and its place, registered (the permutation is
+    # only wiring; the register keeps it in one place): (chunk -> lane, base address of its
+    # pass, row of the lane), by comparisons with the chunks' first rows
+    p_word = Signal(len(order), name="prog_cells")
+    p_base = Signal(range(max(2, depth)), name="prog_base")
+    p_lane = Signal(range(max(2, cfg.lanes)), name="prog_lane")
+    p_row = Signal(range(max(2, xr)), name="prog_row")
+    p_run, p_b = Signal(name="prog_run"), Signal(range(max(2, nb)), name="prog_block")
+    w_we, w_b = Signal(name="prog_cells_we"), Signal(range(max(2, nb)), name="prog_wblock")
+    addr_in = prog.addr
+    with m.If(prog_we & (addr_in < rows)):
+        m.d.sync += [p_word.eq(Cat(*[prog.data[src] if src is not None else Const(0, 1)
+                                     for src in order])),
+                     p_run.eq(1), p_b.eq(0), p_base.eq(0), p_lane.eq(0), p_row.eq(addr_in)]
+        for c in range(1, geometry.ceil_div(rows, xr)):
+            with m.If(addr_in >= c * xr):
+                q, j = divmod(c, cfg.lanes)
+                m.d.sync += [p_base.eq(q * nb), p_lane.eq(j), p_row.eq(addr_in - c * xr)]
+    # read block p_b; the cycle after, write it back with the row's slice in place
+    m.d.sync += [w_we.eq(p_run), w_b.eq(p_b)]
+    with m.If(p_run):
+        m.d.sync += p_b.eq(p_b + 1)
+        with m.If(p_b == nb - 1):
+            m.d.sync += p_run.eq(0)
+    m.d.comb += busy.eq(p_run | w_we)
+    new = p_word.word_select(w_b, bw) if nb > 1 else p_word
+    for j, (mem, port) in enumerate(zip(mems, ports, strict=True)):
+        if mem is None:
+            continue
+        m.d.comb += port.addr.eq(Mux(busy, p_base + Mux(p_run, p_b, w_b), addr))
+        wp = mem.write_port()
+        old = port.data
+        merged = Cat(*[Mux(p_row == i, new, old[i * bw:(i + 1) * bw])
+                       for i in range(len(lanes[j]))])
+        m.d.comb += [wp.en.eq(w_we & (p_lane == j)), wp.addr.eq(p_base + w_b),
+                     wp.data.eq(merged)]
+    return CellMemories(ports, addr, busy)
 
 
 class CrossbarArray(wiring.Component):
@@ -199,22 +261,22 @@ class CrossbarArray(wiring.Component):
         return m
 
 
-def column_values(m: Module, cfg: TileParams, slices: list, cells: list, x_b,
+def column_values(m: Module, cfg: TileParams, slices: list, cells: CellMemories,
                   share: bool) -> list:
-    """Each physical column's value in block `x_b` of this DAC slice and pass (signed), from
-    the rows' slices and their cell memories' read ports (None: no row): the block's word of
-    each row into the array, an instance of the shared module `ArraySpec.module` (`share`) or
-    a `CrossbarArray` of its own."""
+    """Each physical column's value in the block whose cells the memories' read ports hold
+    (signed), from the rows' DAC slices: every row's cells of the block into the array, an
+    instance of the shared module `ArraySpec.module` (`share`) or a `CrossbarArray` of its
+    own."""
     spec = ArraySpec.of(cfg)
-    n_blocks = tileplan.col_blocks(cfg)
     a_slices = Signal(data.ArrayLayout(unsigned(spec.dac_bits), spec.rows), name="x_slices")
     a_cells = Signal(data.ArrayLayout(unsigned(spec.word), spec.rows), name="x_cells")
     a_values = Signal(data.ArrayLayout(signed(spec.width), spec.cols), name="x_values")
-    for r, port in enumerate(cells):
+    for j, port in enumerate(cells.ports):
         if port is None:
             continue
-        word = port.data if n_blocks == 1 else port.data.word_select(x_b, spec.word)
-        m.d.comb += [a_slices[r].eq(slices[r]), a_cells[r].eq(word)]
+        for i, r in enumerate(lane_rows(cfg, j)):
+            m.d.comb += [a_slices[r].eq(slices[r]),
+                         a_cells[r].eq(port.data[i * spec.word:(i + 1) * spec.word])]
     if share:
         m.submodules.array = Instance(spec.module, i_slices=a_slices.as_value(),
                                       i_cells=a_cells.as_value(), o_values=a_values.as_value())

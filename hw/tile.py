@@ -11,10 +11,10 @@ cells of those rows, whatever the layer's `Cin`, `Cout` or `Ce_in * k * k`. The 
   channel a cycle: the IFAT names the input channel, whose word address (`src // in_word`)
   addresses `ifm` through `k*k` read ports, one per window position, and whose place in the word
   (`src % in_word`) picks its value;
-- ``x_``/``p_`` crossbar: per DAC slice (most significant first) the pass's rows drive the cells
-  of their row chunk, read from `lanes * xbar_rows` cell memories (one per row of a pass, one
-  word per pass), ADCs saturate per chunk and polarity, and a Horner sum adds the slice into the
-  step's column values;
+- ``x_``/``p_`` crossbar: per column block of `cols` columns and DAC slice (most significant
+  first) the pass's rows drive the cells of their row chunk, read from one cell memory per
+  lane (a word per pass and column block), ADCs saturate per chunk and polarity, and a Horner
+  sum adds the slice into the step's column values;
 - ``a_`` OFAT accumulation: after a step, one output group a cycle: its accumulator word (the
   `p_out` channels of the group) is read from the accumulator memory, the column values rotated
   by the group's OFAT base (`log2(Ce_out)` stages) are added, and the word is written back;
@@ -191,10 +191,10 @@ class PIMTile(wiring.Component):
         mask = ifrt.data[fr["mask"][0]:fr["mask"][0] + cfg.g_out]
         m.d.comb += [ifrt.addr.eq(s.x_step), ifat.addr.eq(s.x_step),
                      ofat.addr.eq(ifrt.data[fr["gi"][0]:])]
-        m.d.comb += [port.addr.eq(s.x_p) for port in cells if port is not None]
         f_sr = fill(u["ifat"], cfg, ld.ifm, ifat, s, base_bits(cfg))
         xb = u["crossbar"]
-        x_v = column_values(xb, cfg, row_slices(xb, cfg, f_sr, s.x_p, s.x_t), cells, s.x_b,
+        m.d.comb += cells.addr.eq(Mux(s.x_adv, s.x_a + 1, s.x_a))
+        x_v = column_values(xb, cfg, row_slices(xb, cfg, f_sr, s.x_p, s.x_t), cells,
                             self._share_array)
         x_col = accumulate_passes(xb, cfg, x_v, s.x_valid, s.x_t, s.x_p, s.x_b)
         acc = accumulate(u["ofat"], cfg, x_col, ofat, mask, s.a_issue, s.c, s.clear)
@@ -210,8 +210,9 @@ class PIMTile(wiring.Component):
         with m.If(s.move):
             m.d.sync += [o_payload.eq(q_sr), o_valid.eq(1)]
         s.o_free = ~o_valid | self.o.ready
+        s.prog_busy = cells.busy
         waiting = self._sequencer(m, s, ld)
-        busy = ld.full.any() | ~waiting | o_valid | ld.busy
+        busy = ld.full.any() | ~waiting | o_valid | ld.busy | cells.busy
         m.d.comb += [self.idle.eq(~busy), self.prog.ready.eq(~busy & (not self._fixed))]
         return m
 
@@ -224,6 +225,7 @@ class PIMTile(wiring.Component):
             x_step=Signal(range(cfg.max_steps)), x_p=Signal(range(max(2, cfg.passes))),
             x_t=Signal(range(cfg.n_t), init=cfg.n_t - 1),
             x_b=Signal(range(max(2, tileplan.col_blocks(cfg)))),
+            x_a=Signal(range(max(2, cfg.passes * tileplan.col_blocks(cfg)))), x_adv=Signal(),
             f_i=Signal(range(tileplan.fill_depth(cfg) + 1)),
             c=Signal(range(max(cfg.g_out, cfg.cout) + 2)),
             q_go=Signal(range(cfg.g_out)), q_j=Signal(range(cfg.patch_out)),
@@ -269,12 +271,12 @@ class PIMTile(wiring.Component):
         s.g_last = (s.g_oy == s.walk["last_oy"]) & (s.g_ox == s.walk["last_ox"])
         with m.FSM(name="seq") as fsm:
             with m.State("WAIT"):
-                with m.If(ld.full.bit_select(s.g_bank, 1)):
+                with m.If(ld.full.bit_select(s.g_bank, 1) & ~s.prog_busy):
                     m.d.sync += s.x_step.eq(0)
                     m.next = "STEP"
             with m.State("STEP"):  # the step's IFRT and IFAT words are read
                 m.d.comb += s.clear.eq(s.x_step == 0)
-                m.d.sync += [s.x_p.eq(0), s.f_i.eq(0)]
+                m.d.sync += [s.x_p.eq(0), s.f_i.eq(0), s.x_a.eq(0)]
                 m.next = "FILL"
             with m.State("FILL"):
                 with m.If(s.f_i < f_count[s.x_p]):
@@ -288,9 +290,11 @@ class PIMTile(wiring.Component):
                 with m.If(s.x_t != 0):
                     m.d.sync += s.x_t.eq(s.x_t - 1)
                 with m.Elif(s.x_b != tileplan.col_blocks(cfg) - 1):
-                    m.d.sync += [s.x_t.eq(cfg.n_t - 1), s.x_b.eq(s.x_b + 1)]
+                    m.d.comb += s.x_adv.eq(1)
+                    m.d.sync += [s.x_t.eq(cfg.n_t - 1), s.x_b.eq(s.x_b + 1), s.x_a.eq(s.x_a + 1)]
                 with m.Elif(s.x_p != cfg.passes - 1):
-                    m.d.sync += [s.x_p.eq(s.x_p + 1), s.f_i.eq(0)]
+                    m.d.comb += s.x_adv.eq(1)
+                    m.d.sync += [s.x_p.eq(s.x_p + 1), s.f_i.eq(0), s.x_a.eq(s.x_a + 1)]
                     m.next = "FILL"
                 with m.Else():
                     m.d.sync += s.c.eq(0)

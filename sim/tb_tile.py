@@ -125,6 +125,14 @@ async def tile_job(dut):
                             dut.prog__payload if prog_port else None,
                             [int(w, 16) for w in phase["program"]], prog_rng, 0.3)
         await run_ports(dut, [prog], None, 0, job["max_cycles"], prog_port)
+        if prog.taken:  # the last programming write lands before the input phase's cycle 0
+            for _ in range(job["max_cycles"]):
+                await ReadOnly()
+                if int(dut.idle.value):
+                    break
+                await FallingEdge(dut.clk)
+            else:
+                raise AssertionError("the design never became idle after programming")
         drv = StreamDriver(dut.i__valid, dut.i__ready, dut.i__payload,
                            [int(w, 16) for w in phase["inputs"]], rng, 0.3)
         mon = StreamMonitor(dut.o__valid, dut.o__ready, dut.o__payload, rng, 0.4)

@@ -66,6 +66,12 @@ def row_chunks(layer: Layer, pim: PIM) -> int:
                                pim.xbar_rows)
 
 
+def cols_for(pim: PIM) -> int:
+    """Physical columns a tile computes in a cycle: `pim.cycle_cols` (`epim generate --cols`),
+    all `xbar_cols` by default."""
+    return min(pim.cycle_cols or pim.xbar_cols, pim.xbar_cols)
+
+
 def lanes_for(layer: Layer, pim: PIM, lanes: int | dict | None) -> int:
     """Chunk lanes of a tile (row chunks computed in one cycle): `lanes` (an int for every
     tile, or a dict by layer name) capped at the layer's row chunks; None or 0 (or a missing
@@ -102,6 +108,7 @@ def tile_timing(layer: Layer, pim: PIM, reuse: bool = True,
                         ce_out=layer.epitome.out_channels,
                         n_slices=geometry.cell_slices(layer.weight_bits, pim.cell_bits),
                         xbar_rows=pim.xbar_rows, xbar_cols=pim.xbar_cols, lanes=n_lanes,
+                        cols=cols_for(pim),
                         n_t=geometry.dac_slices(layer.in_bits, pim.dac_bits),
                         g_out=layer.g_out, cout=layer.out_channels)
     return TileTiming(pixels=replica_pixels(ho * wo, *replica), in_beats=h * w,

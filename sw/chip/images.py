@@ -43,7 +43,7 @@ from ...contract.params import (
     TileUnit,
     unit_to_dict,
 )
-from .cyclemodel import lanes_for, replicas_for
+from .cyclemodel import cols_for, lanes_for, replicas_for
 from .epitome import ifat_sources, n_slices, steps
 from .netfile import Layer, Network
 from .reference import crossbar_slices
@@ -97,7 +97,7 @@ def layer_params(net: Network, layer: Layer, max_steps: int | None = None,
         acc_bits=acc_bound.bit_length() + 1, src_bits=ubits(cin),
         xbar_rows=pim.xbar_rows, xbar_cols=pim.xbar_cols, cell_bits=pim.cell_bits,
         dac_bits=pim.dac_bits, adc_bits=pim.adc_bits, lanes=lanes_for(layer, pim, lanes),
-        n_steps=n_steps, reuse=reuse)
+        cols=cols_for(pim), n_steps=n_steps, reuse=reuse)
 
 
 def compile_layer(net: Network, layer: Layer, reuse: bool = True,

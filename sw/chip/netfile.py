@@ -7,6 +7,7 @@ with NumPy arrays, shapes already inferred.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -50,6 +51,10 @@ class PIM:
     cell_bits: int
     dac_bits: int
     adc_bits: int
+    # Not in the network file: the physical columns the hardware converts per cycle (the
+    # columns of a crossbar sharing an ADC set read in turn), a choice of the build
+    # (`epim generate --cols`, `with_cols`); 0 means all `xbar_cols`.
+    cycle_cols: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,17 @@ class Network:
     @property
     def output_layer(self) -> Layer:
         return self.layer(self.output)
+
+
+def with_cols(net: Network, cols: int | None) -> Network:
+    """`net` built with `cols` physical columns per cycle (`PIM.cycle_cols`; None: as it is).
+    ValueError unless `1 <= cols <= xbar_cols`."""
+    if cols is None:
+        return net
+    if not 1 <= cols <= net.pim.xbar_cols:
+        raise ValueError(f"--cols {cols}: a tile computes 1 to {net.pim.xbar_cols} columns "
+                         "(the crossbar's) a cycle")
+    return dataclasses.replace(net, pim=dataclasses.replace(net.pim, cycle_cols=cols))
 
 
 class _Ctx:

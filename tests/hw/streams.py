@@ -23,6 +23,8 @@ def simulate(tile, beats, n_out, program=(), ready=lambda cycle: True, max_cycle
                 while not (await ctx.tick().sample(tile.prog.ready))[2]:
                     pass
             ctx.set(tile.prog.valid, 0)
+            while not (await ctx.tick().sample(tile.idle))[2]:  # the last write lands
+                pass
         cycle, nxt = 0, 0
         while len(got) < n_out and cycle < max_cycles:
             if nxt < len(beats):

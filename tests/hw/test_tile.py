@@ -7,19 +7,20 @@ import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
+from epim.contract import tileplan
 from epim.contract.images import ProgTarget, pack, prog_fields
 from epim.hw.tile import PIMTile
 from epim.sw.chip import cyclemodel, examples, images, netfile, reference
 from tests.hw.streams import beats_of, decode, simulate
 
 
-def compile_net(obj, lanes=None):
-    net = netfile.parse(obj)
+def compile_net(obj, lanes=None, cols=None):
+    net = netfile.with_cols(netfile.parse(obj), cols)
     return net, images.compile_layer(net, net.layers[0], lanes=lanes)
 
 
-def make(obj, lanes=None, fixed=False):
-    net, img = compile_net(obj, lanes)
+def make(obj, lanes=None, fixed=False, cols=None):
+    net, img = compile_net(obj, lanes, cols)
     return net, img, PIMTile(img.params, img.words, fixed=fixed)
 
 
@@ -52,6 +53,10 @@ CASES = {
                           offsets="random",
                           pim=dict(xbar_rows=8, xbar_cols=3, cell_bits=1, dac_bits=1,
                                    adc_bits=2)),
+    # 12 physical columns read 5 a cycle (3 blocks, the last of 2); 27 rows, 2 lanes of 8
+    "cols-5": dict(cin=5, cout=6, h=4, w=4, epitome=(3, 6, 2, 3), in_bits=3, _lanes=2, _cols=5,
+                   offsets="random",
+                   pim=dict(xbar_rows=8, xbar_cols=32, cell_bits=1, dac_bits=1, adc_bits=3)),
     "lanes-3-epitome": dict(cin=5, cout=4, h=4, w=4, epitome=(3, 3, 2, 2), in_bits=3, _lanes=3,
                             offsets="random",
                             pim=dict(xbar_rows=8, xbar_cols=8, cell_bits=1, dac_bits=1,
@@ -71,10 +76,10 @@ TILE_CASES = [pytest.param(name, fixed, id=f"{name}-{ident}",
 def test_tile_matches_reference_and_cycle_model(name, fixed, rng):
     """Programmable memories, and a network's fixed tile (the same tile on ROMs)."""
     kw = dict(CASES[name])
-    lanes = kw.pop("_lanes", None)
+    lanes, cols = kw.pop("_lanes", None), kw.pop("_cols", None)
     if name == "default":
         kw = dict(cin=8, cout=16, h=6, w=6, epitome=(4, 8, 4, 8), d_c=4)
-    net, img, tile = make(examples.conv_layer_net(rng, **kw), lanes, fixed)
+    net, img, tile = make(examples.conv_layer_net(rng, **kw), lanes, fixed, cols)
     cfg = tile.cfg
     if lanes:
         assert cfg.passes > 1
@@ -99,11 +104,18 @@ def test_back_pressure_loses_nothing(fixed, rng):
     np.testing.assert_array_equal(decode(got, tile.cfg), reference.run_network(net, x))
 
 
-def test_programming_port_replaces_every_memory(rng):
-    """A tile built for one layer computes another after the port writes its images."""
+@pytest.mark.parametrize(("lanes", "cols"), [(None, None), (2, 3)],
+                         ids=["one-block", "lanes-2-cols-3"])
+def test_programming_port_replaces_every_memory(lanes, cols, rng):
+    """A tile built for one layer computes another after the port writes its images; with
+    `cols` 3 each crossbar row is written block by block (read-modify-write)."""
     kw = dict(cin=5, cout=6, h=4, w=4, epitome=(3, 4, 2, 3), offsets="random")
-    _, _, tile = make(examples.conv_layer_net(rng, **kw))
-    net_b, img_b = compile_net(examples.conv_layer_net(rng, **kw))
+    if cols:
+        kw["pim"] = dict(xbar_rows=8, xbar_cols=16, cell_bits=1, dac_bits=1, adc_bits=3)
+    _, _, tile = make(examples.conv_layer_net(rng, **kw), lanes, cols=cols)
+    net_b, img_b = compile_net(examples.conv_layer_net(rng, **kw), lanes, cols)
+    if cols:
+        assert tileplan.col_blocks(tile.cfg) > 1 and tile.cfg.passes > 1
     x = rng.integers(0, 16, (1,) + net_b.input_shape)
     got, _, _ = simulate(tile, beats_of(x, 4), 16, program=prog_words(tile, img_b))
     np.testing.assert_array_equal(decode(got, tile.cfg), reference.run_network(net_b, x))
@@ -131,7 +143,8 @@ def test_programming_survives_reset(rng):
         for word in prog_words(tile, img_b):
             ctx.set(tile.prog.payload.as_value(), word)
             ctx.set(tile.prog.valid, 1)
-            await ctx.tick()
+            while not (await ctx.tick().sample(tile.prog.ready))[2]:
+                pass
         ctx.set(tile.prog.valid, 0)
         for beat in beats_of(x, 4)[:5]:  # a partial image, lost in the reset
             ctx.set(tile.i.payload, beat ^ 0b1010)
