@@ -42,6 +42,24 @@ class Unit:
     def step(self, in_fire: list[bool], out_fire: list[bool], out_ready: list[bool]) -> None:
         raise NotImplementedError
 
+    def quiet(self, out_ready: list[bool]) -> float:
+        """Cycles from now (this one included) whose steps, with no handshake and these
+        output readies, change nothing that `valid` or `ready` read and only count down
+        (`skip` takes them at once). The default: unbounded when a step without handshakes
+        leaves the unit as it is, else 0."""
+        before = _state(self)
+        self.step([False] * self.n_in, [False] * self.n_out, out_ready)
+        after = _state(self)
+        self.__dict__.update(before)
+        return float("inf") if after == before else 0
+
+    def skip(self, n: int) -> None:
+        """Take `n` quiet cycles at once (`quiet`)."""
+
+
+def _state(unit: Unit) -> dict:
+    return {k: list(v) if isinstance(v, list) else v for k, v in vars(unit).items()}
+
 
 class TileModel(Unit):
     """`hw/tile.py: PIMTile` control: the loader, the sequencer (waiting for a full bank,
@@ -62,6 +80,19 @@ class TileModel(Unit):
 
     def ready(self, port, in_valid, out_ready):
         return not self.full[self.l_bank] and self.l_blk == 0
+
+    def quiet(self, out_ready):
+        if self.l_blk:  # the loader is writing a beat's words
+            return 0
+        if self.state == "run":  # counting down to the move
+            return self.count - 1
+        if self.state == "wait":
+            return 0 if self.full[self.g_bank] else float("inf")
+        return float("inf") if self.o_valid and not out_ready[0] else 0  # move: blocked
+
+    def skip(self, n):
+        if self.state == "run":
+            self.count -= n
 
     def step(self, in_fire, out_fire, out_ready):
         t = self.t
@@ -126,6 +157,13 @@ class ReplicatedTileModel(Unit):
 
     def ready(self, port, in_valid, out_ready):
         return all(t.ready(0, in_valid, out_ready) for t in self.tiles)
+
+    def quiet(self, out_ready):
+        return min(t.quiet([out_ready[0] and r == self.sel]) for r, t in enumerate(self.tiles))
+
+    def skip(self, n):
+        for t in self.tiles:
+            t.skip(n)
 
     def step(self, in_fire, out_fire, out_ready):
         for r, t in enumerate(self.tiles):
@@ -303,6 +341,10 @@ class Source(Unit):
     def valid(self, port):
         return self.offered
 
+    def quiet(self, out_ready):
+        # (a random gap draws every cycle: no skipping past the draws)
+        return float("inf") if self.offered or self.next >= self.beats else 0
+
     def step(self, in_fire, out_fire, out_ready):
         if out_fire[0]:
             self.next += 1
@@ -323,6 +365,9 @@ class Sink(Unit):
 
     def ready(self, port, in_valid, out_ready):
         return self.accepting
+
+    def quiet(self, out_ready):
+        return float("inf") if self.rng is None else 0
 
     def step(self, in_fire, out_fire, out_ready):
         pass
@@ -421,8 +466,11 @@ class Deadlock(RuntimeError):
     pass
 
 
-def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000) -> Run:
-    """Step the graph until the sink has `out_beats` beats (and the source is drained)."""
+def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000,
+             skip_quiet: bool = True) -> Run:
+    """Step the graph until the sink has `out_beats` beats (and the source is drained).
+    `skip_quiet`: jump over stretches of cycles in which no unit can change (`Unit.quiet`);
+    the result is the same as stepping every cycle, only faster."""
     nodes = graph.nodes
     index = {n.name: i for i, n in enumerate(nodes)}
     # edges: (producer index, out port, consumer index, in port)
@@ -445,6 +493,7 @@ def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000) -> Run:
     ready = [False] * len(edges)
     cycle = 0
     last_progress = 0
+    orrs = [[False] * u.n_out for u in units]
     while len(out_cycles) < out_beats or source.next < source.beats:
         source.drive()
         sink.drive()
@@ -459,6 +508,26 @@ def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000) -> Run:
             for k, e in enumerate(in_edges[ci]):
                 ready[e] = u.ready(k, iv, orr)
         fire = [v and r for v, r in zip(valid, ready, strict=True)]
+        if skip_quiet and not any(fire):
+            # nothing moves: when every unit only counts down for a while, jump to the first
+            # cycle where one can change (its valid or ready, or its next step's rule)
+            n = float("inf")
+            for i, u in enumerate(units):
+                o = orrs[i]
+                for k, e in enumerate(out_edges[i]):
+                    o[k] = ready[e]
+                n = min(n, u.quiet(o))
+                if n < 2:
+                    break
+            if n >= 2:
+                n = int(min(n, max_cycles + 1 - cycle, 1_000_001 - (cycle - last_progress)))
+                for u in units:
+                    u.skip(n)
+                cycle += n
+                if cycle - last_progress > 1_000_000 or cycle > max_cycles:
+                    raise Deadlock(f"no handshake for {cycle - last_progress} cycles at cycle "
+                                   f"{cycle} ({len(out_cycles)}/{out_beats} output beats)")
+                continue
         for i, u in enumerate(units):
             inf = [fire[e] for e in in_edges[i]]
             outf = [fire[e] for e in out_edges[i]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,24 @@ def test_balanced_lanes_keep_the_throughput_with_fewer_adder_trees(path):
             assert 1 <= lanes[la.name] <= cyclemodel.row_chunks(la, net.pim)
     if path:  # the FPGA build's MNIST model: c2 and c4 have cycles to spare
         assert lanes == {"c1": 1, "c2": 1, "c3": 3, "c4": 1, "fc": 1}
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_skipping_quiet_cycles_changes_no_handshake(seed):
+    """The network model's jumps over cycles where nothing can change (`Unit.quiet`) give
+    every handshake of stepping each cycle: random residual networks with a max pool, tile
+    copies, columns per cycle, with and without the testbench's random gaps."""
+    from epim.sw.chip import netcycles
+
+    net = netfile.with_cols(netfile.parse(examples.random_network_net(seed, v11=True)), 3)
+    tiles = [la.name for la in net.layers if la.op in ("conv", "linear")]
+    for stalls in (None, 5):
+        runs = []
+        for skip in (True, False):
+            graph = netcycles.build_graph(
+                net, 3, None, rng=None if stalls is None else random.Random(stalls),
+                replicas={tiles[0]: 2})
+            per = netcycles.out_beats_per_image(net)
+            runs.append(netcycles.simulate(graph, 3 * per, skip_quiet=skip))
+        assert runs[0].beats == runs[1].beats and runs[0].cycles == runs[1].cycles
+        assert runs[0].busy == runs[1].busy and runs[0].peaks == runs[1].peaks
