@@ -95,9 +95,12 @@ def step_cycles(p) -> int:
             + p.g_out + 1)
 
 
+OSTAGE_DEPTH = 4  # pipeline stages of the output stage after a channel's memory reads
+
+
 def output_cycles(p) -> int:
-    """Cycles of a pixel's output stage: one channel a cycle, two stages deep."""
-    return p.cout + 2
+    """Cycles of a pixel's output stage: one channel a cycle, `OSTAGE_DEPTH` stages deep."""
+    return p.cout + OSTAGE_DEPTH
 
 
 def pixel_cycles(n_steps: int, step: int, output: int) -> int:

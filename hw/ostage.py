@@ -1,11 +1,12 @@
 """The output stage of spec section 5, `y = clamp((acc + bias) * mult + rnd >> shift, lo, hi)`:
 the arithmetic (`output_value`, `rounded_shift`) and the tile's stage (`output_stage`), one
-output channel a cycle, two pipeline stages deep."""
+output channel a cycle, four pipeline stages deep (`epim.contract.tileplan.OSTAGE_DEPTH`)."""
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 
+from ..contract import tileplan
 from ..contract.images import BIAS_BITS, MULT_BITS, ostage_fields, unpack
 from ..contract.params import TileParams
 
@@ -39,10 +40,20 @@ def rounded_shift(prod: int, shift: int) -> int:
 
 def output_stage(m: Module, cfg: TileParams, acc_rp, live, ostage, issue, go, j) -> Signal:
     """Channel `o = go * p_out + j` in a cycle with `issue` (the caller drives the
-    accumulator memory's address to `go` and the output-stage memory's to `o` then): a cycle
-    later `(acc + bias) * mult` into a register, a cycle after that the rounding shift and the
-    clamp, shifted into the output shift register, which it returns (channel `o` at bits
-    `[o*out_bits, (o+1)*out_bits)` once every channel has gone in, in order)."""
+    accumulator memory's address to `go` and the output-stage memory's to `o` then), one
+    register stage a cycle after it:
+
+    1. the memories' words: `acc + bias` (the `p_out` accumulators' `j`-th, 0 if not live);
+    2. the products of that sum with `mult`'s low `MULT_SPLIT` bits and with its high bits
+       (each a few DSP blocks);
+    3. `prod = (acc + bias) * mult`, the two products added;
+    4. the rounding shift and the clamp, shifted into the output shift register, which it
+       returns (channel `o` at bits `[o*out_bits, (o+1)*out_bits)` once every channel has
+       gone in, in order).
+
+    So the stage's logic between registers is an adder, a product or a shift: no path runs
+    through a memory, an adder and a multiplier at once (the ULX3S build's critical path
+    before)."""
     ob = cfg.out_bits
     q1_valid, q1_live = Signal(), Signal()
     q1_j = Signal(range(cfg.patch_out))
@@ -54,15 +65,30 @@ def output_stage(m: Module, cfg: TileParams, acc_rp, live, ostage, issue, go, j)
     mult = word[BIAS_BITS:BIAS_BITS + MULT_BITS]
     shift = word[BIAS_BITS + MULT_BITS:]
     acc = Mux(q1_live, acc_rp.data.word_select(q1_j, cfg.acc_bits), 0).as_signed()
-    q2_valid = Signal()
-    q2_prod = Signal(signed(cfg.acc_bits + BIAS_BITS + MULT_BITS + 2))
-    q2_shift = Signal(len(shift))
-    m.d.sync += [q2_valid.eq(q1_valid), q2_prod.eq((acc + bias) * mult), q2_shift.eq(shift)]
+    sum_bits = max(cfg.acc_bits, BIAS_BITS) + 1
+    q2_valid, q3_valid, q4_valid = Signal(), Signal(), Signal()
+    q2_sum = Signal(signed(sum_bits))
+    q2_mult = Signal(MULT_BITS)
+    q2_shift, q3_shift, q4_shift = (Signal(len(shift), name=f"q{i}_shift") for i in (2, 3, 4))
+    m.d.sync += [q2_valid.eq(q1_valid), q2_sum.eq(acc + bias), q2_mult.eq(mult),
+                 q2_shift.eq(shift)]
+    q3_lo = Signal(signed(sum_bits + MULT_SPLIT + 1))
+    q3_hi = Signal(signed(sum_bits + MULT_BITS - MULT_SPLIT + 1))
+    m.d.sync += [q3_valid.eq(q2_valid), q3_shift.eq(q2_shift),
+                 q3_lo.eq(q2_sum * q2_mult[:MULT_SPLIT]),
+                 q3_hi.eq(q2_sum * q2_mult[MULT_SPLIT:])]
+    q4_prod = Signal(signed(sum_bits + MULT_BITS + 2))
+    m.d.sync += [q4_valid.eq(q3_valid), q4_shift.eq(q3_shift),
+                 q4_prod.eq(q3_lo + (q3_hi << MULT_SPLIT))]
     lo, hi = output_range(cfg)
-    y = Signal(signed(len(q2_prod) + 2))
-    m.d.comb += y.eq(rounded_shift(q2_prod, q2_shift))
+    y = Signal(signed(len(q4_prod) + 2))
+    m.d.comb += y.eq(rounded_shift(q4_prod, q4_shift))
     q_y = Mux(y < lo, lo, Mux(y > hi, hi, y))[:ob]
     q_sr = Signal(ob * cfg.cout)
-    with m.If(q2_valid):
+    with m.If(q4_valid):
         m.d.sync += q_sr.eq(Cat(q_sr[ob:], q_y) if cfg.cout > 1 else q_y)
+    assert tileplan.OSTAGE_DEPTH == 4  # the four stages above
     return q_sr
+
+
+MULT_SPLIT = 17  # `mult`'s low bits in the first product: one DSP's unsigned operand width

@@ -227,7 +227,7 @@ class PIMTile(wiring.Component):
             x_b=Signal(range(max(2, tileplan.col_blocks(cfg)))),
             x_a=Signal(range(max(2, cfg.passes * tileplan.col_blocks(cfg)))), x_adv=Signal(),
             f_i=Signal(range(tileplan.fill_depth(cfg) + 1)),
-            c=Signal(range(max(cfg.g_out, cfg.cout) + 2)),
+            c=Signal(range(max(cfg.g_out + 2, tileplan.output_cycles(cfg)))),
             q_go=Signal(range(cfg.g_out)), q_j=Signal(range(cfg.patch_out)),
             f_issue=Signal(), x_valid=Signal(), a_issue=Signal(), q_issue=Signal(),
             clear=Signal(), move=Signal(),
@@ -317,7 +317,7 @@ class PIMTile(wiring.Component):
                         m.d.sync += [s.q_j.eq(0), s.q_go.eq(s.q_go + 1)]
                     with m.Else():
                         m.d.sync += s.q_j.eq(s.q_j + 1)
-                with m.If(s.c == cfg.cout + 1):
+                with m.If(s.c == tileplan.output_cycles(cfg) - 1):
                     m.next = "MOVE"
             with m.State("MOVE"):
                 with m.If(s.o_free):
