@@ -86,16 +86,20 @@ def row_source(p, q: int, r: int) -> int | None:
     return (count - 1 - (i - first)) * k2 + pos
 
 
+ARRAY_STAGES = 1  # registers between a slice's cycle and its column values (the array's input)
+
+
 def step_cycles(p) -> int:
     """Cycles of one IFRT step: one to read the step's tables, then per pass its fill
     (`count + 1`: one channel a cycle and the read latency) and, per column block, its `n_t`
-    DAC slices, then the OFAT accumulation (`g_out + 1`: one output group a cycle and the read
+    DAC slices, then `ARRAY_STAGES` for the last slice to leave the array's input register,
+    then the OFAT accumulation (`g_out + 1`: one output group a cycle and the read
     latency)."""
     return (1 + sum(count + 1 + col_blocks(p) * p.n_t for _, count in fill_plan(p))
-            + p.g_out + 1)
+            + ARRAY_STAGES + p.g_out + 1)
 
 
-OSTAGE_DEPTH = 4  # pipeline stages of the output stage after a channel's memory reads
+OSTAGE_DEPTH = 5  # pipeline stages of the output stage after a channel's memory reads
 
 
 def output_cycles(p) -> int:

@@ -263,10 +263,11 @@ class CrossbarArray(wiring.Component):
 
 def column_values(m: Module, cfg: TileParams, slices: list, cells: CellMemories,
                   share: bool) -> list:
-    """Each physical column's value in the block whose cells the memories' read ports hold
-    (signed), from the rows' DAC slices: every row's cells of the block into the array, an
-    instance of the shared module `ArraySpec.module` (`share`) or a `CrossbarArray` of its
-    own."""
+    """Each physical column's value (signed) of the cycle before: the rows' DAC slices and
+    their cells of the block (the memories' read ports) go through a register into the array,
+    an instance of the shared module `ArraySpec.module` (`share`) or a `CrossbarArray` of its
+    own. (The register splits the path from the cell memories' outputs through the column
+    sums, which set the ULX3S build's clock, in two.)"""
     spec = ArraySpec.of(cfg)
     a_slices = Signal(data.ArrayLayout(unsigned(spec.dac_bits), spec.rows), name="x_slices")
     a_cells = Signal(data.ArrayLayout(unsigned(spec.word), spec.rows), name="x_cells")
@@ -275,7 +276,7 @@ def column_values(m: Module, cfg: TileParams, slices: list, cells: CellMemories,
         if port is None:
             continue
         for i, r in enumerate(lane_rows(cfg, j)):
-            m.d.comb += [a_slices[r].eq(slices[r]),
+            m.d.sync += [a_slices[r].eq(slices[r]),
                          a_cells[r].eq(port.data[i * spec.word:(i + 1) * spec.word])]
     if share:
         m.submodules.array = Instance(spec.module, i_slices=a_slices.as_value(),

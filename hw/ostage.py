@@ -1,6 +1,6 @@
 """The output stage of spec section 5, `y = clamp((acc + bias) * mult + rnd >> shift, lo, hi)`:
 the arithmetic (`output_value`, `rounded_shift`) and the tile's stage (`output_stage`), one
-output channel a cycle, four pipeline stages deep (`epim.contract.tileplan.OSTAGE_DEPTH`)."""
+output channel a cycle, five pipeline stages deep (`epim.contract.tileplan.OSTAGE_DEPTH`)."""
 
 from __future__ import annotations
 
@@ -47,9 +47,10 @@ def output_stage(m: Module, cfg: TileParams, acc_rp, live, ostage, issue, go, j)
     2. the products of that sum with `mult`'s low `MULT_SPLIT` bits and with its high bits
        (each a few DSP blocks);
     3. `prod = (acc + bias) * mult`, the two products added;
-    4. the rounding shift and the clamp, shifted into the output shift register, which it
-       returns (channel `o` at bits `[o*out_bits, (o+1)*out_bits)` once every channel has
-       gone in, in order).
+    4. `(prod << 1) + (1 << shift)`, the rounding added (`rounded_shift`);
+    5. that shifted right by `shift + 1` and clamped, shifted into the output shift register,
+       which it returns (channel `o` at bits `[o*out_bits, (o+1)*out_bits)` once every channel
+       has gone in, in order).
 
     So the stage's logic between registers is an adder, a product or a shift: no path runs
     through a memory, an adder and a multiplier at once (the ULX3S build's critical path
@@ -80,14 +81,19 @@ def output_stage(m: Module, cfg: TileParams, acc_rp, live, ostage, issue, go, j)
     q4_prod = Signal(signed(sum_bits + MULT_BITS + 2))
     m.d.sync += [q4_valid.eq(q3_valid), q4_shift.eq(q3_shift),
                  q4_prod.eq(q3_lo + (q3_hi << MULT_SPLIT))]
+    q5_valid = Signal()
+    q5_t = Signal(signed(len(q4_prod) + 2))
+    q5_shift = Signal(len(shift) + 1)
+    m.d.sync += [q5_valid.eq(q4_valid), q5_t.eq((q4_prod << 1) + (1 << q4_shift)),
+                 q5_shift.eq(q4_shift + 1)]
     lo, hi = output_range(cfg)
-    y = Signal(signed(len(q4_prod) + 2))
-    m.d.comb += y.eq(rounded_shift(q4_prod, q4_shift))
+    y = Signal(signed(len(q5_t)))
+    m.d.comb += y.eq(q5_t >> q5_shift)
     q_y = Mux(y < lo, lo, Mux(y > hi, hi, y))[:ob]
     q_sr = Signal(ob * cfg.cout)
-    with m.If(q4_valid):
+    with m.If(q5_valid):
         m.d.sync += q_sr.eq(Cat(q_sr[ob:], q_y) if cfg.cout > 1 else q_y)
-    assert tileplan.OSTAGE_DEPTH == 4  # the four stages above
+    assert tileplan.OSTAGE_DEPTH == 5  # the five stages above
     return q_sr
 
 

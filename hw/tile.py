@@ -196,7 +196,13 @@ class PIMTile(wiring.Component):
         m.d.comb += cells.addr.eq(Mux(s.x_adv, s.x_a + 1, s.x_a))
         x_v = column_values(xb, cfg, row_slices(xb, cfg, f_sr, s.x_p, s.x_t), cells,
                             self._share_array)
-        x_col = accumulate_passes(xb, cfg, x_v, s.x_valid, s.x_t, s.x_p, s.x_b)
+        # the slice's control, a cycle later with its column values (the array's input
+        # register, `tileplan.ARRAY_STAGES`)
+        r_valid, r_t = Signal(name="r_valid"), Signal.like(s.x_t, name="r_t")
+        r_p, r_b = Signal.like(s.x_p, name="r_p"), Signal.like(s.x_b, name="r_b")
+        xb.d.sync += [r_valid.eq(s.x_valid), r_t.eq(s.x_t), r_p.eq(s.x_p), r_b.eq(s.x_b)]
+        assert tileplan.ARRAY_STAGES == 1
+        x_col = accumulate_passes(xb, cfg, x_v, r_valid, r_t, r_p, r_b)
         acc = accumulate(u["ofat"], cfg, x_col, ofat, mask, s.a_issue, s.c, s.clear)
         q_sr = output_stage(u["ostage"], cfg, acc.rp, acc.live, ostage_port, s.q_issue,
                             s.q_go, s.q_j)
@@ -297,8 +303,10 @@ class PIMTile(wiring.Component):
                     m.d.sync += [s.x_p.eq(s.x_p + 1), s.f_i.eq(0), s.x_a.eq(s.x_a + 1)]
                     m.next = "FILL"
                 with m.Else():
-                    m.d.sync += s.c.eq(0)
-                    m.next = "OFAT"
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):  # the last slice leaves the array's input register
+                m.d.sync += s.c.eq(0)
+                m.next = "OFAT"
             with m.State("OFAT"):
                 m.d.comb += s.a_issue.eq(s.c < cfg.g_out)
                 m.d.sync += s.c.eq(s.c + 1)

@@ -5,7 +5,7 @@ A pixel takes `pixel_cycles` cycles from its first IFRT step to the cycle that m
 into the output register: per step, one cycle to read the step's tables, per pass over the row
 chunks a fill (one epitome input channel a cycle, plus the read latency) and the `n_t` DAC
 slices, then the OFAT accumulation (`g_out + 1`); after the last step the output stage
-(`cout + 4`) and the move (`epim.contract.tileplan`). The output beat leaves the cycle after the
+(`cout + 5`) and the move (`epim.contract.tileplan`). The output beat leaves the cycle after the
 move. The loader writes `in_blocks` input-memory words per input beat, one a cycle, into the
 bank of its image; the tile waits for a full bank before an image's first pixel (one cycle to
 see it, one to start) and releases the bank when the image's last pixel moves out.
