@@ -202,10 +202,19 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
     head = protocol.IDENT_BYTES + 1 + protocol.CHECK_BYTES
     expect = head + n * protocol.answer_bytes(manifest)
     bits_per_image = 10 * len(sends[-1])
+    # The UART has no flow control: a board's link runs far slower than its accelerator, but
+    # the bench's fast UART (`divisor` cycles a bit) can outrun it, so the bench leaves a gap
+    # after each image that paces the images at the network's steady rate (cycle model) plus
+    # a tenth, as a host would when the link is faster than the board.
+    from ..sw.chip import netcycles
+
+    steady = netcycles.predict(net, 3, lanes=lanes).steady or 0
+    gap = max(0, int(steady * 1.1) - bits_per_image * divisor)
     runner, build_dir = build_model(verilog, build_root, top="epim_board")
     t1 = time.time()
     job = {"divisor": divisor, "send": [s.hex() for s in sends], "expect_bytes": expect,
-           "max_cycles": (n + 4) * (bits_per_image * divisor + 200_000)
+           "gap_cycles": gap,
+           "max_cycles": (n + 4) * (bits_per_image * divisor + gap + 200_000)
            + 10 * len(sends[2]) * divisor}
     result = run_job(runner, build_dir, build_root, "epim.sim.tb_board", "epim_board",
                      "EPIM_BOARD_JOB", job)
@@ -233,6 +242,7 @@ def board_cosim(net: Network, x: np.ndarray, build_root: str | Path, divisor: in
            "matching_images": int(sum(bool((y[i] == ref[i]).all()) for i in range(n))),
            "identify": "ok", "bad_command": "answered '!'",
            "programmed_words": len(words), "programming_checksum": "ok",
+           "gap_cycles_between_images": gap,
            "error_led": bool(result["leds"] >> 3 & 1), "divisor": divisor, "lanes": lanes,
            "bytes_sent": sum(len(s) for s in sends), "bytes_received": len(data),
            "cycles_sent_to_answered": [e - s for s, e in zip(result["sent_at"][4:], last_bytes,
