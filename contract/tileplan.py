@@ -87,16 +87,17 @@ def row_source(p, q: int, r: int) -> int | None:
 
 
 ARRAY_STAGES = 1  # registers between a slice's cycle and its column values (the array's input)
+OFAT_STAGES = 2  # cycles from a group's issue to its write-back (rotation register, add)
 
 
 def step_cycles(p) -> int:
     """Cycles of one IFRT step: one to read the step's tables, then per pass its fill
     (`count + 1`: one channel a cycle and the read latency) and, per column block, its `n_t`
     DAC slices, then `ARRAY_STAGES` for the last slice to leave the array's input register,
-    then the OFAT accumulation (`g_out + 1`: one output group a cycle and the read
-    latency)."""
+    then the OFAT accumulation (`g_out + OFAT_STAGES`: one output group a cycle, its rotation
+    registered while its word is read, then the add and the write)."""
     return (1 + sum(count + 1 + col_blocks(p) * p.n_t for _, count in fill_plan(p))
-            + ARRAY_STAGES + p.g_out + 1)
+            + ARRAY_STAGES + p.g_out + OFAT_STAGES)
 
 
 OSTAGE_DEPTH = 5  # pipeline stages of the output stage after a channel's memory reads

@@ -206,7 +206,7 @@ class PIMTile(wiring.Component):
         acc = accumulate(u["ofat"], cfg, x_col, ofat, mask, s.a_issue, s.c, s.clear)
         q_sr = output_stage(u["ostage"], cfg, acc.rp, acc.live, ostage_port, s.q_issue,
                             s.q_go, s.q_j)
-        m.d.comb += [ostage_port.addr.eq(s.c), acc.rp.addr.eq(Mux(s.q_issue, s.q_go, s.c))]
+        m.d.comb += [ostage_port.addr.eq(s.c), acc.rp.addr.eq(Mux(s.q_issue, s.q_go, acc.a_go))]
         # the output register
         o_valid = Signal()
         o_payload = Signal(len(q_sr))
@@ -310,7 +310,7 @@ class PIMTile(wiring.Component):
             with m.State("OFAT"):
                 m.d.comb += s.a_issue.eq(s.c < cfg.g_out)
                 m.d.sync += s.c.eq(s.c + 1)
-                with m.If(s.c == cfg.g_out):
+                with m.If(s.c == tileplan.OFAT_STAGES + cfg.g_out - 1):
                     with m.If(s.ifrt_last):
                         m.d.sync += [s.c.eq(0), s.q_go.eq(0), s.q_j.eq(0)]
                         m.next = "OUTPUT"

@@ -50,14 +50,14 @@ def test_wide_inputs_take_one_cycle_per_input_word():
 
 def test_default_layer_cycles_per_pixel():
     """The default layer (2 steps of one pass, 4 DAC slices): per step 1 + (4 + 1) + 4 + 1 +
-    (2 + 1) cycles, then 16 + 5 for the output stage and 1 to move: 50 cycles a pixel, of
+    (2 + 2) cycles, then 16 + 5 for the output stage and 1 to move: 52 cycles a pixel, of
     which the crossbar computes 8."""
     net = netfile.parse(examples.default_layer_net())
     t = cyclemodel.tile_timing(net.layers[0], net.pim)
-    assert (t.n_steps, t.n_t, t.passes, t.step, t.output) == (2, 4, 1, 14, 21)
-    assert t.pixel_cycles == 50 and t.busy == 8
+    assert (t.n_steps, t.n_t, t.passes, t.step, t.output) == (2, 4, 1, 15, 21)
+    assert t.pixel_cycles == 52 and t.busy == 8
     sched = cyclemodel.schedule(t, 4)
-    assert sched.steady == t.pixels * 50 + 1
+    assert sched.steady == t.pixels * 52 + 1
 
 
 def test_reuse_off_costs_steps():
