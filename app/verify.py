@@ -92,8 +92,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
                   replicas: int | dict | None = None,
                   log: Callable[[str], None] | None = None,
                   waves: str | Path | None = None, program: bool = False,
-                  fixed: bool = False, faults: dict | None = None
-                  ) -> tuple[np.ndarray, dict]:
+                  fixed: bool = False, faults: dict | None = None,
+                  plusargs: list[str] | None = None) -> tuple[np.ndarray, dict]:
     """Run a batch through the whole-network accelerator's Verilog; returns outputs and report.
 
     Programmable tiles start blank, as an unprogrammed chip, and are written word by word
@@ -103,7 +103,8 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     the network cycle model (`epim.sw.chip.netcycles`), which replays the testbench's random
     gaps and back-pressure too when `stalls` is set. `faults` (a fault map,
     `epim.sw.chip.faults`) writes stuck cells into the crossbar images and checks against the
-    reference on the same faulty chip."""
+    reference on the same faulty chip. `plusargs` go to the simulator (for example
+    `+verilator+rand+reset+2`: every memory starts with random words)."""
     from ..sw.chip import netcycles
 
     if program and fixed:
@@ -131,7 +132,7 @@ def cosim_network(net: Network, x: np.ndarray, build_root: str | Path, stalls: b
     result = run_phases(gen, [phase], build_root, stalls=stalls, seed=seed,
                         max_cycles=2 * pred.run.cycles + 10 * len(prog) + 10_000,
                         top="epim_net", log=log, beats_per_image=per, waves=waves,
-                        prog_port=not fixed and any("folder" in u
+                        plusargs=plusargs, prog_port=not fixed and any("folder" in u
                                                     for u in gen.manifest["units"]))[0]
     y = unpack_beats(result["outputs"], net.output_layer)
     chip = None

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
-from amaranth.back import verilog
+from amaranth.back import rtlil, verilog
 
 from .crossbar import CrossbarArray
 from .images import Images, load, zeroed
 from .tile import PIMTile
 
 TOP = "epim_tile"
+
+# A memory's initial words in Amaranth's RTLIL: one `$meminit_v2` cell per memory.
+_MEMINIT = re.compile(r"^  cell \$meminit_v2 .*?^  end\n", re.M | re.S)
+_ZERO_DATA = re.compile(r"^    connect \\DATA \d+'0+$", re.M)
+
+
+def to_verilog(elaboratable, name: str) -> str:
+    """`amaranth.back.verilog.convert` without the initial blocks of memories whose initial
+    words are all zero: a blank tile's memories are written before they are read (the input
+    memory by the loader, the accumulators behind their `live` bits, cells and tables through
+    the programming port), so a zero start is no part of the design, and Yosys would print it
+    as one line per word (a seventh of a blank network's Verilog). Memories with images keep
+    their initial words."""
+    text = rtlil.convert(elaboratable, name=name, emit_src=False)
+    text = _MEMINIT.sub(lambda m: "" if _ZERO_DATA.search(m.group(0)) else m.group(0), text)
+    return verilog._convert_rtlil_text(text)  # what `verilog.convert` runs on its RTLIL
 
 
 def tile_from_images(images: Images | str | Path, blank: bool = False) -> PIMTile:
@@ -29,7 +46,7 @@ def tile_from_images(images: Images | str | Path, blank: bool = False) -> PIMTil
 def emit_verilog(tile: PIMTile, name: str = TOP) -> str:
     """The tile as Verilog text; the top module is `name` with ports `clk`, `rst` and the
     flattened streams (`i__payload`, `i__valid`, `i__ready`, ...)."""
-    return verilog.convert(tile, name=name, emit_src=False)
+    return to_verilog(tile, name)
 
 
 NETWORK_TOP = "epim_net"
@@ -50,13 +67,13 @@ def emit_network_verilog(acc, name: str = NETWORK_TOP) -> str:
     and copies of replicated layers instantiate, and the crossbar arrays that those tiles
     share (one module per physical crossbar). Programmable tiles start blank, as an
     unprogrammed chip does: the testbench writes their images through the programming port."""
-    text = verilog.convert(acc, name=name, emit_src=False)
+    text = to_verilog(acc, name)
     arrays = {}
     for module, tile in acc.shared_modules.items():
-        text += verilog.convert(tile, name=module, emit_src=False)
+        text += to_verilog(tile, module)
         arrays.update(tile.arrays)
     for module, spec in sorted(arrays.items()):
-        text += verilog.convert(CrossbarArray(spec), name=module, emit_src=False)
+        text += to_verilog(CrossbarArray(spec), module)
     return text
 
 
