@@ -181,13 +181,13 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
                      acts, acts_plain, latency, steady, t.ideal, energy, copies)
 
 
-# The network cycle model (`epim.sw.chip.netcycles`) steps every unit every cycle, a few
-# microseconds per unit and cycle in CPython: `epim cost` runs it only below this many
-# estimated unit-steps (about half a minute; `EPIM_COST_MODEL_LIMIT` overrides), else it shows
-# the slowest tile's rate alone. (The CIFAR-10 ResNet-20 example: 61 units, 3.5e7 estimated,
-# 3.1e7 stepped in about two minutes.)
+# The network cycle model (`epim.sw.chip.netcycles`) runs event by event, its work grows with
+# the handshakes (15 to 40 microseconds each in CPython): `epim cost` runs it only below this
+# many estimated handshakes (`EPIM_COST_MODEL_LIMIT` overrides), else it shows the slowest
+# tile's rate alone. (The CIFAR-10 ResNet-20 example: about 6e5 estimated, sized and modelled
+# in about 15 s; an EPIM-ResNet-50 at 224 x 224: 4e6 estimated, about 160 s.)
 NETWORK_MODEL_IMAGES = 6  # images streamed back to back, as the FIFO sizing does
-NETWORK_MODEL_LIMIT = 5_000_000
+NETWORK_MODEL_LIMIT = 1_500_000
 
 
 @dataclass
@@ -225,18 +225,23 @@ class NetworkCost:
     def energy_pj(self) -> dict:
         return {p: sum(c.energy_pj[p] for c in self.layers) for p in ENERGY_PARTS}
 
-    def model_steps(self) -> int:
-        """Estimated unit-steps of the network model's runs: units x cycles of
-        `NETWORK_MODEL_IMAGES` images (the slowest tile's or the input's rate, plus the tiles'
-        latencies in sequence) x runs (with skip FIFOs: two more to size them)."""
-        from .netcycles import unit_plan
+    def model_handshakes(self) -> int:
+        """Estimated handshakes of the network model's runs: per image the input's beats and
+        every layer's output beats once per reader and once out, times
+        `NETWORK_MODEL_IMAGES`, times the runs (with skip FIFOs: two more to size them)."""
+        from .netcycles import layer_beats
 
         net = self.net
         _, h, w = net.input_shape
-        per_image = max([h * w] + [c.cycles_per_image for c in self.layers])
-        cycles = NETWORK_MODEL_IMAGES * per_image + self.cycles_latency
+        readers = {la.name: 0 for la in net.layers}
+        for la in net.layers:
+            for src in la.inputs:
+                if src in readers:
+                    readers[src] += 1
+        per_image = h * w + sum(layer_beats(net, la.name) * (1 + readers[la.name])
+                                for la in net.layers)
         runs = 3 if any(la.op == Op.ADD for la in net.layers) else 1
-        return int(len(unit_plan(net, None)) * cycles * runs)
+        return int(per_image * NETWORK_MODEL_IMAGES * runs)
 
     @cached_property
     def network(self) -> dict:
@@ -252,18 +257,18 @@ class NetworkCost:
                "latency_cycles": None}
         if self.net is None:
             return {**out, "status": "skipped: no network file (layer shapes only)"}
-        steps_ = self.model_steps()
+        steps_ = self.model_handshakes()
         limit = float(os.environ.get("EPIM_COST_MODEL_LIMIT", NETWORK_MODEL_LIMIT))
         if steps_ > limit:
-            return {**out, "unit_steps": steps_,
-                    "status": f"skipped: too large (about {steps_:.2g} unit-steps, limit "
+            return {**out, "handshakes_estimated": steps_,
+                    "status": f"skipped: too large (about {steps_:.2g} handshakes, limit "
                               f"{limit:.2g}, EPIM_COST_MODEL_LIMIT); the slowest tile is "
                               "shown"}
         from .netcycles import predict
 
         t = predict(self.net, NETWORK_MODEL_IMAGES, reuse=self.reuse, lanes=self.lanes,
                     replicas=self.replicas)
-        return {**out, "unit_steps": steps_, "steady_cycles_per_image": t.steady,
+        return {**out, "handshakes_estimated": steps_, "steady_cycles_per_image": t.steady,
                 "latency_cycles": t.latency[0], "last_latency_cycles": t.latency[-1],
                 "status": "modelled"}
 

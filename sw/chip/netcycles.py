@@ -519,12 +519,12 @@ def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000,
             if any(outf):
                 beats[nodes[i].name].append(cycle)
             u.step(inf, outf, orr)
+        if any(fire):
+            last_progress = cycle
         if fire[in_edges[len(nodes) - 1][0]]:
             out_cycles.append(cycle)
-            last_progress = cycle
         if fire[out_edges[0][0]]:
             in_cycles.append(cycle)
-            last_progress = cycle
         cycle += 1
         if cycle - last_progress > 1_000_000 or cycle > max_cycles:
             raise Deadlock(f"no handshake for {cycle - last_progress} cycles at cycle {cycle} "
@@ -661,12 +661,12 @@ def _simulate_events(graph: Graph, out_beats: int, max_cycles: int) -> Run:
             synced[i] = cycle + 1
             wake[i] = cycle + 1
             heapq.heappush(heap, (cycle + 1, i))
+        if hot:
+            last_progress = cycle
         if last_edge in hot:
             out_cycles.append(cycle)
-            last_progress = cycle
         if first_edge in hot:
             in_cycles.append(cycle)
-            last_progress = cycle
         if len(out_cycles) >= out_beats and source.next >= source.beats:
             cycle += 1
             break
