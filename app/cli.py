@@ -20,9 +20,11 @@ EXIT_BAD_INPUT = 2
 EXIT_MISMATCH = 1
 
 
-def _load_net(path: str):
+def _load_net(path: str, cols: int | None = None):
+    """The network file at `path`, built with `cols` columns a cycle when given (`--cols`;
+    ValueError, exit 2, when out of range)."""
     from ..sw.chip import netfile
-    return netfile.load(path)
+    return netfile.with_cols(netfile.load(path), cols)
 
 
 MAX_ARRAY_BYTES = 4 * 2**30  # an input or label array, checked from its header first
@@ -108,7 +110,7 @@ def cmd_search(args) -> int:
 def cmd_cost(args) -> int:
     from ..sw.chip import cost
 
-    net = with_cols(_load_net(args.net), args.cols)
+    net = _load_net(args.net, args.cols)
     consts = cost.Constants.from_file(args.constants)
     lanes = resolve_lanes(net, args.lanes)
     replicas = resolve_replicas(net, args.replicas, args.budget, lanes, not args.no_reuse)
@@ -236,7 +238,7 @@ def cmd_data(args) -> int:
 def cmd_generate(args) -> int:
     from .generate import generate, generate_network
 
-    net = with_cols(_load_net(args.net), args.cols)
+    net = _load_net(args.net, args.cols)
     args.lanes = resolve_lanes(net, args.lanes)
     replicas = resolve_replicas(net, args.replicas, args.budget, args.lanes, not args.no_reuse)
     if args.fixed and (args.tile or args.blank):
@@ -304,7 +306,7 @@ def cmd_board_run(args) -> int:
     from .fpga import board_build, fit_lanes
 
     lanes, cols = board_build(args.board, args.lanes, args.cols)
-    net = with_cols(_load_net(args.net), cols)
+    net = _load_net(args.net, cols)
     lanes = fit_lanes(net, lanes)
     x = _load_inputs(args.inputs)
     with serial.Serial(args.port, args.baud, timeout=args.timeout) as port:
@@ -346,7 +348,7 @@ def cmd_cosim(args) -> int:
     from .generate import save_npy, write_json
     from .verify import cosim, cosim_network
 
-    net = with_cols(_load_net(args.net), args.cols)
+    net = _load_net(args.net, args.cols)
     x = _load_inputs(args.inputs)
     from ..sw.chip import reference, workload
 
@@ -488,14 +490,6 @@ LANES_HELP = ("row chunks each tile computes in a cycle (default 1: one crossbar
 COLS_HELP = ("physical columns each tile computes in a cycle (default: all of a crossbar's); "
              "fewer mean that many times fewer adders and ADCs and a cell memory word that "
              "narrow (block RAM), and the crossbar's columns read out in turn")
-
-
-def with_cols(net, cols):
-    """The network built with `--cols` columns a cycle (ValueError: exit 2 when out of
-    range)."""
-    from ..sw.chip.netfile import with_cols as _with_cols
-
-    return _with_cols(net, cols)
 
 
 class Parser(argparse.ArgumentParser):

@@ -6,6 +6,12 @@ network cycle model.
     python benchmarks/network_scaling.py                      # the committed CIFAR-10 ResNet-20
     python benchmarks/network_scaling.py --net NET.json --images 3 --modes programmable fixed
     python benchmarks/network_scaling.py --limit-minutes 50   # cap each mode's wall time
+    python benchmarks/network_scaling.py --modes programmable --baseline 093decc
+
+`--baseline REV` adds a row for the programmable tiles of git revision REV (its own code and
+its own copy of this benchmark, in a temporary `git worktree` of this clone, on the same
+network file, images and machine), and the ratios of this revision's programmable tiles to
+it: `093decc` is the last revision with the behavioural tiles that the memory tile replaced.
 
 Each mode runs in its own process group, generates into, and builds in, a fresh folder (no cache
 hit), and records each phase as it finishes. `--limit-minutes M` stops a mode that is still
@@ -85,14 +91,37 @@ def run_mode(net_path: str, x: np.ndarray, mode: str, root: Path, progress: Path
     return row
 
 
+def _worktree(rev: str, tmp: Path) -> tuple[Path, dict]:
+    """A detached `git worktree` of `rev` under `tmp`, and the environment that imports `epim`
+    from it (a folder whose `epim` is the worktree: the source folders map onto the package's
+    names as `pyproject.toml` says)."""
+    src = tmp / "src"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(src),
+                    rev], check=True, capture_output=True, text=True)
+    (tmp / "pkg").mkdir()
+    (tmp / "pkg" / "epim").symlink_to(src)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp / "pkg"), str(src)])}
+    return src, env
+
+
 def run_capped(args, x_path: Path, mode: str, limit_s: float | None) -> dict:
-    """Run one mode in a child process group; stop the whole group after `limit_s` seconds."""
+    """Run one mode in a child process group; stop the whole group after `limit_s` seconds.
+    Mode `baseline`: the programmable tiles of revision `args.baseline`."""
     with tempfile.TemporaryDirectory(prefix=f"epim-scaling-{mode}-") as tmp:
         progress = Path(tmp) / "progress.json"
-        cmd = [sys.executable, __file__, "--child", mode, "--net", args.net,
+        script, env, src = __file__, None, None
+        if mode == "baseline":
+            src, env = _worktree(args.baseline, Path(tmp))
+            script = str(src / "benchmarks" / "network_scaling.py")
+        cmd = [sys.executable, script, "--child",
+               "programmable" if mode == "baseline" else mode, "--net", args.net,
                "--x", str(x_path), "--root", tmp, "--progress", str(progress)]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, start_new_session=True)
+        try:
+            proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+        except BaseException:
+            _drop_worktree(src)
+            raise
         try:
             rc = proc.wait(timeout=limit_s)
             stopped = False
@@ -113,8 +142,11 @@ def run_capped(args, x_path: Path, mode: str, limit_s: float | None) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        _drop_worktree(src)
         row = json.loads(progress.read_text()) if progress.exists() else \
             {"mode": mode, "images": int(np.load(x_path).shape[0]), "finished": []}
+        if mode == "baseline":
+            row["mode"] = f"programmable at {args.baseline}"
     if stopped and all(p in row["finished"] for p in PHASES):
         stopped = False  # the limit struck after the last phase: every figure is measured
         rc = 0
@@ -139,6 +171,12 @@ def run_capped(args, x_path: Path, mode: str, limit_s: float | None) -> dict:
     return row
 
 
+def _drop_worktree(src: Path | None) -> None:
+    if src is not None:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(src)],
+                       capture_output=True)
+
+
 def _fig(r: dict, key: str) -> str:
     if key not in r:
         return "-"
@@ -147,7 +185,8 @@ def _fig(r: dict, key: str) -> str:
     return (">= " if lb else "") + str(r[key])
 
 
-def _ratio(f: dict, p: dict, key: str) -> str:
+def _ratio(f: dict, p: dict, key: str, name: str = "programmable") -> str:
+    """`f[key] / p[key]`, a lower bound where `f` was stopped, n/a where `p` was."""
     if key not in f or key not in p:
         return "n/a"
     f_lb = key.removeprefix("seconds_") in f["lower_bound"] or (key == "seconds_total"
@@ -155,7 +194,7 @@ def _ratio(f: dict, p: dict, key: str) -> str:
     p_lb = key.removeprefix("seconds_") in p["lower_bound"] or (key == "seconds_total"
                                                                 and p["lower_bound"])
     if p_lb:
-        return "n/a (programmable was stopped)"
+        return f"n/a ({name} was stopped)"
     return (">= " if f_lb else "") + f"{f[key] / p[key]:.1f}x"
 
 
@@ -168,6 +207,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit-minutes", type=float, default=None,
                     help="stop a mode after this many minutes and report lower bounds")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run the programmable tiles of this git revision (for example "
+                         "093decc, the behavioural tiles), and print the ratios to it")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--child", choices=["fixed", "programmable"], help=argparse.SUPPRESS)
     ap.add_argument("--x", help=argparse.SUPPRESS)
@@ -195,7 +237,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="epim-scaling-") as tmp:
         x_path = Path(tmp) / "x.npy"
         np.save(x_path, x)
-        for mode in args.modes:
+        for mode in args.modes + (["baseline"] if args.baseline else []):
             rows.append(run_capped(args, x_path, mode, limit_s))
             print(json.dumps(rows[-1]), flush=True)
     print("\n| tiles | Verilog MB | modules | generate s | build s | simulate s | total s | "
@@ -209,6 +251,14 @@ def main() -> None:
             print(f"  ({r['mode']} stopped at the {args.limit_minutes:g}-minute limit during "
                   f"{r['lower_bound'][0]}: '>=' figures are lower bounds)")
     by = {r["mode"]: r for r in rows}
+    if args.baseline and "programmable" in by:
+        p, b = by["programmable"], rows[-1]
+        print(f"\nprogrammable against {b['mode']}: "
+              f"{_ratio(p, b, 'verilog_mb', 'the baseline')} the Verilog, "
+              f"{_ratio(p, b, 'seconds_total', 'the baseline')} the total wall time "
+              f"({_ratio(p, b, 'seconds_generate', 'the baseline')} generate, "
+              f"{_ratio(p, b, 'seconds_build', 'the baseline')} build, "
+              f"{_ratio(p, b, 'seconds_simulate', 'the baseline')} simulate)")
     if {"fixed", "programmable"} <= set(by):
         f, p = by["fixed"], by["programmable"]
         print(f"\nprogrammable vs fixed: {_ratio(f, p, 'verilog_mb')} less Verilog, "

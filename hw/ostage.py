@@ -32,10 +32,23 @@ def output_range(cfg: TileParams) -> tuple[int, int]:
     return -(2 ** (cfg.out_bits - 1)), 2 ** (cfg.out_bits - 1) - 1
 
 
+def rounding_add(prod, shift):
+    """The first half of `rounded_shift`, `(prod << 1) + (1 << shift)`: on integers, or on
+    Amaranth values as the output stage's fourth register stage computes it."""
+    return (prod << 1) + (1 << shift)
+
+
+def rounding_drop(t, shift_plus_1):
+    """The second half of `rounded_shift`: `t >> (shift + 1)` (the output stage's fifth
+    register stage, with `shift + 1` registered beside `t`)."""
+    return t >> shift_plus_1
+
+
 def rounded_shift(prod: int, shift: int) -> int:
     """`(prod + rnd) >> shift` as the tile computes it, with no case for `shift = 0`:
-    `((prod << 1) + (1 << shift)) >> (shift + 1)`."""
-    return ((prod << 1) + (1 << shift)) >> (shift + 1)
+    `((prod << 1) + (1 << shift)) >> (shift + 1)`, the two halves that the output stage's
+    last two register stages compute (`rounding_add`, `rounding_drop`)."""
+    return rounding_drop(rounding_add(prod, shift), shift + 1)
 
 
 def output_stage(m: Module, cfg: TileParams, acc_rp, live, ostage, issue, go, j) -> Signal:
@@ -84,11 +97,11 @@ def output_stage(m: Module, cfg: TileParams, acc_rp, live, ostage, issue, go, j)
     q5_valid = Signal()
     q5_t = Signal(signed(len(q4_prod) + 2))
     q5_shift = Signal(len(shift) + 1)
-    m.d.sync += [q5_valid.eq(q4_valid), q5_t.eq((q4_prod << 1) + (1 << q4_shift)),
+    m.d.sync += [q5_valid.eq(q4_valid), q5_t.eq(rounding_add(q4_prod, q4_shift)),
                  q5_shift.eq(q4_shift + 1)]
     lo, hi = output_range(cfg)
     y = Signal(signed(len(q5_t)))
-    m.d.comb += y.eq(q5_t >> q5_shift)
+    m.d.comb += y.eq(rounding_drop(q5_t, q5_shift))
     q_y = Mux(y < lo, lo, Mux(y > hi, hi, y))[:ob]
     q_sr = Signal(ob * cfg.cout)
     with m.If(q5_valid):
