@@ -8,10 +8,11 @@ network cycle model.
     python benchmarks/network_scaling.py --limit-minutes 50   # cap each mode's wall time
     python benchmarks/network_scaling.py --modes programmable --baseline 093decc
 
-`--baseline REV` adds a row for the programmable tiles of git revision REV (its own code and
-its own copy of this benchmark, in a temporary `git worktree` of this clone, on the same
-network file, images and machine), and the ratios of this revision's programmable tiles to
-it: `093decc` is the last revision with the behavioural tiles that the memory tile replaced.
+`--baseline REV` adds a row for the programmable tiles of git revision REV (its `epim`
+package, from a temporary `git worktree` of this clone, through the same steps of this file,
+on the same network file, images and machine), and the ratios of this revision's programmable
+tiles to it: `093decc` is the last revision with the behavioural tiles that the memory tile
+replaced.
 
 Each mode runs in its own process group, generates into, and builds in, a fresh folder (no cache
 hit), and records each phase as it finishes. `--limit-minutes M` stops a mode that is still
@@ -109,13 +110,14 @@ def run_capped(args, x_path: Path, mode: str, limit_s: float | None) -> dict:
     Mode `baseline`: the programmable tiles of revision `args.baseline`."""
     with tempfile.TemporaryDirectory(prefix=f"epim-scaling-{mode}-") as tmp:
         progress = Path(tmp) / "progress.json"
-        script, env, src = __file__, None, None
-        if mode == "baseline":
+        env, src = None, None
+        if mode == "baseline":  # this file's child, importing the older revision's `epim`
             src, env = _worktree(args.baseline, Path(tmp))
-            script = str(src / "benchmarks" / "network_scaling.py")
-        cmd = [sys.executable, script, "--child",
+        root = Path(tmp) / "run"  # the child's own folder (an older revision claims it whole)
+        root.mkdir()
+        cmd = [sys.executable, __file__, "--child",
                "programmable" if mode == "baseline" else mode, "--net", args.net,
-               "--x", str(x_path), "--root", tmp, "--progress", str(progress)]
+               "--x", str(x_path), "--root", str(root), "--progress", str(progress)]
         t0 = time.perf_counter()
         try:
             proc = subprocess.Popen(cmd, start_new_session=True, env=env)
