@@ -440,13 +440,9 @@ def cmd_train(args) -> int:
     from ..sw.ml import compress, models
     from ..sw.ml.train import Config, fit, load_checkpoint
 
-    cfg = Config(data=args.data, model=args.model, ratio=args.ratio, wrap=args.wrap,
-                 width=args.width,
-                 weight_bits=args.weight_bits, act_bits=args.act_bits, epochs=args.epochs,
-                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
-                 test_limit=args.test_limit, device=args.device,
-                 distill=args.distill if args.teacher else 0.0, data_path=args.data_path,
-                 optimizer=args.optimizer, weight_decay=args.weight_decay, block=args.block)
+    # every `Config` field that the command declares as an option (`TRAIN_OPTIONS`)
+    cfg = Config(**{k: getattr(args, k) for k in TRAIN_OPTIONS},
+                 distill=args.distill if args.teacher else 0.0)
     if args.noise:
         from ..sw.chip import noise
 
@@ -490,6 +486,15 @@ LANES_HELP = ("row chunks each tile computes in a cycle (default 1: one crossbar
 COLS_HELP = ("physical columns each tile computes in a cycle (default: all of a crossbar's); "
              "fewer mean that many times fewer adders and ADCs and a cell memory word that "
              "narrow (block RAM), and the crossbar's columns read out in turn")
+
+
+# `epim train`: the `Config` fields it takes from its options as they are, and its two defaults
+# of its own (the library's `Config` trains dense and distils only when told)
+TRAIN_OPTIONS = ("data", "data_path", "model", "ratio", "wrap", "width", "weight_bits",
+                 "act_bits", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "seed",
+                 "limit", "test_limit", "device", "block")
+TRAIN_RATIO = 2.0
+TRAIN_DISTILL = 0.5
 
 
 class Parser(argparse.ArgumentParser):
@@ -617,28 +622,38 @@ def resolve_replicas(net, replicas, budget=None, lanes=None, reuse: bool = True)
     return replicas
 
 
-def add_replicas_args(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--replicas", type=replicas_arg, default="none", help=REPLICAS_HELP)
-    c.add_argument("--budget", type=COUNT, help=BUDGET_HELP)
+def shared_options() -> dict[str, argparse.ArgumentParser]:
+    """The options that several commands share, declared once (argparse `parents=`):
+    `build`: how the accelerator is built (`epim cost`, `generate`, `cosim`); `io`: the input
+    and output arrays (`epim reference`, `cosim`)."""
+    build = argparse.ArgumentParser(add_help=False)
+    build.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
+    build.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
+    build.add_argument("--cols", type=COUNT, help=COLS_HELP)
+    build.add_argument("--replicas", type=replicas_arg, default="none", help=REPLICAS_HELP)
+    build.add_argument("--budget", type=COUNT, help=BUDGET_HELP)
+    io = argparse.ArgumentParser(add_help=False)
+    io.add_argument("--inputs", required=True, help="integer array (N, C, H, W) in .npy")
+    io.add_argument("--outputs", required=True, help="where to write the output .npy")
+    return {"build": build, "io": io}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..sw.ml.config import Config as TrainConfig
+
     p = Parser(prog="epim", description=__doc__)
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True)
+    shared = shared_options()
 
     c = sub.add_parser("check", help="validate a network file")
     c.add_argument("net")
     c.set_defaults(func=cmd_check)
 
     c = sub.add_parser("cost", help="PIM cost model: crossbars, area, activations, latency, "
-                                    "energy per layer and network")
+                                    "energy per layer and network", parents=[shared["build"]])
     c.add_argument("net")
-    c.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
-    c.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
-    c.add_argument("--cols", type=COUNT, help=COLS_HELP)
-    add_replicas_args(c)
     c.add_argument("--constants", help="JSON object overriding cost constants (docs/cost.md)")
     c.add_argument("--max-steps", type=COUNT,
                    help="refuse a network whose tile schedules take more slot steps than this "
@@ -666,10 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", default="build/search")
     se.set_defaults(func=cmd_search)
 
-    r = sub.add_parser("reference", help="run the integer reference")
+    r = sub.add_parser("reference", help="run the integer reference", parents=[shared["io"]])
     r.add_argument("net")
-    r.add_argument("--inputs", required=True, help="integer array (N, C, H, W) in .npy")
-    r.add_argument("--outputs", required=True, help="where to write the output .npy")
     r.add_argument("--no-reuse", action="store_true",
                    help="IFRT reuse off (the same result, except with --noise: more reads, "
                         "so other noise)")
@@ -708,13 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     rm.set_defaults(func=cmd_remap)
 
     g = sub.add_parser("generate", help="write the accelerator's Verilog, memory images and "
-                                         "manifests")
+                                         "manifests", parents=[shared["build"]])
     g.add_argument("net")
     g.add_argument("--out", required=True, help="output folder")
-    g.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
-    g.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
-    g.add_argument("--cols", type=COUNT, help=COLS_HELP)
-    add_replicas_args(g)
     g.add_argument("--tile", action="store_true",
                    help="a single-layer network as one tile with its programming port "
                         "(top epim_tile) instead of the network accelerator (top epim_net)")
@@ -729,10 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("cosim", help="run the accelerator's Verilog on Verilator and check "
-                                      "outputs and cycles")
+                                      "outputs and cycles",
+                       parents=[shared["io"], shared["build"]])
     s.add_argument("net")
-    s.add_argument("--inputs", required=True, help="integer array (N, C, H, W) in .npy")
-    s.add_argument("--outputs", required=True, help="where to write the output .npy")
     s.add_argument("--report", help="where to write the JSON report")
     s.add_argument("--build-dir", default="build/cosim",
                    help="Verilator builds and scratch: a new or empty folder, or one that an "
@@ -765,14 +773,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fixed", action="store_true",
                    help="weight-baked tiles, as the FPGA build uses them (one module per "
                         "layer; slower to build)")
-    s.add_argument("--no-reuse", action="store_true", help="one IFRT step per block")
-    s.add_argument("--lanes", type=lanes_arg, help=LANES_HELP)
-    s.add_argument("--cols", type=COUNT, help=COLS_HELP)
     s.add_argument("--faults", metavar="FAULTS.json",
                    help="write these stuck cells (epim-faults-v1) into the crossbar images "
                         "and check against the reference on the same faulty chip (whole "
                         "network only)")
-    add_replicas_args(s)
     s.set_defaults(func=cmd_cosim)
 
     d = sub.add_parser("data", help="write a data set split as .npy (inputs and labels)")
@@ -831,36 +835,42 @@ def build_parser() -> argparse.ArgumentParser:
     br.set_defaults(func=cmd_board_run)
 
     t = sub.add_parser("train", help="train an epitome CNN (quantization-aware) and export it")
-    t.add_argument("--data", default="mnist", help="mnist, fashion-mnist, mnist-5k or cifar10")
-    t.add_argument("--data-path", help=DATA_PATH_HELP)
-    t.add_argument("--model", default="cnn", help="cnn, resnet or resnet20 (CIFAR ResNet-20)")
-    t.add_argument("--ratio", type=_ratio, default=2.0,
+    d = TrainConfig()  # the library's defaults (`epim.sw.ml.config.Config`)
+    t.add_argument("--data", default=d.data, help="mnist, fashion-mnist, mnist-5k or cifar10")
+    t.add_argument("--data-path", default=d.data_path, help=DATA_PATH_HELP)
+    t.add_argument("--model", default=d.model, help="cnn, resnet or resnet20 (CIFAR ResNet-20)")
+    # (the library trains dense by default; the command trains epitomes)
+    t.add_argument("--ratio", type=_ratio, default=TRAIN_RATIO,
                    help="epitome compression of the conv layers, at least 1 ('dense' for "
-                        "none)")
-    t.add_argument("--wrap", type=COUNT, default=1,
+                        f"none; default {TRAIN_RATIO})")
+    t.add_argument("--wrap", type=COUNT, default=d.wrap,
                    help="shrink the epitomes' output side this many times: output channels "
                         "wrap around their columns through the OFAT, and output groups share "
                         "activations (IFRT reuse); the rest of --ratio goes to the input side")
-    t.add_argument("--width", type=int_in(1, 4096), default=16,
+    t.add_argument("--width", type=int_in(1, 4096), default=d.width,
                    help="channels of the first stage")
-    t.add_argument("--weight-bits", type=_bits(WEIGHT_BITS), default=3,
+    t.add_argument("--weight-bits", type=_bits(WEIGHT_BITS), default=d.weight_bits,
                    help="bits (2..16), or 'float'")
-    t.add_argument("--act-bits", type=_bits(ACT_BITS), default=4, help="bits (1..16), or 'float'")
-    t.add_argument("--epochs", type=COUNT, default=4)
-    t.add_argument("--batch-size", type=COUNT, default=128)
-    t.add_argument("--lr", type=POSITIVE, default=1e-2)
-    t.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
-    t.add_argument("--weight-decay", type=float_in(0.0), default=0.0)
-    t.add_argument("--seed", type=SEED, default=0)
-    t.add_argument("--limit", type=COUNT, help="use the first N training images")
-    t.add_argument("--test-limit", type=COUNT, help="use the first N test images")
-    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--act-bits", type=_bits(ACT_BITS), default=d.act_bits,
+                   help="bits (1..16), or 'float'")
+    t.add_argument("--epochs", type=COUNT, default=d.epochs)
+    t.add_argument("--batch-size", type=COUNT, default=d.batch_size)
+    t.add_argument("--lr", type=POSITIVE, default=d.lr)
+    t.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"])
+    t.add_argument("--weight-decay", type=float_in(0.0), default=d.weight_decay)
+    t.add_argument("--seed", type=SEED, default=d.seed)
+    t.add_argument("--limit", type=COUNT, default=d.limit,
+                   help="use the first N training images")
+    t.add_argument("--test-limit", type=COUNT, default=d.test_limit,
+                   help="use the first N test images")
+    t.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     t.add_argument("--init", help="fine-tune from this trained checkpoint (same model, width "
                                   "and bits; its convs become least-squares epitomes)")
     t.add_argument("--teacher", help="distil from this trained checkpoint (e.g. dense float)")
-    t.add_argument("--distill", type=SHARE, default=0.5,
-                   help="weight of the distillation loss with --teacher (default 0.5)")
-    t.add_argument("--block", default="relu", choices=["relu", "standard"],
+    # (the library distils only when told; the command's --teacher takes half the loss)
+    t.add_argument("--distill", type=SHARE, default=TRAIN_DISTILL,
+                   help=f"weight of the distillation loss with --teacher (default {TRAIN_DISTILL})")
+    t.add_argument("--block", default=d.block, choices=["relu", "standard"],
                    help="ResNet block: 'relu' (ReLU on both convs before the add) or "
                         "'standard' (relu(bn(conv2) + shortcut): signed adder inputs)")
     t.add_argument("--out", default="build/train",

@@ -16,6 +16,10 @@ Standard library only: `sw/` and `hw/` use it alike.
 
 from __future__ import annotations
 
+# The crossbar geometry that models are shaped for and exported with by default (`epim train`,
+# `epim import`): 32 x 32 crossbars of 2-bit cells, 1-bit DACs, 8-bit ADCs.
+DEFAULT_PIM = {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
+
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)

@@ -10,7 +10,10 @@ from ...contract.ops import Op
 from .epitome import sample_weight, strided_offsets
 from .netfile import parse
 
-DEFAULT_PIM = {"xbar_rows": 128, "xbar_cols": 128, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
+# The crossbar of the example and random networks (the tests' fixtures and their expected
+# figures are built on it): 128 x 128, not the product's default of 32 x 32
+# (`epim.contract.geometry.DEFAULT_PIM`, what `epim train` and `epim import` shape models for).
+EXAMPLE_PIM = {"xbar_rows": 128, "xbar_cols": 128, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
 
 
 def conv_layer_net(
@@ -69,7 +72,7 @@ def conv_layer_net(
                  shift=[shift] * cout, relu=relu, out_bits=out_bits)
     net = {
         "format": "epim-net-v1",
-        "pim": dict(pim or DEFAULT_PIM),
+        "pim": dict(pim or EXAMPLE_PIM),
         "input": {"name": "input", "channels": cin, "height": h, "width": w, "bits": in_bits},
         "layers": [layer],
         "output": name,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...contract import geometry
 from ...contract.ops import TILE_OPS, Op
 from ..chip.epitome import Fill
 from ..chip.epitome import epitome_shape as _epi
@@ -431,8 +432,7 @@ def fold(model: EpimNet) -> dict[str, dict]:
 LOGIT_BITS = 32
 
 
-# The crossbar geometry the models are shaped for by default (also `epim train`'s default).
-DEFAULT_PIM = {"xbar_rows": 32, "xbar_cols": 32, "cell_bits": 2, "dac_bits": 1, "adc_bits": 8}
+DEFAULT_PIM = geometry.DEFAULT_PIM  # the crossbar geometry the models are shaped for
 
 
 def plain_cnn(ratio: float | None = None, width: int = 16, num_classes: int = 10,

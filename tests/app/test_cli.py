@@ -279,3 +279,25 @@ def test_cost_constants_must_be_an_object_of_finite_numbers(tmp_path, net_path):
         out = run_cli("cost", net_path, "--constants", path)
         assert out.returncode == 2, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and want in out.stderr
+
+
+def test_train_options_default_to_the_library_config():
+    """`epim train` takes its defaults from `epim.sw.ml.config.Config` (two of its own:
+    epitomes at ratio 2 and half the loss to a teacher), builds its `Config` from exactly the
+    options it declares, and prints its help without importing torch."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from epim.app import cli
+    from epim.sw.ml.config import Config
+
+    args = cli.build_parser().parse_args(["train"])
+    want = dataclasses.asdict(Config())
+    assert set(cli.TRAIN_OPTIONS) <= set(want)
+    for name in cli.TRAIN_OPTIONS:
+        assert getattr(args, name) == (cli.TRAIN_RATIO if name == "ratio" else want[name]), name
+    assert args.distill == cli.TRAIN_DISTILL != Config().distill
+    code = ("import sys; from epim.app import cli; cli.build_parser(); "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

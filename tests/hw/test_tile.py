@@ -32,7 +32,7 @@ CASES = {
                             in_bits=3, pim=dict(xbar_rows=3, xbar_cols=8, cell_bits=1,
                                                 dac_bits=2, adc_bits=3)),
     "compute-shorter-than-gather": dict(cin=3, cout=4, h=5, w=5, epitome=None, in_bits=2,
-                                        pim=dict(examples.DEFAULT_PIM, dac_bits=2)),
+                                        pim=dict(examples.EXAMPLE_PIM, dac_bits=2)),
     "wrap-signed": dict(cin=2, cout=3, h=3, w=3, padding=0, epitome=(2, 3, 1, 1),
                         offsets="random", relu=False, out_bits=6),
     "signed-3bit": dict(cin=3, cout=6, h=4, w=4, epitome=(2, 4, 2, 3), relu=False, out_bits=3),

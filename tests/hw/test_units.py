@@ -26,7 +26,7 @@ LINEAR = dict(xbar_rows=8, xbar_cols=8, cell_bits=1, dac_bits=1, adc_bits=4)
 def layer_image(rng, lanes=None, pim=None, **kw):
     kw = {"cin": 3, "cout": 5, "h": 4, "w": 4, "epitome": (2, 3, 2, 2), "offsets": "random",
           "in_bits": 3, **kw}
-    net = netfile.parse(examples.conv_layer_net(rng, pim=pim or examples.DEFAULT_PIM, **kw))
+    net = netfile.parse(examples.conv_layer_net(rng, pim=pim or examples.EXAMPLE_PIM, **kw))
     return net, images.compile_layer(net, net.layers[0], lanes=lanes)
 
 

@@ -136,7 +136,7 @@ def test_one_step_of_one_slice(build_root):
     rng = np.random.default_rng(22)
     net = netfile.parse(examples.conv_layer_net(
         rng, cin=3, cout=4, h=5, w=5, epitome=None, in_bits=2,
-        pim=dict(examples.DEFAULT_PIM, dac_bits=2)))
+        pim=dict(examples.EXAMPLE_PIM, dac_bits=2)))
     x = rng.integers(0, 4, (3,) + net.input_shape)
     y, rep = verify.cosim(net, x, build_root)
     np.testing.assert_array_equal(y, reference.run_network(net, x))

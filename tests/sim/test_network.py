@@ -124,7 +124,7 @@ def test_resnet50_stem_pool_streams_on_verilator(build_root):
     """A ResNet-50 stem's max pool alone (112x112x64 at 4 bits, 3x3 windows, stride 2, padding
     1): it keeps 5 rows, not the map, takes about one input beat per cycle, and is bit-exact
     with every handshake as modelled. (A network without tiles: no slowest tile.)"""
-    obj = {"format": "epim-net-v1", "pim": examples.DEFAULT_PIM,
+    obj = {"format": "epim-net-v1", "pim": examples.EXAMPLE_PIM,
            "input": {"name": "input", "channels": 64, "height": 112, "width": 112, "bits": 4},
            "layers": [{"name": "pool", "op": "maxpool", "inputs": ["input"], "kernel": 3,
                        "stride": 2, "padding": 1}],

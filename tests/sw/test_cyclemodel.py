@@ -19,7 +19,7 @@ def timing(**kw):
     {},
     dict(kernel=1, padding=0, epitome=None),
     dict(cin=6, cout=6, epitome=(3, 3, 2, 2), d_r=1),
-    dict(in_bits=8, pim=dict(examples.DEFAULT_PIM, dac_bits=2)),
+    dict(in_bits=8, pim=dict(examples.EXAMPLE_PIM, dac_bits=2)),
 ])
 def test_closed_form_equals_schedule_when_compute_bound(kw):
     t = timing(**kw)

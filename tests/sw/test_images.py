@@ -15,7 +15,7 @@ def field(word, i, width):
 def test_crossbar_words_hold_the_epitome_matrix(rng):
     obj = examples.conv_layer_net(rng, cin=5, cout=6, epitome=(3, 5, 2, 3), weight_bits=4,
                                   offsets="random",
-                                  pim=dict(examples.DEFAULT_PIM, cell_bits=2))
+                                  pim=dict(examples.EXAMPLE_PIM, cell_bits=2))
     net = netfile.parse(obj)
     layer = net.layers[0]
     img = images.compile_layer(net, layer)

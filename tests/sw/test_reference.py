@@ -242,7 +242,7 @@ def test_inputs_are_checked(net_obj):
 
 def test_add_does_not_overflow():
     """A 32-bit activation times a 31-bit multiplier, twice: exact, not wrapped in int64."""
-    obj = {"format": "epim-net-v1", "pim": examples.DEFAULT_PIM,
+    obj = {"format": "epim-net-v1", "pim": examples.EXAMPLE_PIM,
            "input": {"name": "input", "channels": 1, "height": 1, "width": 1, "bits": 8},
            "layers": [
                {"name": "c1", "op": "conv", "inputs": ["input"], "out_channels": 1, "kernel": 1,
