@@ -33,17 +33,12 @@ from ...contract.images import (
     sha256_text,
     ubits,
 )
-from ...contract.ops import TILE_OPS, Op
+from ...contract.ops import TILE_OPS
 from ...contract.params import (
-    AddParams,
-    FlattenParams,
-    MaxPoolParams,
-    PoolParams,
     TileParams,
-    TileUnit,
     unit_to_dict,
 )
-from .cyclemodel import cols_for, lanes_for, replicas_for
+from .cyclemodel import cols_for, lanes_for
 from .epitome import ifat_sources, n_slices, steps
 from .netfile import Layer, Network
 from .reference import crossbar_slices
@@ -178,42 +173,18 @@ def compile_network(net: Network, reuse: bool = True,
     cells per layer (`compile_layer`). :func:`write_network` writes it.
     """
     from .netcycles import fifo_depths as measure_depths
-    from .netcycles import needs_flatten, shape_of
 
     if fifo_depths is None:
         fifo_depths = measure_depths(net, reuse, lanes=lanes, replicas=replicas)
+    from .ops import chip_op, context
+
     tiles: dict[str, LayerImage] = {}
+    ctx = context(reuse=reuse, lanes=lanes, replicas=replicas, faults=faults,
+                  fifo_depths=fifo_depths, tiles=tiles)
     units = []
-    for layer in net.layers:
-        head = {"name": layer.name, "op": layer.op, "inputs": tuple(layer.inputs)}
-        if layer.op in TILE_OPS:
-            tiles[layer.name] = compile_layer(net, layer, reuse=reuse, lanes=lanes,
-                                              faults=(faults or {}).get(layer.name))
-            src = shape_of(net, layer.inputs[0])
-            flat = (FlattenParams(src[0], src[1] * src[2], stream_bits(net, layer.inputs[0]))
-                    if needs_flatten(net, layer) else None)
-            units.append(TileUnit(**head, folder=f"tiles/{layer.name}", flatten=flat,
-                                  replicas=replicas_for(layer, replicas)))
-        elif layer.op == Op.ADD:
-            units.append(AddParams(
-                **head, channels=layer.out_shape[0], a_bits=stream_bits(net, layer.inputs[0]),
-                b_bits=stream_bits(net, layer.inputs[1]), out_bits=layer.out_bits,
-                ma=int(layer.ma), mb=int(layer.mb), shift=int(layer.add_shift),
-                fifo=tuple(fifo_depths[layer.name]), a_signed=net.signed(layer.inputs[0]),
-                b_signed=net.signed(layer.inputs[1])))
-        elif layer.op == Op.MAXPOOL:
-            c, h, w = shape_of(net, layer.inputs[0])
-            units.append(MaxPoolParams(**head, channels=c, height=h, width=w,
-                                       bits=layer.out_bits, kernel=layer.kernel,
-                                       stride=layer.stride, padding=layer.padding))
-        elif layer.op == Op.AVGPOOL_GLOBAL:
-            c, h, w = shape_of(net, layer.inputs[0])
-            units.append(PoolParams(**head, channels=c, pixels=h * w,
-                                    in_bits=stream_bits(net, layer.inputs[0]),
-                                    out_bits=layer.out_bits, mult=int(layer.pool_mult),
-                                    shift=int(layer.pool_shift)))
-        else:
-            raise ImageError(f"layer {layer.name!r}: no hardware unit for op {layer.op!r}")
+    for layer in net.layers:  # each op's unit parameters (`epim.sw.chip.ops`)
+        ctx.head = {"name": layer.name, "op": layer.op, "inputs": tuple(layer.inputs)}
+        units.append(chip_op(layer.op).unit(net, layer, ctx))
     out = net.output_layer
     c = out.out_shape[0]
     manifest = {

@@ -225,25 +225,6 @@ class FifoModel(Unit):
         self.peak = max(self.peak, self.count)
 
 
-class AddModel(Unit):
-    n_in = 2
-
-    def __init__(self):
-        self.o_valid = False
-
-    def valid(self, port):
-        return self.o_valid
-
-    def ready(self, port, in_valid, out_ready):
-        return in_valid[0] and in_valid[1] and (not self.o_valid or out_ready[0])
-
-    def step(self, in_fire, out_fire, out_ready):
-        if in_fire[0]:
-            self.o_valid = True
-        elif out_ready[0]:
-            self.o_valid = False
-
-
 class CollectModel(Unit):
     """`PoolUnit` and `Flatten`: take `beats` input beats, then hold one output beat."""
 
@@ -267,66 +248,6 @@ class CollectModel(Unit):
                 self.count += 1
         if out_fire[0]:
             self.o_valid = False
-
-
-class MaxPoolModel(Unit):
-    """`hw/maxpool.py: MaxPoolUnit`: the loader's row count, the scanner's row and column, the
-    read stage and the output register (the data never changes the timing)."""
-
-    def __init__(self, channels_hw: tuple[int, int, int], kernel: int, stride: int,
-                 padding: int):
-        _, self.h, self.w = channels_hw
-        self.k, self.s, self.p = kernel, stride, padding
-        self.ho = (self.h + 2 * padding - kernel) // stride + 1
-        wo = (self.w + 2 * padding - kernel) // stride + 1
-        self.slots = kernel + stride
-        self.steps = (wo - 1) * stride + kernel
-        self.ylast = min((self.ho - 1) * stride - padding + kernel - 1, self.h - 1)
-        self.ix = self.iy = self.held = 0
-        self.oy = self.u = self.base = 0
-        self.until = kernel - 1
-        self.b_valid = self.b_emit = self.o_valid = False
-
-    def valid(self, port):
-        return self.o_valid
-
-    def ready(self, port, in_valid, out_ready):
-        return self.held < self.slots or self.iy > self.ylast
-
-    def step(self, in_fire, out_fire, out_ready):
-        k, s = self.k, self.s
-        b_move = not self.b_valid or not self.b_emit or not self.o_valid or out_ready[0]
-        ys = self.oy * s
-        r0, r1 = max(ys - self.p, 0), min(ys - self.p + k - 1, self.h - 1)
-        start = self.u == 0
-        issue = b_move and (self.held + self.base > r1 if start else True)
-        row_done = in_fire[0] and self.ix == self.w - 1 and self.iy <= self.ylast
-        rel = 0
-        last_u, last_row = self.u == self.steps - 1, self.oy == self.ho - 1
-        if self.b_valid and self.b_emit and b_move:
-            self.o_valid = True
-        elif out_ready[0]:
-            self.o_valid = False
-        if b_move:
-            self.b_valid = issue
-            if issue:
-                self.b_emit = self.until == 0
-        if issue:
-            if last_u and last_row:
-                rel, self.base = self.ylast + 1 - self.base, 0
-            elif start:
-                rel, self.base = r0 - self.base, r0
-            self.until = k - 1 if last_u else (s - 1 if self.until == 0 else self.until - 1)
-            self.u = 0 if last_u else self.u + 1
-            if last_u:
-                self.oy = 0 if last_row else self.oy + 1
-        if in_fire[0]:
-            if self.ix == self.w - 1:
-                self.ix = 0
-                self.iy = 0 if self.iy == self.h - 1 else self.iy + 1
-            else:
-                self.ix += 1
-        self.held += int(row_done) - rel
 
 
 class Source(Unit):
@@ -430,7 +351,10 @@ def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | N
     (0: no FIFO on that input; None: unbounded); default: unbounded on both inputs. `lanes`:
     row-chunk lanes of the tiles (`epim.sw.chip.cyclemodel.lanes_for`); `replicas`: copies of each
     tile (`epim.sw.chip.cyclemodel.replicas_for`)."""
+    from .ops import chip_op, context
+
     _, h, w = net.input_shape
+    ctx = context(reuse=reuse, lanes=lanes, replicas=replicas)
     nodes: list[Node] = []
     for plan in unit_plan(net, fifo_depths):
         layer = net.layer(plan.layer) if plan.kind not in ("source", "fork", "sink") else None
@@ -440,17 +364,12 @@ def build_graph(net: Network, n_images: int, fifo_depths: dict[str, list[int | N
             unit = Sink(rng)
         elif plan.kind == "fork":
             unit = ForkModel(plan.ways)
-        elif plan.kind in ("flatten", "pool"):
+        elif plan.kind == "flatten":
             unit = CollectModel(_beats(shape_of(net, layer.inputs[0])))
-        elif plan.kind == "maxpool":
-            unit = MaxPoolModel(shape_of(net, layer.inputs[0]), layer.kernel, layer.stride,
-                                layer.padding)
-        elif plan.kind == "tile":
-            unit = tile_model(layer, net.pim, reuse, lanes, replicas)
         elif plan.kind == "fifo":
             unit = FifoModel((fifo_depths or {}).get(layer.name, [None, None])[plan.port])
-        else:
-            unit = AddModel()
+        else:  # the unit of an op (`epim.sw.chip.ops`)
+            unit = chip_op(layer.op).model(net, layer, ctx)
         nodes.append(Node(plan.name, plan.kind, unit, list(plan.inputs), plan.layer))
     return Graph(nodes)
 

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ...contract import geometry
-from ...contract.ops import TILE_OPS, Op
+from ...contract.ops import Op
 from . import workload
 from .epitome import ifat_sources, n_slices, sample_indices, steps
 from .netfile import PIM, Layer, Network
@@ -182,7 +182,7 @@ def _saturating_part(layer: Layer, pim: PIM, cols: np.ndarray, sat: np.ndarray,
                 acc[:, o[keep]] += v[:, col]
 
 
-def _exact(*arrays) -> bool:
+def needs_bigint(*arrays) -> bool:
     """True when products of these magnitudes could overflow int64: use Python integers."""
     bound = 1
     for a in arrays:
@@ -194,7 +194,7 @@ def requantize(v: np.ndarray, mult, shift, lo: int, hi: int) -> np.ndarray:
     """`clamp(v*mult + rnd >> shift, lo, hi)` with `rnd = 2**(shift-1)` if `shift > 0`."""
     mult = np.asarray(mult, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
-    if v.dtype == object or _exact(v, mult):
+    if v.dtype == object or needs_bigint(v, mult):
         v, mult, shift = v.astype(object), mult.astype(object), shift.astype(object)
     rnd = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
     y = (v * mult + rnd) >> shift
@@ -216,33 +216,9 @@ def run_layer(layer: Layer, pim: PIM, *xs: np.ndarray, reuse: bool = True,
               literal: bool = False, noise=None) -> np.ndarray:
     """One layer's output tensor `(N, C, H, W)` from its input tensor(s); `noise`, a
     `noise.NoisyChip`, computes the crossbars' part on a chip with non-idealities."""
-    hi = 2**layer.out_bits - 1
-    if layer.op in TILE_OPS:
-        if noise is not None:
-            return output_stage(noise.acc(layer, pim, xs[0], reuse), layer)
-        return output_stage(layer_acc(layer, pim, xs[0], reuse, literal), layer)
-    if layer.op == Op.ADD:
-        a, b = xs
-        if _exact(a, layer.ma) or _exact(b, layer.mb):
-            a, b = a.astype(object), b.astype(object)
-        return requantize(a * layer.ma + b * layer.mb, 1, layer.add_shift, 0, hi)
-    if layer.op == Op.AVGPOOL_GLOBAL:
-        s = xs[0].sum(axis=(2, 3), keepdims=True)  # (int64: requantize widens if needed)
-        return requantize(s, layer.pool_mult, layer.pool_shift, 0, hi)
-    if layer.op == Op.MAXPOOL:
-        return maxpool(xs[0], layer.kernel, layer.stride, layer.padding)
-    raise ValueError(f"layer {layer.name!r}: unknown op {layer.op!r}")
+    from .ops import chip_op  # (each op's arithmetic lives with its registry entry)
 
-
-def maxpool(x: np.ndarray, k: int, stride: int, padding: int) -> np.ndarray:
-    """Spec section 6: the largest value of each window, over the positions inside the map
-    (padding never wins: the inputs are unsigned, the padding is -1)."""
-    n, c, h, w = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)),
-                constant_values=-1)
-    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
-    win = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride][:, :, :ho, :wo]
-    return win.max(axis=(4, 5))
+    return chip_op(layer.op).reference(layer, pim, xs, reuse, literal, noise)
 
 
 def cpu_count() -> int:

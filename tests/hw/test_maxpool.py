@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from epim.contract.images import ImageError
 from epim.contract.params import MaxPoolParams, unit_from_dict, unit_to_dict
 from epim.hw.maxpool import MaxPoolUnit
-from epim.sw.chip import netcycles, reference
+from epim.sw.chip.ops.maxpool import MaxPoolModel, maxpool
 
 from .streams import beats_of, simulate
 
 
 def model_cycles(p: MaxPoolParams, n_in: int, n_out: int, ready) -> tuple[list, list]:
     """The model's input and output handshake cycles, the input always offered."""
-    unit = netcycles.MaxPoolModel((p.channels, p.height, p.width), p.kernel, p.stride,
+    unit = MaxPoolModel((p.channels, p.height, p.width), p.kernel, p.stride,
                                   p.padding)
     ins, outs, cycle = [], [], 0
     while len(outs) < n_out:
@@ -54,7 +54,7 @@ def test_maxpool_unit_equals_reference_and_model(c, h, w, bits, k, s, pad, seed,
     p = params(c, h, w, bits, k, s, pad)
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2**bits, (3, c, h, w))
-    want = reference.maxpool(x, k, s, pad)
+    want = maxpool(x, k, s, pad)
     pattern = random.Random(seed)
     table = [pattern.random() >= busy for _ in range(100_000)]
     ready = table.__getitem__
