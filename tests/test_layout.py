@@ -57,6 +57,7 @@ SW = r"amaranth|\.\.(hw|sim|app)\b"  # every wing of sw/
 RULES = {  # what a folder's modules must not import (docs/architecture.md, "Packages")
     "contract": r"amaranth|torch|numpy|\.\.(sw|hw|sim|app)\b",
     "sw/chip": rf"{SW}|torch|\.\.(ml|studies)\b",  # the NumPy chip: no torch, no training
+    "sw/chip/ops": rf"{SW}|torch|\.\.(ml|studies)\b",  # its ops (`epim.sw.chip.ops`)
     "sw/ml": rf"{SW}|\.\.studies\b",  # the torch side: the chip, never the studies
     "sw/studies": SW,  # the studies: anything in sw/
     "sw": SW,

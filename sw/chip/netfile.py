@@ -260,16 +260,7 @@ def _int_array(val) -> np.ndarray | None:
     return arr if arr.dtype == np.int64 else None
 
 
-_COMMON = {"name", "op", "inputs"}
-_ALLOWED = {
-    Op.CONV: _COMMON | {"out_channels", "kernel", "stride", "padding", "weight_bits", "epitome",
-                       "weights", "bias", "mult", "shift", "relu", "out_bits"},
-    Op.LINEAR: _COMMON | {"out_features", "weight_bits", "epitome", "weights", "bias", "mult",
-                         "shift", "relu", "out_bits"},
-    Op.ADD: _COMMON | {"ma", "mb", "shift", "out_bits"},
-    Op.AVGPOOL_GLOBAL: _COMMON | {"mult", "shift", "out_bits"},
-    Op.MAXPOOL: _COMMON | {"kernel", "stride", "padding"},
-}
+_COMMON = {"name", "op", "inputs"}  # every layer's keys; each op adds its own
 _EPITOME_KEYS = {"in_channels", "out_channels", "patch_in", "patch_out", "row_offset",
                  "col_offset", "weights"}
 
@@ -287,6 +278,8 @@ def read(path: str | Path):
 
 def parse(obj, source: str = "<net>") -> Network:
     """Validate a network given as a decoded JSON object."""
+    from .ops import chip_op  # (each op's own keys and rules)
+
     top = _Ctx(source, "network")
     if not isinstance(obj, dict):
         raise top.fail("format", "the file must hold one JSON object")
@@ -334,7 +327,7 @@ def parse(obj, source: str = "<net>") -> Network:
         if op not in OPS:
             raise ctx.fail("op", f"unknown op {json.dumps(op)[:40]} (expected one of "
                            f"{', '.join(OPS)})")
-        ctx.keys(lay, _ALLOWED[op])
+        ctx.keys(lay, _COMMON | chip_op(op).fields)
         ins = ctx.get(lay, "inputs")
         want = spec(op).inputs
         if (not isinstance(ins, list) or len(ins) != want
@@ -397,26 +390,22 @@ def _topo_order(by_name: dict[str, dict], input_name: str, source: str) -> list[
 
 
 def _parse_layer(ctx: _Ctx, lay: dict, srcs, pim: PIM) -> Layer:
+    """A layer's fields, common ones here, the op's own by its entry (`epim.sw.chip.ops`:
+    its keys, ranges and shape rule)."""
+    from .ops import chip_op
+
     op = lay["op"]
     (shape, in_bits, _) = srcs[0]
     out_bits = in_bits if spec(op).keeps_bits else ctx.int(lay, "out_bits", 1, MAX_BITS)
     common = dict(name=lay["name"], op=op, inputs=tuple(lay["inputs"]), in_shape=shape,
                   in_bits=in_bits, out_bits=out_bits)
-    if op == Op.ADD:
-        if srcs[1][0] != shape:
-            raise ctx.fail("inputs", f"inputs differ in shape: {list(shape)} and "
-                           f"{list(srcs[1][0])}")
-        return Layer(**common, out_shape=shape,
-                     ma=ctx.int(lay, "ma", -MULT_LIMIT + 1, MULT_LIMIT - 1),
-                     mb=ctx.int(lay, "mb", -MULT_LIMIT + 1, MULT_LIMIT - 1),
-                     add_shift=ctx.int(lay, "shift", 0, MAX_SHIFT))
-    if op == Op.MAXPOOL:
-        return _parse_maxpool(ctx, lay, common)
-    if op == Op.AVGPOOL_GLOBAL:
-        return Layer(**common, out_shape=(shape[0], 1, 1),
-                     pool_mult=ctx.int(lay, "mult", 1, MULT_LIMIT - 1),
-                     pool_shift=ctx.int(lay, "shift", 0, MAX_SHIFT))
-    # conv / linear
+    return chip_op(op).parse(ctx, lay, srcs, common)
+
+
+def parse_tile(ctx: _Ctx, lay: dict, common: dict) -> Layer:
+    """A conv or linear layer's own fields: its shape, weights (an epitome, or dense) and
+    output stage."""
+    op, shape = common["op"], common["in_shape"]
     if op == Op.CONV:
         cin, h, w = shape
         cout = ctx.int(lay, "out_channels", 1, MAX_CHANNELS)
@@ -472,15 +461,3 @@ def _parse_epitome(ctx: _Ctx, e: dict, cin: int, cout: int, k: int, wmax: int) -
     return Epitome(ce_in, ce_out, p_in, p_out, row, col, weights)
 
 
-def _parse_maxpool(ctx: _Ctx, lay: dict, common: dict) -> Layer:
-    """Max pooling (v1.1): PyTorch's `max_pool2d` in floor mode, padding outside the map never
-    wins; the output keeps the input's width."""
-    c, h, w = common["in_shape"]
-    k = ctx.int(lay, "kernel", 1, 15)
-    s = ctx.int(lay, "stride", 1, 15) if "stride" in lay else 1
-    p = ctx.int(lay, "padding", 0, k // 2) if "padding" in lay else 0
-    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    if ho < 1 or wo < 1:
-        raise ctx.fail("kernel", f"a {k}x{k} window with padding {p} is larger than the "
-                       f"padded {h}x{w} input map")
-    return Layer(**common, out_shape=(c, ho, wo), kernel=k, stride=s, padding=p)

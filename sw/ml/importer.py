@@ -787,7 +787,7 @@ def import_module(module: nn.Module, in_shape: tuple[int, int, int], *,
               "compression_vs_dense8": dense8 / xbars,
               "projection_error_mean": float(np.mean(list(errs.values()))),
               "projection_error": errs, "modules": imp.modules}
-    log(f"imported {len(nodes)} ops ({sum(nd.op in ('conv', 'linear') for nd in nodes)} conv/"
+    log(f"imported {len(nodes)} ops ({sum(nd.op in TILE_OPS for nd in nodes)} conv/"
         f"linear); epitomes {how}; {xbars} crossbars, {dense8 / xbars:.2f}x fewer than dense "
         f"8-bit; calibration: {source}")
     return model, report

@@ -2,6 +2,8 @@
 
 An op's object answers, for a layer of that op, everything the chip wing computes from it:
 
+- `fields` and `parse(ctx, lay, srcs, common)`: its keys in the network file, their ranges and
+  its shape rule (`epim.sw.chip.netfile.parse` reads the keys every layer has and hands over);
 - `reference(layer, pim, xs, reuse, literal, noise)`: its output tensor from its input tensors
   (the integer reference, `epim.sw.chip.reference.run_layer`);
 - `unit(net, layer, ctx)`: its accelerator unit's parameters for the network images
@@ -11,8 +13,7 @@ An op's object answers, for a layer of that op, everything the chip wing compute
 
 The dispatchers above find an op here by its name (`chip_op`), so a new op is one new module
 in this package, its line in `REGISTRY`, its entry in `epim.contract.ops` (what kind of unit it
-is, how many inputs it reads) and its fields in the network file's parser
-(`epim.sw.chip.netfile`); the hardware side registers its unit in `epim.hw.units`
+is, how many inputs it reads); the hardware side registers its unit in `epim.hw.units`
 (`docs/architecture.md`, "Adding an op").
 """
 
@@ -26,9 +27,10 @@ from .avgpool import GlobalAvgPoolOp
 from .maxpool import MaxPoolOp
 from .tile import TileOp
 
+_OUTPUT_STAGE = {"weight_bits", "epitome", "weights", "bias", "mult", "shift", "relu", "out_bits"}
 REGISTRY = {
-    Op.CONV: TileOp(),
-    Op.LINEAR: TileOp(),
+    Op.CONV: TileOp({"out_channels", "kernel", "stride", "padding"} | _OUTPUT_STAGE),
+    Op.LINEAR: TileOp({"out_features"} | _OUTPUT_STAGE),
     Op.ADD: AddOp(),
     Op.AVGPOOL_GLOBAL: GlobalAvgPoolOp(),
     Op.MAXPOOL: MaxPoolOp(),

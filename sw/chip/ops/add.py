@@ -28,6 +28,20 @@ class AddModel(Unit):
 
 
 class AddOp:
+    fields = frozenset({"ma", "mb", "shift", "out_bits"})
+
+    def parse(self, ctx, lay, srcs, common):
+        from ..netfile import MAX_SHIFT, MULT_LIMIT, Layer
+
+        shape = common["in_shape"]
+        if srcs[1][0] != shape:
+            raise ctx.fail("inputs", f"inputs differ in shape: {list(shape)} and "
+                           f"{list(srcs[1][0])}")
+        return Layer(**common, out_shape=shape,
+                     ma=ctx.int(lay, "ma", -MULT_LIMIT + 1, MULT_LIMIT - 1),
+                     mb=ctx.int(lay, "mb", -MULT_LIMIT + 1, MULT_LIMIT - 1),
+                     add_shift=ctx.int(lay, "shift", 0, MAX_SHIFT))
+
     def reference(self, layer, pim, xs, reuse, literal, noise):
         from ..reference import needs_bigint, requantize
 

@@ -9,6 +9,15 @@ from ..netcycles import CollectModel, shape_of
 
 
 class GlobalAvgPoolOp:
+    fields = frozenset({"mult", "shift", "out_bits"})
+
+    def parse(self, ctx, lay, srcs, common):
+        from ..netfile import MAX_SHIFT, MULT_LIMIT, Layer
+
+        return Layer(**common, out_shape=(common["in_shape"][0], 1, 1),
+                     pool_mult=ctx.int(lay, "mult", 1, MULT_LIMIT - 1),
+                     pool_shift=ctx.int(lay, "shift", 0, MAX_SHIFT))
+
     def reference(self, layer, pim, xs, reuse, literal, noise):
         from ..reference import requantize
 

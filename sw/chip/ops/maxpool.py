@@ -83,6 +83,23 @@ class MaxPoolModel(Unit):
 
 
 class MaxPoolOp:
+    fields = frozenset({"kernel", "stride", "padding"})
+
+    def parse(self, ctx, lay, srcs, common):
+        """Max pooling (v1.1): PyTorch's `max_pool2d` in floor mode, padding outside the map
+        never wins; the output keeps the input's width."""
+        from ..netfile import Layer
+
+        c, h, w = common["in_shape"]
+        k = ctx.int(lay, "kernel", 1, 15)
+        s = ctx.int(lay, "stride", 1, 15) if "stride" in lay else 1
+        p = ctx.int(lay, "padding", 0, k // 2) if "padding" in lay else 0
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if ho < 1 or wo < 1:
+            raise ctx.fail("kernel", f"a {k}x{k} window with padding {p} is larger than the "
+                           f"padded {h}x{w} input map")
+        return Layer(**common, out_shape=(c, ho, wo), kernel=k, stride=s, padding=p)
+
     def reference(self, layer, pim, xs, reuse, literal, noise):
         return maxpool(xs[0], layer.kernel, layer.stride, layer.padding)
 

@@ -8,6 +8,16 @@ from ....contract.params import FlattenParams, TileUnit
 
 
 class TileOp:
+    """`conv` and `linear`: the same tile, their own keys."""
+
+    def __init__(self, fields: set[str]):
+        self.fields = frozenset(fields)
+
+    def parse(self, ctx, lay, srcs, common):
+        from ..netfile import parse_tile
+
+        return parse_tile(ctx, lay, common)
+
     def reference(self, layer, pim, xs, reuse, literal, noise):
         from ..reference import layer_acc, output_stage
 
