@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .ops import REGISTRY, Op
+from .ops import REGISTRY, Op, spec
 
 OUTPUT = "<output>"  # the reader that stands for the network output
 
@@ -128,8 +128,11 @@ def check_units(manifest: dict, units: list, tiles: dict, where: str) -> None:
     for u in units:
         if u.name in width:
             raise ValueError(f"{where}: unit {u.name!r} appears twice")
-        kind = KINDS[u.op]
-        if kind == "tile":
+        n = spec(u.op).inputs
+        if len(u.inputs) != n:
+            count = "one input" if n == 1 else f"{n} inputs"
+            raise ValueError(f"{where}: unit {u.name!r} has {count}")
+        if KINDS[u.op] == "tile":
             p = tiles[u.name]
             if u.flatten is not None:
                 f = u.flatten
@@ -143,21 +146,10 @@ def check_units(manifest: dict, units: list, tiles: dict, where: str) -> None:
             if u.replicas > p.ho * p.wo:
                 raise ValueError(f"{where}: unit {u.name!r} has {u.replicas} copies for "
                                  f"{p.ho * p.wo} output pixels per image")
-        elif kind == "add":
-            if len(u.inputs) != 2:
-                raise ValueError(f"{where}: unit {u.name!r}: an add has two inputs")
-            b = beats.get(u.inputs[0], 0)
-            need(u.name, u.inputs[0], u.channels * u.a_bits, b, "on input a")
-            need(u.name, u.inputs[1], u.channels * u.b_bits, b, "on input b")
-            width[u.name], beats[u.name] = u.channels * u.out_bits, b
-        elif kind == "maxpool":
-            need(u.name, u.inputs[0], u.channels * u.bits, u.height * u.width, "as input")
-            width[u.name], beats[u.name] = u.channels * u.bits, u.out_height * u.out_width
-        else:
-            need(u.name, u.inputs[0], u.channels * u.in_bits, u.pixels, "as input")
-            width[u.name], beats[u.name] = u.channels * u.out_bits, 1
-        if kind != "add" and len(u.inputs) != 1:
-            raise ValueError(f"{where}: unit {u.name!r} has one input")
+        else:  # a unit's own stream rule (`epim.contract.params`: `streams`)
+            ins, (width[u.name], beats[u.name]) = u.streams(lambda t: beats.get(t, 0))
+            for src, (w, b, what) in zip(u.inputs, ins, strict=True):
+                need(u.name, src, w, b, what)
     if out["name"] not in width or width[out["name"]] != out["channels"] * out["bits"] \
             or beats[out["name"]] != out["beats_per_image"]:
         raise ValueError(f"{where}: 'output' does not describe unit {out['name']!r}'s stream")

@@ -246,6 +246,15 @@ class AddParams:
     a_signed: bool = False
     b_signed: bool = False
 
+    def streams(self, beats_of) -> tuple[list[tuple[int, int, str]], tuple[int, int]]:
+        """Its streams: per input `(bits per beat, beats per image, what)` it takes, and
+        `(bits per beat, beats per image)` it makes; `beats_of(name)` gives a tensor's
+        beats per image (an adder passes its inputs' pixels through)."""
+        b = beats_of(self.inputs[0])
+        return ([(self.channels * self.a_bits, b, "on input a"),
+                 (self.channels * self.b_bits, b, "on input b")],
+                (self.channels * self.out_bits, b))
+
 
 @dataclass(frozen=True)
 class PoolParams:
@@ -260,6 +269,11 @@ class PoolParams:
     out_bits: int
     mult: int
     shift: int
+
+    def streams(self, beats_of) -> tuple[list[tuple[int, int, str]], tuple[int, int]]:
+        """As `AddParams.streams`: a pixel a beat in, one beat an image out."""
+        return ([(self.channels * self.in_bits, self.pixels, "as input")],
+                (self.channels * self.out_bits, 1))
 
 
 MAX_POOL_WINDOW = 15  # largest max-pool kernel and stride (the network file's bound)
@@ -281,6 +295,11 @@ class MaxPoolParams:
     kernel: int
     stride: int
     padding: int
+
+    def streams(self, beats_of) -> tuple[list[tuple[int, int, str]], tuple[int, int]]:
+        """As `AddParams.streams`: a pixel a beat in and out, the width kept."""
+        return ([(self.channels * self.bits, self.height * self.width, "as input")],
+                (self.channels * self.bits, self.out_height * self.out_width))
 
     @property
     def out_height(self) -> int:

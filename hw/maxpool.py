@@ -20,7 +20,7 @@ Two sides share the row memories:
   output register. The last output row of an image also releases the rows still held.
 
 Every `valid` and `i.ready` come from registers. `docs/network.md` states the timing rule and
-`epim.sw.chip.netcycles.MaxPoolModel` steps the same registers.
+`epim.sw.chip.ops.maxpool.MaxPoolModel` steps the same registers.
 """
 
 from __future__ import annotations

@@ -30,10 +30,10 @@ from ..contract.params import (
     unit_from_dict,
 )
 from .images import load, zeroed
-from .maxpool import MaxPoolUnit
+from .opunits import op_unit
 from .replicas import ReplicatedTile
 from .tile import PIMTile, prog_layout
-from .units import AddUnit, Flatten, Fork, PoolUnit, StreamFIFO
+from .units import Flatten, Fork, StreamFIFO
 
 
 def load_network(folder: str | Path) -> dict:
@@ -261,16 +261,8 @@ class NetworkAccelerator(wiring.Component):
                 width = (u.a_bits if node.port == 0 else u.b_bits) * u.channels
                 unit = StreamFIFO(width, u.fifo[node.port])
                 sub, ins, out = f"{u.name}_fifo{'ab'[node.port]}", [unit.i], [unit.o]
-            elif node.kind == "add":
-                unit = AddUnit(u.channels, u.a_bits, u.b_bits, u.out_bits, u.ma, u.mb, u.shift,
-                               u.a_signed, u.b_signed)
-                sub, ins, out = f"{u.name}_add", [unit.a, unit.b], [unit.o]
-            elif node.kind == "maxpool":
-                unit = MaxPoolUnit(u)
-                sub, ins, out = f"{u.name}_maxpool", [unit.i], [unit.o]
-            else:
-                unit = PoolUnit(u.channels, u.pixels, u.in_bits, u.out_bits, u.mult, u.shift)
-                sub, ins, out = f"{u.name}_pool", [unit.i], [unit.o]
+            else:  # the unit of an op (`epim.hw.opunits`)
+                unit, sub, ins, out = op_unit(u)
             m.submodules[sub] = unit
             for src, port in zip(srcs, ins, strict=True):
                 wiring.connect(m, src, port)
