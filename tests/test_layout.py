@@ -137,3 +137,17 @@ def test_op_names_live_in_the_registry():
             if op_string.search(code) and "kind" not in code and "__add__" not in code \
                     and not re.match(r"\s*name: str = \"conv\"", code):
                 raise AssertionError(f"{rel}:{n}: an op name as a string: {line.strip()}")
+
+
+def test_every_package_is_installed():
+    """Every source folder with an `__init__.py` is in `pyproject.toml`'s package list (an
+    editable install finds a package that a wheel would leave out)."""
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {v: k for k, v in tool["package-dir"].items()}
+    found = set()
+    for init in (p for d in dirs for p in (ROOT / d).rglob("__init__.py")):
+        rel = init.parent.relative_to(ROOT).parts
+        found.add(".".join([dirs[rel[0]], *rel[1:]]))
+    assert found == set(tool["packages"]), sorted(found ^ set(tool["packages"]))

@@ -182,10 +182,10 @@ def layer_cost(layer: Layer, pim: PIM, consts: Constants = CONSTANTS, reuse: boo
 
 
 # The network cycle model (`epim.sw.chip.netcycles`) runs event by event, its work grows with
-# the handshakes (15 to 40 microseconds each in CPython): `epim cost` runs it only below this
+# the handshakes (about 17 microseconds each in CPython): `epim cost` runs it only below this
 # many estimated handshakes (`EPIM_COST_MODEL_LIMIT` overrides), else it shows the slowest
 # tile's rate alone. (The CIFAR-10 ResNet-20 example: about 6e5 estimated, sized and modelled
-# in about 15 s; an EPIM-ResNet-50 at 224 x 224: 4e6 estimated, about 160 s.)
+# in about 10 s; an EPIM-ResNet-50 at 224 x 224: 4e6 estimated, about 70 s.)
 NETWORK_MODEL_IMAGES = 6  # images streamed back to back, as the FIFO sizing does
 NETWORK_MODEL_LIMIT = 1_500_000
 

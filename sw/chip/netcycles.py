@@ -9,7 +9,7 @@ It runs event by event (`simulate`): a unit is evaluated only in the cycles wher
 change for it, with the handshakes of stepping every unit every cycle (the plain rule, kept as
 the tests' reference), so its time grows with the handshakes, not with units x cycles (the
 CIFAR-10 ResNet-20: its skip FIFOs sized in about 7 s; an EPIM-ResNet-50 at 224 x 224, 122
-units and 40 million cycles for 6 images: sized in about 110 s and modelled in 50 s).
+units and 40 million cycles for 6 images: sized in about 45 s and modelled in 27 s).
 From that come the latency of each image, the steady-state cycles per image, per-layer figures,
 and the skip FIFO depths that `compile_network` writes into the images.
 
@@ -87,17 +87,19 @@ class TileModel(Unit):
         return not self.full[self.l_bank] and self.l_blk == 0
 
     def quiet(self, out_ready):
-        if self.l_blk:  # the loader is writing a beat's words
-            return 0
+        # the loader writing a beat's words counts them up until the beat's last word
+        q = self.t.blocks - 1 - self.l_blk if self.l_blk else float("inf")
         if self.state == "run":  # counting down to the move
-            return self.count - 1
+            return min(q, self.count - 1)
         if self.state == "wait":
-            return 0 if self.full[self.g_bank] else float("inf")
-        return float("inf") if self.o_valid and not out_ready[0] else 0  # move: blocked
+            return 0 if self.full[self.g_bank] else q
+        return q if self.o_valid and not out_ready[0] else 0  # move: blocked
 
     def skip(self, n):
         if self.state == "run":
             self.count -= n
+        if self.l_blk:
+            self.l_blk += n
 
     def step(self, in_fire, out_fire, out_ready):
         t = self.t

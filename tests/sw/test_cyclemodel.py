@@ -118,3 +118,20 @@ def test_event_driven_model_changes_no_handshake(seed):
             assert a.beats == b.beats and a.cycles == b.cycles
             assert (a.in_cycles, a.out_cycles) == (b.in_cycles, b.out_cycles)
             assert a.busy == b.busy and a.peaks == b.peaks
+
+
+@pytest.mark.parametrize("cin", [9, 17, 33])
+def test_event_driven_model_sleeps_through_a_beats_input_words(cin):
+    """A tile whose input beat is several input-memory words (`in_blocks` > 1) sleeps while its
+    loader writes them, and the handshakes stay those of stepping every cycle."""
+    from epim.sw.chip import netcycles
+
+    net = netfile.parse(examples.conv_layer_net(np.random.default_rng(cin), cin=cin, cout=8,
+                                                h=5, w=5, epitome=None))
+    assert cyclemodel.tile_timing(net.layers[0], net.pim).blocks > 1
+    per = netcycles.out_beats_per_image(net)
+    for stalls in (None, 7):
+        a, b = (netcycles.simulate(netcycles.build_graph(
+            net, 3, None, rng=None if stalls is None else random.Random(stalls)), 3 * per,
+            skip_quiet=events) for events in (True, False))
+        assert (a.beats, a.cycles, a.busy) == (b.beats, b.cycles, b.busy)
