@@ -257,18 +257,18 @@ class NetworkCost:
                "latency_cycles": None}
         if self.net is None:
             return {**out, "status": "skipped: no network file (layer shapes only)"}
-        steps_ = self.model_handshakes()
+        est = self.model_handshakes()
         limit = float(os.environ.get("EPIM_COST_MODEL_LIMIT", NETWORK_MODEL_LIMIT))
-        if steps_ > limit:
-            return {**out, "handshakes_estimated": steps_,
-                    "status": f"skipped: too large (about {steps_:.2g} handshakes, limit "
+        if est > limit:
+            return {**out, "handshakes_estimated": est,
+                    "status": f"skipped: too large (about {est:.2g} handshakes, limit "
                               f"{limit:.2g}, EPIM_COST_MODEL_LIMIT); the slowest tile is "
                               "shown"}
         from .netcycles import predict
 
         t = predict(self.net, NETWORK_MODEL_IMAGES, reuse=self.reuse, lanes=self.lanes,
                     replicas=self.replicas)
-        return {**out, "handshakes_estimated": steps_, "steady_cycles_per_image": t.steady,
+        return {**out, "handshakes_estimated": est, "steady_cycles_per_image": t.steady,
                 "latency_cycles": t.latency[0], "last_latency_cycles": t.latency[-1],
                 "status": "modelled"}
 

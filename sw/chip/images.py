@@ -181,10 +181,8 @@ def compile_network(net: Network, reuse: bool = True,
     tiles: dict[str, LayerImage] = {}
     ctx = context(reuse=reuse, lanes=lanes, replicas=replicas, faults=faults,
                   fifo_depths=fifo_depths, tiles=tiles)
-    units = []
-    for layer in net.layers:  # each op's unit parameters (`epim.sw.chip.ops`)
-        ctx.head = {"name": layer.name, "op": layer.op, "inputs": tuple(layer.inputs)}
-        units.append(chip_op(layer.op).unit(net, layer, ctx))
+    # each op's unit parameters (`epim.sw.chip.ops`)
+    units = [chip_op(layer.op).unit(net, layer, ctx) for layer in net.layers]
     out = net.output_layer
     c = out.out_shape[0]
     manifest = {

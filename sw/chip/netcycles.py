@@ -403,15 +403,7 @@ def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000,
     if skip_quiet:
         return _simulate_events(graph, out_beats, max_cycles)
     nodes = graph.nodes
-    index = {n.name: i for i, n in enumerate(nodes)}
-    # edges: (producer index, out port, consumer index, in port)
-    edges = [(index[src], port, ci, k) for ci, n in enumerate(nodes)
-             for k, (src, port) in enumerate(n.inputs)]
-    out_edges = {i: [None] * nodes[i].unit.n_out for i in range(len(nodes))}
-    in_edges = {i: [None] * nodes[i].unit.n_in for i in range(len(nodes))}
-    for e, (p, pp, c, cp) in enumerate(edges):
-        out_edges[p][pp] = e
-        in_edges[c][cp] = e
+    edges, in_edges, out_edges = _wiring(nodes)
     # readies in reverse dataflow order, so a combinational ready sees its consumers' readies
     order = list(range(len(nodes)))[::-1]
     source = nodes[0].unit
@@ -458,6 +450,20 @@ def simulate(graph: Graph, out_beats: int, max_cycles: int = 50_000_000,
     return _run(nodes, in_cycles, out_cycles, beats, cycle)
 
 
+def _wiring(nodes: list[Node]) -> tuple[list[tuple[int, int, int, int]], list, list]:
+    """The graph's edges `(producer, out port, consumer, in port)` (unit indices) and, per
+    unit, the edge of each input and output port."""
+    index = {n.name: i for i, n in enumerate(nodes)}
+    edges = [(index[src], port, ci, k) for ci, n in enumerate(nodes)
+             for k, (src, port) in enumerate(n.inputs)]
+    in_edges = [[0] * n.unit.n_in for n in nodes]
+    out_edges = [[0] * n.unit.n_out for n in nodes]
+    for e, (p, pp, c, cp) in enumerate(edges):
+        out_edges[p][pp] = e
+        in_edges[c][cp] = e
+    return edges, in_edges, out_edges
+
+
 def _run(nodes, in_cycles, out_cycles, beats, cycle) -> Run:
     busy = {n.name: n.unit.busy_cycles for n in nodes if n.kind == "tile"}
     peaks = {n.name: n.unit.peak for n in nodes if n.kind == "fifo"}
@@ -480,14 +486,7 @@ def _simulate_events(graph: Graph, out_beats: int, max_cycles: int) -> Run:
 
     nodes = graph.nodes
     n_units = len(nodes)
-    index = {n.name: i for i, n in enumerate(nodes)}
-    edges = [(index[src], port, ci, k) for ci, n in enumerate(nodes)
-             for k, (src, port) in enumerate(n.inputs)]
-    out_edges = [[0] * nodes[i].unit.n_out for i in range(n_units)]
-    in_edges = [[0] * nodes[i].unit.n_in for i in range(n_units)]
-    for e, (p, pp, c, cp) in enumerate(edges):
-        out_edges[p][pp] = e
-        in_edges[c][cp] = e
+    edges, in_edges, out_edges = _wiring(nodes)
     units = [n.unit for n in nodes]
     names = [n.name for n in nodes]
     src_i, sink_i = 0, n_units - 1
@@ -540,7 +539,6 @@ def _simulate_events(graph: Graph, out_beats: int, max_cycles: int) -> Run:
                     else:
                         hot.discard(e)
         heapq.heapify(todo)
-        evaluated = set(queued)
         while todo:
             ci = -heapq.heappop(todo)
             u = units[ci]
@@ -561,13 +559,12 @@ def _simulate_events(graph: Graph, out_beats: int, max_cycles: int) -> Run:
                     p = edges[e][0]
                     if p not in queued:
                         queued.add(p)
-                        evaluated.add(p)
                         heapq.heappush(todo, -p)
-        for e in hot:
+        for e in hot:  # (the units of a handshake step, whatever else they did this cycle)
             p, _, c, _ = edges[e]
-            evaluated.add(p)
-            evaluated.add(c)
-        for i in evaluated:
+            queued.add(p)
+            queued.add(c)
+        for i in queued:
             sync(i)
             u = units[i]
             infire = [e in hot for e in in_edges[i]]

@@ -13,7 +13,7 @@ An op's object answers, for a layer of that op, everything the chip wing compute
 
 The dispatchers above find an op here by its name (`chip_op`), so a new op is one new module
 in this package, its line in `REGISTRY`, its entry in `epim.contract.ops` (what kind of unit it
-is, how many inputs it reads); the hardware side registers its unit in `epim.hw.units`
+is, how many inputs it reads); the hardware side registers its unit in `epim.hw.opunits`
 (`docs/architecture.md`, "Adding an op").
 """
 

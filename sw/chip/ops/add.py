@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ....contract.params import AddParams
 from ..netcycles import Unit
+from .common import unit_head
 
 
 class AddModel(Unit):
@@ -55,7 +56,8 @@ class AddOp:
         from ..images import stream_bits
 
         return AddParams(
-            **ctx.head, channels=layer.out_shape[0], a_bits=stream_bits(net, layer.inputs[0]),
+            **unit_head(layer), channels=layer.out_shape[0],
+            a_bits=stream_bits(net, layer.inputs[0]),
             b_bits=stream_bits(net, layer.inputs[1]), out_bits=layer.out_bits,
             ma=int(layer.ma), mb=int(layer.mb), shift=int(layer.add_shift),
             fifo=tuple(ctx.fifo_depths[layer.name]), a_signed=net.signed(layer.inputs[0]),

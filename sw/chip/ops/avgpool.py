@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ....contract.params import PoolParams
 from ..netcycles import CollectModel, shape_of
+from .common import unit_head
 
 
 class GlobalAvgPoolOp:
@@ -28,7 +29,7 @@ class GlobalAvgPoolOp:
         from ..images import stream_bits
 
         c, h, w = shape_of(net, layer.inputs[0])
-        return PoolParams(**ctx.head, channels=c, pixels=h * w,
+        return PoolParams(**unit_head(layer), channels=c, pixels=h * w,
                           in_bits=stream_bits(net, layer.inputs[0]), out_bits=layer.out_bits,
                           mult=int(layer.pool_mult), shift=int(layer.pool_shift))
 

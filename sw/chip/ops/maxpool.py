@@ -9,6 +9,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ....contract.params import MaxPoolParams
 from ..netcycles import Unit, shape_of
+from .common import unit_head
 
 
 def maxpool(x: np.ndarray, k: int, stride: int, padding: int) -> np.ndarray:
@@ -105,7 +106,7 @@ class MaxPoolOp:
 
     def unit(self, net, layer, ctx):
         c, h, w = shape_of(net, layer.inputs[0])
-        return MaxPoolParams(**ctx.head, channels=c, height=h, width=w, bits=layer.out_bits,
+        return MaxPoolParams(**unit_head(layer), channels=c, height=h, width=w, bits=layer.out_bits,
                              kernel=layer.kernel, stride=layer.stride, padding=layer.padding)
 
     def model(self, net, layer, ctx):

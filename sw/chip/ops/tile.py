@@ -5,6 +5,7 @@ stage."""
 from __future__ import annotations
 
 from ....contract.params import FlattenParams, TileUnit
+from .common import unit_head
 
 
 class TileOp:
@@ -35,7 +36,7 @@ class TileOp:
         src = shape_of(net, layer.inputs[0])
         flat = (FlattenParams(src[0], src[1] * src[2], stream_bits(net, layer.inputs[0]))
                 if needs_flatten(net, layer) else None)
-        return TileUnit(**ctx.head, folder=f"tiles/{layer.name}", flatten=flat,
+        return TileUnit(**unit_head(layer), folder=f"tiles/{layer.name}", flatten=flat,
                         replicas=replicas_for(layer, ctx.replicas))
 
     def model(self, net, layer, ctx):
